@@ -1,0 +1,80 @@
+-- sync: create pool P from config, or bring its settings up to date, keeping live key state.
+--
+-- KEYS[1]  pool base "kg:{P}"
+-- ARGV[1]  config fingerprint (a hash of everything below; equal fingerprint: nothing to do)
+-- ARGV[2..8]  cooldown_default_ms cooldown_max_ms breaker_errors breaker_window_ms
+--             breaker_open_ms quota_cooldown_ms probe_lease_ms
+-- ARGV[9]  canary group   ARGV[10] canary percent from config   ARGV[11] canary fallback 0|1
+-- ARGV[12..] triples: key id, weight, group — every key of the pool's config, in config order
+--
+-- Reply: {"unchanged"} or {"synced", created, updated, removed}.
+--
+-- Safe with many replicas at once: the script is atomic and idempotent. Live state (status,
+-- deadlines, counters) is never reset. Weight, group and canary percent follow the config only
+-- when the config's value changed since the last sync (cfg_weight / cfg_group /
+-- canary_percent_cfg), so an operator's runtime change survives replica restarts until the
+-- config itself changes. Keys missing from the config go to draining (reason "removed") and come
+-- back to active if they return to the config. New keys get the next slot number in config order.
+
+if redis.call('HGET', META, 'config_hash') == ARGV[1] then return {'unchanged'} end
+local created, updated, removed = 0, 0, 0
+local fresh = redis.call('EXISTS', META) == 0
+redis.call('HSET', META, 'cooldown_default_ms', ARGV[2], 'cooldown_max_ms', ARGV[3],
+  'breaker_errors', ARGV[4], 'breaker_window_ms', ARGV[5], 'breaker_open_ms', ARGV[6],
+  'quota_cooldown_ms', ARGV[7], 'probe_lease_ms', ARGV[8], 'canary_group', ARGV[9],
+  'canary_fallback', ARGV[11])
+if fresh then redis.call('HSET', META, 'cap', 1, 'next_slot', 0) end
+if redis.call('HGET', META, 'canary_percent_cfg') ~= ARGV[10] then
+  redis.call('HSET', META, 'canary_percent', ARGV[10], 'canary_percent_cfg', ARGV[10])
+end
+redis.call('SADD', B .. ':groups', 'stable', ARGV[9])
+
+local in_config = {}
+for i = 12, #ARGV, 3 do
+  local id, w, g = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  in_config[id] = true
+  local k = load_key(id)
+  if not k then
+    local slot = redis.call('HINCRBY', META, 'next_slot', 1)
+    ensure_capacity(slot)
+    redis.call('SADD', B .. ':groups', g)
+    redis.call('HSET', kkey(id), 'status', 'active', 'reason', '', 'weight', w, 'group', g,
+      'errors', 0, 'strikes', 0, 'cooldown_until_ms', 0, 'last_status', 0, 'last_used_ms', 0,
+      'successes', 0, 'failures', 0, 'slot', slot, 'window_start_ms', 0, 'open_ms', 0,
+      'cfg_weight', w, 'cfg_group', g)
+    redis.call('HSET', SLOTS, slot, id)
+    redis.call('SADD', B .. ':keys', id)
+    redis.call('HINCRBY', META, 'cnt:active', 1)
+    if w > 0 then tree_add(g, slot, w) end
+    created = created + 1
+  else
+    local cfg = redis.call('HMGET', kkey(id), 'cfg_weight', 'cfg_group')
+    local touched = false
+    if tonumber(cfg[1]) ~= w then
+      set_weight(k, w)
+      redis.call('HSET', kkey(id), 'cfg_weight', w)
+      touched = true
+    end
+    if cfg[2] ~= g then
+      set_group(k, g)
+      redis.call('HSET', kkey(id), 'cfg_group', g)
+      touched = true
+    end
+    if k.status == 'draining' and k.reason == 'removed' then
+      set_status(k, 'active', '', nil)
+      touched = true
+    end
+    if touched then updated = updated + 1 end
+  end
+end
+for _, id in ipairs(redis.call('SMEMBERS', B .. ':keys')) do
+  if not in_config[id] then
+    local k = load_key(id)
+    if k and k.status ~= 'draining' then
+      set_status(k, 'draining', 'removed', nil)
+      removed = removed + 1
+    end
+  end
+end
+redis.call('HSET', META, 'config_hash', ARGV[1])
+return {'synced', created, updated, removed}

@@ -1,0 +1,347 @@
+//! The in-process store: the semantics of `lua/*.lua`, step for step, behind a std `Mutex`
+//! (every operation is a short critical section with no `.await` inside, which is what makes it
+//! atomic like a script). Used as the embedded store of a single replica and as the fallback
+//! while Redis is unreachable. `transitions.rs` holds the per-key state machine.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+use super::tree::{Excluded, WeightTree};
+use super::{
+    AdminState, Chosen, KeyRecord, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, Route,
+    SelectRequest, Selection, StateCounts, StoreError, StorePolicy, SyncReceipt, Unavailable,
+};
+use crate::pool::{KeyId, KeyState};
+
+/// One key's row: the fields of `kg:{P}:key:<id>`.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyRow {
+    pub status: KeyState,
+    pub reason: String,
+    pub weight: u32,
+    pub group: String,
+    pub errors: u64,
+    pub strikes: u64,
+    pub cooldown_until_ms: u64,
+    pub last_status: u16,
+    pub last_used_ms: u64,
+    pub successes: u64,
+    pub failures: u64,
+    pub slot: u64,
+    pub window_start_ms: u64,
+    pub open_ms: u64,
+    pub cfg_weight: u32,
+    pub cfg_group: String,
+}
+
+/// One pool: the meta hash plus the indexes of `lua/lib.lua`.
+#[derive(Debug, Default)]
+pub(crate) struct PoolState {
+    pub policy: StorePolicy,
+    pub canary_group: String,
+    pub canary_percent: u8,
+    pub canary_percent_cfg: Option<u8>,
+    pub canary_fallback: bool,
+    pub next_slot: u64,
+    pub cap: u64,
+    pub config_hash: String,
+    pub counts: [i64; 6],
+    pub keys: BTreeMap<String, KeyRow>,
+    pub slots: HashMap<u64, String>,
+    pub trees: BTreeMap<String, WeightTree>,
+    /// (deadline, id), ordered like a Redis sorted set: by score, then by member.
+    pub due: BTreeSet<(u64, String)>,
+    /// id -> its deadline in `due`, so removal needs no scan.
+    pub due_at: HashMap<String, u64>,
+    /// group -> (lease expiry, id) of its half-open keys.
+    pub probes: BTreeMap<String, BTreeSet<(u64, String)>>,
+    /// id -> its lease in `probes`.
+    pub probe_at: HashMap<String, u64>,
+}
+
+/// The embedded store.
+#[derive(Default)]
+pub struct MemoryStore {
+    pools: Mutex<HashMap<String, PoolState>>,
+}
+
+fn distinct(ids: &[KeyId]) -> usize {
+    ids.iter()
+        .enumerate()
+        .filter(|(i, id)| !ids[..*i].contains(id))
+        .count()
+}
+
+fn system_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// Runs `f` on the pool under the lock (one atomic step).
+    fn with_pool<T>(
+        &self,
+        pool: &str,
+        f: impl FnOnce(&mut PoolState) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let p = pools
+            .get_mut(pool)
+            .ok_or_else(|| StoreError::UnknownPool(pool.to_string()))?;
+        f(p)
+    }
+
+    /// Replaces a pool's whole state (degraded mode seeds itself from a Redis snapshot).
+    pub fn seed(&self, spec: &PoolSpec, snapshot: &PoolSnapshot) {
+        let mut state = PoolState::default();
+        state.sync(spec);
+        state.canary_percent = snapshot.canary_percent;
+        for rec in &snapshot.keys {
+            state.restore(rec);
+        }
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.insert(spec.name.clone(), state);
+    }
+
+    /// Whether the pool exists here.
+    pub fn has_pool(&self, pool: &str) -> bool {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.contains_key(pool)
+    }
+}
+
+impl PoolState {
+    pub(super) fn tree(&mut self, group: &str) -> &mut WeightTree {
+        let cap = self.cap;
+        self.trees.entry(group.to_string()).or_insert_with(|| {
+            let mut t = WeightTree::default();
+            t.grow_to(cap);
+            t
+        })
+    }
+
+    pub(super) fn tree_add(&mut self, group: &str, slot: u64, delta: i64) {
+        if delta != 0 && slot > 0 {
+            self.tree(group).add(slot, delta);
+        }
+    }
+
+    pub(super) fn ensure_capacity(&mut self, slot: u64) {
+        let mut cap = self.cap.max(1);
+        while cap < slot {
+            cap *= 2;
+        }
+        self.cap = cap;
+        for t in self.trees.values_mut() {
+            t.grow_to(cap);
+        }
+    }
+
+    fn counts(&self) -> StateCounts {
+        let c = self.counts.map(|n| n.max(0) as u64);
+        StateCounts::from_array(c)
+    }
+
+    fn recover_due(&mut self, now: u64, limit: usize) {
+        let due: Vec<String> = self
+            .due
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .take(limit)
+            .map(|(_, id)| id.clone())
+            .collect();
+        for id in due {
+            self.recover(&id);
+        }
+    }
+
+    fn try_probe(&mut self, group: &str, now: u64, exclude: &[KeyId]) -> Option<String> {
+        let lease = self.policy.probe_lease_ms;
+        let set = self.probes.get_mut(group)?;
+        let found = set
+            .iter()
+            .take_while(|(until, _)| *until <= now)
+            .take(distinct(exclude) + 1)
+            .find(|(_, id)| !exclude.iter().any(|e| e.as_str() == id))
+            .cloned()?;
+        set.remove(&found);
+        set.insert((now + lease, found.1.clone()));
+        self.probe_at.insert(found.1.clone(), now + lease);
+        Some(found.1)
+    }
+
+    fn try_weighted(&mut self, group: &str, rand: u64, exclude: &[KeyId]) -> Option<String> {
+        let mut ids: Vec<&KeyId> = exclude.iter().collect();
+        ids.sort();
+        ids.dedup(); // a set, as in select.lua
+        let excluded: Vec<Excluded> = ids
+            .into_iter()
+            .filter_map(|id| self.keys.get(id.as_str()))
+            .filter(|k| k.group == group && k.status == KeyState::Active && k.weight > 0)
+            .map(|k| Excluded {
+                slot: k.slot,
+                weight: k.weight as i64,
+            })
+            .collect();
+        let slot = self.trees.get(group)?.choose(rand, &excluded)?;
+        self.slots.get(&slot).cloned()
+    }
+
+    fn try_group(
+        &mut self,
+        group: &str,
+        req: &SelectRequest<'_>,
+        now: u64,
+    ) -> Option<(String, bool)> {
+        if let Some(id) = self.try_probe(group, now, req.exclude) {
+            return Some((id, true));
+        }
+        self.try_weighted(group, req.rand, req.exclude)
+            .map(|id| (id, false))
+    }
+
+    fn select(&mut self, req: &SelectRequest<'_>, now: u64) -> Selection {
+        self.recover_due(now, 8);
+        let to_canary = match req.route {
+            Route::Canary => true,
+            Route::Stable => false,
+            Route::Bucket(b) => b < self.canary_percent,
+        };
+        let primary = if to_canary {
+            self.canary_group.clone()
+        } else {
+            "stable".to_string()
+        };
+        let mut found = self
+            .try_group(&primary, req, now)
+            .map(|(id, p)| (id, p, primary.clone(), false));
+        if found.is_none() && primary != "stable" && self.canary_fallback {
+            found = self
+                .try_group("stable", req, now)
+                .map(|(id, p)| (id, p, "stable".to_string(), true));
+        }
+        if let Some((id, probe, group, fallback)) = found {
+            if let Some(k) = self.keys.get_mut(&id) {
+                k.last_used_ms = now;
+            }
+            if let Some(key) = KeyId::new(&id) {
+                return Selection::Key(Chosen {
+                    key,
+                    group,
+                    fallback,
+                    probe,
+                });
+            }
+        }
+        let mut earliest = self.due.iter().next().map(|(d, _)| *d);
+        for g in [primary.as_str(), "stable"] {
+            if let Some((lease, _)) = self.probes.get(g).and_then(|s| s.iter().next()) {
+                earliest = Some(earliest.map_or(*lease, |e| e.min(*lease)));
+            }
+        }
+        Selection::None(Unavailable {
+            retry_at_ms: earliest,
+            now_ms: now,
+            counts: self.counts(),
+        })
+    }
+
+    fn snapshot(&mut self, now: u64) -> PoolSnapshot {
+        self.recover_due(now, usize::MAX);
+        PoolSnapshot {
+            now_ms: now,
+            canary_group: self.canary_group.clone(),
+            canary_percent: self.canary_percent,
+            keys: self.keys.iter().map(|(id, k)| k.record(id)).collect(),
+        }
+    }
+}
+
+impl KeyRow {
+    fn record(&self, id: &str) -> KeyRecord {
+        KeyRecord {
+            id: id.to_string(),
+            status: self.status,
+            reason: self.reason.clone(),
+            weight: self.weight,
+            group: self.group.clone(),
+            errors: self.errors,
+            strikes: self.strikes,
+            cooldown_until_ms: self.cooldown_until_ms,
+            last_status: self.last_status,
+            last_used_ms: self.last_used_ms,
+            successes: self.successes,
+            failures: self.failures,
+        }
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn select(&self, pool: &str, req: &SelectRequest<'_>) -> Result<Selection, StoreError> {
+        let now = req.now_ms.unwrap_or_else(system_now_ms);
+        self.with_pool(pool, |p| Ok(p.select(req, now)))
+    }
+
+    async fn report(&self, pool: &str, report: &Report<'_>) -> Result<ReportReceipt, StoreError> {
+        let now = report.now_ms.unwrap_or_else(system_now_ms);
+        self.with_pool(pool, |p| p.report(report, now))
+    }
+
+    async fn set_state(
+        &self,
+        pool: &str,
+        key: &KeyId,
+        state: AdminState,
+    ) -> Result<KeyState, StoreError> {
+        self.with_pool(pool, |p| p.set_admin_state(key.as_str(), state))
+    }
+
+    async fn set_weight(&self, pool: &str, key: &KeyId, weight: u32) -> Result<(), StoreError> {
+        if weight > 1000 {
+            return Err(StoreError::InvalidArgument(
+                "weight must be 0..=1000".into(),
+            ));
+        }
+        self.with_pool(pool, |p| p.set_weight(key.as_str(), weight))
+    }
+
+    async fn set_group(&self, pool: &str, key: &KeyId, group: &str) -> Result<(), StoreError> {
+        self.with_pool(pool, |p| p.set_group(key.as_str(), group))
+    }
+
+    async fn set_canary(&self, pool: &str, percent: u8) -> Result<(), StoreError> {
+        if percent > 100 {
+            return Err(StoreError::InvalidArgument(
+                "percent must be 0..=100".into(),
+            ));
+        }
+        self.with_pool(pool, |p| {
+            p.canary_percent = percent;
+            Ok(())
+        })
+    }
+
+    async fn reset_counters(&self, pool: &str, key: &KeyId) -> Result<(), StoreError> {
+        self.with_pool(pool, |p| p.reset_counters(key.as_str()))
+    }
+
+    async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError> {
+        let now = now_ms.unwrap_or_else(system_now_ms);
+        self.with_pool(pool, |p| Ok(p.snapshot(now)))
+    }
+
+    async fn sync(&self, spec: &PoolSpec) -> Result<SyncReceipt, StoreError> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(pools.entry(spec.name.clone()).or_default().sync(spec))
+    }
+}

@@ -1,0 +1,226 @@
+//! The shared key state behind one [`KeyStore`] trait (DESIGN sections 2 and 5).
+//!
+//! - `redis.rs`: the cluster-wide store; every transition is one Lua script from `lua/`.
+//! - `memory.rs`: the same semantics in process (the embedded store of a single replica, and the
+//!   fallback while Redis is unreachable). It mirrors the scripts step by step, slot numbers and
+//!   tree descent included, so both stores give the same answer for the same inputs.
+//! - `tree.rs`: the Fenwick tree of selectable weights that makes selection O(log n).
+//! - `spec.rs`: what a pool looks like to the store, derived from config.
+
+pub mod memory;
+pub mod redis;
+mod scripts;
+pub mod spec;
+mod transitions;
+pub mod tree;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::pool::{KeyId, KeyState, Outcome};
+pub use spec::{PoolSpec, StorePolicy};
+
+/// How a request is routed between the stable and the canary group (DESIGN section 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Canary when `bucket < canary percent` (the percent lives in the store).
+    Bucket(u8),
+    /// `X-Gray-Group: treatment`.
+    Canary,
+    /// `X-Gray-Group: control`.
+    Stable,
+}
+
+/// One selection: the pool, the route, the keys this request already tried, and the replica's
+/// random draw (so the store's choice is deterministic given its inputs).
+#[derive(Clone, Debug)]
+pub struct SelectRequest<'a> {
+    pub route: Route,
+    pub exclude: &'a [KeyId],
+    /// Uniform in `[0, 2^53)`; see [`random_draw`].
+    pub rand: u64,
+    /// A virtual clock for tests; `None` uses the store's clock (Redis `TIME`).
+    pub now_ms: Option<u64>,
+}
+
+/// A uniform draw in `[0, 2^53)` for [`SelectRequest::rand`].
+pub fn random_draw() -> u64 {
+    rand::random::<u64>() >> 11
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selection {
+    Key(Chosen),
+    None(Unavailable),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chosen {
+    pub key: KeyId,
+    pub group: String,
+    /// The canary group had no selectable key and the request fell back to stable.
+    pub fallback: bool,
+    /// This attempt is the key's half-open probe; pass it back in [`Report::probe`].
+    pub probe: bool,
+}
+
+/// No key is selectable now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unavailable {
+    /// The earliest moment (store clock, ms) any key recovers by itself; `None`: none will.
+    pub retry_at_ms: Option<u64>,
+    pub now_ms: u64,
+    pub counts: StateCounts,
+}
+
+/// How many keys of a pool are in each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCounts {
+    pub active: u64,
+    pub cooling: u64,
+    pub open: u64,
+    pub half_open: u64,
+    pub disabled: u64,
+    pub draining: u64,
+}
+
+impl StateCounts {
+    pub fn from_array(c: [u64; 6]) -> StateCounts {
+        StateCounts {
+            active: c[0],
+            cooling: c[1],
+            open: c[2],
+            half_open: c[3],
+            disabled: c[4],
+            draining: c[5],
+        }
+    }
+}
+
+/// The outcome of one upstream attempt, as the store needs it.
+#[derive(Clone, Debug)]
+pub struct Report<'a> {
+    pub key: &'a KeyId,
+    pub outcome: Outcome,
+    /// Rate-limited: the upstream's Retry-After. Success: the reset time announced with
+    /// `x-ratelimit-remaining-*: 0` (the key cools before its 429 happens).
+    pub cooldown_ms: Option<u64>,
+    /// The upstream HTTP status, 0 when there was no answer.
+    pub http_status: u16,
+    pub probe: bool,
+    pub now_ms: Option<u64>,
+}
+
+/// What a report did to the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportReceipt {
+    pub state: KeyState,
+    /// The status changed because of this report.
+    pub changed: bool,
+    pub cooldown_until_ms: u64,
+}
+
+/// An operator's change of a key's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    Enable,
+    Disable,
+    Drain,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Enable => "enable",
+            AdminState::Disable => "disable",
+            AdminState::Drain => "drain",
+        }
+    }
+}
+
+/// One key as the snapshot shows it (the fields of DESIGN section 5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub status: KeyState,
+    pub reason: String,
+    pub weight: u32,
+    pub group: String,
+    pub errors: u64,
+    pub strikes: u64,
+    pub cooldown_until_ms: u64,
+    pub last_status: u16,
+    pub last_used_ms: u64,
+    pub successes: u64,
+    pub failures: u64,
+}
+
+/// Every key of a pool, read at one moment of the store's clock.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolSnapshot {
+    pub now_ms: u64,
+    pub canary_group: String,
+    pub canary_percent: u8,
+    pub keys: Vec<KeyRecord>,
+}
+
+/// What `sync` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncReceipt {
+    Unchanged,
+    Synced {
+        created: u64,
+        updated: u64,
+        removed: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store call timed out")]
+    Timeout,
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store script failed: {0}")]
+    Script(String),
+    #[error("unknown pool {0:?}")]
+    UnknownPool(String),
+    #[error("unknown key {0:?}")]
+    UnknownKey(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl StoreError {
+    /// Errors that say the store itself is unhealthy (as opposed to a bad argument).
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Timeout | StoreError::Unavailable(_) | StoreError::Script(_)
+        )
+    }
+}
+
+/// The cluster-wide key state. Every method is one atomic step of the store.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Chooses a key for one attempt, or says why none can be had.
+    async fn select(&self, pool: &str, req: &SelectRequest<'_>) -> Result<Selection, StoreError>;
+    /// Applies the outcome of one attempt to its key.
+    async fn report(&self, pool: &str, report: &Report<'_>) -> Result<ReportReceipt, StoreError>;
+    async fn set_state(
+        &self,
+        pool: &str,
+        key: &KeyId,
+        state: AdminState,
+    ) -> Result<KeyState, StoreError>;
+    async fn set_weight(&self, pool: &str, key: &KeyId, weight: u32) -> Result<(), StoreError>;
+    async fn set_group(&self, pool: &str, key: &KeyId, group: &str) -> Result<(), StoreError>;
+    async fn set_canary(&self, pool: &str, percent: u8) -> Result<(), StoreError>;
+    async fn reset_counters(&self, pool: &str, key: &KeyId) -> Result<(), StoreError>;
+    /// Every key's state, for metrics and the admin API (O(pool size): cache it).
+    async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError>;
+    /// Creates the pool from config or brings it up to date, keeping live key state.
+    async fn sync(&self, spec: &PoolSpec) -> Result<SyncReceipt, StoreError>;
+}

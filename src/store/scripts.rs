@@ -1,0 +1,52 @@
+//! The Lua scripts of `lua/`, each prefixed with `lua/lib.lua` and built once at start-up.
+
+use redis::Script;
+
+const LIB: &str = include_str!("../../lua/lib.lua");
+
+fn build(body: &str) -> Script {
+    Script::new(&format!("{LIB}\n{body}"))
+}
+
+/// Every script the Redis store runs; built once (hashing each source), shared by all calls.
+pub(crate) struct Scripts {
+    pub select: Script,
+    pub report: Script,
+    pub set_state: Script,
+    pub set_weight: Script,
+    pub set_group: Script,
+    pub set_canary: Script,
+    pub reset: Script,
+    pub snapshot: Script,
+    pub sync: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        Scripts {
+            select: build(include_str!("../../lua/select.lua")),
+            report: build(include_str!("../../lua/report.lua")),
+            set_state: build(include_str!("../../lua/set_state.lua")),
+            set_weight: build(include_str!("../../lua/set_weight.lua")),
+            set_group: build(include_str!("../../lua/set_group.lua")),
+            set_canary: build(include_str!("../../lua/set_canary.lua")),
+            reset: build(include_str!("../../lua/reset.lua")),
+            snapshot: build(include_str!("../../lua/snapshot.lua")),
+            sync: build(include_str!("../../lua/sync.lua")),
+        }
+    }
+
+    pub fn all(&self) -> [&Script; 9] {
+        [
+            &self.select,
+            &self.report,
+            &self.set_state,
+            &self.set_weight,
+            &self.set_group,
+            &self.set_canary,
+            &self.reset,
+            &self.snapshot,
+            &self.sync,
+        ]
+    }
+}

@@ -1,0 +1,116 @@
+//! What a pool is to the store: its policy in milliseconds, its canary settings and its keys
+//! (ids, weights, groups; never secrets), derived once from config.
+
+use sha2::{Digest, Sha256};
+
+use crate::config::PoolConfig;
+use crate::pool::KeyId;
+
+/// The pool policy of DESIGN section 7, in the store's unit (ms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorePolicy {
+    pub cooldown_default_ms: u64,
+    pub cooldown_max_ms: u64,
+    pub breaker_errors: u32,
+    pub breaker_window_ms: u64,
+    pub breaker_open_ms: u64,
+    pub quota_cooldown_ms: u64,
+    /// How long a half-open probe holds the key before another replica may probe it.
+    pub probe_lease_ms: u64,
+}
+
+impl Default for StorePolicy {
+    fn default() -> Self {
+        StorePolicy {
+            cooldown_default_ms: 60_000,
+            cooldown_max_ms: 900_000,
+            breaker_errors: 5,
+            breaker_window_ms: 60_000,
+            breaker_open_ms: 30_000,
+            quota_cooldown_ms: 3_600_000,
+            probe_lease_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecKey {
+    pub id: KeyId,
+    pub weight: u32,
+    pub group: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub name: String,
+    pub policy: StorePolicy,
+    pub canary_group: String,
+    pub canary_percent: u8,
+    pub canary_fallback: bool,
+    pub keys: Vec<SpecKey>,
+}
+
+impl PoolSpec {
+    pub fn from_config(pool: &PoolConfig) -> PoolSpec {
+        let p = &pool.policy;
+        PoolSpec {
+            name: pool.name.clone(),
+            policy: StorePolicy {
+                cooldown_default_ms: p.cooldown_default_s.saturating_mul(1000),
+                cooldown_max_ms: p.cooldown_max_s.saturating_mul(1000),
+                breaker_errors: p.breaker_errors,
+                breaker_window_ms: p.breaker_window_s.saturating_mul(1000),
+                breaker_open_ms: p.breaker_open_s.saturating_mul(1000),
+                quota_cooldown_ms: p.quota_cooldown_s.saturating_mul(1000),
+                probe_lease_ms: p.probe_lease_s.saturating_mul(1000),
+            },
+            canary_group: pool.canary.group.clone(),
+            canary_percent: pool.canary.percent,
+            canary_fallback: pool.canary.fallback,
+            keys: pool
+                .keys
+                .iter()
+                .filter_map(|k| {
+                    Some(SpecKey {
+                        id: KeyId::new(&k.id)?,
+                        weight: k.weight,
+                        group: k.group.clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The ARGV of `lua/sync.lua` after the fingerprint, in order.
+    pub fn sync_args(&self) -> Vec<String> {
+        let p = &self.policy;
+        let mut args = vec![
+            p.cooldown_default_ms.to_string(),
+            p.cooldown_max_ms.to_string(),
+            p.breaker_errors.to_string(),
+            p.breaker_window_ms.to_string(),
+            p.breaker_open_ms.to_string(),
+            p.quota_cooldown_ms.to_string(),
+            p.probe_lease_ms.to_string(),
+            self.canary_group.clone(),
+            self.canary_percent.to_string(),
+            if self.canary_fallback { "1" } else { "0" }.to_string(),
+        ];
+        for k in &self.keys {
+            args.push(k.id.to_string());
+            args.push(k.weight.to_string());
+            args.push(k.group.clone());
+        }
+        args
+    }
+
+    /// A hash of everything `sync` writes: equal fingerprints mean there is nothing to do.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for a in self.sync_args() {
+            h.update(a.len().to_le_bytes());
+            h.update(a.as_bytes());
+        }
+        hex::encode(&h.finalize()[..16])
+    }
+}

@@ -1,0 +1,398 @@
+//! The memory store's per-key state machine: `lua/lib.lua`, `report.lua`, the admin scripts
+//! and `sync.lua`, line for line (keep them in step; the model-based test compares them).
+
+use super::memory::{KeyRow, PoolState};
+use super::{AdminState, KeyRecord, PoolSpec, Report, ReportReceipt, StoreError, SyncReceipt};
+use crate::pool::{KeyState, Outcome};
+
+fn in_tree(status: KeyState, weight: u32) -> bool {
+    status == KeyState::Active && weight > 0
+}
+
+fn idx(s: KeyState) -> usize {
+    KeyState::ALL.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+fn unknown_key(id: &str) -> StoreError {
+    StoreError::UnknownKey(id.to_string())
+}
+
+impl PoolState {
+    fn row(&self, id: &str) -> Result<KeyRow, StoreError> {
+        self.keys.get(id).cloned().ok_or_else(|| unknown_key(id))
+    }
+
+    fn put(&mut self, id: &str, row: KeyRow) {
+        self.keys.insert(id.to_string(), row);
+    }
+
+    fn due_remove(&mut self, id: &str) {
+        if let Some(d) = self.due_at.remove(id) {
+            self.due.remove(&(d, id.to_string()));
+        }
+    }
+
+    fn due_set(&mut self, id: &str, deadline: u64) {
+        self.due_remove(id);
+        self.due.insert((deadline, id.to_string()));
+        self.due_at.insert(id.to_string(), deadline);
+    }
+
+    fn probe_remove(&mut self, group: &str, id: &str) {
+        if let (Some(lease), Some(set)) = (self.probe_at.remove(id), self.probes.get_mut(group)) {
+            set.remove(&(lease, id.to_string()));
+        }
+    }
+
+    fn probe_set(&mut self, group: &str, id: &str, lease: u64) {
+        self.probe_remove(group, id);
+        self.probes
+            .entry(group.to_string())
+            .or_default()
+            .insert((lease, id.to_string()));
+        self.probe_at.insert(id.to_string(), lease);
+    }
+
+    /// `set_status` of lib.lua: trees, probe sets, the due index and counters follow the status.
+    fn set_status(
+        &mut self,
+        id: &str,
+        k: &mut KeyRow,
+        status: KeyState,
+        reason: &str,
+        deadline: Option<u64>,
+    ) {
+        let old = k.status;
+        let (was, now_in) = (in_tree(old, k.weight), in_tree(status, k.weight));
+        if was && !now_in {
+            self.tree_add(&k.group.clone(), k.slot, -(k.weight as i64));
+        } else if now_in && !was {
+            self.tree_add(&k.group.clone(), k.slot, k.weight as i64);
+        }
+        if old != status {
+            self.counts[idx(old)] -= 1;
+            self.counts[idx(status)] += 1;
+            if old == KeyState::HalfOpen {
+                self.probe_remove(&k.group, id);
+            }
+            if status == KeyState::HalfOpen {
+                self.probe_set(&k.group.clone(), id, 0);
+            }
+        }
+        match deadline {
+            Some(d) => self.due_set(id, d),
+            None => self.due_remove(id),
+        }
+        k.status = status;
+        k.reason = reason.to_string();
+        k.cooldown_until_ms = deadline.unwrap_or(0);
+    }
+
+    /// `recover_due` of lib.lua for one key.
+    pub(crate) fn recover(&mut self, id: &str) {
+        let Ok(mut k) = self.row(id) else {
+            self.due_remove(id);
+            return;
+        };
+        match (k.status, k.reason.as_str()) {
+            (KeyState::Cooling, _) | (KeyState::Disabled, "quota") => {
+                self.set_status(id, &mut k, KeyState::Active, "", None)
+            }
+            (KeyState::Open, _) => self.set_status(id, &mut k, KeyState::HalfOpen, "breaker", None),
+            _ => self.due_remove(id),
+        }
+        self.put(id, k);
+    }
+
+    fn cool(&mut self, id: &str, k: &mut KeyRow, ms: u64, now: u64) {
+        let mut deadline = now + ms.min(self.policy.cooldown_max_ms);
+        if k.status == KeyState::Cooling && k.cooldown_until_ms > deadline {
+            deadline = k.cooldown_until_ms;
+        }
+        self.set_status(id, k, KeyState::Cooling, "rate_limited", Some(deadline));
+    }
+
+    pub(crate) fn report(&mut self, r: &Report<'_>, now: u64) -> Result<ReportReceipt, StoreError> {
+        let id = r.key.as_str();
+        let mut k = self.row(id)?;
+        let before = k.status;
+        if r.outcome == Outcome::ClientError {
+            if r.probe && k.status == KeyState::HalfOpen {
+                self.probe_set(&k.group.clone(), id, 0);
+            }
+            return Ok(ReportReceipt {
+                state: k.status,
+                changed: false,
+                cooldown_until_ms: k.cooldown_until_ms,
+            });
+        }
+        k.last_status = r.http_status;
+        let hint = r.cooldown_ms;
+        if r.outcome == Outcome::Success {
+            k.successes += 1;
+            k.errors = 0;
+            k.strikes = 0;
+            if k.status == KeyState::HalfOpen && r.probe {
+                k.open_ms = 0;
+                self.set_status(id, &mut k, KeyState::Active, "", None);
+            }
+            if let Some(h) = hint.filter(|h| *h > 0) {
+                if matches!(k.status, KeyState::Active | KeyState::Cooling) {
+                    self.cool(id, &mut k, h, now);
+                }
+            }
+        } else {
+            k.failures += 1;
+            self.apply_failure(id, &mut k, r, now);
+        }
+        let receipt = ReportReceipt {
+            state: k.status,
+            changed: k.status != before,
+            cooldown_until_ms: k.cooldown_until_ms,
+        };
+        self.put(id, k);
+        Ok(receipt)
+    }
+
+    fn apply_failure(&mut self, id: &str, k: &mut KeyRow, r: &Report<'_>, now: u64) {
+        let admin_owned = k.status == KeyState::Draining
+            || (k.status == KeyState::Disabled && k.reason != "quota");
+        let p = self.policy.clone();
+        if admin_owned {
+            return;
+        }
+        match r.outcome {
+            Outcome::RateLimited
+                if matches!(k.status, KeyState::Active | KeyState::Cooling)
+                    || (k.status == KeyState::HalfOpen && r.probe) =>
+            {
+                let ms = r.cooldown_ms.unwrap_or_else(|| {
+                    let factor = 1u64
+                        .checked_shl(k.strikes.min(63) as u32)
+                        .unwrap_or(u64::MAX);
+                    p.cooldown_default_ms.saturating_mul(factor)
+                });
+                k.strikes += 1;
+                self.cool(id, k, ms, now);
+            }
+            Outcome::RateLimited => {}
+            Outcome::QuotaExhausted => {
+                let mut deadline = now + p.quota_cooldown_ms;
+                if k.status == KeyState::Disabled && k.cooldown_until_ms > deadline {
+                    deadline = k.cooldown_until_ms;
+                }
+                self.set_status(id, k, KeyState::Disabled, "quota", Some(deadline));
+            }
+            Outcome::Unauthorized => {
+                self.set_status(id, k, KeyState::Disabled, "unauthorized", None)
+            }
+            _ if k.status == KeyState::Active => {
+                if now.saturating_sub(k.window_start_ms) >= p.breaker_window_ms {
+                    k.errors = 0;
+                    k.window_start_ms = now;
+                }
+                k.errors += 1;
+                if k.errors >= p.breaker_errors as u64 {
+                    k.open_ms = p.breaker_open_ms;
+                    self.set_status(
+                        id,
+                        k,
+                        KeyState::Open,
+                        "breaker",
+                        Some(now + p.breaker_open_ms),
+                    );
+                }
+            }
+            _ if k.status == KeyState::HalfOpen && r.probe => {
+                let cap = p.cooldown_max_ms.max(p.breaker_open_ms);
+                let ms = k.open_ms.saturating_mul(2).max(p.breaker_open_ms).min(cap);
+                k.open_ms = ms;
+                self.set_status(id, k, KeyState::Open, "breaker", Some(now + ms));
+            }
+            _ => {}
+        }
+    }
+
+    pub(crate) fn set_admin_state(
+        &mut self,
+        id: &str,
+        state: AdminState,
+    ) -> Result<KeyState, StoreError> {
+        let mut k = self.row(id)?;
+        match state {
+            AdminState::Enable => {
+                k.errors = 0;
+                k.strikes = 0;
+                k.open_ms = 0;
+                self.set_status(id, &mut k, KeyState::Active, "", None);
+            }
+            AdminState::Disable => self.set_status(id, &mut k, KeyState::Disabled, "admin", None),
+            AdminState::Drain => self.set_status(id, &mut k, KeyState::Draining, "admin", None),
+        }
+        let s = k.status;
+        self.put(id, k);
+        Ok(s)
+    }
+
+    fn apply_weight(&mut self, k: &mut KeyRow, w: u32) {
+        if in_tree(k.status, k.weight) {
+            self.tree_add(&k.group.clone(), k.slot, -(k.weight as i64));
+        }
+        k.weight = w;
+        if in_tree(k.status, w) {
+            self.tree_add(&k.group.clone(), k.slot, w as i64);
+        }
+    }
+
+    fn apply_group(&mut self, id: &str, k: &mut KeyRow, g: &str) {
+        if g == k.group {
+            return;
+        }
+        self.tree(g);
+        if in_tree(k.status, k.weight) {
+            self.tree_add(&k.group.clone(), k.slot, -(k.weight as i64));
+            self.tree_add(g, k.slot, k.weight as i64);
+        }
+        if k.status == KeyState::HalfOpen {
+            self.probe_remove(&k.group.clone(), id);
+            self.probe_set(g, id, 0);
+        }
+        k.group = g.to_string();
+    }
+
+    pub(crate) fn set_weight(&mut self, id: &str, w: u32) -> Result<(), StoreError> {
+        let mut k = self.row(id)?;
+        self.apply_weight(&mut k, w);
+        self.put(id, k);
+        Ok(())
+    }
+
+    pub(crate) fn set_group(&mut self, id: &str, g: &str) -> Result<(), StoreError> {
+        let mut k = self.row(id)?;
+        self.apply_group(id, &mut k, g);
+        self.put(id, k);
+        Ok(())
+    }
+
+    pub(crate) fn reset_counters(&mut self, id: &str) -> Result<(), StoreError> {
+        let k = self.keys.get_mut(id).ok_or_else(|| unknown_key(id))?;
+        (
+            k.errors,
+            k.strikes,
+            k.successes,
+            k.failures,
+            k.window_start_ms,
+        ) = (0, 0, 0, 0, 0);
+        Ok(())
+    }
+
+    fn create_key(&mut self, id: &str, w: u32, g: &str) {
+        self.next_slot += 1;
+        let slot = self.next_slot;
+        self.ensure_capacity(slot);
+        self.tree(g);
+        self.slots.insert(slot, id.to_string());
+        self.counts[idx(KeyState::Active)] += 1;
+        if w > 0 {
+            self.tree_add(g, slot, w as i64);
+        }
+        let row = KeyRow {
+            status: KeyState::Active,
+            reason: String::new(),
+            weight: w,
+            group: g.to_string(),
+            errors: 0,
+            strikes: 0,
+            cooldown_until_ms: 0,
+            last_status: 0,
+            last_used_ms: 0,
+            successes: 0,
+            failures: 0,
+            slot,
+            window_start_ms: 0,
+            open_ms: 0,
+            cfg_weight: w,
+            cfg_group: g.to_string(),
+        };
+        self.put(id, row);
+    }
+
+    /// `sync.lua`.
+    pub(crate) fn sync(&mut self, spec: &PoolSpec) -> SyncReceipt {
+        let hash = spec.fingerprint();
+        if self.config_hash == hash {
+            return SyncReceipt::Unchanged;
+        }
+        let (mut created, mut updated, mut removed) = (0, 0, 0);
+        if self.cap == 0 {
+            self.cap = 1;
+        }
+        self.policy = spec.policy.clone();
+        self.canary_group = spec.canary_group.clone();
+        self.canary_fallback = spec.canary_fallback;
+        if self.canary_percent_cfg != Some(spec.canary_percent) {
+            self.canary_percent = spec.canary_percent;
+            self.canary_percent_cfg = Some(spec.canary_percent);
+        }
+        self.tree("stable");
+        self.tree(&spec.canary_group.clone());
+        for sk in &spec.keys {
+            let id = sk.id.as_str();
+            let Ok(mut k) = self.row(id) else {
+                self.create_key(id, sk.weight, &sk.group);
+                created += 1;
+                continue;
+            };
+            let mut touched = false;
+            if k.cfg_weight != sk.weight {
+                self.apply_weight(&mut k, sk.weight);
+                k.cfg_weight = sk.weight;
+                touched = true;
+            }
+            if k.cfg_group != sk.group {
+                self.apply_group(id, &mut k, &sk.group);
+                k.cfg_group = sk.group.clone();
+                touched = true;
+            }
+            if k.status == KeyState::Draining && k.reason == "removed" {
+                self.set_status(id, &mut k, KeyState::Active, "", None);
+                touched = true;
+            }
+            updated += touched as u64;
+            self.put(id, k);
+        }
+        let gone: Vec<String> = self
+            .keys
+            .keys()
+            .filter(|id| !spec.keys.iter().any(|k| k.id.as_str() == id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            let Ok(mut k) = self.row(&id) else { continue };
+            if k.status != KeyState::Draining {
+                self.set_status(&id, &mut k, KeyState::Draining, "removed", None);
+                removed += 1;
+            }
+            self.put(&id, k);
+        }
+        self.config_hash = hash;
+        SyncReceipt::Synced {
+            created,
+            updated,
+            removed,
+        }
+    }
+
+    /// Puts a key back to what a snapshot recorded (degraded mode seeding).
+    pub(crate) fn restore(&mut self, rec: &KeyRecord) {
+        let Ok(mut k) = self.row(&rec.id) else { return };
+        self.apply_weight(&mut k, rec.weight);
+        self.apply_group(&rec.id, &mut k, &rec.group);
+        let deadline = (rec.cooldown_until_ms > 0).then_some(rec.cooldown_until_ms);
+        self.set_status(&rec.id, &mut k, rec.status, &rec.reason, deadline);
+        (k.errors, k.strikes, k.successes, k.failures) =
+            (rec.errors, rec.strikes, rec.successes, rec.failures);
+        (k.last_status, k.last_used_ms) = (rec.last_status, rec.last_used_ms);
+        self.put(&rec.id, k);
+    }
+}

@@ -1,0 +1,482 @@
+//! Token usage read from upstream answers, for `keygate_tokens_total{pool,key,model,kind}`.
+//!
+//! Non-streaming answers carry a top-level `usage` object (chat and completions: prompt,
+//! completion and total tokens; embeddings: prompt and total only). Streaming answers are
+//! Server-Sent Events; with `stream_options.include_usage` the last chunk carries `usage`.
+//! [`SseUsageScanner`] watches the streamed bytes as they pass through the proxy without touching
+//! them, at O(chunk) cost per chunk and bounded memory.
+//!
+//! The Responses API spelling (`input_tokens`/`output_tokens`, and `response.usage` inside its
+//! stream events) is understood too.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The largest single SSE event the scanner buffers; larger events are skipped, not parsed.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// Buffers that grew beyond this are released after each event, so one large event does not pin
+/// its memory for the rest of the stream.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// The token counts of one answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    /// Reads a `usage` object; `None` unless it is an object with at least one token count.
+    /// A missing `total_tokens` is the sum of the other two.
+    fn from_value(value: &Value) -> Option<Usage> {
+        let count = |names: &[&str]| names.iter().find_map(|name| value.get(*name)?.as_u64());
+        let prompt = count(&["prompt_tokens", "input_tokens"]);
+        let completion = count(&["completion_tokens", "output_tokens"]);
+        let total = count(&["total_tokens"]);
+        if prompt.is_none() && completion.is_none() && total.is_none() {
+            return None;
+        }
+        let (prompt, completion) = (prompt.unwrap_or(0), completion.unwrap_or(0));
+        Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: total.unwrap_or(prompt.saturating_add(completion)),
+        })
+    }
+}
+
+/// The fields of an answer (or of one stream chunk) that we read; everything else is skipped
+/// by serde without being built.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(default)]
+    model: Option<Value>,
+    /// Responses API stream events wrap the answer: `{"type":"response.completed","response":{…}}`.
+    #[serde(default)]
+    response: Option<Inner>,
+}
+
+#[derive(Deserialize)]
+struct Inner {
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(default)]
+    model: Option<Value>,
+}
+
+impl Envelope {
+    fn parse(json: &[u8]) -> Option<Envelope> {
+        serde_json::from_slice(json).ok()
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        let nested = self.response.as_ref().and_then(|r| r.usage.as_ref());
+        self.usage.as_ref().or(nested).and_then(Usage::from_value)
+    }
+
+    fn model(&self) -> Option<&str> {
+        let nested = self.response.as_ref().and_then(|r| r.model.as_ref());
+        let model = self.model.as_ref().and_then(Value::as_str);
+        model
+            .or_else(|| nested.and_then(Value::as_str))
+            .filter(|m| !m.is_empty())
+    }
+}
+
+/// The `usage` of a non-streaming JSON answer.
+pub fn usage_from_json_body(body: &[u8]) -> Option<Usage> {
+    Envelope::parse(body)?.usage()
+}
+
+/// The `model` of a non-streaming JSON answer (the model that actually served it).
+pub fn model_from_json_body(body: &[u8]) -> Option<String> {
+    Envelope::parse(body)?.model().map(str::to_owned)
+}
+
+/// Watches a Server-Sent Events stream for the last non-null `usage` and the `model` field.
+///
+/// Feed it every chunk in order, by reference; it never changes or holds back the bytes. Lines
+/// may end in `\n`, `\r\n` or `\r` and may be split anywhere across chunks; an event ends at a
+/// blank line; its `data:` lines are joined with `\n`. `[DONE]` and non-JSON data are skipped,
+/// and an event larger than [`MAX_EVENT_BYTES`] is dropped whole.
+#[derive(Debug, Default)]
+pub struct SseUsageScanner {
+    /// The current, unfinished line.
+    line: Vec<u8>,
+    /// Whether the current line has any byte (it may be unbuffered when the event is oversized).
+    line_started: bool,
+    /// The previous chunk ended in `\r`: a leading `\n` finishes that same line ending.
+    after_cr: bool,
+    /// The `data` of the current event so far, lines joined with `\n`.
+    data: Vec<u8>,
+    /// Whether the current event has had a `data` line (an empty one counts).
+    has_data: bool,
+    /// The current event passed [`MAX_EVENT_BYTES`]: skip its bytes until it ends.
+    oversized: bool,
+    usage: Option<Usage>,
+    model: Option<String>,
+}
+
+impl SseUsageScanner {
+    pub fn new() -> SseUsageScanner {
+        SseUsageScanner::default()
+    }
+
+    /// Observes the next chunk of the stream.
+    pub fn feed(&mut self, mut chunk: &[u8]) {
+        while let Some((&first, rest)) = chunk.split_first() {
+            if std::mem::take(&mut self.after_cr) && first == b'\n' {
+                chunk = rest;
+                continue;
+            }
+            match chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
+                Some(end) => {
+                    self.push_line_bytes(&chunk[..end]);
+                    self.after_cr = chunk[end] == b'\r';
+                    self.end_line();
+                    chunk = &chunk[end + 1..];
+                }
+                None => {
+                    self.push_line_bytes(chunk);
+                    chunk = &[];
+                }
+            }
+        }
+    }
+
+    /// Handles an event that the stream left unterminated (no blank line before its end). The
+    /// SSE rules discard such an event; call this only to be lenient with a broken upstream.
+    pub fn finish(&mut self) {
+        if self.line_started {
+            self.end_line();
+        }
+        self.end_event();
+    }
+
+    /// The last non-null `usage` seen so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// The last non-empty `model` seen so far.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    fn push_line_bytes(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.line_started = true;
+        if self.oversized {
+            return;
+        }
+        if self.line.len() + self.data.len() + bytes.len() > MAX_EVENT_BYTES {
+            self.drop_event();
+            return;
+        }
+        self.line.extend_from_slice(bytes);
+    }
+
+    fn end_line(&mut self) {
+        if !std::mem::take(&mut self.line_started) {
+            self.end_event();
+            return;
+        }
+        if self.oversized {
+            return;
+        }
+        let line = std::mem::take(&mut self.line);
+        // A line without a colon is a field name with an empty value; `:` starts a comment.
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(colon) => (&line[..colon], &line[colon + 1..]),
+            None => (&line[..], &[][..]),
+        };
+        if field == b"data" {
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            if self.has_data {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(value);
+            self.has_data = true;
+        }
+        // Reuse the line buffer's allocation.
+        self.line = line;
+        self.line.clear();
+    }
+
+    fn end_event(&mut self) {
+        if self.has_data && !self.oversized && self.data != b"[DONE]" {
+            if let Some(envelope) = Envelope::parse(&self.data) {
+                self.observe(&envelope);
+            }
+        }
+        self.data.clear();
+        self.has_data = false;
+        self.oversized = false;
+        if self.data.capacity() > KEEP_CAPACITY {
+            self.data = Vec::new();
+        }
+        if self.line.capacity() > KEEP_CAPACITY {
+            self.line = Vec::new();
+        }
+    }
+
+    fn observe(&mut self, envelope: &Envelope) {
+        if let Some(usage) = envelope.usage() {
+            self.usage = Some(usage);
+        }
+        if let Some(model) = envelope.model() {
+            if self.model.as_deref() != Some(model) {
+                self.model = Some(model.to_owned());
+            }
+        }
+    }
+
+    fn drop_event(&mut self) {
+        self.oversized = true;
+        self.line = Vec::new();
+        self.data = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CHAT_STREAM: &str = concat!(
+        ": keep-alive comment\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4.1-2025-04-14\",",
+        "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"gpt-4.1-2025-04-14\",",
+        "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"model\":\"gpt-4.1-2025-04-14\",\"choices\":[],",
+        "\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":2,\"total_tokens\":14}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    const CHAT_USAGE: Usage = Usage {
+        prompt_tokens: 12,
+        completion_tokens: 2,
+        total_tokens: 14,
+    };
+
+    fn scan(chunks: &[&[u8]]) -> SseUsageScanner {
+        let mut scanner = SseUsageScanner::new();
+        for chunk in chunks {
+            scanner.feed(chunk);
+        }
+        scanner
+    }
+
+    #[test]
+    fn json_body_usage_for_chat_and_embeddings() {
+        let chat = br#"{"id":"x","model":"gpt-4.1","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}"#;
+        let expected = Usage {
+            prompt_tokens: 9,
+            completion_tokens: 3,
+            total_tokens: 12,
+        };
+        assert_eq!(usage_from_json_body(chat), Some(expected));
+        let embeddings = br#"{"object":"list","data":[],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        let expected = Usage {
+            prompt_tokens: 8,
+            completion_tokens: 0,
+            total_tokens: 8,
+        };
+        assert_eq!(usage_from_json_body(embeddings), Some(expected));
+        let model = model_from_json_body(embeddings);
+        assert_eq!(model.as_deref(), Some("text-embedding-3-small"));
+    }
+
+    #[test]
+    fn json_body_usage_in_responses_api_spelling_sums_missing_total() {
+        let body = br#"{"model":"gpt-4.1","usage":{"input_tokens":5,"output_tokens":7}}"#;
+        let expected = Usage {
+            prompt_tokens: 5,
+            completion_tokens: 7,
+            total_tokens: 12,
+        };
+        assert_eq!(usage_from_json_body(body), Some(expected));
+    }
+
+    #[test]
+    fn json_body_without_usable_usage_is_none() {
+        for body in [
+            &br#"{"usage":null}"#[..],
+            br#"{"usage":{}}"#,
+            br#"{"usage":"lots"}"#,
+            br#"{"choices":[]}"#,
+            br#"[1,2]"#,
+            b"not json",
+            b"",
+        ] {
+            assert_eq!(
+                usage_from_json_body(body),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(model_from_json_body(br#"{"model":""}"#), None);
+        assert_eq!(model_from_json_body(br#"{"model":3}"#), None);
+    }
+
+    #[test]
+    fn stream_final_chunk_usage_and_model_are_seen() {
+        let scanner = scan(&[CHAT_STREAM.as_bytes()]);
+        assert_eq!(scanner.usage(), Some(CHAT_USAGE));
+        assert_eq!(scanner.model(), Some("gpt-4.1-2025-04-14"));
+    }
+
+    #[test]
+    fn stream_split_at_every_byte_boundary_gives_identical_usage() {
+        let bytes = CHAT_STREAM.as_bytes();
+        for split in 0..=bytes.len() {
+            let (head, tail) = bytes.split_at(split);
+            let scanner = scan(&[head, tail]);
+            assert_eq!(scanner.usage(), Some(CHAT_USAGE), "split at {split}");
+            assert_eq!(
+                scanner.model(),
+                Some("gpt-4.1-2025-04-14"),
+                "split at {split}"
+            );
+        }
+        let one_byte_chunks: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(scan(&one_byte_chunks).usage(), Some(CHAT_USAGE));
+    }
+
+    #[test]
+    fn crlf_and_cr_line_endings_split_anywhere() {
+        for ending in ["\r\n", "\r"] {
+            let stream = CHAT_STREAM.replace('\n', ending);
+            let bytes = stream.as_bytes();
+            for split in 0..=bytes.len() {
+                let (head, tail) = bytes.split_at(split);
+                let scanner = scan(&[head, tail]);
+                assert_eq!(
+                    scanner.usage(),
+                    Some(CHAT_USAGE),
+                    "{ending:?} split at {split}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn multi_line_data_without_space_is_joined() {
+        let stream =
+            "data:{\"usage\":\ndata: {\"prompt_tokens\":1,\r\ndata:\"total_tokens\":4}}\n\n";
+        let expected = Usage {
+            prompt_tokens: 1,
+            completion_tokens: 0,
+            total_tokens: 4,
+        };
+        assert_eq!(scan(&[stream.as_bytes()]).usage(), Some(expected));
+    }
+
+    #[test]
+    fn event_fields_and_comments_do_not_disturb_data() {
+        let stream =
+            "event: message\nid: 7\n: note\nretry: 10\ndata: {\"usage\":{\"total_tokens\":3}}\n\n";
+        assert_eq!(
+            scan(&[stream.as_bytes()]).usage().map(|u| u.total_tokens),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn null_usage_after_real_usage_does_not_erase_it() {
+        let stream =
+            "data: {\"usage\":{\"total_tokens\":3}}\n\ndata: {\"usage\":null}\n\ndata: oops\n\n";
+        assert_eq!(
+            scan(&[stream.as_bytes()]).usage().map(|u| u.total_tokens),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn unterminated_event_counts_only_after_finish() {
+        let mut scanner = scan(&[b"data: {\"usage\":{\"total_tokens\":3}}"]);
+        assert_eq!(scanner.usage(), None);
+        scanner.finish();
+        assert_eq!(scanner.usage().map(|u| u.total_tokens), Some(3));
+    }
+
+    #[test]
+    fn responses_api_completed_event_carries_usage() {
+        let stream = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-4.1\",\"usage\":{\"input_tokens\":2,\"output_tokens\":3,\"total_tokens\":5}}}\n\n";
+        let scanner = scan(&[stream.as_bytes()]);
+        assert_eq!(scanner.usage().map(|u| u.completion_tokens), Some(3));
+        assert_eq!(scanner.model(), Some("gpt-4.1"));
+    }
+
+    #[test]
+    fn oversized_event_is_dropped_and_the_next_one_still_counts() {
+        let padding = "x".repeat(MAX_EVENT_BYTES + 10);
+        let big = format!("data: {{\"pad\":\"{padding}\",\"usage\":{{\"total_tokens\":99}}}}\n\n");
+        let small = "data: {\"usage\":{\"total_tokens\":5}}\n\n";
+        let mut scanner = SseUsageScanner::new();
+        for chunk in big.as_bytes().chunks(4096) {
+            scanner.feed(chunk);
+            assert!(scanner.line.len() + scanner.data.len() <= MAX_EVENT_BYTES);
+        }
+        assert_eq!(scanner.usage(), None);
+        scanner.feed(small.as_bytes());
+        assert_eq!(scanner.usage().map(|u| u.total_tokens), Some(5));
+        assert!(scanner.line.capacity() <= KEEP_CAPACITY);
+    }
+
+    #[test]
+    fn endless_line_without_newline_stays_bounded() {
+        let mut scanner = SseUsageScanner::new();
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..40 {
+            scanner.feed(&chunk);
+        }
+        assert!(scanner.line.capacity() <= MAX_EVENT_BYTES);
+        scanner.feed(b"\n\ndata: {\"usage\":{\"total_tokens\":1}}\n\n");
+        assert_eq!(scanner.usage().map(|u| u.total_tokens), Some(1));
+    }
+
+    proptest! {
+        #[test]
+        fn scanner_never_panics_on_arbitrary_bytes(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..16),
+        ) {
+            let mut scanner = SseUsageScanner::new();
+            for chunk in &chunks {
+                scanner.feed(chunk);
+            }
+            scanner.finish();
+            let _ = (scanner.usage(), scanner.model());
+        }
+
+        #[test]
+        fn scanner_never_panics_on_sse_like_text(text in "(data:|event:| |\\{|\\}|\"usage\"|\r|\n|[0-9a-z:,\"])*") {
+            let mut scanner = SseUsageScanner::new();
+            scanner.feed(text.as_bytes());
+            let _ = usage_from_json_body(text.as_bytes());
+            let _ = model_from_json_body(text.as_bytes());
+        }
+
+        #[test]
+        fn any_chunking_gives_the_same_usage(cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+            let bytes = CHAT_STREAM.replace('\n', "\r\n").into_bytes();
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut scanner = SseUsageScanner::new();
+            let mut start = 0;
+            for cut in cuts.into_iter().chain([bytes.len()]) {
+                scanner.feed(&bytes[start..cut]);
+                start = cut;
+            }
+            prop_assert_eq!(scanner.usage(), Some(CHAT_USAGE));
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Test harness: real redis-server processes, stores built on them, helpers to wait on
+//! conditions instead of sleeping.
+
+pub mod redis_server;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keygate::pool::KeyId;
+use keygate::store::memory::MemoryStore;
+use keygate::store::redis::{RedisOptions, RedisStore};
+use keygate::store::spec::SpecKey;
+use keygate::store::{KeyStore, PoolSpec, StorePolicy};
+
+pub use redis_server::RedisServer;
+
+pub fn kid(s: &str) -> KeyId {
+    KeyId::new(s).expect("valid id")
+}
+
+pub fn redis_store(server: &RedisServer, prefix: &str) -> RedisStore {
+    RedisStore::connect(&RedisOptions {
+        url: server.url(),
+        prefix: prefix.to_string(),
+        timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+    })
+    .expect("redis store")
+}
+
+/// A pool spec with keys `(id, weight, group)`.
+pub fn spec(name: &str, keys: &[(&str, u32, &str)]) -> PoolSpec {
+    PoolSpec {
+        name: name.to_string(),
+        policy: StorePolicy {
+            cooldown_default_ms: 1_000,
+            cooldown_max_ms: 60_000,
+            breaker_errors: 3,
+            breaker_window_ms: 10_000,
+            breaker_open_ms: 5_000,
+            quota_cooldown_ms: 100_000,
+            probe_lease_ms: 2_000,
+        },
+        canary_group: "canary".into(),
+        canary_percent: 0,
+        canary_fallback: true,
+        keys: keys
+            .iter()
+            .map(|(id, w, g)| SpecKey {
+                id: kid(id),
+                weight: *w,
+                group: g.to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// One store under test plus whatever keeps it alive.
+pub struct Subject {
+    pub store: Arc<dyn KeyStore>,
+    pub redis: Option<RedisServer>,
+}
+
+pub fn memory_subject() -> Subject {
+    Subject {
+        store: Arc::new(MemoryStore::new()),
+        redis: None,
+    }
+}
+
+pub fn redis_subject() -> Subject {
+    let server = RedisServer::start();
+    Subject {
+        store: Arc::new(redis_store(&server, "kg")),
+        redis: Some(server),
+    }
+}
+
+/// Polls `cond` until it holds, failing after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,302 @@
+//! Both stores driven by the same random operations must agree on every answer and on the
+//! final state (model-based test); weighted choice matches the weights (chi-square); concurrent
+//! updates are never lost.
+
+use std::sync::Arc;
+
+use keygate::pool::{KeyId, Outcome};
+use keygate::store::memory::MemoryStore;
+use keygate::store::{AdminState, KeyStore, Report, Route, SelectRequest, Selection};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use rand::{Rng, SeedableRng};
+
+use crate::harness::{kid, memory_subject, redis_store, redis_subject, spec, RedisServer, Subject};
+
+const IDS: [&str; 5] = ["k0", "k1", "k2", "k3", "k4"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Select {
+        route: u8,
+        rand: u64,
+        exclude: Vec<usize>,
+    },
+    Report {
+        key: usize,
+        outcome: usize,
+        hint: Option<u64>,
+        probe: bool,
+    },
+    Admin {
+        key: usize,
+        state: u8,
+    },
+    Weight {
+        key: usize,
+        weight: u32,
+    },
+    Group {
+        key: usize,
+        canary: bool,
+    },
+    Canary {
+        percent: u8,
+    },
+    Advance {
+        ms: u64,
+    },
+    Resync {
+        drop_last: bool,
+        weight: u32,
+    },
+    Snapshot,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u8..104, 0u64..(1u64 << 53), proptest::collection::vec(0usize..5, 0..3))
+            .prop_map(|(route, rand, exclude)| Op::Select { route, rand, exclude }),
+        8 => (0usize..5, 0usize..8, proptest::option::of(0u64..4_000), any::<bool>())
+            .prop_map(|(key, outcome, hint, probe)| Op::Report { key, outcome, hint, probe }),
+        1 => (0usize..5, 0u8..3).prop_map(|(key, state)| Op::Admin { key, state }),
+        1 => (0usize..5, 0u32..4).prop_map(|(key, weight)| Op::Weight { key, weight }),
+        1 => (0usize..5, any::<bool>()).prop_map(|(key, canary)| Op::Group { key, canary }),
+        1 => (0u8..=100).prop_map(|percent| Op::Canary { percent }),
+        4 => (0u64..6_000).prop_map(|ms| Op::Advance { ms }),
+        1 => (any::<bool>(), 1u32..4).prop_map(|(drop_last, weight)| Op::Resync { drop_last, weight }),
+        1 => Just(Op::Snapshot),
+    ]
+}
+
+fn pool_spec(name: &str, drop_last: bool, weight: u32) -> keygate::store::PoolSpec {
+    let keys: Vec<(&str, u32, &str)> = vec![
+        ("k0", 1, "stable"),
+        ("k1", 2, "stable"),
+        ("k2", weight, "stable"),
+        ("k3", 1, "canary"),
+        ("k4", 3, "stable"),
+    ];
+    let n = if drop_last { 4 } else { 5 };
+    let mut s = spec(name, &keys[..n]);
+    s.canary_percent = 20;
+    s
+}
+
+/// Applies one op to a store; returns a comparable description of its answer.
+async fn apply(s: &dyn KeyStore, pool: &str, op: &Op, now: &mut u64) -> String {
+    match op {
+        Op::Select {
+            route,
+            rand,
+            exclude,
+        } => {
+            let route = match route {
+                100 | 101 => Route::Canary,
+                102 | 103 => Route::Stable,
+                b => Route::Bucket(*b),
+            };
+            let ex: Vec<KeyId> = exclude.iter().map(|i| kid(IDS[*i])).collect();
+            let req = SelectRequest {
+                route,
+                exclude: &ex,
+                rand: *rand,
+                now_ms: Some(*now),
+            };
+            format!("{:?}", s.select(pool, &req).await.unwrap())
+        }
+        Op::Report {
+            key,
+            outcome,
+            hint,
+            probe,
+        } => {
+            let k = kid(IDS[*key]);
+            let r = Report {
+                key: &k,
+                outcome: Outcome::ALL[*outcome],
+                cooldown_ms: *hint,
+                http_status: 200,
+                probe: *probe,
+                now_ms: Some(*now),
+            };
+            format!("{:?}", s.report(pool, &r).await.unwrap())
+        }
+        Op::Admin { key, state } => {
+            let st = [AdminState::Enable, AdminState::Disable, AdminState::Drain][*state as usize];
+            format!(
+                "{:?}",
+                s.set_state(pool, &kid(IDS[*key]), st).await.unwrap()
+            )
+        }
+        Op::Weight { key, weight } => format!(
+            "{:?}",
+            s.set_weight(pool, &kid(IDS[*key]), *weight).await.unwrap()
+        ),
+        Op::Group { key, canary } => {
+            let g = if *canary { "canary" } else { "stable" };
+            format!("{:?}", s.set_group(pool, &kid(IDS[*key]), g).await.unwrap())
+        }
+        Op::Canary { percent } => format!("{:?}", s.set_canary(pool, *percent).await.unwrap()),
+        Op::Advance { ms } => {
+            *now += ms;
+            String::new()
+        }
+        Op::Resync { drop_last, weight } => format!(
+            "{:?}",
+            s.sync(&pool_spec(pool, *drop_last, *weight)).await.unwrap()
+        ),
+        Op::Snapshot => format!("{:?}", s.snapshot(pool, Some(*now)).await.unwrap()),
+    }
+}
+
+#[test]
+fn redis_and_memory_stores_agree_on_random_operation_sequences() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let server = RedisServer::start();
+    let redis = redis_store(&server, "kg");
+    let mut runner = TestRunner::new(Config {
+        cases: 200,
+        ..Config::default()
+    });
+    let case = std::sync::atomic::AtomicU32::new(0);
+    runner
+        .run(&proptest::collection::vec(op(), 1..80), |ops| {
+            let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let pool = format!("m{n}");
+            let memory = MemoryStore::new();
+            rt.block_on(async {
+                let sp = pool_spec(&pool, false, 1);
+                memory.sync(&sp).await.unwrap();
+                redis.sync(&sp).await.unwrap();
+                let (mut t_mem, mut t_red) = (1_700_000_000_000u64, 1_700_000_000_000u64);
+                for (i, op) in ops.iter().enumerate() {
+                    let a = apply(&memory, &pool, op, &mut t_mem).await;
+                    let b = apply(&redis, &pool, op, &mut t_red).await;
+                    prop_assert_eq!(&a, &b, "op #{} {:?} diverged", i, op);
+                }
+                let a = memory.snapshot(&pool, Some(t_mem)).await.unwrap();
+                let b = redis.snapshot(&pool, Some(t_red)).await.unwrap();
+                prop_assert_eq!(a, b);
+                Ok(())
+            })
+        })
+        .unwrap();
+}
+
+/// Pearson's chi-square of `draws` weighted selections against the weights.
+async fn chi_square(s: &dyn KeyStore, weights: &[u32], draws: usize) -> f64 {
+    let ids: Vec<String> = (0..weights.len()).map(|i| format!("w{i}")).collect();
+    let keys: Vec<(&str, u32, &str)> = ids
+        .iter()
+        .zip(weights)
+        .map(|(id, w)| (id.as_str(), *w, "stable"))
+        .collect();
+    s.sync(&spec("chi", &keys)).await.unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut counts = vec![0u64; weights.len()];
+    for _ in 0..draws {
+        let req = SelectRequest {
+            route: Route::Stable,
+            exclude: &[],
+            rand: rng.gen::<u64>() >> 11,
+            now_ms: Some(1),
+        };
+        match s.select("chi", &req).await.unwrap() {
+            Selection::Key(c) => {
+                counts[ids.iter().position(|i| *i == c.key.as_str()).unwrap()] += 1
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let total: u32 = weights.iter().sum();
+    counts
+        .iter()
+        .zip(weights)
+        .map(|(c, w)| {
+            let expected = draws as f64 * *w as f64 / total as f64;
+            (*c as f64 - expected).powi(2) / expected
+        })
+        .sum()
+}
+
+/// df = 4; the 0.001 critical value is 18.47. A biased choice (e.g. uniform) scores in the
+/// thousands here.
+async fn weighted_choice_matches_the_weights(s: &Subject) {
+    let chi = chi_square(&*s.store, &[1, 2, 3, 4, 10], 20_000).await;
+    assert!(
+        chi < 18.47,
+        "chi-square {chi} says the choice does not follow the weights"
+    );
+}
+
+#[tokio::test]
+async fn weighted_choice_matches_the_weights_in_memory() {
+    weighted_choice_matches_the_weights(&memory_subject()).await;
+}
+
+#[tokio::test]
+async fn weighted_choice_matches_the_weights_in_redis() {
+    weighted_choice_matches_the_weights(&redis_subject()).await;
+}
+
+async fn concurrent_updates_are_never_lost(store: Arc<dyn KeyStore>) {
+    let mut sp = spec("p", &[("k", 1, "stable")]);
+    sp.policy.breaker_errors = u32::MAX; // keep the key selectable: this test counts updates
+    store.sync(&sp).await.unwrap();
+    let per_task = 100u64;
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let k = kid("k");
+            for i in 0..per_task {
+                let req = SelectRequest {
+                    route: Route::Stable,
+                    exclude: &[],
+                    rand: t * 1000 + i,
+                    now_ms: None,
+                };
+                assert!(matches!(
+                    store.select("p", &req).await.unwrap(),
+                    Selection::Key(_)
+                ));
+                let r = Report {
+                    key: &k,
+                    outcome: Outcome::Success,
+                    cooldown_ms: None,
+                    http_status: 200,
+                    probe: false,
+                    now_ms: None,
+                };
+                store.report("p", &r).await.unwrap();
+                let r = Report {
+                    outcome: Outcome::ServerError,
+                    http_status: 500,
+                    ..r
+                };
+                store.report("p", &r).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let snap = store.snapshot("p", None).await.unwrap();
+    assert_eq!(
+        (snap.keys[0].successes, snap.keys[0].failures),
+        (8 * per_task, 8 * per_task)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_tasks_never_lose_an_update_in_memory() {
+    concurrent_updates_are_never_lost(memory_subject().store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_tasks_never_lose_an_update_in_redis() {
+    let s = redis_subject();
+    concurrent_updates_are_never_lost(s.store.clone()).await;
+}

@@ -1,0 +1,152 @@
+//! What only the Redis store can show: two replicas sharing one Redis, the readable key layout,
+//! and surviving a Redis that lost its data or its script cache.
+
+use std::collections::HashMap;
+
+use keygate::pool::{KeyState, Outcome};
+use keygate::store::{KeyStore, Report, Route, SelectRequest, Selection};
+use redis::Commands;
+
+use crate::harness::{kid, redis_store, spec, RedisServer};
+
+async fn selectable(s: &dyn KeyStore, pool: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    for i in 0..48u64 {
+        let req = SelectRequest {
+            route: Route::Stable,
+            exclude: &[],
+            rand: i * ((1u64 << 53) / 48),
+            now_ms: None,
+        };
+        if let Selection::Key(c) = s.select(pool, &req).await.unwrap() {
+            if !seen.contains(&c.key.to_string()) {
+                seen.push(c.key.to_string());
+            }
+        }
+    }
+    seen.sort();
+    seen
+}
+
+#[tokio::test]
+async fn a_cooldown_reported_through_one_replica_holds_on_another_until_its_deadline() {
+    let server = RedisServer::start();
+    let (a, b) = (redis_store(&server, "kg"), redis_store(&server, "kg"));
+    let sp = spec("p", &[("k1", 1, "stable"), ("k2", 1, "stable")]);
+    a.sync(&sp).await.unwrap();
+    b.sync(&sp).await.unwrap();
+    let k1 = kid("k1");
+    let r = Report {
+        key: &k1,
+        outcome: Outcome::RateLimited,
+        cooldown_ms: Some(600),
+        http_status: 429,
+        probe: false,
+        now_ms: None,
+    };
+    let receipt = a.report("p", &r).await.unwrap();
+    assert_eq!(receipt.state, KeyState::Cooling);
+    // Replica b, on the server clock, never sees k1 until the deadline...
+    while redis_now_ms(&server) < receipt.cooldown_until_ms {
+        let seen = selectable(&b, "p").await;
+        if redis_now_ms(&server) < receipt.cooldown_until_ms {
+            assert_eq!(seen, ["k2"]);
+        }
+    }
+    // ...and sees it again once the deadline passed.
+    assert_eq!(selectable(&b, "p").await, ["k1", "k2"]);
+}
+
+fn redis_now_ms(server: &RedisServer) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query(&mut server.conn()).unwrap();
+    s * 1000 + us / 1000
+}
+
+#[tokio::test]
+async fn redis_cli_reads_the_documented_key_hash_and_no_secret_is_stored() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, "kg");
+    store
+        .sync(&spec("prod", &[("prod-001", 3, "stable")]))
+        .await
+        .unwrap();
+    let k = kid("prod-001");
+    let r = Report {
+        key: &k,
+        outcome: Outcome::Success,
+        cooldown_ms: None,
+        http_status: 200,
+        probe: false,
+        now_ms: None,
+    };
+    store.report("prod", &r).await.unwrap();
+    let mut c = server.conn();
+    let h: HashMap<String, String> = c.hgetall("kg:{prod}:key:prod-001").unwrap();
+    for f in [
+        "status",
+        "reason",
+        "weight",
+        "group",
+        "errors",
+        "strikes",
+        "cooldown_until_ms",
+        "last_status",
+        "last_used_ms",
+        "successes",
+        "failures",
+    ] {
+        assert!(h.contains_key(f), "missing field {f}: {h:?}");
+    }
+    assert_eq!(
+        (
+            h["status"].as_str(),
+            h["weight"].as_str(),
+            h["group"].as_str()
+        ),
+        ("active", "3", "stable")
+    );
+    assert_eq!(
+        (h["last_status"].as_str(), h["successes"].as_str()),
+        ("200", "1")
+    );
+    // Every key of the store carries the pool's hash tag.
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    assert!(!keys.is_empty());
+    for key in keys {
+        assert!(key.starts_with("kg:{prod}:"), "{key}");
+    }
+}
+
+#[tokio::test]
+async fn a_pool_lost_to_flushall_or_a_restart_is_recreated_without_failing_the_call() {
+    let mut server = RedisServer::start();
+    let store = redis_store(&server, "kg");
+    store
+        .sync(&spec("p", &[("k1", 1, "stable")]))
+        .await
+        .unwrap();
+    let _: () = redis::cmd("FLUSHALL").query(&mut server.conn()).unwrap();
+    assert_eq!(selectable(&store, "p").await, ["k1"]);
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(selectable(&store, "p").await, ["k1"]);
+    server.restart_empty();
+    // The reconnect may cost the first call; the store must come back by itself.
+    let mut ok = false;
+    for _ in 0..200 {
+        let req = SelectRequest {
+            route: Route::Stable,
+            exclude: &[],
+            rand: 1,
+            now_ms: None,
+        };
+        if let Ok(Selection::Key(_)) = store.select("p", &req).await {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ok, "store did not recover after an empty restart");
+}
