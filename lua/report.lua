@@ -10,7 +10,7 @@
 -- ARGV[5]  upstream HTTP status (0 when there was no answer)
 -- ARGV[6]  1 when the attempt was the key's half-open probe (from select), else 0
 --
--- Reply: {"ok", status, changed 0|1, cooldown_until_ms}  or {"nopool"} or {"nokey"}.
+-- Reply: {"ok", status, changed 0|1, cooldown_until_ms, now_ms}  or {"nopool"} or {"nokey"}.
 --
 -- Late reports never undo newer state: a success only re-activates a half-open key through its
 -- probe; cooling deadlines only grow; traffic never touches an admin-disabled or draining key's
@@ -44,7 +44,7 @@ end
 if outcome == 'client_error' then
   -- The caller's fault: nothing changes; a probe that ended this way frees its lease.
   if probe and k.status == 'half_open' then redis.call('ZADD', probe_key(k.group), 0, id) end
-  return {'ok', k.status, 0, k.cooldown_until_ms}
+  return {'ok', k.status, 0, k.cooldown_until_ms, now}
 end
 
 redis.call('HSET', KK, 'last_status', http_status)
@@ -98,4 +98,4 @@ else
 end
 local changed = 0
 if k.status ~= before then changed = 1 end
-return {'ok', k.status, changed, num(redis.call('HGET', KK, 'cooldown_until_ms'))}
+return {'ok', k.status, changed, num(redis.call('HGET', KK, 'cooldown_until_ms')), now}

@@ -7,6 +7,7 @@
 //! - `tree.rs`: the Fenwick tree of selectable weights that makes selection O(log n).
 //! - `spec.rs`: what a pool looks like to the store, derived from config.
 
+pub mod instrumented;
 pub mod memory;
 pub mod redis;
 mod scripts;
@@ -118,6 +119,8 @@ pub struct ReportReceipt {
     /// The status changed because of this report.
     pub changed: bool,
     pub cooldown_until_ms: u64,
+    /// The store's clock when the report was applied (to turn deadlines into durations).
+    pub now_ms: u64,
 }
 
 /// An operator's change of a key's state.
@@ -223,4 +226,12 @@ pub trait KeyStore: Send + Sync {
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError>;
     /// Creates the pool from config or brings it up to date, keeping live key state.
     async fn sync(&self, spec: &PoolSpec) -> Result<SyncReceipt, StoreError>;
+    /// One round trip to the backing service (readiness).
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Whether the store serves from a fallback because its backing service is unreachable.
+    fn degraded(&self) -> bool {
+        false
+    }
 }

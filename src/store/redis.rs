@@ -183,7 +183,7 @@ impl RedisStore {
     }
 
     /// One round trip to Redis (used by readiness checks and the degraded-mode probe).
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub async fn ping_redis(&self) -> Result<(), StoreError> {
         let call = async {
             match &self.conn {
                 Conn::Single(c) => {
@@ -284,6 +284,7 @@ impl KeyStore for RedisStore {
                 .ok_or_else(|| StoreError::Script(format!("bad state in {w:?}")))?,
             changed: w.get(2).map(String::as_str) == Some("1"),
             cooldown_until_ms: num(&w, 3)?,
+            now_ms: num(&w, 4)?,
         })
     }
 
@@ -353,6 +354,10 @@ impl KeyStore for RedisStore {
             .first()
             .ok_or_else(|| StoreError::Script("empty snapshot".into()))?;
         serde_json::from_str(json).map_err(|e| StoreError::Script(format!("snapshot: {e}")))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.ping_redis().await
     }
 
     async fn sync(&self, spec: &PoolSpec) -> Result<SyncReceipt, StoreError> {

@@ -124,6 +124,7 @@ impl PoolState {
                 state: k.status,
                 changed: false,
                 cooldown_until_ms: k.cooldown_until_ms,
+                now_ms: now,
             });
         }
         k.last_status = r.http_status;
@@ -149,6 +150,7 @@ impl PoolState {
             state: k.status,
             changed: k.status != before,
             cooldown_until_ms: k.cooldown_until_ms,
+            now_ms: now,
         };
         self.put(id, k);
         Ok(receipt)

@@ -3,6 +3,7 @@
 
 #[allow(dead_code)] // helpers serve many test modules; not every one uses each
 mod harness;
+mod proxy;
 mod store_conformance;
 mod store_model;
 mod store_redis;

@@ -1,6 +1,7 @@
 //! Test harness: real redis-server processes, stores built on them, helpers to wait on
 //! conditions instead of sleeping.
 
+pub mod gateway;
 pub mod redis_server;
 
 use std::future::Future;

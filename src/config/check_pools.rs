@@ -1,0 +1,322 @@
+//! Checks of the `[[pools]]` sections: each pool, its models and fallbacks, policy, timeouts,
+//! canary settings and keys, whose secrets are read here from the environment or from files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::check::{required_id, FirstSeen, ID_RULE};
+use super::decode::{Ctx, RawCanary, RawKey, RawPool};
+use super::{CanaryConfig, KeyConfig, Policy, PoolConfig, Secret, Timeouts, STABLE_GROUP};
+use crate::pool::is_valid_id;
+
+pub(super) const BASE_URL_RULE: &str =
+    "must be an http:// or https:// URL without query or fragment";
+
+pub(super) fn check_pools(
+    tables: Option<Vec<toml::Table>>,
+    env: &dyn Fn(&str) -> Option<String>,
+    base_dir: &Path,
+    ctx: &mut Ctx,
+) -> Vec<PoolConfig> {
+    let Some(tables) = tables else {
+        return Vec::new();
+    };
+    if tables.is_empty() {
+        ctx.problem("pools", "at least one pool is required");
+    }
+    let mut names = FirstSeen::new();
+    let mut pools = Vec::new();
+    for (i, table) in tables.into_iter().enumerate() {
+        let path = format!("pools[{i}]");
+        let Some(raw) = ctx.decode::<RawPool>(toml::Value::Table(table), &path) else {
+            continue;
+        };
+        let Some(pool) = check_pool(raw, &path, env, base_dir, ctx) else {
+            continue;
+        };
+        if let Some(first) = names.earlier(pool.name.clone(), &path) {
+            let message = format!("duplicate pool {:?} (also {first})", pool.name);
+            ctx.problem(format!("{path}.name"), message);
+        }
+        pools.push(pool);
+    }
+    pools
+}
+
+fn check_pool(
+    raw: RawPool,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    base_dir: &Path,
+    ctx: &mut Ctx,
+) -> Option<PoolConfig> {
+    let name = required_id(raw.name, format!("{path}.name"), ctx);
+    let base_url = match raw.base_url {
+        None => {
+            ctx.problem(format!("{path}.base_url"), "is required");
+            None
+        }
+        Some(url) => normalize_base_url(&url).or_else(|| {
+            ctx.problem(format!("{path}.base_url"), BASE_URL_RULE);
+            None
+        }),
+    };
+    let max_attempts = u32::try_from(raw.max_attempts)
+        .ok()
+        .filter(|n| (1..=10).contains(n));
+    if max_attempts.is_none() {
+        ctx.problem(format!("{path}.max_attempts"), "must be 1..=10");
+    }
+    check_models(&raw.models, &raw.fallbacks, path, ctx);
+    let policy = ctx.decode::<Policy>(toml::Value::Table(raw.policy), &format!("{path}.policy"));
+    if let Some(policy) = &policy {
+        check_policy(policy, path, ctx);
+    }
+    let timeouts_path = format!("{path}.timeouts");
+    let timeouts = ctx.decode::<Timeouts>(toml::Value::Table(raw.timeouts), &timeouts_path);
+    if let Some(timeouts) = &timeouts {
+        check_timeouts(timeouts, &timeouts_path, ctx);
+    }
+    let canary_path = format!("{path}.canary");
+    let canary = (ctx.decode::<RawCanary>(toml::Value::Table(raw.canary), &canary_path))
+        .and_then(|raw| check_canary(raw, &canary_path, ctx));
+    let canary_group = canary.as_ref().map(|c| c.group.as_str());
+    let keys = check_keys(raw.keys, path, canary_group, env, base_dir, ctx);
+    Some(PoolConfig {
+        name: name?,
+        base_url: base_url?,
+        max_attempts: max_attempts?,
+        models: raw.models,
+        fallbacks: raw.fallbacks,
+        policy: policy?,
+        timeouts: timeouts?,
+        canary: canary?,
+        keys,
+    })
+}
+
+/// `url` without trailing slashes, if it is an http(s) URL with a host and no query or fragment.
+fn normalize_base_url(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    let bad_char = |c: char| c.is_whitespace() || c.is_control() || c == '?' || c == '#';
+    if host.is_empty() || url.contains(bad_char) {
+        return None;
+    }
+    Some(url.trim_end_matches('/').to_string())
+}
+
+fn check_models(
+    models: &[String],
+    fallbacks: &BTreeMap<String, Vec<String>>,
+    path: &str,
+    ctx: &mut Ctx,
+) {
+    for (i, model) in models.iter().enumerate() {
+        if model.trim().is_empty() {
+            ctx.problem(format!("{path}.models[{i}]"), "must not be empty");
+        }
+    }
+    let allowed = |model: &String| models.is_empty() || models.contains(model);
+    for (model, targets) in fallbacks {
+        let model_path = format!("{path}.fallbacks.{model}");
+        if !allowed(model) {
+            let message = format!("model {model:?} is not in {path}.models");
+            ctx.problem(model_path.clone(), message);
+        }
+        for (j, target) in targets.iter().enumerate() {
+            if target == model {
+                ctx.problem(
+                    format!("{model_path}[{j}]"),
+                    "a model cannot fall back to itself",
+                );
+            } else if !allowed(target) {
+                let message = format!("model {target:?} is not in {path}.models");
+                ctx.problem(format!("{model_path}[{j}]"), message);
+            }
+        }
+    }
+}
+
+fn check_policy(policy: &Policy, pool_path: &str, ctx: &mut Ctx) {
+    let at_least_one = [
+        ("cooldown_default_s", policy.cooldown_default_s),
+        ("cooldown_max_s", policy.cooldown_max_s),
+        ("breaker_errors", u64::from(policy.breaker_errors)),
+        ("breaker_window_s", policy.breaker_window_s),
+        ("breaker_open_s", policy.breaker_open_s),
+        ("quota_cooldown_s", policy.quota_cooldown_s),
+        ("probe_lease_s", policy.probe_lease_s),
+    ];
+    for (field, value) in at_least_one {
+        if value == 0 {
+            ctx.problem(format!("{pool_path}.policy.{field}"), "must be at least 1");
+        }
+    }
+    if policy.cooldown_default_s > policy.cooldown_max_s {
+        let message = format!("must not exceed cooldown_max_s ({})", policy.cooldown_max_s);
+        ctx.problem(format!("{pool_path}.policy.cooldown_default_s"), message);
+    }
+}
+
+fn check_timeouts(timeouts: &Timeouts, path: &str, ctx: &mut Ctx) {
+    let fields = [
+        ("connect_ms", timeouts.connect_ms),
+        ("first_byte_ms", timeouts.first_byte_ms),
+        ("total_ms", timeouts.total_ms),
+    ];
+    for (field, value) in fields {
+        if value == 0 {
+            ctx.problem(format!("{path}.{field}"), "must be at least 1");
+        } else if value > timeouts.total_ms && timeouts.total_ms > 0 {
+            let message = format!("must not exceed total_ms ({})", timeouts.total_ms);
+            ctx.problem(format!("{path}.{field}"), message);
+        }
+    }
+}
+
+fn check_canary(raw: RawCanary, path: &str, ctx: &mut Ctx) -> Option<CanaryConfig> {
+    let group_ok = if !is_valid_id(&raw.group) {
+        ctx.problem(format!("{path}.group"), ID_RULE);
+        false
+    } else if raw.group == STABLE_GROUP {
+        ctx.problem(format!("{path}.group"), "must differ from \"stable\"");
+        false
+    } else {
+        true
+    };
+    let percent = u8::try_from(raw.percent).ok().filter(|p| *p <= 100);
+    if percent.is_none() {
+        ctx.problem(format!("{path}.percent"), "must be 0..=100");
+    }
+    let percent = percent?;
+    group_ok.then_some(CanaryConfig {
+        group: raw.group,
+        percent,
+        fallback: raw.fallback,
+    })
+}
+
+fn check_keys(
+    tables: Vec<toml::Table>,
+    pool_path: &str,
+    canary_group: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+    base_dir: &Path,
+    ctx: &mut Ctx,
+) -> Vec<KeyConfig> {
+    let mut ids = FirstSeen::new();
+    let mut keys = Vec::new();
+    for (i, table) in tables.into_iter().enumerate() {
+        let path = format!("{pool_path}.keys[{i}]");
+        let Some(raw) = ctx.decode::<RawKey>(toml::Value::Table(table), &path) else {
+            continue;
+        };
+        let id = required_id(raw.id.clone(), format!("{path}.id"), ctx);
+        let first = id
+            .as_ref()
+            .and_then(|id| Some((id, ids.earlier(id.clone(), &path)?)));
+        if let Some((id, first)) = first {
+            let message = format!("duplicate id {id:?} (also {first})");
+            ctx.problem(format!("{path}.id"), message);
+        }
+        let weight = u32::try_from(raw.weight).ok().filter(|w| *w <= 1000);
+        if weight.is_none() {
+            ctx.problem(format!("{path}.weight"), "must be 0..=1000");
+        }
+        let group = check_key_group(raw.group.clone(), &path, canary_group, ctx);
+        let secret = resolve_secret(&raw, &path, env, base_dir, ctx);
+        if let (Some(id), Some(weight), Some(group), Some((secret, secret_file))) =
+            (id, weight, group, secret)
+        {
+            let secret_env = raw.secret_env;
+            keys.push(KeyConfig {
+                id,
+                secret,
+                secret_env,
+                secret_file,
+                weight,
+                group,
+            });
+        }
+    }
+    keys
+}
+
+/// The key's group: `stable` unless given; given, it must be `stable` or the canary group
+/// (when the canary section itself is broken, only the id rule is checked).
+fn check_key_group(
+    group: Option<String>,
+    key_path: &str,
+    canary_group: Option<&str>,
+    ctx: &mut Ctx,
+) -> Option<String> {
+    let group = group.unwrap_or_else(|| STABLE_GROUP.to_string());
+    let path = format!("{key_path}.group");
+    match canary_group {
+        _ if group == STABLE_GROUP => return Some(group),
+        Some(canary) if group == canary => return Some(group),
+        Some(canary) => {
+            let message = format!("must be \"stable\" or the pool's canary group {canary:?}");
+            ctx.problem(path, message);
+        }
+        None if !is_valid_id(&group) => ctx.problem(path, ID_RULE),
+        None => {}
+    }
+    None
+}
+
+/// The key's secret, from exactly one of `secret_env`, `secret_file` or (tests) `secret`,
+/// with the resolved file path. Messages name the source, never the secret's content.
+fn resolve_secret(
+    raw: &RawKey,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    base_dir: &Path,
+    ctx: &mut Ctx,
+) -> Option<(Secret, Option<PathBuf>)> {
+    let sources = [
+        raw.secret.is_some(),
+        raw.secret_env.is_some(),
+        raw.secret_file.is_some(),
+    ];
+    match sources.iter().filter(|set| **set).count() {
+        0 => ctx.problem(path, "needs one of secret_env or secret_file"),
+        1 => {}
+        _ => ctx.problem(path, "set only one of secret_env, secret_file and secret"),
+    }
+    let (source, value, file) = if let Some(secret) = &raw.secret {
+        ("secret", secret.clone(), None)
+    } else if let Some(var) = &raw.secret_env {
+        let Some(value) = env(var) else {
+            let message = format!("environment variable {var} is not set");
+            ctx.problem(format!("{path}.secret_env"), message);
+            return None;
+        };
+        ("secret_env", value, None)
+    } else {
+        let file = base_dir.join(raw.secret_file.as_ref()?);
+        match std::fs::read_to_string(&file) {
+            Ok(value) => ("secret_file", value, Some(file)),
+            Err(e) => {
+                let message = format!("cannot read {}: {e}", file.display());
+                ctx.problem(format!("{path}.secret_file"), message);
+                return None;
+            }
+        }
+    };
+    let value = value.trim();
+    let problem = if value.is_empty() {
+        "the secret is empty"
+    } else if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        "the secret must be printable ASCII without spaces"
+    } else if sources.iter().filter(|set| **set).count() == 1 {
+        return Some((Secret::new(value), file));
+    } else {
+        return None;
+    };
+    ctx.problem(format!("{path}.{source}"), problem);
+    None
+}

@@ -1,0 +1,131 @@
+//! The response body on its way to the client: passed through chunk by chunk, unchanged and
+//! unbuffered, while usage is read off it (SSE events or the JSON body) and the request's
+//! overall deadline is enforced. Its end (complete, failed, or dropped because the client went
+//! away) is reported once through a callback.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::time::{Instant, Sleep};
+
+use crate::usage::{usage_from_json_body, SseUsageScanner, Usage};
+
+/// JSON bodies longer than this are passed through without usage accounting.
+const MAX_JSON_USAGE_BYTES: usize = 1 << 20;
+
+/// How the body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Complete,
+    /// The upstream failed mid-body (reset, truncated stream).
+    UpstreamError,
+    /// The request's overall deadline passed mid-body.
+    Deadline,
+    /// The client went away before the end.
+    ClientGone,
+}
+
+pub type OnEnd = Box<dyn FnOnce(Ending, Option<Usage>) + Send>;
+
+enum Watcher {
+    Sse(Box<SseUsageScanner>),
+    Json(Vec<u8>),
+    None,
+}
+
+pub struct ObservedBody {
+    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    watcher: Watcher,
+    deadline: Pin<Box<Sleep>>,
+    on_end: Option<OnEnd>,
+}
+
+impl ObservedBody {
+    pub fn new(resp: reqwest::Response, deadline: Instant, on_end: OnEnd) -> ObservedBody {
+        let ct = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let watcher = if ct.starts_with("text/event-stream") {
+            Watcher::Sse(Box::default())
+        } else if ct.contains("json") {
+            Watcher::Json(Vec::new())
+        } else {
+            Watcher::None
+        };
+        ObservedBody {
+            inner: Box::pin(resp.bytes_stream()),
+            watcher,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            on_end: Some(on_end),
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        match &self.watcher {
+            Watcher::Sse(s) => s.usage(),
+            Watcher::Json(buf) => usage_from_json_body(buf),
+            Watcher::None => None,
+        }
+    }
+
+    fn finish(&mut self, ending: Ending) {
+        if let Some(f) = self.on_end.take() {
+            f(ending, self.usage());
+        }
+    }
+
+    fn observe(&mut self, chunk: &Bytes) {
+        match &mut self.watcher {
+            Watcher::Sse(s) => s.feed(chunk),
+            Watcher::Json(buf) => {
+                if buf.len() + chunk.len() <= MAX_JSON_USAGE_BYTES {
+                    buf.extend_from_slice(chunk);
+                } else {
+                    self.watcher = Watcher::None;
+                }
+            }
+            Watcher::None => {}
+        }
+    }
+}
+
+impl Stream for ObservedBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.on_end.is_none() {
+            return Poll::Ready(None);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.finish(Ending::Deadline);
+            return Poll::Ready(Some(Err(std::io::Error::other("request deadline passed"))));
+        }
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.observe(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.finish(Ending::UpstreamError);
+                Poll::Ready(Some(Err(std::io::Error::other(e.without_url()))))
+            }
+            Poll::Ready(None) => {
+                self.finish(Ending::Complete);
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.finish(Ending::ClientGone);
+    }
+}

@@ -1,0 +1,133 @@
+//! The client's request body: read whole (it is replayed on retries) within the size limit and
+//! the body timeout, then inspected for `model` and `stream` when it is JSON.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+
+use crate::error::ApiError;
+
+/// Reads the body: 413 past `limit` (at once when Content-Length says so), 408 when the client
+/// sends too slowly.
+pub async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ApiError::new(
+            http::StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            "The request body did not arrive in time.",
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Ok(Err(_)) => Err(ApiError::bad_request(
+            "invalid_body",
+            "The request body could not be read.",
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// What keygate needs to know of a JSON request.
+#[derive(Debug, Default)]
+pub struct Inspected {
+    pub model: Option<String>,
+    pub stream: bool,
+    /// The parsed body, kept only when a fallback may rewrite its `model`.
+    pub json: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(
+        v.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
+/// Checks the body's media type and, for JSON, its syntax; pulls out `model` and `stream`.
+pub fn inspect(
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+    keep_json: impl Fn(&str) -> bool,
+) -> Result<Inspected, ApiError> {
+    if body.is_empty() || method == Method::GET || method == Method::HEAD {
+        return Ok(Inspected::default());
+    }
+    match media_type(headers).as_deref() {
+        Some("application/json") | Some("text/json") => {}
+        Some(t)
+            if t.starts_with("multipart/")
+                || t == "application/x-www-form-urlencoded"
+                || t == "application/octet-stream" =>
+        {
+            return Ok(Inspected::default());
+        }
+        _ => {
+            return Err(ApiError::new(
+                http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                "unsupported_media_type",
+                "Send the body as application/json (or multipart/form-data for uploads).",
+            ))
+        }
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("The request body is not valid JSON: {e}."),
+        )
+    })?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "The request body must be a JSON object.",
+        ));
+    };
+    let model = match map.get("model") {
+        None => None,
+        Some(serde_json::Value::String(m)) => Some(m.clone()),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_model",
+                "`model` must be a string.",
+            ))
+        }
+    };
+    let stream = map
+        .get("stream")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let json = model.as_deref().filter(|m| keep_json(m)).map(|_| map);
+    Ok(Inspected {
+        model,
+        stream,
+        json,
+    })
+}
+
+/// The body with `model` replaced (for a fallback model).
+pub fn with_model(json: &serde_json::Map<String, serde_json::Value>, model: &str) -> Bytes {
+    let mut m = json.clone();
+    m.insert("model".into(), serde_json::Value::String(model.to_string()));
+    Bytes::from(serde_json::to_vec(&m).unwrap_or_default())
+}

@@ -1,0 +1,103 @@
+//! A [`KeyStore`] decorator that times every call into `keygate_store_duration_seconds{op}` and
+//! counts failures in `keygate_store_errors_total{op}`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{
+    AdminState, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, SelectRequest, Selection,
+    StoreError, SyncReceipt,
+};
+use crate::metrics::Metrics;
+use crate::pool::{KeyId, KeyState};
+
+pub struct InstrumentedStore {
+    inner: Arc<dyn KeyStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl InstrumentedStore {
+    pub fn new(inner: Arc<dyn KeyStore>, metrics: Arc<Metrics>) -> InstrumentedStore {
+        InstrumentedStore { inner, metrics }
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let r = call.await;
+        self.metrics
+            .store_duration
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &r {
+            if e.is_outage() {
+                self.metrics.store_errors.with_label_values(&[op]).inc();
+            }
+        }
+        r
+    }
+}
+
+#[async_trait]
+impl KeyStore for InstrumentedStore {
+    async fn select(&self, pool: &str, req: &SelectRequest<'_>) -> Result<Selection, StoreError> {
+        self.timed("select", self.inner.select(pool, req)).await
+    }
+
+    async fn report(&self, pool: &str, report: &Report<'_>) -> Result<ReportReceipt, StoreError> {
+        self.timed("report", self.inner.report(pool, report)).await
+    }
+
+    async fn set_state(
+        &self,
+        pool: &str,
+        key: &KeyId,
+        state: AdminState,
+    ) -> Result<KeyState, StoreError> {
+        self.timed("set_state", self.inner.set_state(pool, key, state))
+            .await
+    }
+
+    async fn set_weight(&self, pool: &str, key: &KeyId, weight: u32) -> Result<(), StoreError> {
+        self.timed("set_weight", self.inner.set_weight(pool, key, weight))
+            .await
+    }
+
+    async fn set_group(&self, pool: &str, key: &KeyId, group: &str) -> Result<(), StoreError> {
+        self.timed("set_group", self.inner.set_group(pool, key, group))
+            .await
+    }
+
+    async fn set_canary(&self, pool: &str, percent: u8) -> Result<(), StoreError> {
+        self.timed("set_canary", self.inner.set_canary(pool, percent))
+            .await
+    }
+
+    async fn reset_counters(&self, pool: &str, key: &KeyId) -> Result<(), StoreError> {
+        self.timed("reset", self.inner.reset_counters(pool, key))
+            .await
+    }
+
+    async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError> {
+        self.timed("snapshot", self.inner.snapshot(pool, now_ms))
+            .await
+    }
+
+    async fn sync(&self, spec: &PoolSpec) -> Result<SyncReceipt, StoreError> {
+        self.timed("sync", self.inner.sync(spec)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.timed("ping", self.inner.ping()).await
+    }
+
+    fn degraded(&self) -> bool {
+        self.inner.degraded()
+    }
+}
