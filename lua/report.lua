@@ -47,7 +47,7 @@ if outcome == 'client_error' then
   return {'ok', k.status, 0, k.cooldown_until_ms, now}
 end
 
-redis.call('HSET', KK, 'last_status', http_status)
+redis.call('HSET', KK, 'last_status', http_status, 'last_used_ms', now)
 if outcome == 'success' then
   redis.call('HINCRBY', KK, 'successes', 1)
   redis.call('HSET', KK, 'errors', 0, 'strikes', 0)

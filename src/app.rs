@@ -128,7 +128,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(crate::health::readyz))
         .route("/metrics", get(metrics))
-        .nest("/admin", crate::admin::router())
+        .nest("/admin", crate::admin::router(state.clone()))
         .fallback(not_found)
         .with_state(state)
 }
@@ -137,7 +137,7 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn not_found() -> Response {
+pub(crate) async fn not_found() -> Response {
     crate::error::ApiError::not_found("Unknown path; keygate serves /v1/*.").into_response()
 }
 

@@ -8,6 +8,7 @@
 //! - `proxy`: the `/v1/*` handler: auth, canary routing, select → forward → report → retry.
 //! - `app`: the config-derived runtime, shared state and the router; `gateway`: start-up;
 //!   `server`: the accept loop and graceful shutdown; `health`: readiness and key gauges.
+//! - `reload`: hot reload of the config file (SIGHUP, `POST /admin/reload`).
 //! - `metrics`, `error`, `usage`, `admin`, `mock` (the OpenAI-compatible mock provider), `cli`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod mock;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod usage;

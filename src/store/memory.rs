@@ -230,9 +230,6 @@ impl PoolState {
                 .map(|(id, p)| (id, p, "stable".to_string(), true));
         }
         if let Some((id, probe, group, fallback)) = found {
-            if let Some(k) = self.keys.get_mut(&id) {
-                k.last_used_ms = now;
-            }
             if let Some(key) = KeyId::new(&id) {
                 return Selection::Key(Chosen {
                     key,

@@ -128,6 +128,7 @@ impl PoolState {
             });
         }
         k.last_status = r.http_status;
+        k.last_used_ms = now;
         let hint = r.cooldown_ms;
         if r.outcome == Outcome::Success {
             k.successes += 1;

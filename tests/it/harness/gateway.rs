@@ -79,6 +79,11 @@ impl TestGateway {
         let state = keygate::gateway::build_state(config, None)
             .await
             .expect("gateway state");
+        TestGateway::start_state(state).await
+    }
+
+    /// Serves a state built by the test (e.g. one with a `config_path`, for reload tests).
+    pub async fn start_state(state: Arc<AppState>) -> TestGateway {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

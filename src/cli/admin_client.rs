@@ -1,0 +1,245 @@
+//! The operator commands (`keygate keys ...`, `keygate canary set`, `keygate reload`): one admin
+//! API call each, the answer printed for humans.
+//!
+//! The token comes from the environment (`KEYGATE_ADMIN_TOKEN`, or the variable named by
+//! `--token-env`), never from an argument. Exit codes: 0 done; 1 the gateway refused or failed
+//! (its message is printed); 2 the command could not run (no token, bad `--url`, gateway
+//! unreachable, an answer that is not the admin API's).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::table::pool_section;
+use super::{AdminTarget, CanaryCommand, KeysCommand};
+use crate::admin::views::ActionReceipt;
+use crate::admin::{PoolList, PoolView};
+use crate::reload::ReloadReport;
+
+/// How long one admin call may take (a reload syncs every pool to the store).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a command failed; printed to stderr by [`Failure::exit`].
+#[derive(Debug)]
+enum Failure {
+    /// The gateway answered with an error.
+    Refused { status: u16, message: String },
+    /// The command could not get an answer.
+    Local(String),
+}
+
+impl Failure {
+    fn exit(self) -> ExitCode {
+        match self {
+            Failure::Refused { status, message } => {
+                eprintln!("keygate: {message} (HTTP {status})");
+                ExitCode::FAILURE
+            }
+            Failure::Local(message) => {
+                eprintln!("keygate: {message}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+struct AdminClient {
+    http: reqwest::Client,
+    base: url::Url,
+    token: String,
+}
+
+impl AdminClient {
+    fn new(target: &AdminTarget) -> Result<AdminClient, Failure> {
+        let token = std::env::var(&target.token_env)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Failure::Local(format!(
+                    "set {} to the gateway's admin token",
+                    target.token_env
+                ))
+            })?;
+        let base = url::Url::parse(&target.url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base())
+            .ok_or_else(|| {
+                Failure::Local(format!("--url {:?} is not an http(s) URL", target.url))
+            })?;
+        let http = reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .build()
+            .map_err(|e| Failure::Local(format!("cannot build an HTTP client: {e}")))?;
+        Ok(AdminClient { http, base, token })
+    }
+
+    /// `<base>/admin/<segments...>`, each segment percent-encoded (an id cannot add a path step).
+    fn url(&self, segments: &[&str]) -> Result<url::Url, Failure> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| Failure::Local("--url cannot take a path".into()))?
+            .pop_if_empty()
+            .push("admin")
+            .extend(segments);
+        Ok(url)
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<serde_json::Value>,
+    ) -> Result<T, Failure> {
+        let url = self.url(segments)?;
+        let mut request = self
+            .http
+            .request(method, url.clone())
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Failure::Local(format!("cannot reach {}: {e}", self.base)))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| Failure::Local(format!("reading the answer from {url}: {e}")))?;
+        if !status.is_success() {
+            return Err(Failure::Refused {
+                status: status.as_u16(),
+                message: error_message(&text),
+            });
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| Failure::Local(format!("unexpected answer from {url}: {e}")))
+    }
+}
+
+/// The `error.message` of an OpenAI-shaped error body, else the body itself (shortened).
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.chars().take(200).collect())
+}
+
+fn finish(result: Result<String, Failure>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(f) => f.exit(),
+    }
+}
+
+/// `keygate keys ...`.
+pub async fn run_keys(target: &AdminTarget, command: KeysCommand) -> ExitCode {
+    finish(keys(target, command).await)
+}
+
+async fn keys(target: &AdminTarget, command: KeysCommand) -> Result<String, Failure> {
+    let client = AdminClient::new(target)?;
+    let (pool, key, action, body) = match command {
+        KeysCommand::List { pool: Some(pool) } => {
+            let view: PoolView =
+                (client.call(Method::GET, &["pools", &pool, "keys"], None)).await?;
+            return Ok(pool_section(&view));
+        }
+        KeysCommand::List { pool: None } => {
+            let list: PoolList = client.call(Method::GET, &["pools"], None).await?;
+            let sections: Vec<String> = list.pools.iter().map(pool_section).collect();
+            return Ok(sections.join("\n"));
+        }
+        KeysCommand::Enable { pool, key } => (pool, key, "enable", None),
+        KeysCommand::Disable { pool, key } => (pool, key, "disable", None),
+        KeysCommand::Drain { pool, key } => (pool, key, "drain", None),
+        KeysCommand::Reset { pool, key } => (pool, key, "reset", None),
+        KeysCommand::Weight { pool, key, weight } => {
+            (pool, key, "weight", Some(json!({ "weight": weight })))
+        }
+        KeysCommand::Group { pool, key, group } => {
+            (pool, key, "group", Some(json!({ "group": group })))
+        }
+    };
+    let method = if body.is_some() {
+        Method::PUT
+    } else {
+        Method::POST
+    };
+    let path = ["pools", pool.as_str(), "keys", key.as_str(), action];
+    let receipt: ActionReceipt = client.call(method, &path, body).await?;
+    Ok(describe(&receipt))
+}
+
+/// One line saying what a change did, e.g. `p/k1: draining`.
+fn describe(r: &ActionReceipt) -> String {
+    let target = match &r.key {
+        Some(k) => format!("{}/{k}", r.pool),
+        None => r.pool.clone(),
+    };
+    let what = match (&r.state, r.weight, &r.group, r.canary_percent) {
+        (Some(state), ..) => state.clone(),
+        (_, Some(w), ..) => format!("weight {w}"),
+        (_, _, Some(g), _) => format!("group {g}"),
+        (.., Some(p)) => format!("canary {p}%"),
+        _ if r.action == "reset" => "counters reset".to_string(),
+        _ => format!("{} done", r.action),
+    };
+    format!("{target}: {what}\n")
+}
+
+/// `keygate canary set POOL PERCENT`.
+pub async fn run_canary(target: &AdminTarget, command: CanaryCommand) -> ExitCode {
+    finish(canary(target, command).await)
+}
+
+async fn canary(target: &AdminTarget, command: CanaryCommand) -> Result<String, Failure> {
+    let client = AdminClient::new(target)?;
+    let CanaryCommand::Set { pool, percent } = command;
+    let body = json!({ "percent": percent });
+    let path = ["pools", pool.as_str(), "canary"];
+    let receipt: ActionReceipt = client.call(Method::PUT, &path, Some(body)).await?;
+    Ok(describe(&receipt))
+}
+
+/// `keygate reload`.
+pub async fn run_reload(target: &AdminTarget) -> ExitCode {
+    finish(reload(target).await)
+}
+
+async fn reload(target: &AdminTarget) -> Result<String, Failure> {
+    let client = AdminClient::new(target)?;
+    let report: ReloadReport = client.call(Method::POST, &["reload"], None).await?;
+    let mut out = format!("config reloaded from {}\n", report.config_path);
+    for p in &report.pools {
+        out.push_str(&format!(
+            "  pool {}{}: {} keys",
+            p.pool,
+            if p.new { " (new)" } else { "" },
+            p.keys
+        ));
+        if !p.keys_added.is_empty() {
+            out.push_str(&format!(", added {}", p.keys_added.join(" ")));
+        }
+        if !p.keys_removed.is_empty() {
+            out.push_str(&format!(", draining {}", p.keys_removed.join(" ")));
+        }
+        out.push('\n');
+    }
+    for p in &report.pools_removed {
+        out.push_str(&format!("  pool {p}: removed from the config\n"));
+    }
+    for s in &report.restart_needed {
+        out.push_str(&format!(
+            "  {s} changed: needs a restart (running value kept)\n"
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,209 @@
+//! Hot reload: re-read the config file and swap the running [`Gateway`] whole, without a restart
+//! and without dropping a request. Triggered by SIGHUP ([`reload_on_sighup`], started by
+//! `gateway::run`) and by `POST /admin/reload`.
+//!
+//! 1. `Config::load` re-reads `AppState::config_path`; an invalid file is rejected with every
+//!    problem logged and returned, and the running config stays.
+//! 2. Settings only a restart can apply (the listener, connection limits, the whole `[store]`
+//!    section) keep their running values; each one changed is logged as needing a restart.
+//! 3. The new pools are synced to the store: new keys join; keys no longer configured go to
+//!    `draining` (reason `removed`); weights, groups, policies and the canary follow the config.
+//! 4. The new `Gateway` replaces the old one in one atomic swap. Requests in flight hold their
+//!    own `Arc` of the old one, so they finish with the secrets and settings they started with.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use crate::app::{AppState, Gateway};
+use crate::config::Config;
+
+/// One reload at a time (SIGHUP and the admin API may race): otherwise an older config could be
+/// swapped in after a newer one was synced to the store. Process-wide is fine: reloads are rare.
+static RELOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What a reload changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub config_path: String,
+    pub pools: Vec<PoolChange>,
+    /// Pools no longer configured (their keys stay in the store; no client can reach them).
+    pub pools_removed: Vec<String>,
+    /// Changed settings only a restart applies; their running values were kept.
+    pub restart_needed: Vec<String>,
+}
+
+/// One pool of the new config and how its key list changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolChange {
+    pub pool: String,
+    /// The pool did not exist before this reload.
+    pub new: bool,
+    pub keys: usize,
+    pub keys_added: Vec<String>,
+    /// Now draining with reason `removed`.
+    pub keys_removed: Vec<String>,
+}
+
+/// Re-reads the config file and applies it (see the module docs). `Err` carries every problem,
+/// one per line; the running config is then unchanged.
+pub async fn reload(state: &AppState) -> Result<ReloadReport, String> {
+    let _one_at_a_time = RELOADING.lock().await;
+    let Some(path) = &state.config_path else {
+        let message = "this gateway was not started from a config file; nothing to reload";
+        tracing::warn!("config reload refused: {message}");
+        return Err(message.to_string());
+    };
+    let mut config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(path = %path.display(), problems = e.problems.len(), "config reload rejected; keeping the running config:\n{e}");
+            return Err(e.to_string());
+        }
+    };
+    let old = state.gateway();
+    let restart_needed = keep_restart_only_settings(&mut config, &old.config);
+    for setting in &restart_needed {
+        tracing::warn!(setting = %setting, "config reload: this setting changed but only applies after a restart; keeping the running value");
+    }
+    let new = match Gateway::from_config(config) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "config reload rejected; keeping the running config");
+            return Err(e);
+        }
+    };
+    let report = ReloadReport {
+        config_path: path.display().to_string(),
+        pools: pool_changes(&old, &new),
+        pools_removed: removed_pools(&old, &new),
+        restart_needed,
+    };
+    crate::gateway::sync_pools(&*state.store, &new).await;
+    state.gateway.store(Arc::new(new));
+    tracing::info!(path = %report.config_path, pools = report.pools.len(), changes = ?report.pools, "config reloaded");
+    Ok(report)
+}
+
+/// Puts back the running values of settings a live process cannot change, naming each one
+/// that differed.
+fn keep_restart_only_settings(new: &mut Config, running: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    let (n, r) = (&mut new.server, &running.server);
+    keep("server.listen", &mut n.listen, r.listen, &mut changed);
+    keep(
+        "server.metrics_listen",
+        &mut n.metrics_listen,
+        r.metrics_listen,
+        &mut changed,
+    );
+    keep(
+        "server.header_read_timeout_ms",
+        &mut n.header_read_timeout_ms,
+        r.header_read_timeout_ms,
+        &mut changed,
+    );
+    keep(
+        "server.max_header_bytes",
+        &mut n.max_header_bytes,
+        r.max_header_bytes,
+        &mut changed,
+    );
+    keep(
+        "server.shutdown_grace_s",
+        &mut n.shutdown_grace_s,
+        r.shutdown_grace_s,
+        &mut changed,
+    );
+    if new.store != running.store {
+        new.store = running.store.clone();
+        changed.push("store".to_string());
+    }
+    changed
+}
+
+fn keep<T: PartialEq + Copy>(name: &str, new: &mut T, running: T, changed: &mut Vec<String>) {
+    if *new != running {
+        *new = running;
+        changed.push(name.to_string());
+    }
+}
+
+fn pool_changes(old: &Gateway, new: &Gateway) -> Vec<PoolChange> {
+    let mut changes: Vec<PoolChange> = (new.config.pools.iter())
+        .map(|pool| {
+            let now: HashSet<&str> = pool.keys.iter().map(|k| k.id.as_str()).collect();
+            let before: HashSet<&str> = (old.config.pool(&pool.name))
+                .map(|p| p.keys.iter().map(|k| k.id.as_str()).collect())
+                .unwrap_or_default();
+            let mut keys_added: Vec<String> =
+                now.difference(&before).map(|s| s.to_string()).collect();
+            let mut keys_removed: Vec<String> =
+                before.difference(&now).map(|s| s.to_string()).collect();
+            keys_added.sort();
+            keys_removed.sort();
+            PoolChange {
+                pool: pool.name.clone(),
+                new: old.config.pool(&pool.name).is_none(),
+                keys: pool.keys.len(),
+                keys_added,
+                keys_removed,
+            }
+        })
+        .collect();
+    changes.sort_by(|a, b| a.pool.cmp(&b.pool));
+    changes
+}
+
+fn removed_pools(old: &Gateway, new: &Gateway) -> Vec<String> {
+    let mut removed: Vec<String> = (old.pools.keys())
+        .filter(|p| !new.pools.contains_key(*p))
+        .cloned()
+        .collect();
+    removed.sort();
+    removed
+}
+
+/// Reloads on every SIGHUP until `stop` completes; a reload in progress finishes first. The
+/// handler is installed before this returns, so a SIGHUP sent once the server answers never
+/// meets the default (fatal) disposition. `None` when there is no SIGHUP to listen for.
+pub fn spawn_sighup_reloader(
+    state: Arc<AppState>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Option<JoinHandle<()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload through the admin API");
+                return None;
+            }
+        };
+        Some(tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    got = hangups.recv() => {
+                        if got.is_none() {
+                            return;
+                        }
+                        tracing::info!("SIGHUP: reloading the config");
+                        // Success and failure are both logged by `reload`.
+                        let _ = reload(&state).await;
+                    }
+                }
+            }
+        }))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (state, stop);
+        None
+    }
+}
