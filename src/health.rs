@@ -1,5 +1,6 @@
 //! Readiness and the key-state gauges: both read the store, so both are bounded and cached.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,8 @@ use crate::app::AppState;
 #[derive(Default)]
 pub struct Health {
     gauges_at: Mutex<Option<Instant>>,
+    /// The (pool, key) pairs the gauges currently show, to drop the ones that disappear.
+    shown: Mutex<HashSet<(String, String)>>,
     /// Serialises refreshes so a burst of scrapes costs one round of snapshots.
     refresh: tokio::sync::Mutex<()>,
 }
@@ -64,9 +67,27 @@ pub async fn refresh_key_gauges(state: &AppState) {
             Err(e) => tracing::warn!(pool = %name, error = %e, "snapshot for metrics failed"),
         }
     }
-    state.metrics.clear_key_gauges();
+    // Overwrite in place and drop only what disappeared: a concurrent scrape never sees a
+    // pool without its key series.
+    let mut now_shown = HashSet::new();
     for (name, s) in &snaps {
         state.metrics.apply_snapshot(name, s);
+        now_shown.extend(s.keys.iter().map(|k| (name.clone(), k.id.clone())));
+    }
+    let failed: HashSet<&String> = gw
+        .pools
+        .keys()
+        .filter(|p| !snaps.iter().any(|(n, _)| n == *p))
+        .collect();
+    {
+        let mut shown = state.health.shown.lock().unwrap_or_else(|e| e.into_inner());
+        for (pool, key) in shown.iter() {
+            if !now_shown.contains(&(pool.clone(), key.clone())) && !failed.contains(pool) {
+                state.metrics.remove_key_gauges(pool, key);
+            }
+        }
+        shown.retain(|(pool, _)| failed.contains(pool));
+        shown.extend(now_shown);
     }
     state
         .metrics

@@ -10,7 +10,11 @@ use keygate::config::hash_token;
 async fn main() -> ExitCode {
     let Cli { command, admin } = Cli::parse();
     match command {
-        Command::Serve { config, log_format } => keygate::cli::run_serve(config, log_format).await,
+        Command::Serve {
+            config,
+            log_format,
+            mock_upstream,
+        } => keygate::cli::run_serve(config, log_format, mock_upstream).await,
         Command::CheckConfig { file } => keygate::cli::check_config(&file),
         Command::HashToken { token } => {
             println!("{}", hash_token(&token));

@@ -205,11 +205,13 @@ impl Metrics {
         }
     }
 
-    /// Forgets every key gauge (before applying fresh snapshots, so removed keys disappear).
-    pub fn clear_key_gauges(&self) {
-        self.key_state.reset();
-        self.key_cooldown.reset();
-        self.key_weight.reset();
+    /// Forgets one key's gauges (a key that left the store or the config).
+    pub fn remove_key_gauges(&self, pool: &str, key: &str) {
+        for s in KeyState::ALL {
+            let _ = self.key_state.remove_label_values(&[pool, key, s.as_str()]);
+        }
+        let _ = self.key_cooldown.remove_label_values(&[pool, key]);
+        let _ = self.key_weight.remove_label_values(&[pool, key]);
     }
 
     /// The text exposition format.

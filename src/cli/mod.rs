@@ -62,6 +62,9 @@ pub enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Also run the bundled mock provider on this address (demos: no provider key needed).
+        #[arg(long, value_name = "ADDR")]
+        mock_upstream: Option<std::net::SocketAddr>,
     },
     /// Validate a config file and print every problem with its path.
     CheckConfig { file: PathBuf },
@@ -159,8 +162,25 @@ pub async fn run_mock(listen: std::net::SocketAddr, delay_ms: u64, keys: Vec<Str
 }
 
 /// `keygate serve`: load the config, build the state, serve until SIGTERM/ctrl-c.
-pub async fn run_serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
+pub async fn run_serve(
+    config: PathBuf,
+    log_format: LogFormat,
+    mock_upstream: Option<std::net::SocketAddr>,
+) -> ExitCode {
     init_logging(log_format);
+    if let Some(addr) = mock_upstream {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, "bundled mock provider serving /v1");
+                let opts = crate::mock::MockOptions::default();
+                tokio::spawn(crate::mock::run(opts, l, crate::server::shutdown_signal()));
+            }
+            Err(e) => {
+                eprintln!("keygate: cannot listen on {addr} for the mock provider: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let cfg = match Config::load(&config) {
         Ok(c) => c,
         Err(e) => {
