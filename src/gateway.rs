@@ -14,27 +14,49 @@ use crate::app::{AppState, Gateway};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::server::{serve, ConnLimits};
+use crate::store::failover::{FailoverOptions, FailoverStore};
 use crate::store::instrumented::InstrumentedStore;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisOptions, RedisStore};
-use crate::store::KeyStore;
+use crate::store::redis::RedisStore;
+use crate::store::{Endpoint, KeyStore};
 
-/// The store the config asks for: Redis when a URL is set, else the embedded memory store.
-pub fn build_store(config: &Config) -> Result<Arc<dyn KeyStore>, String> {
-    let s = &config.store;
-    match &s.redis_url {
-        Some(url) => {
-            let opts = RedisOptions {
-                url: url.clone(),
-                prefix: s.prefix.clone(),
-                timeout: Duration::from_millis(s.timeout_ms),
-                connect_timeout: Duration::from_millis(s.connect_timeout_ms),
-            };
-            let store = RedisStore::connect(&opts).map_err(|e| e.to_string())?;
-            Ok(Arc::new(store))
-        }
-        None => Ok(Arc::new(MemoryStore::new())),
+/// Which Redis the config names, if any.
+fn redis_endpoint(s: &crate::config::StoreConfig) -> Option<Endpoint> {
+    if let Some(url) = &s.redis_url {
+        return Some(Endpoint::Url(url.clone()));
     }
+    if let (false, Some(master)) = (s.sentinels.is_empty(), &s.sentinel_master) {
+        return Some(Endpoint::Sentinel {
+            nodes: s.sentinels.clone(),
+            master: master.clone(),
+        });
+    }
+    (!s.cluster_nodes.is_empty()).then(|| Endpoint::Cluster {
+        nodes: s.cluster_nodes.clone(),
+    })
+}
+
+/// The store the config asks for: Redis (one server, Sentinel or Cluster) behind the failover
+/// layer that answers from memory while Redis is unreachable; without Redis, the embedded memory
+/// store. Must run inside the Tokio runtime (the failover layer starts its probe task).
+pub fn build_store(
+    config: &Config,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<Arc<dyn KeyStore>, String> {
+    let s = &config.store;
+    let Some(endpoint) = redis_endpoint(s) else {
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    let redis = RedisStore::connect_to(
+        &endpoint,
+        &s.prefix,
+        Duration::from_millis(s.timeout_ms),
+        Duration::from_millis(s.connect_timeout_ms),
+    )
+    .map_err(|e| e.to_string())?;
+    let store = FailoverStore::new(Arc::new(redis), FailoverOptions::from_config(s), metrics)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(store))
 }
 
 /// Builds the shared state and syncs every pool into the store (a store that is down now is
@@ -45,7 +67,7 @@ pub async fn build_state(
 ) -> Result<Arc<AppState>, String> {
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let store: Arc<dyn KeyStore> = Arc::new(InstrumentedStore::new(
-        build_store(&config)?,
+        build_store(&config, Some(metrics.clone()))?,
         metrics.clone(),
     ));
     let gateway = Gateway::from_config(config)?;
@@ -72,7 +94,8 @@ pub async fn sync_pools(store: &dyn KeyStore, gateway: &Gateway) {
     }
 }
 
-/// Serves until `shutdown`, then drains and flushes background reports.
+/// Serves until `shutdown`, then drains and flushes background reports. A gateway started from
+/// a config file also reloads it on SIGHUP until then.
 pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let server = &state.gateway().config.server;
     let limits = ConnLimits {
@@ -80,6 +103,18 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
         max_header_bytes: server.max_header_bytes,
         grace: Duration::from_secs(server.shutdown_grace_s),
     };
+    let (stop_reloads, reloads_stopped) = tokio::sync::oneshot::channel::<()>();
+    let reloader = match state.config_path {
+        Some(_) => crate::reload::spawn_sighup_reloader(state.clone(), async move {
+            let _ = reloads_stopped.await;
+        }),
+        None => None,
+    };
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = spawn_metrics_listener(&state, limits, async move {
+        let _ = metrics_stopped.await;
+    })
+    .await;
     serve(
         listener,
         crate::app::router(state.clone()),
@@ -87,6 +122,35 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
         shutdown,
     )
     .await;
+    let _ = stop_metrics.send(());
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
+    let _ = stop_reloads.send(());
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
     state.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), state.tasks.wait()).await;
+}
+
+/// Serves `/metrics` alone on `server.metrics_listen`, when configured (a scrape port that is not
+/// exposed with the API). A port that cannot be bound is logged, not fatal.
+async fn spawn_metrics_listener(
+    state: &Arc<AppState>,
+    limits: ConnLimits,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let addr = state.gateway().config.server.metrics_listen?;
+    match TcpListener::bind(addr).await {
+        Ok(l) => {
+            tracing::info!(%addr, "metrics listener");
+            let router = crate::app::metrics_router(state.clone());
+            Some(tokio::spawn(serve(l, router, limits, stop)))
+        }
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot bind server.metrics_listen; /metrics stays on the main port only");
+            None
+        }
+    }
 }

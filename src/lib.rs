@@ -10,7 +10,10 @@
 //!   `server`: the accept loop and graceful shutdown; `health`: readiness and key gauges.
 //! - `reload`: hot reload of the config file (SIGHUP, `POST /admin/reload`).
 //! - `metrics`, `error`, `usage`, `admin`, `mock` (the OpenAI-compatible mock provider), `cli`.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod admin;
 pub mod app;

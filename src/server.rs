@@ -64,12 +64,21 @@ pub async fn serve(
                 .insert(ConnectInfo::<SocketAddr>(remote));
             router.clone().oneshot(req)
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // hyper's header timeout starts with the first byte: a client that connects and
+            // says nothing would hold its connection forever.
+            let mut first = [0u8; 1];
+            let wait = limits.header_read_timeout;
+            let peeked = tokio::time::timeout(wait, stream.peek(&mut first)).await;
+            if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                tracing::debug!(%remote, "connection closed: silent past the header timeout");
+                return;
+            }
+            let io = TokioIo::new(stream);
+            let svc = TowerToHyperService::new(svc);
+            let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

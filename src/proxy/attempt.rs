@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use tokio::task::JoinHandle;
 
 use super::body::{Ending, ObservedBody};
 use super::{forward, Call};
@@ -199,6 +200,9 @@ impl Attempt<'_> {
     }
 }
 
+/// Reports an outcome without holding up the response; when `after` is given (the success
+/// reported when a streamed answer began), waits for it first, so a mid-stream failure is
+/// applied after that success and not wiped out by it.
 fn report_in_background(
     state: &Arc<AppState>,
     pool: &str,
@@ -206,7 +210,8 @@ fn report_in_background(
     outcome: Outcome,
     cooldown_ms: Option<u64>,
     status: u16,
-) {
+    after: Option<JoinHandle<()>>,
+) -> JoinHandle<()> {
     let (state2, pool, key, probe) = (
         state.clone(),
         pool.to_string(),
@@ -214,6 +219,9 @@ fn report_in_background(
         chosen.probe,
     );
     state.tasks.spawn(async move {
+        if let Some(first) = after {
+            let _ = first.await;
+        }
         let r = Report {
             key: &key,
             outcome,
@@ -231,7 +239,7 @@ fn report_in_background(
             Ok(_) => {}
             Err(e) => tracing::warn!(pool = %pool, key = %key, error = %e, "store report failed"),
         }
-    });
+    })
 }
 
 fn succeeded(
@@ -251,13 +259,14 @@ fn succeeded(
         started,
     );
     let cooldown = verdict.cooldown.map(|d| d.as_millis() as u64);
-    report_in_background(
+    let reported = report_in_background(
         &call.state,
         &pool,
         &chosen,
         Outcome::Success,
         cooldown,
         resp.status().as_u16(),
+        None,
     );
     let status = resp.status();
     let mut headers = forward::downstream_headers(resp.headers());
@@ -275,6 +284,7 @@ fn succeeded(
         pool,
         chosen,
         model.map(|m| m.chars().take(64).collect()),
+        reported,
     );
     let body = ObservedBody::new(resp, call.deadline, on_end);
     let mut out = Response::new(Body::from_stream(body));
@@ -289,6 +299,7 @@ fn stream_end(
     pool: String,
     chosen: Chosen,
     model: Option<String>,
+    success_report: JoinHandle<()>,
 ) -> super::body::OnEnd {
     Box::new(move |ending: Ending, usage: Option<Usage>| {
         if let Some(u) = usage {
@@ -307,7 +318,8 @@ fn stream_end(
         }
         if ending == Ending::UpstreamError {
             tracing::warn!(pool = %pool, key = %chosen.key, "upstream broke off the response body");
-            report_in_background(&state, &pool, &chosen, Outcome::ServerError, None, 0);
+            let after = Some(success_report);
+            report_in_background(&state, &pool, &chosen, Outcome::ServerError, None, 0, after);
         }
     })
 }
@@ -329,6 +341,15 @@ async fn answered_error(
         _ => Bytes::new(),
     };
     let verdict = classify(status, &headers, Some(&body), SystemTime::now());
+    // What may reach the client (a passed-through 4xx) never carries the key it was sent with.
+    let mut headers = headers;
+    let secret = (call.pool.config.keys.iter())
+        .find(|k| k.id == chosen.key.as_str())
+        .map(|k| &k.secret);
+    let body = match secret {
+        Some(secret) => forward::redact_secret(&mut headers, body, secret),
+        None => body,
+    };
     if verdict.outcome != Outcome::ClientError {
         let hint = verdict.cooldown.map(|d| d.as_millis() as u64);
         return failed(
@@ -357,6 +378,7 @@ async fn answered_error(
             Outcome::ClientError,
             None,
             status.as_u16(),
+            None,
         );
     }
     if is_model_not_found(status, &body) {

@@ -3,7 +3,9 @@
 //! down).
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
 
+use crate::config::Secret;
 use crate::error::ApiError;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) plus the ones keygate owns or replaces.
@@ -122,6 +124,58 @@ pub fn upstream_url(
     Ok(url)
 }
 
+/// Replaces every occurrence of `secret` in an upstream answer (some providers quote the key
+/// they were sent in their error messages and headers) with its fingerprint, so a passed-through
+/// answer never hands a pool key to the client. A header value that cannot be rewritten is
+/// dropped.
+pub fn redact_secret(headers: &mut HeaderMap, body: Bytes, secret: &Secret) -> Bytes {
+    let needle = secret.expose().as_bytes();
+    if needle.is_empty() {
+        return body;
+    }
+    let fingerprint = secret.fingerprint();
+    let leaked: Vec<HeaderName> = (headers.iter())
+        .filter(|(_, v)| contains(v.as_bytes(), needle))
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in leaked {
+        let values: Vec<HeaderValue> = (headers.get_all(&name).iter())
+            .filter_map(|v| {
+                let replaced = replace_all(v.as_bytes(), needle, fingerprint.as_bytes());
+                HeaderValue::from_bytes(&replaced).ok()
+            })
+            .collect();
+        headers.remove(&name);
+        for v in values {
+            headers.append(name.clone(), v);
+        }
+    }
+    if contains(&body, needle) {
+        Bytes::from(replace_all(&body, needle, fingerprint.as_bytes()))
+    } else {
+        body
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn replace_all(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Sets a response header from a string, skipping values that are not valid header text.
 pub fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
@@ -160,6 +214,26 @@ mod tests {
                 "{evil} accepted"
             );
         }
+    }
+
+    #[test]
+    fn an_upstream_answer_quoting_the_key_reaches_the_client_redacted() {
+        let secret = Secret::new("sk-abcdefghijk9f3a");
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-debug",
+            "key=sk-abcdefghijk9f3a; again sk-abcdefghijk9f3a"
+                .parse()
+                .unwrap(),
+        );
+        h.insert("content-type", "application/json".parse().unwrap());
+        let body = Bytes::from_static(b"{\"message\":\"Bad key sk-abcdefghijk9f3a.\"}");
+        let body = redact_secret(&mut h, body, &secret);
+        assert_eq!(&body[..], "{\"message\":\"Bad key sk-…9f3a.\"}".as_bytes());
+        assert_eq!(h["x-debug"], "key=sk-…9f3a; again sk-…9f3a");
+        assert_eq!(h["content-type"], "application/json");
+        let clean = Bytes::from_static(b"nothing here");
+        assert_eq!(redact_secret(&mut h, clean.clone(), &secret), clean);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -40,15 +40,21 @@ pub(crate) struct Call {
     pub canary_counted: bool,
 }
 
-pub async fn handle(
-    State(state): State<Arc<AppState>>,
-    Path(path): Path<String>,
-    req: Request,
-) -> Response {
+/// `ANY /v1/{*path}`. The path is taken from the request as sent, still percent-encoded, not
+/// from the decoded route parameter: the upstream gets exactly the path the client sent (no
+/// decode-then-encode changing what `%2F`, `%25` or `%3F` mean), and `upstream_url` sees (and
+/// refuses) encoded dots, slashes and backslashes.
+pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let remote = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
+    let path = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/")
+        .unwrap_or_default()
+        .to_string();
     proxy(state, path, remote, req).await
 }
 

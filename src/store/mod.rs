@@ -6,14 +6,24 @@
 //!   tree descent included, so both stores give the same answer for the same inputs.
 //! - `tree.rs`: the Fenwick tree of selectable weights that makes selection O(log n).
 //! - `spec.rs`: what a pool looks like to the store, derived from config.
+//! - `failover.rs`: degraded mode, Redis with the memory store standing in while Redis is
+//!   unreachable, and the write-back of what memory learned when it returns.
+//! - `connection.rs`, `sentinel.rs`, `cluster.rs`: how the Redis store reaches one server, a
+//!   Sentinel-managed master, or a Cluster.
 
+mod cluster;
+mod connection;
+pub mod failover;
 pub mod instrumented;
 pub mod memory;
 pub mod redis;
 mod scripts;
+mod sentinel;
 pub mod spec;
 mod transitions;
 pub mod tree;
+
+pub use connection::Endpoint;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -3,22 +3,31 @@
 //!
 //! A pool that Redis lost (restart without persistence, `FLUSHALL`) answers `nopool`; the store
 //! then re-creates it from the last spec it synced and repeats the call, so the caller never sees
-//! the loss. `NOSCRIPT` after a restart or `SCRIPT FLUSH` is handled by `invoke_async`.
+//! the loss (and notes the pool in [`RedisStore::recreated_pools`] so the failover layer can
+//! write back what it knew). `NOSCRIPT` after a restart or `SCRIPT FLUSH` is handled by
+//! `invoke_async`, which loads the script and runs it again.
+//!
+//! One deadline covers a whole store call, re-creation and script loading included: a dead,
+//! hung (`SIGSTOP`) or black-holed Redis never holds a caller longer than `timeout`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+mod reply;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
+use tokio::time::Instant;
 
+use super::connection::{Conn, Endpoint, Timeouts};
 use super::scripts::Scripts;
 use super::{
-    AdminState, Chosen, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, Route,
-    SelectRequest, Selection, StateCounts, StoreError, SyncReceipt, Unavailable,
+    AdminState, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, Route, SelectRequest,
+    Selection, StoreError, SyncReceipt,
 };
 use crate::pool::{KeyId, KeyState};
+use reply::{expect_ok, now_arg, num, parse_selection, words};
 
 /// How to reach Redis and how long to wait for it.
 #[derive(Clone, Debug)]
@@ -29,12 +38,6 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
 }
 
-/// The Redis connection: one multiplexed connection that reconnects in the background.
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-}
-
 pub struct RedisStore {
     conn: Conn,
     prefix: String,
@@ -42,31 +45,8 @@ pub struct RedisStore {
     scripts: Scripts,
     /// The last spec synced per pool, to re-create a pool Redis lost.
     specs: RwLock<HashMap<String, Arc<PoolSpec>>>,
-}
-
-/// A script reply flattened to strings (Lua numbers arrive as integers, strings as bulk).
-fn words(v: Value) -> Result<Vec<String>, StoreError> {
-    let items = match v {
-        Value::Array(items) => items,
-        other => vec![other],
-    };
-    items
-        .into_iter()
-        .map(|v| match v {
-            Value::Int(i) => Ok(i.to_string()),
-            Value::BulkString(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
-            Value::SimpleString(s) => Ok(s),
-            Value::Okay => Ok("OK".into()),
-            Value::Nil => Ok(String::new()),
-            other => Err(StoreError::Script(format!("unexpected reply {other:?}"))),
-        })
-        .collect()
-}
-
-fn num<T: std::str::FromStr>(w: &[String], i: usize) -> Result<T, StoreError> {
-    w.get(i)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| StoreError::Script(format!("bad reply field {i}: {w:?}")))
+    /// Pools this store (re-)created from their spec since the set was last cleared.
+    recreated: Mutex<HashSet<String>>,
 }
 
 fn map_err(e: redis::RedisError) -> StoreError {
@@ -80,24 +60,70 @@ fn map_err(e: redis::RedisError) -> StoreError {
 }
 
 impl RedisStore {
-    /// Connects lazily: the first call opens the connection, so a replica starts even while
-    /// Redis is down.
+    /// Connects lazily to one Redis server: the first call opens the connection, so a replica
+    /// starts even while Redis is down.
     pub fn connect(opts: &RedisOptions) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(opts.url.as_str())
-            .map_err(|e| StoreError::InvalidArgument(format!("store.redis_url: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(opts.timeout))
-            .set_connection_timeout(Some(opts.connect_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(map_err)?;
+        RedisStore::connect_to(
+            &Endpoint::Url(opts.url.clone()),
+            &opts.prefix,
+            opts.timeout,
+            opts.connect_timeout,
+        )
+    }
+
+    /// Connects lazily to one server, a Sentinel-managed master or a Cluster.
+    pub fn connect_to(
+        endpoint: &Endpoint,
+        prefix: &str,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<RedisStore, StoreError> {
+        let timeouts = Timeouts {
+            response: timeout,
+            connect: connect_timeout,
+        };
         Ok(RedisStore {
-            conn: Conn::Single(manager),
-            prefix: opts.prefix.clone(),
-            timeout: opts.timeout,
+            conn: Conn::open(endpoint, timeouts)?,
+            prefix: prefix.to_string(),
+            timeout,
             scripts: Scripts::new(),
             specs: RwLock::new(HashMap::new()),
+            recreated: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// The deadline of one call: the store timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Pools this store created in Redis from their spec because Redis did not have them
+    /// (a restart without persistence, `FLUSHALL`, or the first start), not yet cleared.
+    pub fn recreated_pools(&self) -> Vec<String> {
+        let set = self.recreated.lock().unwrap_or_else(|e| e.into_inner());
+        set.iter().cloned().collect()
+    }
+
+    /// Whether any pool waits in [`RedisStore::recreated_pools`].
+    pub fn has_recreated(&self) -> bool {
+        let set = self.recreated.lock().unwrap_or_else(|e| e.into_inner());
+        !set.is_empty()
+    }
+
+    pub fn is_recreated(&self, pool: &str) -> bool {
+        let set = self.recreated.lock().unwrap_or_else(|e| e.into_inner());
+        set.contains(pool)
+    }
+
+    /// Forgets that `pool` was re-created (its lost state was written back, or nothing was).
+    pub fn clear_recreated(&self, pool: &str) {
+        let mut set = self.recreated.lock().unwrap_or_else(|e| e.into_inner());
+        set.remove(pool);
+    }
+
+    fn mark_recreated(&self, pool: &str) {
+        let mut set = self.recreated.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(pool.to_string());
     }
 
     /// `kg:{P}`: KEYS[1] of every script; the hash tag keeps a pool in one Cluster slot.
@@ -105,30 +131,46 @@ impl RedisStore {
         format!("{}:{{{}}}", self.prefix, pool)
     }
 
-    async fn eval(&self, script: &Script, pool: &str, args: &[&str]) -> Result<Value, StoreError> {
+    /// Runs one script before `deadline`. A failure tells the connection (Sentinel then asks
+    /// for the master again).
+    async fn eval(
+        &self,
+        script: &Script,
+        pool: &str,
+        args: &[&str],
+        deadline: Instant,
+    ) -> Result<Value, StoreError> {
         let mut inv = script.key(self.pool_base(pool));
         for a in args {
             inv.arg(*a);
         }
-        let call = async {
-            match &self.conn {
-                Conn::Single(c) => inv.invoke_async::<Value>(&mut c.clone()).await,
+        let (mut handle, generation) = tokio::time::timeout_at(deadline, self.conn.handle())
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map_err(map_err)?;
+        match tokio::time::timeout_at(deadline, inv.invoke_async::<Value>(&mut handle)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.conn.failed(generation, &e);
+                Err(map_err(e))
             }
-        };
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(r) => r.map_err(map_err),
-            Err(_) => Err(StoreError::Timeout),
+            Err(_) => {
+                self.conn.timed_out(generation);
+                Err(StoreError::Timeout)
+            }
         }
     }
 
-    /// Runs a script; if Redis lost the pool, re-creates it from config and runs it again.
+    /// Runs a script; if Redis lost the pool, re-creates it from config and runs it again. The
+    /// whole of it shares one deadline.
     async fn eval_pool(
         &self,
         script: &Script,
         pool: &str,
         args: &[&str],
     ) -> Result<Vec<String>, StoreError> {
-        let w = words(self.eval(script, pool, args).await?)?;
+        let deadline = Instant::now() + self.timeout;
+        let w = words(self.eval(script, pool, args, deadline).await?)?;
         if w.first().map(String::as_str) != Some("nopool") {
             return Ok(w);
         }
@@ -142,19 +184,29 @@ impl RedisStore {
             return Err(StoreError::UnknownPool(pool.to_string()));
         };
         tracing::warn!(pool, "pool missing from Redis; re-creating it from config");
-        self.run_sync(&spec).await?;
-        let w = words(self.eval(script, pool, args).await?)?;
+        // Marked before the pool exists again, so no snapshot of the empty pool is taken for
+        // the last known state.
+        self.mark_recreated(pool);
+        self.run_sync(&spec, deadline).await?;
+        let w = words(self.eval(script, pool, args, deadline).await?)?;
         match w.first().map(String::as_str) {
             Some("nopool") => Err(StoreError::UnknownPool(pool.to_string())),
             _ => Ok(w),
         }
     }
 
-    async fn run_sync(&self, spec: &PoolSpec) -> Result<SyncReceipt, StoreError> {
+    async fn run_sync(
+        &self,
+        spec: &PoolSpec,
+        deadline: Instant,
+    ) -> Result<SyncReceipt, StoreError> {
         let mut args = vec![spec.fingerprint()];
         args.extend(spec.sync_args());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let w = words(self.eval(&self.scripts.sync, &spec.name, &refs).await?)?;
+        let w = words(
+            self.eval(&self.scripts.sync, &spec.name, &refs, deadline)
+                .await?,
+        )?;
         match w.first().map(String::as_str) {
             Some("unchanged") => Ok(SyncReceipt::Unchanged),
             Some("synced") => Ok(SyncReceipt::Synced {
@@ -166,77 +218,59 @@ impl RedisStore {
         }
     }
 
-    /// Loads every script into Redis now (EVALSHA then never pays the NOSCRIPT round trip).
+    /// Loads every script into Redis now (EVALSHA then never pays the NOSCRIPT round trip; on a
+    /// Cluster, every node gets them).
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let deadline = Instant::now() + self.timeout * 4;
         for s in self.scripts.all() {
-            let call = async {
-                match &self.conn {
-                    Conn::Single(c) => s.load_async(&mut c.clone()).await,
-                }
-            };
-            tokio::time::timeout(self.timeout * 4, call)
+            let (mut handle, generation) = tokio::time::timeout_at(deadline, self.conn.handle())
                 .await
                 .map_err(|_| StoreError::Timeout)?
                 .map_err(map_err)?;
+            match tokio::time::timeout_at(deadline, s.load_async(&mut handle)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    self.conn.failed(generation, &e);
+                    return Err(map_err(e));
+                }
+                Err(_) => {
+                    self.conn.timed_out(generation);
+                    return Err(StoreError::Timeout);
+                }
+            }
         }
         Ok(())
     }
 
+    /// Follows a topology change no call noticed (a Sentinel that names a new master while the
+    /// old one still answers). Bounded by four store timeouts.
+    pub async fn check_topology(&self) -> Result<(), StoreError> {
+        tokio::time::timeout(self.timeout * 4, self.conn.check_topology())
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map_err(map_err)
+    }
+
     /// One round trip to Redis (used by readiness checks and the degraded-mode probe).
     pub async fn ping_redis(&self) -> Result<(), StoreError> {
-        let call = async {
-            match &self.conn {
-                Conn::Single(c) => {
-                    redis::cmd("PING")
-                        .query_async::<String>(&mut c.clone())
-                        .await
-                }
+        let deadline = Instant::now() + self.timeout;
+        let (mut handle, generation) = tokio::time::timeout_at(deadline, self.conn.handle())
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map_err(map_err)?;
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut handle);
+        match tokio::time::timeout_at(deadline, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                self.conn.failed(generation, &e);
+                Err(map_err(e))
             }
-        };
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(r) => r.map(|_| ()).map_err(map_err),
-            Err(_) => Err(StoreError::Timeout),
-        }
-    }
-}
-
-fn now_arg(now: Option<u64>) -> String {
-    now.unwrap_or(0).to_string()
-}
-
-fn expect_ok(w: &[String], pool: &str, key: &KeyId) -> Result<(), StoreError> {
-    match w.first().map(String::as_str) {
-        Some("ok") => Ok(()),
-        Some("nokey") => Err(StoreError::UnknownKey(key.to_string())),
-        Some("nopool") => Err(StoreError::UnknownPool(pool.to_string())),
-        _ => Err(StoreError::Script(format!("unexpected reply {w:?}"))),
-    }
-}
-
-fn parse_selection(w: &[String]) -> Result<Selection, StoreError> {
-    match w.first().map(String::as_str) {
-        Some("key") => Ok(Selection::Key(Chosen {
-            key: w
-                .get(1)
-                .and_then(|s| KeyId::new(s))
-                .ok_or_else(|| StoreError::Script(format!("bad key in {w:?}")))?,
-            group: w.get(2).cloned().unwrap_or_default(),
-            fallback: w.get(3).map(String::as_str) == Some("1"),
-            probe: w.get(4).map(String::as_str) == Some("1"),
-        })),
-        Some("none") => {
-            let earliest: i64 = num(w, 1)?;
-            let mut counts = [0u64; 6];
-            for (i, c) in counts.iter_mut().enumerate() {
-                *c = num::<i64>(w, 3 + i)?.max(0) as u64;
+            Err(_) => {
+                self.conn.timed_out(generation);
+                Err(StoreError::Timeout)
             }
-            Ok(Selection::None(Unavailable {
-                retry_at_ms: (earliest >= 0).then_some(earliest as u64),
-                now_ms: num(w, 2)?,
-                counts: StateCounts::from_array(counts),
-            }))
         }
-        _ => Err(StoreError::Script(format!("unexpected select reply {w:?}"))),
     }
 }
 
@@ -365,6 +399,12 @@ impl KeyStore for RedisStore {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(spec.name.clone(), Arc::new(spec.clone()));
-        self.run_sync(spec).await
+        let receipt = self.run_sync(spec, Instant::now() + self.timeout).await?;
+        if let SyncReceipt::Synced { created, .. } = receipt {
+            if created > 0 && created as usize == spec.keys.len() {
+                self.mark_recreated(&spec.name);
+            }
+        }
+        Ok(receipt)
     }
 }

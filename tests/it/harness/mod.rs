@@ -1,8 +1,13 @@
 //! Test harness: real redis-server processes, stores built on them, helpers to wait on
 //! conditions instead of sleeping.
 
+pub mod exposition;
+pub mod fault_proxy;
 pub mod gateway;
+pub mod load;
+pub mod processes;
 pub mod redis_server;
+pub mod topology;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -135,6 +135,26 @@ impl RedisServer {
         assert!(self.child.is_none());
         self.spawn();
     }
+
+    /// Whether the process runs (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `FLUSHALL`: every key gone, scripts kept.
+    pub fn flushall(&self) {
+        let _: () = redis::cmd("FLUSHALL")
+            .query(&mut self.conn())
+            .expect("FLUSHALL");
+    }
+
+    /// `SCRIPT FLUSH`: every cached script gone, keys kept.
+    pub fn script_flush(&self) {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut self.conn())
+            .expect("SCRIPT FLUSH");
+    }
 }
 
 fn signal(pid: u32, sig: &str) {

@@ -1,0 +1,417 @@
+//! Degraded mode: a [`KeyStore`] that serves from Redis while it answers and from an in-process
+//! [`MemoryStore`] when it does not, so no client request ever fails because of Redis.
+//!
+//! - Healthy: every call goes to Redis (bounded by the store timeout). A call that fails with an
+//!   outage error (`StoreError::is_outage`) is answered by memory instead.
+//! - After `degraded_after_failures` consecutive outage errors the replica is *degraded*: every
+//!   call goes to memory, with no Redis wait at all; `degraded()` is true (`/readyz` says so,
+//!   `keygate_store_degraded` is 1).
+//! - Memory is seeded from the last snapshot the replica saw of each pool (kept from any
+//!   `snapshot` call and refreshed in the background about every 2 s while healthy), so the
+//!   cooldowns and disables it knew stay in force. Reports and admin changes memory answered go
+//!   into a journal (`writeback.rs`).
+//! - A background task probes Redis every `probe_interval_ms` while degraded (`PING`, then the
+//!   `sync` script of every pool, which also re-creates pools Redis lost). When both answer it
+//!   replays the journal, writes back its view of any pool Redis lost, takes fresh snapshots and
+//!   switches back. While healthy it also replays entries journaled by single failed calls.
+//!
+//! The task holds only a weak reference and stops on [`FailoverStore::shutdown`] or when the store
+//! is dropped.
+
+mod recovery;
+mod writeback;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::memory::MemoryStore;
+use super::redis::RedisStore;
+use super::{
+    AdminState, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, SelectRequest, Selection,
+    StoreError, SyncReceipt,
+};
+use crate::config::StoreConfig;
+use crate::metrics::Metrics;
+use crate::pool::{KeyId, KeyState};
+use recovery::background;
+use writeback::Learned;
+
+/// The most journal entries kept; older ones are dropped first (a long outage under heavy
+/// failure traffic must not grow memory without bound).
+const JOURNAL_LIMIT: usize = 10_000;
+
+/// When the failover layer switches and how often it looks at Redis.
+#[derive(Clone, Debug)]
+pub struct FailoverOptions {
+    pub degraded_after_failures: u32,
+    pub probe_interval: Duration,
+    /// How often a healthy replica refreshes its last-known snapshot of every pool.
+    pub snapshot_interval: Duration,
+}
+
+impl FailoverOptions {
+    pub fn from_config(store: &StoreConfig) -> FailoverOptions {
+        FailoverOptions {
+            degraded_after_failures: store.degraded_after_failures.max(1),
+            probe_interval: Duration::from_millis(store.probe_interval_ms.max(1)),
+            snapshot_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Redis with an in-process fallback; see the module docs.
+pub struct FailoverStore {
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+struct Shared {
+    redis: Arc<RedisStore>,
+    memory: MemoryStore,
+    opts: FailoverOptions,
+    metrics: Option<Arc<Metrics>>,
+    degraded: AtomicBool,
+    /// Consecutive outage errors; any answer from Redis resets it.
+    failures: AtomicU32,
+    degraded_since: Mutex<Option<Instant>>,
+    specs: RwLock<BTreeMap<String, Arc<PoolSpec>>>,
+    /// The latest snapshot Redis gave of each pool.
+    last_seen: Mutex<HashMap<String, PoolSnapshot>>,
+    /// Pools whose memory copy is older than `last_seen`: seeded again before memory answers.
+    stale: Mutex<HashSet<String>>,
+    journal: Mutex<VecDeque<Learned>>,
+    /// Entries dropped because the journal was full (logged every thousand).
+    journal_dropped: AtomicU64,
+    /// Wakes the background task early: a pool was re-created and waits for its write-back.
+    wake: Arc<Notify>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FailoverStore {
+    /// Wraps `redis`; starts the background task on the current Tokio runtime.
+    pub fn new(
+        redis: Arc<RedisStore>,
+        opts: FailoverOptions,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<FailoverStore, StoreError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            StoreError::InvalidArgument("the failover store needs a Tokio runtime".into())
+        })?;
+        let shared = Arc::new(Shared {
+            redis,
+            memory: MemoryStore::new(),
+            opts,
+            metrics,
+            degraded: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            degraded_since: Mutex::new(None),
+            specs: RwLock::new(BTreeMap::new()),
+            last_seen: Mutex::new(HashMap::new()),
+            stale: Mutex::new(HashSet::new()),
+            journal: Mutex::new(VecDeque::new()),
+            journal_dropped: AtomicU64::new(0),
+            wake: Arc::new(Notify::new()),
+        });
+        let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let wake = shared.wake.clone();
+        tasks.spawn_on(
+            background(Arc::downgrade(&shared), wake, cancel.clone()),
+            &runtime,
+        );
+        tasks.close();
+        Ok(FailoverStore {
+            shared,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Stops the background task and waits for it.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.wait().await;
+    }
+
+    /// The Redis store behind the fallback.
+    pub fn redis(&self) -> &Arc<RedisStore> {
+        &self.shared.redis
+    }
+
+    /// Journal entries not yet written back to Redis.
+    pub fn pending_writeback(&self) -> usize {
+        lock(&self.shared.journal).len()
+    }
+}
+
+impl Drop for FailoverStore {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Shared {
+    fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Acquire)
+    }
+
+    fn spec(&self, pool: &str) -> Option<Arc<PoolSpec>> {
+        let specs = self.specs.read().unwrap_or_else(|e| e.into_inner());
+        specs.get(pool).cloned()
+    }
+
+    fn all_specs(&self) -> Vec<Arc<PoolSpec>> {
+        let specs = self.specs.read().unwrap_or_else(|e| e.into_inner());
+        specs.values().cloned().collect()
+    }
+
+    /// Runs `call` on Redis unless degraded; `None` means "answer from memory".
+    async fn on_redis<T>(
+        &self,
+        op: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Option<Result<T, StoreError>> {
+        if self.is_degraded() {
+            return None;
+        }
+        match call.await {
+            Err(e) if e.is_outage() => {
+                self.failed(op, &e);
+                None
+            }
+            r => {
+                self.failures.store(0, Ordering::Release);
+                if self.redis.has_recreated() {
+                    self.wake.notify_one();
+                }
+                Some(r)
+            }
+        }
+    }
+
+    /// Counts an outage error; at the threshold, switches to degraded mode.
+    fn failed(&self, op: &str, e: &StoreError) {
+        if let Some(m) = &self.metrics {
+            m.store_errors.with_label_values(&[op]).inc();
+        }
+        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::debug!(op, error = %e, consecutive = n, "Redis call failed; answering from memory");
+        if n < self.opts.degraded_after_failures || self.degraded.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for spec in self.all_specs() {
+            self.seed_if_stale(&spec.name);
+        }
+        *lock(&self.degraded_since) = Some(Instant::now());
+        if let Some(m) = &self.metrics {
+            m.store_degraded.set(1);
+        }
+        tracing::warn!(op, error = %e, failures = n,
+            "Redis unreachable: degraded mode, serving from the in-process store");
+    }
+
+    /// Seeds memory from the last Redis snapshot of `pool` if memory is older than it.
+    fn seed_if_stale(&self, pool: &str) {
+        if !lock(&self.stale).remove(pool) {
+            return;
+        }
+        let snapshot = lock(&self.last_seen).get(pool).cloned();
+        if let (Some(spec), Some(snapshot)) = (self.spec(pool), snapshot) {
+            self.memory.seed(&spec, &snapshot);
+        }
+    }
+
+    /// Memory, ready to answer for `pool`.
+    fn memory_for(&self, pool: &str) -> &MemoryStore {
+        self.seed_if_stale(pool);
+        &self.memory
+    }
+
+    fn journal(&self, entry: Learned) {
+        let mut j = lock(&self.journal);
+        if j.len() >= JOURNAL_LIMIT {
+            j.pop_front();
+            let dropped = self.journal_dropped.fetch_add(1, Ordering::Relaxed);
+            if dropped % 1000 == 0 {
+                tracing::warn!(
+                    dropped = dropped + 1,
+                    limit = JOURNAL_LIMIT,
+                    "write-back journal full; dropping its oldest entries"
+                );
+            }
+        }
+        j.push_back(entry);
+    }
+
+    fn store_snapshot(&self, pool: &str, snapshot: &PoolSnapshot) {
+        lock(&self.last_seen).insert(pool.to_string(), snapshot.clone());
+        lock(&self.stale).insert(pool.to_string());
+    }
+
+    /// Keeps a snapshot Redis returned to a caller, unless memory knows more than it (entries
+    /// not written back yet) or it shows a pool just re-created empty.
+    fn remember(&self, pool: &str, snapshot: &PoolSnapshot) {
+        if self.is_degraded() || !lock(&self.journal).is_empty() || self.redis.is_recreated(pool) {
+            return;
+        }
+        self.store_snapshot(pool, snapshot);
+    }
+}
+
+#[async_trait]
+impl KeyStore for FailoverStore {
+    async fn select(&self, pool: &str, req: &SelectRequest<'_>) -> Result<Selection, StoreError> {
+        let s = &self.shared;
+        if let Some(r) = s.on_redis("select", s.redis.select(pool, req)).await {
+            return r;
+        }
+        s.memory_for(pool).select(pool, req).await
+    }
+
+    async fn report(&self, pool: &str, report: &Report<'_>) -> Result<ReportReceipt, StoreError> {
+        let s = &self.shared;
+        if let Some(r) = s.on_redis("report", s.redis.report(pool, report)).await {
+            return r;
+        }
+        let receipt = s.memory_for(pool).report(pool, report).await?;
+        if let Some(entry) = Learned::from_report(pool, report, &receipt) {
+            s.journal(entry);
+        }
+        Ok(receipt)
+    }
+
+    async fn set_state(
+        &self,
+        pool: &str,
+        key: &KeyId,
+        state: AdminState,
+    ) -> Result<KeyState, StoreError> {
+        let s = &self.shared;
+        if let Some(r) = s
+            .on_redis("set_state", s.redis.set_state(pool, key, state))
+            .await
+        {
+            return r;
+        }
+        let r = s.memory_for(pool).set_state(pool, key, state).await?;
+        s.journal(Learned::State {
+            pool: pool.to_string(),
+            key: key.clone(),
+            state,
+        });
+        Ok(r)
+    }
+
+    async fn set_weight(&self, pool: &str, key: &KeyId, weight: u32) -> Result<(), StoreError> {
+        let s = &self.shared;
+        if let Some(r) = s
+            .on_redis("set_weight", s.redis.set_weight(pool, key, weight))
+            .await
+        {
+            return r;
+        }
+        s.memory_for(pool).set_weight(pool, key, weight).await?;
+        s.journal(Learned::Weight {
+            pool: pool.to_string(),
+            key: key.clone(),
+            weight,
+        });
+        Ok(())
+    }
+
+    async fn set_group(&self, pool: &str, key: &KeyId, group: &str) -> Result<(), StoreError> {
+        let s = &self.shared;
+        if let Some(r) = s
+            .on_redis("set_group", s.redis.set_group(pool, key, group))
+            .await
+        {
+            return r;
+        }
+        s.memory_for(pool).set_group(pool, key, group).await?;
+        s.journal(Learned::Group {
+            pool: pool.to_string(),
+            key: key.clone(),
+            group: group.to_string(),
+        });
+        Ok(())
+    }
+
+    async fn set_canary(&self, pool: &str, percent: u8) -> Result<(), StoreError> {
+        let s = &self.shared;
+        if let Some(r) = s
+            .on_redis("set_canary", s.redis.set_canary(pool, percent))
+            .await
+        {
+            return r;
+        }
+        s.memory_for(pool).set_canary(pool, percent).await?;
+        s.journal(Learned::Canary {
+            pool: pool.to_string(),
+            percent,
+        });
+        Ok(())
+    }
+
+    async fn reset_counters(&self, pool: &str, key: &KeyId) -> Result<(), StoreError> {
+        let s = &self.shared;
+        if let Some(r) = s.on_redis("reset", s.redis.reset_counters(pool, key)).await {
+            return r;
+        }
+        s.memory_for(pool).reset_counters(pool, key).await?;
+        s.journal(Learned::Reset {
+            pool: pool.to_string(),
+            key: key.clone(),
+        });
+        Ok(())
+    }
+
+    async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError> {
+        let s = &self.shared;
+        if let Some(r) = s.on_redis("snapshot", s.redis.snapshot(pool, now_ms)).await {
+            if let (Ok(snap), None) = (&r, now_ms) {
+                s.remember(pool, snap);
+            }
+            return r;
+        }
+        s.memory_for(pool).snapshot(pool, now_ms).await
+    }
+
+    /// Syncs memory always (so it can answer at once) and Redis unless degraded (a degraded
+    /// replica syncs every pool into Redis when it comes back).
+    async fn sync(&self, spec: &PoolSpec) -> Result<SyncReceipt, StoreError> {
+        let s = &self.shared;
+        s.specs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.name.clone(), Arc::new(spec.clone()));
+        let in_memory = s.memory.sync(spec).await;
+        if let Some(r) = s.on_redis("sync", s.redis.sync(spec)).await {
+            return r;
+        }
+        in_memory
+    }
+
+    /// Ok while the replica can serve: Redis answered, or memory stands in for it.
+    async fn ping(&self) -> Result<(), StoreError> {
+        let s = &self.shared;
+        match s.on_redis("ping", s.redis.ping_redis()).await {
+            Some(r) => r,
+            None => Ok(()),
+        }
+    }
+
+    fn degraded(&self) -> bool {
+        self.shared.is_degraded()
+    }
+}

@@ -1,0 +1,72 @@
+//! Script replies, decoded: every script answers a flat array of words (see the reply line at
+//! the top of each `lua/*.lua`).
+
+use redis::Value;
+
+use crate::pool::KeyId;
+use crate::store::{Chosen, Selection, StateCounts, StoreError, Unavailable};
+
+/// A script reply flattened to strings (Lua numbers arrive as integers, strings as bulk).
+pub(super) fn words(v: Value) -> Result<Vec<String>, StoreError> {
+    let items = match v {
+        Value::Array(items) => items,
+        other => vec![other],
+    };
+    items
+        .into_iter()
+        .map(|v| match v {
+            Value::Int(i) => Ok(i.to_string()),
+            Value::BulkString(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            Value::SimpleString(s) => Ok(s),
+            Value::Okay => Ok("OK".into()),
+            Value::Nil => Ok(String::new()),
+            other => Err(StoreError::Script(format!("unexpected reply {other:?}"))),
+        })
+        .collect()
+}
+
+pub(super) fn num<T: std::str::FromStr>(w: &[String], i: usize) -> Result<T, StoreError> {
+    w.get(i)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| StoreError::Script(format!("bad reply field {i}: {w:?}")))
+}
+
+pub(super) fn now_arg(now: Option<u64>) -> String {
+    now.unwrap_or(0).to_string()
+}
+
+pub(super) fn expect_ok(w: &[String], pool: &str, key: &KeyId) -> Result<(), StoreError> {
+    match w.first().map(String::as_str) {
+        Some("ok") => Ok(()),
+        Some("nokey") => Err(StoreError::UnknownKey(key.to_string())),
+        Some("nopool") => Err(StoreError::UnknownPool(pool.to_string())),
+        _ => Err(StoreError::Script(format!("unexpected reply {w:?}"))),
+    }
+}
+
+pub(super) fn parse_selection(w: &[String]) -> Result<Selection, StoreError> {
+    match w.first().map(String::as_str) {
+        Some("key") => Ok(Selection::Key(Chosen {
+            key: w
+                .get(1)
+                .and_then(|s| KeyId::new(s))
+                .ok_or_else(|| StoreError::Script(format!("bad key in {w:?}")))?,
+            group: w.get(2).cloned().unwrap_or_default(),
+            fallback: w.get(3).map(String::as_str) == Some("1"),
+            probe: w.get(4).map(String::as_str) == Some("1"),
+        })),
+        Some("none") => {
+            let earliest: i64 = num(w, 1)?;
+            let mut counts = [0u64; 6];
+            for (i, c) in counts.iter_mut().enumerate() {
+                *c = num::<i64>(w, 3 + i)?.max(0) as u64;
+            }
+            Ok(Selection::None(Unavailable {
+                retry_at_ms: (earliest >= 0).then_some(earliest as u64),
+                now_ms: num(w, 2)?,
+                counts: StateCounts::from_array(counts),
+            }))
+        }
+        _ => Err(StoreError::Script(format!("unexpected select reply {w:?}"))),
+    }
+}
