@@ -43,33 +43,6 @@ local function try_probe(g)
   return nil
 end
 
--- The descent reads the tree WINDOW levels at a time: one HMGET fetches every node the next
--- WINDOW steps could visit (2^WINDOW - 1 of them), so a 10,000-key pool costs 5 calls, not 14.
-local WINDOW = 3
-
--- Fetches the nodes the descent may visit from `pos` with steps step, step/2, ... (WINDOW
--- levels), as a map node -> value.
-local function fetch_window(tk, pos, step)
-  local fields, seen = {}, {}
-  local function add(p, s, depth)
-    if depth == 0 or s < 1 then return end
-    local n = p + s
-    if n <= cap and not seen[n] then
-      seen[n] = true
-      fields[#fields + 1] = n
-    end
-    add(p, s / 2, depth - 1)
-    add(p + s, s / 2, depth - 1)
-  end
-  add(pos, step, WINDOW)
-  local out = {}
-  if #fields > 0 then
-    local v = redis.call('HMGET', tk, unpack(fields))
-    for i, n in ipairs(fields) do out[n] = num(v[i]) end
-  end
-  return out
-end
-
 -- Weighted choice over the group's tree; excluded keys' weights are taken out of every node on
 -- the descent path instead of being removed from the tree.
 local function try_weighted(g)
@@ -86,15 +59,11 @@ local function try_weighted(g)
   end
   if total <= 0 then return nil end
   local rem = math.floor(rand / 9007199254740992 * total)
-  local pos, step, window, left = 0, cap, {}, 0
+  local pos, step = 0, cap
   while step >= 1 do
-    if left == 0 then
-      window, left = fetch_window(tk, pos, step), WINDOW
-    end
-    left = left - 1
     local nxt = pos + step
     if nxt <= cap then
-      local v = window[nxt] or 0
+      local v = num(redis.call('HGET', tk, nxt))
       for _, k in ipairs(ex) do
         if k.slot > pos and k.slot <= nxt then v = v - k.weight end
       end
