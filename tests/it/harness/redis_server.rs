@@ -53,18 +53,29 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(redis_server_binary())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        self.wait_ready();
+        // Another test may grab the same free port between `free_port()` and redis binding it;
+        // then our child exits and a PING would reach the other test's server. So the server
+        // that answers must report our child's pid; otherwise retry on a new port.
+        for _ in 0..5 {
+            let child = Command::new(redis_server_binary())
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .args(&self.extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            let pid = child.id();
+            self.child = Some(child);
+            if self.wait_ready_pid(pid) {
+                return;
+            }
+            self.kill();
+            self.port = free_port();
+        }
+        panic!("redis-server could not start on a free port");
     }
 
     pub fn url(&self) -> String {
@@ -84,24 +95,25 @@ impl RedisServer {
         self.client().get_connection().expect("redis connection")
     }
 
-    fn wait_ready(&self) {
+    /// Waits until the server on our port answers and is our child (by pid).
+    fn wait_ready_pid(&mut self, pid: u32) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ok = self
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if !matches!(c.try_wait(), Ok(None)) {
+                    return false; // exited: the port was taken
+                }
+            }
+            let info = self
                 .client()
                 .get_connection_with_timeout(Duration::from_millis(200))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok();
-            if ok {
-                return;
+                .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c));
+            if let Ok(info) = info {
+                return info.contains(&format!("process_id:{pid}\r\n"));
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {} did not start",
-                self.port
-            );
             std::thread::sleep(Duration::from_millis(10));
         }
+        false
     }
 
     pub fn pid(&self) -> u32 {
