@@ -301,27 +301,35 @@ fn stream_end(
     model: Option<String>,
     success_report: JoinHandle<()>,
 ) -> super::body::OnEnd {
-    Box::new(move |ending: Ending, usage: Option<Usage>| {
-        if let Some(u) = usage {
-            let m = model.as_deref().unwrap_or("unknown");
-            let key = chosen.key.as_str();
-            state
-                .metrics
-                .tokens
-                .with_label_values(&[&pool, key, m, "prompt"])
-                .inc_by(u.prompt_tokens);
-            state
-                .metrics
-                .tokens
-                .with_label_values(&[&pool, key, m, "completion"])
-                .inc_by(u.completion_tokens);
-        }
-        if ending == Ending::UpstreamError {
-            tracing::warn!(pool = %pool, key = %chosen.key, "upstream broke off the response body");
-            let after = Some(success_report);
-            report_in_background(&state, &pool, &chosen, Outcome::ServerError, None, 0, after);
-        }
-    })
+    Box::new(
+        move |ending: Ending, usage: Option<Usage>, answered: Option<String>| {
+            if let Some(u) = usage {
+                // The requested model (allowlisted when the pool has a list), else the one the
+                // upstream named; bounded in length either way.
+                let answered: Option<String> = answered.map(|m| m.chars().take(64).collect());
+                let m = model
+                    .as_deref()
+                    .or(answered.as_deref())
+                    .unwrap_or("unknown");
+                let key = chosen.key.as_str();
+                state
+                    .metrics
+                    .tokens
+                    .with_label_values(&[&pool, key, m, "prompt"])
+                    .inc_by(u.prompt_tokens);
+                state
+                    .metrics
+                    .tokens
+                    .with_label_values(&[&pool, key, m, "completion"])
+                    .inc_by(u.completion_tokens);
+            }
+            if ending == Ending::UpstreamError {
+                tracing::warn!(pool = %pool, key = %chosen.key, "upstream broke off the response body");
+                let after = Some(success_report);
+                report_in_background(&state, &pool, &chosen, Outcome::ServerError, None, 0, after);
+            }
+        },
+    )
 }
 
 async fn answered_error(

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::time::{Instant, Sleep};
 
-use crate::usage::{usage_from_json_body, SseUsageScanner, Usage};
+use crate::usage::{model_from_json_body, usage_from_json_body, SseUsageScanner, Usage};
 
 /// JSON bodies longer than this are passed through without usage accounting.
 const MAX_JSON_USAGE_BYTES: usize = 1 << 20;
@@ -28,7 +28,8 @@ pub enum Ending {
     ClientGone,
 }
 
-pub type OnEnd = Box<dyn FnOnce(Ending, Option<Usage>) + Send>;
+/// Called once when the body ends, with the usage and the model the upstream reported.
+pub type OnEnd = Box<dyn FnOnce(Ending, Option<Usage>, Option<String>) + Send>;
 
 enum Watcher {
     Sse(Box<SseUsageScanner>),
@@ -74,9 +75,19 @@ impl ObservedBody {
         }
     }
 
+    fn model(&self) -> Option<String> {
+        match &self.watcher {
+            Watcher::Sse(s) => s.model().map(str::to_string),
+            Watcher::Json(buf) => model_from_json_body(buf),
+            Watcher::None => None,
+        }
+    }
+
     fn finish(&mut self, ending: Ending) {
         if let Some(f) = self.on_end.take() {
-            f(ending, self.usage());
+            let usage = self.usage();
+            let model = usage.and_then(|_| self.model());
+            f(ending, usage, model);
         }
     }
 
