@@ -100,6 +100,11 @@ impl MockUpstream {
         self.state.requests(key)
     }
 
+    /// Paced SSE bodies still open (a cancelled client request drops its upstream body).
+    pub fn open_streams(&self) -> u64 {
+        self.state.open_streams()
+    }
+
     pub fn total_requests(&self) -> u64 {
         self.state.total_requests()
     }

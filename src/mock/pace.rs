@@ -1,6 +1,8 @@
 //! How an answer's body goes out: all at once, cut off mid-body, or one SSE event at a time.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -44,6 +46,7 @@ pub(super) fn sse_response(
     events: Vec<Bytes>,
     pace: Pace,
     stopping: watch::Receiver<bool>,
+    open: Arc<AtomicU64>,
 ) -> Response {
     let body = match pace {
         Pace::AllAtOnce => {
@@ -55,7 +58,13 @@ pub(super) fn sse_response(
             let sent = stream::iter(events.into_iter().take(keep).map(Ok));
             Body::from_stream(then_abort(sent))
         }
-        Pace::Every(interval_ms) => Body::from_stream(spaced(events, interval_ms, stopping)),
+        Pace::Every(interval_ms) => {
+            let open = OpenStream::new(open);
+            Body::from_stream(spaced(events, interval_ms, stopping).map(move |item| {
+                let _still_open = &open;
+                item
+            }))
+        }
     };
     let headers = [
         (header::CONTENT_TYPE, "text/event-stream"),
@@ -98,5 +107,21 @@ pub(super) fn paced_json(body: String, pace: Pace) -> Response {
             json_response(StatusCode::OK, Body::from_stream(then_abort(sent)))
         }
         Pace::AllAtOnce | Pace::Every(_) => json_response(StatusCode::OK, body),
+    }
+}
+
+/// Counts a paced body as open from its creation until it is dropped (finished or abandoned).
+struct OpenStream(Arc<AtomicU64>);
+
+impl OpenStream {
+    fn new(counter: Arc<AtomicU64>) -> OpenStream {
+        counter.fetch_add(1, Ordering::SeqCst);
+        OpenStream(counter)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -58,6 +58,8 @@ pub struct MockState {
     initial_keys: Vec<KeyFlag>,
     /// Set once the server shuts down, so hanging and slow answers let go.
     stopping: watch::Sender<bool>,
+    /// Paced (slow) SSE bodies still being sent: a client that goes away drops its body.
+    open_streams: Arc<AtomicU64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,6 +78,7 @@ impl Default for MockState {
             initial: MockOptions::default(),
             initial_keys: Vec::new(),
             stopping: watch::Sender::new(false),
+            open_streams: Arc::default(),
         }
     }
 }
@@ -179,6 +182,15 @@ impl MockState {
     }
 
     /// Requests received on `/v1`, with or without a key.
+    /// Paced SSE bodies still open (sent in part, neither finished nor dropped).
+    pub fn open_streams(&self) -> u64 {
+        self.open_streams.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn open_streams_counter(&self) -> Arc<AtomicU64> {
+        self.open_streams.clone()
+    }
+
     pub fn total_requests(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }

@@ -295,5 +295,10 @@ fn chat(call: &Call, request: &Value, model: &str, pace: Pace) -> Response {
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let events = openai::chat_events(&id, model, prompt_tokens, include_usage);
-    sse_response(events, pace, call.state.stopping())
+    sse_response(
+        events,
+        pace,
+        call.state.stopping(),
+        call.state.open_streams_counter(),
+    )
 }

@@ -150,3 +150,36 @@ async fn a_pool_lost_to_flushall_or_a_restart_is_recreated_without_failing_the_c
     }
     assert!(ok, "store did not recover after an empty restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_replicas_syncing_at_once_create_the_pool_exactly_once() {
+    let server = RedisServer::start();
+    let ids: Vec<String> = (0..50).map(|i| format!("k{i:02}")).collect();
+    let keys: Vec<(&str, u32, &str)> = ids.iter().map(|id| (id.as_str(), 2, "stable")).collect();
+    let sp = spec("p", &keys);
+    let stores: Vec<_> = (0..8).map(|_| redis_store(&server, "kg")).collect();
+    let receipts = futures::future::join_all(stores.iter().map(|s| s.sync(&sp))).await;
+    let created: u64 = receipts
+        .into_iter()
+        .map(|r| match r.unwrap() {
+            keygate::store::SyncReceipt::Synced { created, .. } => created,
+            keygate::store::SyncReceipt::Unchanged => 0,
+        })
+        .sum();
+    assert_eq!(created, 50, "every key created once across all replicas");
+    let active: u64 = server.conn().hget("kg:{p}:meta", "cnt:active").unwrap();
+    assert_eq!(active, 50);
+    let snap = stores[3].snapshot("p", None).await.unwrap();
+    assert_eq!(snap.keys.len(), 50);
+    assert!(snap
+        .keys
+        .iter()
+        .all(|k| k.status == KeyState::Active && k.weight == 2));
+    // A second round (a rolling restart) changes nothing.
+    for s in &stores {
+        assert_eq!(
+            s.sync(&sp).await.unwrap(),
+            keygate::store::SyncReceipt::Unchanged
+        );
+    }
+}
