@@ -491,3 +491,40 @@ fn check_matchers(sel: &Selector, family: &str, scene: &Scene, source: &str) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_also_served_on_the_separate_metrics_listener() {
+    let mock = MockUpstream::start().await;
+    let port = free_port();
+    let toml = crate::harness::gateway::config_toml(
+        None,
+        &mock.base_url(),
+        &[key("k1", "sk-metrics-sep-1111")],
+        "",
+    )
+    .replace(
+        "shutdown_grace_s = 5\n",
+        &format!("shutdown_grace_s = 5\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+    );
+    let gw = TestGateway::start(&toml).await;
+    assert_eq!(
+        post_chat(&http(), &gw, &chat("m", false), &[])
+            .await
+            .status(),
+        200
+    );
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    wait_until(Duration::from_secs(5), "metrics listener up", || async {
+        matches!(http().get(&url).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    let text = http().get(&url).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("keygate_requests_total{"), "{text}");
+    // Only /metrics there: the API stays on the main port.
+    let r = http()
+        .get(format!("http://127.0.0.1:{port}/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
