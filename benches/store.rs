@@ -405,7 +405,6 @@ struct Row {
     pool: String,
     mix: Mix,
     size: usize,
-    hgets: u32,
     pair_p50: f64,
     pair_p99: f64,
     sel_p50: f64,
@@ -530,7 +529,6 @@ async fn bench_pool(
         None
     };
 
-    let cap = n.next_power_of_two().max(1);
     eprintln!(
         "  {label}: sync {sync_ms:.0} ms, {} pairs at c=64, {} 'none' selections",
         c64.pairs, c64.nones
@@ -540,7 +538,6 @@ async fn bench_pool(
         pool,
         mix,
         size: n,
-        hgets: cap.trailing_zeros() + 2,
         ops_c64: c64.pairs_per_sec(),
         c64_p50: pct(&c64.pair_ns, 0.5),
         c64_p99: pct(&c64.pair_ns, 0.99),
@@ -633,16 +630,15 @@ fn print_tables(rows: &[Row], ping_p50: f64) {
     println!("### Details");
     println!();
     println!(
-        "| pool size | tree HGETs/select | select p50 / p99 µs (c=1) | \
+        "| pool size | select p50 / p99 µs (c=1) | \
          pair p50 / p99 µs (c=64) | EVALSHA µs/pair (c=64) | Redis main-thread CPU µs/pair (c=64) | \
          Redis µs/select in the mix |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {:.0} / {:.0} | {:.0} / {:.0} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {:.0} / {:.0} | {:.0} / {:.0} | {:.1} | {:.1} | {:.1} |",
             r.label,
-            r.hgets,
             r.sel_p50,
             r.sel_p99,
             r.c64_p50,
@@ -686,7 +682,7 @@ fn print_tables(rows: &[Row], ping_p50: f64) {
         if let Some(us) = r.report_429 {
             println!();
             println!(
-                "{}: a `rate_limited` report alone (key leaves the tree, enters the due index) \
+                "{}: a `rate_limited` report alone (key leaves its weight class, enters the due index) \
                  costs Redis {us:.2} µs.",
                 r.label
             );

@@ -3,26 +3,26 @@
 -- Key schema for pool P with prefix kg (KEYS[1] of every script is the pool base "kg:{P}";
 -- every key below is derived from it, so all of them hash to the same Cluster slot):
 --   kg:{P}:meta            hash   policy (*_ms), canary_group, canary_percent, canary_percent_cfg,
---                                 canary_fallback, next_slot, cap, config_hash, cnt:<state>
+--                                 canary_fallback, config_hash, layout, cnt:<state>
 --   kg:{P}:key:<id>        hash   status reason weight group errors strikes cooldown_until_ms
---                                 last_status last_used_ms successes failures slot
+--                                 last_status last_used_ms successes failures
 --                                 window_start_ms open_ms cfg_weight cfg_group
 --   kg:{P}:keys            set    every key id the pool has held
---   kg:{P}:groups          set    every group that has a weight tree
---   kg:{P}:slots           hash   slot number -> key id
---   kg:{P}:tree:<group>    hash   Fenwick tree over slots 1..cap: node -> summed weight of the
---                                 group's selectable keys (status active, weight > 0)
+--   kg:{P}:cls:<g>:<c>     zset   weight class c (0..9) of group g: key id -> weight, for the
+--                                 group's selectable keys with 2^c <= weight < 2^(c+1)
+--   kg:{P}:clsn:<g>        hash   c -> member count of kg:{P}:cls:<g>:<c>; total -> summed weight
 --   kg:{P}:due             zset   key id -> deadline ms, for cooling, open and quota-disabled keys
 --   kg:{P}:probe:<group>   zset   half-open key id -> probe lease expiry ms (0: no probe running)
--- Invariant: a key's weight is in its group's tree iff status == active and weight > 0.
+-- Invariant: a key is in its group's class set iff status == active and weight > 0.
 
 local B = KEYS[1]
 local META = B .. ':meta'
 local DUE = B .. ':due'
-local SLOTS = B .. ':slots'
+local LAYOUT = 'cls1'
 
 local function kkey(id) return B .. ':key:' .. id end
-local function tree_key(g) return B .. ':tree:' .. g end
+local function cls_key(g, c) return B .. ':cls:' .. g .. ':' .. c end
+local function clsn_key(g) return B .. ':clsn:' .. g end
 local function probe_key(g) return B .. ':probe:' .. g end
 
 -- Server clock in ms, or the caller's virtual clock when it passes one (> 0).
@@ -35,40 +35,44 @@ end
 
 local function num(v) return tonumber(v) or 0 end
 
-local function lowbit(i) return bit.band(i, -i) end
+-- The weight class of a weight in 1..=1000: floor(log2(w)), by exact integer comparison.
+local function wclass(w)
+  local c = 0
+  while c < 9 and w >= 2 ^ (c + 1) do c = c + 1 end
+  return c
+end
 
-local function tree_add(g, slot, delta)
-  if delta == 0 or slot <= 0 then return end
-  local cap = num(redis.call('HGET', META, 'cap'))
-  local tk = tree_key(g)
-  local i = slot
-  while i <= cap do
-    redis.call('HINCRBY', tk, i, delta)
-    i = i + lowbit(i)
-  end
+-- Adds (sign 1) or removes (sign -1) a selectable key of weight w > 0 to / from group g's sets.
+local function cls_move(g, id, w, sign)
+  if w <= 0 then return end
+  local c = wclass(w)
+  if sign > 0 then redis.call('ZADD', cls_key(g, c), w, id)
+  else redis.call('ZREM', cls_key(g, c), id) end
+  redis.call('HINCRBY', clsn_key(g), c, sign)
+  redis.call('HINCRBY', clsn_key(g), 'total', sign * w)
 end
 
 -- Loads the fields the transitions need into a Lua table.
 local FIELDS = {'status', 'reason', 'weight', 'group', 'errors', 'strikes', 'cooldown_until_ms',
-  'slot', 'window_start_ms', 'open_ms'}
+  'window_start_ms', 'open_ms'}
 local function load_key(id)
   local v = redis.call('HMGET', kkey(id), unpack(FIELDS))
   if not v[1] then return nil end
   return {id = id, status = v[1], reason = v[2] or '', weight = num(v[3]), group = v[4] or 'stable',
-    errors = num(v[5]), strikes = num(v[6]), cooldown_until_ms = num(v[7]), slot = num(v[8]),
-    window_start_ms = num(v[9]), open_ms = num(v[10])}
+    errors = num(v[5]), strikes = num(v[6]), cooldown_until_ms = num(v[7]),
+    window_start_ms = num(v[8]), open_ms = num(v[9])}
 end
 
-local function in_tree(status, weight) return status == 'active' and weight > 0 end
+local function selectable(status, weight) return status == 'active' and weight > 0 end
 
--- The one place a key's status changes: keeps the weight trees, the probe sets, the due index
+-- The one place a key's status changes: keeps the class sets, the probe sets, the due index
 -- and the per-state counters consistent with the key hash.
 -- deadline: ms for cooling/open/disabled(quota); nil clears the key from the due index.
 local function set_status(k, status, reason, deadline)
   local old = k.status
-  local was, now_in = in_tree(old, k.weight), in_tree(status, k.weight)
-  if was and not now_in then tree_add(k.group, k.slot, -k.weight)
-  elseif now_in and not was then tree_add(k.group, k.slot, k.weight) end
+  local was, now_in = selectable(old, k.weight), selectable(status, k.weight)
+  if was and not now_in then cls_move(k.group, k.id, k.weight, -1)
+  elseif now_in and not was then cls_move(k.group, k.id, k.weight, 1) end
   if old ~= status then
     redis.call('HINCRBY', META, 'cnt:' .. old, -1)
     redis.call('HINCRBY', META, 'cnt:' .. status, 1)
@@ -114,28 +118,12 @@ local function state_counts()
   return out
 end
 
--- Grows every group's tree so that `slot` fits. A Fenwick tree over 1..2c extends one over 1..c
--- by setting node 2c to the old total: every other new node covers only empty slots.
-local function ensure_capacity(slot)
-  local cap = num(redis.call('HGET', META, 'cap'))
-  if cap < 1 then cap = 1 end
-  while cap < slot do
-    for _, g in ipairs(redis.call('SMEMBERS', B .. ':groups')) do
-      local total = redis.call('HGET', tree_key(g), cap)
-      if total then redis.call('HSET', tree_key(g), cap * 2, total) end
-    end
-    cap = cap * 2
-  end
-  redis.call('HSET', META, 'cap', cap)
-end
-
--- Moves a key to another group (weight tree and probe set follow).
+-- Moves a key to another group (class set and probe set follow).
 local function set_group(k, g)
   if g == k.group then return end
-  redis.call('SADD', B .. ':groups', g)
-  if in_tree(k.status, k.weight) then
-    tree_add(k.group, k.slot, -k.weight)
-    tree_add(g, k.slot, k.weight)
+  if selectable(k.status, k.weight) then
+    cls_move(k.group, k.id, k.weight, -1)
+    cls_move(g, k.id, k.weight, 1)
   end
   if k.status == 'half_open' then
     redis.call('ZREM', probe_key(k.group), k.id)
@@ -146,8 +134,8 @@ local function set_group(k, g)
 end
 
 local function set_weight(k, w)
-  if in_tree(k.status, k.weight) then tree_add(k.group, k.slot, -k.weight) end
+  if selectable(k.status, k.weight) then cls_move(k.group, k.id, k.weight, -1) end
   k.weight = w
-  if in_tree(k.status, w) then tree_add(k.group, k.slot, w) end
+  if selectable(k.status, w) then cls_move(k.group, k.id, w, 1) end
   redis.call('HSET', kkey(k.id), 'weight', w)
 end

@@ -13,12 +13,14 @@
 --    n_disabled, n_draining}
 --   {"nopool"}   the pool is not in Redis (lost): the caller syncs it from config and retries.
 --
--- Cost: O(log n) in the pool size. Due keys are recovered lazily, at most 8 per call.
+-- Cost: O(1) expected Redis calls whatever the pool size (one HGETALL of the group's class counts,
+-- then on average at most 2 ZRANGEs by rank per weighted choice). Due keys are recovered lazily,
+-- at most 8 per call.
 -- A half-open key whose probe lease is free is chosen first (one probe at a time, cluster-wide);
 -- the lease expires after probe_lease_ms so a dead replica cannot wedge the key.
 
-local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'canary_fallback', 'cap',
-  'probe_lease_ms')
+local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'canary_fallback',
+  'config_hash', 'probe_lease_ms')
 if not meta[4] then return {'nopool'} end
 local now = clock(ARGV[1])
 local rand = tonumber(ARGV[2]) or 0
@@ -28,7 +30,7 @@ for i = 5, #ARGV do excluded[ARGV[i]] = true end
 
 recover_due(now, 8)
 local canary_group, percent = meta[1] or 'canary', num(meta[2])
-local fallback_ok, cap, lease = meta[3] ~= '0', num(meta[4]), num(meta[5])
+local fallback_ok, lease = meta[3] ~= '0', num(meta[5])
 
 local function try_probe(g)
   local n = 1
@@ -43,35 +45,75 @@ local function try_probe(g)
   return nil
 end
 
--- Weighted choice over the group's tree; excluded keys' weights are taken out of every node on
--- the descent path instead of being removed from the tree.
+-- Weighted choice by exact rejection sampling over the group's weight classes. Class c holds the
+-- keys with weight in [2^c, 2^(c+1)); its upper-bound mass is M_c = n_c * 2^(c+1). A round draws
+-- a class with probability M_c / sum(M), a member uniformly by rank, and accepts it with
+-- probability w / 2^(c+1): key i wins a round with probability w_i / sum(M), so the accepted key
+-- follows the weights exactly and a round succeeds with probability >= 1/2. Excluded keys count
+-- as rejections. The draws come from a Park-Miller stream seeded by ARGV[2] (exact in doubles);
+-- src/store/tree.rs does the same arithmetic in the same order, so both stores pick the same key.
+-- After 64 rejected rounds (< 1e-9 without exclusions) the first non-excluded member is taken,
+-- scanning classes from high to low by rank.
+local PM_M = 2147483647
+local ROUNDS = 64
+local floor = math.floor
+-- Index c + 1 for class c: its upper bound 2^(c+1) and its name.
+local BOUND = {2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}
+local CLS = {'0', '1', '2', '3', '4', '5', '6', '7', '8', '9'}
+local pm_x = rand % (PM_M - 1)
+if pm_x < 0 then pm_x = pm_x + (PM_M - 1) end
+if pm_x >= PM_M - 1 then pm_x = pm_x - (PM_M - 1) end
+pm_x = pm_x + 1
+local function draw()
+  local u = pm_x / PM_M
+  pm_x = (16807 * pm_x) % PM_M
+  return u
+end
+
 local function try_weighted(g)
-  if cap < 1 then return nil end
-  local tk = tree_key(g)
-  local total = num(redis.call('HGET', tk, cap))
-  local ex = {}
+  -- Fields: total, and c -> member count of each class that ever had a member (at most 11).
+  local v = redis.call('HGETALL', clsn_key(g))
+  local total, n, summ = 0, {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 0
+  for j = 1, #v, 2 do
+    local f, x = v[j], tonumber(v[j + 1])
+    if f == 'total' then
+      total = x
+    else
+      local i = tonumber(f) + 1
+      n[i] = x
+      summ = summ + x * BOUND[i]
+    end
+  end
+  local nex = 0
   for id in pairs(excluded) do
     local k = load_key(id)
-    if k and k.group == g and in_tree(k.status, k.weight) then
-      ex[#ex + 1] = k
+    if k and k.group == g and selectable(k.status, k.weight) then
       total = total - k.weight
+      nex = nex + 1
     end
   end
-  if total <= 0 then return nil end
-  local rem = math.floor(rand / 9007199254740992 * total)
-  local pos, step = 0, cap
-  while step >= 1 do
-    local nxt = pos + step
-    if nxt <= cap then
-      local v = num(redis.call('HGET', tk, nxt))
-      for _, k in ipairs(ex) do
-        if k.slot > pos and k.slot <= nxt then v = v - k.weight end
+  if total <= 0 or summ <= 0 then return nil end
+  local ck = B .. ':cls:' .. g .. ':'
+  for _ = 1, ROUNDS do
+    local t = floor(draw() * summ)
+    local i, cum = 1, n[1] * BOUND[1]
+    while cum <= t and i < 10 do
+      i = i + 1
+      cum = cum + n[i] * BOUND[i]
+    end
+    local r = tostring(floor(draw() * n[i]))
+    local m = redis.call('ZRANGE', ck .. CLS[i], r, r, 'WITHSCORES')
+    local acc = floor(draw() * BOUND[i])
+    if m[1] and not excluded[m[1]] and acc < tonumber(m[2]) then return m[1] end
+  end
+  for i = 10, 1, -1 do
+    if n[i] > 0 then
+      for _, id in ipairs(redis.call('ZRANGE', ck .. CLS[i], 0, nex)) do
+        if not excluded[id] then return id end
       end
-      if v <= rem then pos, rem = nxt, rem - v end
     end
-    step = step / 2
   end
-  return redis.call('HGET', SLOTS, pos + 1)
+  return nil
 end
 
 local function try_group(g)

@@ -14,20 +14,38 @@
 -- when the config's value changed since the last sync (cfg_weight / cfg_group /
 -- canary_percent_cfg), so an operator's runtime change survives replica restarts until the
 -- config itself changes. Keys missing from the config go to draining (reason "removed") and come
--- back to active if they return to the config. New keys get the next slot number in config order.
+-- back to active if they return to the config.
+--
+-- A pool written by an older keygate (meta field layout missing: Fenwick trees kg:{P}:tree:<g>,
+-- kg:{P}:slots) is converted once, even when its config is unchanged: the class sets are built
+-- from the key hashes and the old keys are deleted.
 
-if redis.call('HGET', META, 'config_hash') == ARGV[1] then return {'unchanged'} end
+local hm = redis.call('HMGET', META, 'config_hash', 'layout')
+if hm[1] == ARGV[1] and hm[2] == LAYOUT then return {'unchanged'} end
 local created, updated, removed = 0, 0, 0
 local fresh = redis.call('EXISTS', META) == 0
+if not fresh and hm[2] ~= LAYOUT then
+  for _, g in ipairs(redis.call('SMEMBERS', B .. ':groups')) do
+    redis.call('DEL', B .. ':tree:' .. g)
+  end
+  redis.call('DEL', B .. ':groups', B .. ':slots')
+  redis.call('HDEL', META, 'cap', 'next_slot')
+  for _, id in ipairs(redis.call('SMEMBERS', B .. ':keys')) do
+    local k = load_key(id)
+    if k then
+      redis.call('HDEL', kkey(id), 'slot')
+      if selectable(k.status, k.weight) then cls_move(k.group, id, k.weight, 1) end
+    end
+  end
+end
+redis.call('HSET', META, 'layout', LAYOUT)
 redis.call('HSET', META, 'cooldown_default_ms', ARGV[2], 'cooldown_max_ms', ARGV[3],
   'breaker_errors', ARGV[4], 'breaker_window_ms', ARGV[5], 'breaker_open_ms', ARGV[6],
   'quota_cooldown_ms', ARGV[7], 'probe_lease_ms', ARGV[8], 'canary_group', ARGV[9],
   'canary_fallback', ARGV[11])
-if fresh then redis.call('HSET', META, 'cap', 1, 'next_slot', 0) end
 if redis.call('HGET', META, 'canary_percent_cfg') ~= ARGV[10] then
   redis.call('HSET', META, 'canary_percent', ARGV[10], 'canary_percent_cfg', ARGV[10])
 end
-redis.call('SADD', B .. ':groups', 'stable', ARGV[9])
 
 local in_config = {}
 for i = 12, #ARGV, 3 do
@@ -35,17 +53,13 @@ for i = 12, #ARGV, 3 do
   in_config[id] = true
   local k = load_key(id)
   if not k then
-    local slot = redis.call('HINCRBY', META, 'next_slot', 1)
-    ensure_capacity(slot)
-    redis.call('SADD', B .. ':groups', g)
     redis.call('HSET', kkey(id), 'status', 'active', 'reason', '', 'weight', w, 'group', g,
       'errors', 0, 'strikes', 0, 'cooldown_until_ms', 0, 'last_status', 0, 'last_used_ms', 0,
-      'successes', 0, 'failures', 0, 'slot', slot, 'window_start_ms', 0, 'open_ms', 0,
+      'successes', 0, 'failures', 0, 'window_start_ms', 0, 'open_ms', 0,
       'cfg_weight', w, 'cfg_group', g)
-    redis.call('HSET', SLOTS, slot, id)
     redis.call('SADD', B .. ':keys', id)
     redis.call('HINCRBY', META, 'cnt:active', 1)
-    if w > 0 then tree_add(g, slot, w) end
+    cls_move(g, id, w, 1)
     created = created + 1
   else
     local cfg = redis.call('HMGET', kkey(id), 'cfg_weight', 'cfg_group')

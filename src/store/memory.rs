@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::tree::{Excluded, WeightTree};
+use super::tree::WeightClasses;
 use super::{
     AdminState, Chosen, KeyRecord, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, Route,
     SelectRequest, Selection, StateCounts, StoreError, StorePolicy, SyncReceipt, Unavailable,
@@ -30,7 +30,6 @@ pub(crate) struct KeyRow {
     pub last_used_ms: u64,
     pub successes: u64,
     pub failures: u64,
-    pub slot: u64,
     pub window_start_ms: u64,
     pub open_ms: u64,
     pub cfg_weight: u32,
@@ -45,13 +44,11 @@ pub(crate) struct PoolState {
     pub canary_percent: u8,
     pub canary_percent_cfg: Option<u8>,
     pub canary_fallback: bool,
-    pub next_slot: u64,
-    pub cap: u64,
     pub config_hash: String,
     pub counts: [i64; 6],
     pub keys: BTreeMap<String, KeyRow>,
-    pub slots: HashMap<u64, String>,
-    pub trees: BTreeMap<String, WeightTree>,
+    /// group -> its selectable keys by weight class (`kg:{P}:cls:<g>:<c>`, `kg:{P}:clsn:<g>`).
+    pub classes: BTreeMap<String, WeightClasses>,
     /// (deadline, id), ordered like a Redis sorted set: by score, then by member.
     pub due: BTreeSet<(u64, String)>,
     /// id -> its deadline in `due`, so removal needs no scan.
@@ -120,29 +117,17 @@ impl MemoryStore {
 }
 
 impl PoolState {
-    pub(super) fn tree(&mut self, group: &str) -> &mut WeightTree {
-        let cap = self.cap;
-        self.trees.entry(group.to_string()).or_insert_with(|| {
-            let mut t = WeightTree::default();
-            t.grow_to(cap);
-            t
-        })
-    }
-
-    pub(super) fn tree_add(&mut self, group: &str, slot: u64, delta: i64) {
-        if delta != 0 && slot > 0 {
-            self.tree(group).add(slot, delta);
+    /// `cls_move` of lib.lua: adds (`add`) or removes a selectable key of weight `w` to / from
+    /// the group's classes.
+    pub(super) fn cls_move(&mut self, group: &str, id: &str, w: u32, add: bool) {
+        if w == 0 {
+            return;
         }
-    }
-
-    pub(super) fn ensure_capacity(&mut self, slot: u64) {
-        let mut cap = self.cap.max(1);
-        while cap < slot {
-            cap *= 2;
-        }
-        self.cap = cap;
-        for t in self.trees.values_mut() {
-            t.grow_to(cap);
+        let set = self.classes.entry(group.to_string()).or_default();
+        if add {
+            set.insert(id, w);
+        } else {
+            set.remove(id, w);
         }
     }
 
@@ -183,17 +168,18 @@ impl PoolState {
         let mut ids: Vec<&KeyId> = exclude.iter().collect();
         ids.sort();
         ids.dedup(); // a set, as in select.lua
-        let excluded: Vec<Excluded> = ids
-            .into_iter()
-            .filter_map(|id| self.keys.get(id.as_str()))
-            .filter(|k| k.group == group && k.status == KeyState::Active && k.weight > 0)
-            .map(|k| Excluded {
-                slot: k.slot,
-                weight: k.weight as i64,
-            })
-            .collect();
-        let slot = self.trees.get(group)?.choose(rand, &excluded)?;
-        self.slots.get(&slot).cloned()
+        let (mut weight, mut n) = (0i64, 0usize);
+        for k in ids.iter().filter_map(|id| self.keys.get(id.as_str())) {
+            if k.group == group && k.status == KeyState::Active && k.weight > 0 {
+                weight += k.weight as i64;
+                n += 1;
+            }
+        }
+        let is_excluded = |id: &str| ids.iter().any(|e| e.as_str() == id);
+        self.classes
+            .get(group)?
+            .choose(rand, weight, n, is_excluded)
+            .map(str::to_string)
     }
 
     fn try_group(

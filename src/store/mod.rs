@@ -2,9 +2,10 @@
 //!
 //! - `redis.rs`: the cluster-wide store; every transition is one Lua script from `lua/`.
 //! - `memory.rs`: the same semantics in process (the embedded store of a single replica, and the
-//!   fallback while Redis is unreachable). It mirrors the scripts step by step, slot numbers and
-//!   tree descent included, so both stores give the same answer for the same inputs.
-//! - `tree.rs`: the Fenwick tree of selectable weights that makes selection O(log n).
+//!   fallback while Redis is unreachable). It mirrors the scripts step by step, weight classes
+//!   and random stream included, so both stores give the same answer for the same inputs.
+//! - `tree.rs`: weight classes and the rejection sampler that make selection cost the same
+//!   handful of Redis calls at any pool size.
 //! - `spec.rs`: what a pool looks like to the store, derived from config.
 //! - `failover.rs`: degraded mode, Redis with the memory store standing in while Redis is
 //!   unreachable, and the write-back of what memory learned when it returns.

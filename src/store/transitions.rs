@@ -5,7 +5,7 @@ use super::memory::{KeyRow, PoolState};
 use super::{AdminState, KeyRecord, PoolSpec, Report, ReportReceipt, StoreError, SyncReceipt};
 use crate::pool::{KeyState, Outcome};
 
-fn in_tree(status: KeyState, weight: u32) -> bool {
+fn selectable(status: KeyState, weight: u32) -> bool {
     status == KeyState::Active && weight > 0
 }
 
@@ -53,7 +53,7 @@ impl PoolState {
         self.probe_at.insert(id.to_string(), lease);
     }
 
-    /// `set_status` of lib.lua: trees, probe sets, the due index and counters follow the status.
+    /// `set_status` of lib.lua: class sets, probe sets, the due index and counters follow the status.
     fn set_status(
         &mut self,
         id: &str,
@@ -63,11 +63,11 @@ impl PoolState {
         deadline: Option<u64>,
     ) {
         let old = k.status;
-        let (was, now_in) = (in_tree(old, k.weight), in_tree(status, k.weight));
+        let (was, now_in) = (selectable(old, k.weight), selectable(status, k.weight));
         if was && !now_in {
-            self.tree_add(&k.group.clone(), k.slot, -(k.weight as i64));
+            self.cls_move(&k.group, id, k.weight, false);
         } else if now_in && !was {
-            self.tree_add(&k.group.clone(), k.slot, k.weight as i64);
+            self.cls_move(&k.group, id, k.weight, true);
         }
         if old != status {
             self.counts[idx(old)] -= 1;
@@ -237,13 +237,13 @@ impl PoolState {
         Ok(s)
     }
 
-    fn apply_weight(&mut self, k: &mut KeyRow, w: u32) {
-        if in_tree(k.status, k.weight) {
-            self.tree_add(&k.group.clone(), k.slot, -(k.weight as i64));
+    fn apply_weight(&mut self, id: &str, k: &mut KeyRow, w: u32) {
+        if selectable(k.status, k.weight) {
+            self.cls_move(&k.group, id, k.weight, false);
         }
         k.weight = w;
-        if in_tree(k.status, w) {
-            self.tree_add(&k.group.clone(), k.slot, w as i64);
+        if selectable(k.status, w) {
+            self.cls_move(&k.group, id, w, true);
         }
     }
 
@@ -251,10 +251,9 @@ impl PoolState {
         if g == k.group {
             return;
         }
-        self.tree(g);
-        if in_tree(k.status, k.weight) {
-            self.tree_add(&k.group.clone(), k.slot, -(k.weight as i64));
-            self.tree_add(g, k.slot, k.weight as i64);
+        if selectable(k.status, k.weight) {
+            self.cls_move(&k.group, id, k.weight, false);
+            self.cls_move(g, id, k.weight, true);
         }
         if k.status == KeyState::HalfOpen {
             self.probe_remove(&k.group.clone(), id);
@@ -265,7 +264,7 @@ impl PoolState {
 
     pub(crate) fn set_weight(&mut self, id: &str, w: u32) -> Result<(), StoreError> {
         let mut k = self.row(id)?;
-        self.apply_weight(&mut k, w);
+        self.apply_weight(id, &mut k, w);
         self.put(id, k);
         Ok(())
     }
@@ -290,15 +289,8 @@ impl PoolState {
     }
 
     fn create_key(&mut self, id: &str, w: u32, g: &str) {
-        self.next_slot += 1;
-        let slot = self.next_slot;
-        self.ensure_capacity(slot);
-        self.tree(g);
-        self.slots.insert(slot, id.to_string());
         self.counts[idx(KeyState::Active)] += 1;
-        if w > 0 {
-            self.tree_add(g, slot, w as i64);
-        }
+        self.cls_move(g, id, w, true);
         let row = KeyRow {
             status: KeyState::Active,
             reason: String::new(),
@@ -311,7 +303,6 @@ impl PoolState {
             last_used_ms: 0,
             successes: 0,
             failures: 0,
-            slot,
             window_start_ms: 0,
             open_ms: 0,
             cfg_weight: w,
@@ -327,9 +318,6 @@ impl PoolState {
             return SyncReceipt::Unchanged;
         }
         let (mut created, mut updated, mut removed) = (0, 0, 0);
-        if self.cap == 0 {
-            self.cap = 1;
-        }
         self.policy = spec.policy.clone();
         self.canary_group = spec.canary_group.clone();
         self.canary_fallback = spec.canary_fallback;
@@ -337,8 +325,6 @@ impl PoolState {
             self.canary_percent = spec.canary_percent;
             self.canary_percent_cfg = Some(spec.canary_percent);
         }
-        self.tree("stable");
-        self.tree(&spec.canary_group.clone());
         for sk in &spec.keys {
             let id = sk.id.as_str();
             let Ok(mut k) = self.row(id) else {
@@ -348,7 +334,7 @@ impl PoolState {
             };
             let mut touched = false;
             if k.cfg_weight != sk.weight {
-                self.apply_weight(&mut k, sk.weight);
+                self.apply_weight(id, &mut k, sk.weight);
                 k.cfg_weight = sk.weight;
                 touched = true;
             }
@@ -389,7 +375,7 @@ impl PoolState {
     /// Puts a key back to what a snapshot recorded (degraded mode seeding).
     pub(crate) fn restore(&mut self, rec: &KeyRecord) {
         let Ok(mut k) = self.row(&rec.id) else { return };
-        self.apply_weight(&mut k, rec.weight);
+        self.apply_weight(&rec.id, &mut k, rec.weight);
         self.apply_group(&rec.id, &mut k, &rec.group);
         let deadline = (rec.cooldown_until_ms > 0).then_some(rec.cooldown_until_ms);
         self.set_status(&rec.id, &mut k, rec.status, &rec.reason, deadline);
