@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# bench/run.sh: keygate's load benchmark (issue 6), in one run on this machine.
+#
+# Builds the release binary, starts its own redis-server, two mock upstreams (no delay, and
+# --delay-ms 50), keygate replicas (Redis store x3, embedded store x1) and nginx (in front of the
+# 3 replicas, and in front of each mock), then measures with oha:
+#   matrix  (a) direct to the mock, (b) keygate + Redis, (c) keygate embedded,
+#           (d) nginx -> 3 keygate replicas vs nginx -> mock; at c=1, c=64, 500 and 2,000 req/s
+#           (fixed rate, latency-corrected), in both mock modes
+#   floor   c=1, interleaved in rounds: direct, embedded, Redis, plus redis-benchmark PING
+#           (the inputs of the added-latency target)
+#   sweep   keygate + Redis at c=64 and c=1 with 4, 64, 1,024 and 10,000 keys in the pool
+#   storm   one key of 8 turns into a steady `429, Retry-After: 5` under c=64 through nginx and
+#           3 replicas: how many requests still reach it, over time
+#   logging the embedded replica again with RUST_LOG=info (a log line per request), c=64 and c=1
+#   pinned  (a)-(d) fast mode at c=1 and c=64 with redis, keygate and nginx on core 0, the mock
+#           and oha on core 1
+#   profile (BENCH_PROFILE=1) perf record of one replica (Redis store) at c=64
+# Results: bench/results/<UTC time>/ (results.tsv, summary.md, storm.tsv, logs/, oha/).
+#
+# Environment (all optional):
+#   BENCH_SECS=5            seconds per point     BENCH_PHASES=matrix,floor,sweep,storm,logging,pinned
+#   BENCH_SIZES=4,64,1024,10000                         BENCH_MODES=fast,delay
+#   BENCH_SKIP_BUILD=1      use the existing target/release/keygate
+#   BENCH_LOG=...           keygate's RUST_LOG (default warn,keygate::store=info; plain info
+#                           logs one line per request)
+#   BENCH_PROFILE=1         add the perf profile        BENCH_PORT_BASE=19100
+#   OHA=path/to/oha         (default: oha on PATH, else ~/.cargo/bin/oha)
+# Every process it starts is stopped on exit (trap), whatever the exit path.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+SECS=${BENCH_SECS:-5}
+PHASES=${BENCH_PHASES:-matrix,floor,sweep,storm,logging,pinned}
+MODES=${BENCH_MODES:-fast,delay}
+SIZES=${BENCH_SIZES:-4,64,1024,10000}
+KG_LOG=${BENCH_LOG:-warn,keygate::store=info}
+RATE_CONC=256 # oha connections for fixed-rate points (2,000 req/s x 50 ms needs 100 in flight)
+TOKEN=bench-token-not-secret
+KEYGATE=$ROOT/target/release/keygate
+NGINX=${NGINX:-/usr/sbin/nginx}
+OUT=${BENCH_OUT:-$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)}
+LOAD_PIN=""
+PINNED=no
+SUT_KG=()
+SUT_PORTS=()
+SUT_NGX=()
+
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+has_phase() { [[ ",$PHASES," == *",$1,"* ]]; }
+
+OHA=${OHA:-$(command -v oha || echo "$HOME/.cargo/bin/oha")}
+[[ -x $OHA ]] || die "oha not found: cargo install oha --locked (or set OHA=)"
+for tool in redis-server redis-cli redis-benchmark jq curl taskset "$NGINX"; do
+    command -v "$tool" >/dev/null || die "$tool not found"
+done
+mkdir -p "$OUT/logs" "$OUT/oha"
+
+# ---------------------------------------------------------------- machine and build
+
+{
+    echo "date_utc: $(date -u +%FT%TZ)"
+    echo "nproc: $(nproc)"
+    echo "cpu: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+    echo "kernel: $(uname -r)"
+    echo "redis: $(redis-server --version)"
+    echo "nginx: $("$NGINX" -v 2>&1)"
+    echo "oha: $("$OHA" --version)"
+    echo "rustc: $(rustc --version 2>/dev/null || echo '?')"
+    echo "git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') (dirty: $(git -C "$ROOT" status --porcelain 2>/dev/null | grep -c . || true) paths)"
+    echo "uptime before: $(uptime)"
+    echo "processes above 2% CPU over 1 s before the build (top):"
+    top -b -n 2 -d 1 -w 200 | awk '/^top -/ {i++} i == 2 && $1 ~ /^[0-9]+$/ && $9 + 0 > 2 {print "  " $9 "% " $12}' | head -5
+} >"$OUT/machine.txt"
+log "results in $OUT"
+
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+    log "cargo build --release"
+    (cd "$ROOT" && cargo build --release) >"$OUT/logs/build.log" 2>&1 ||
+        die "cargo build --release failed: see $OUT/logs/build.log"
+fi
+[[ -x $KEYGATE ]] || die "$KEYGATE missing"
+[[ $("$KEYGATE" hash-token "$TOKEN") == $(sed -n 's/^token_sha256 = "\(.*\)".*/\1/p' "$BENCH_DIR/keygate.bench.toml.in") ]] ||
+    die "keygate.bench.toml.in: token_sha256 is not keygate hash-token $TOKEN"
+
+# ---------------------------------------------------------------- redis and mocks
+
+alloc_port
+REDIS_PORT=$PORT
+mkdir -p "$OUT/redis"
+start_bg redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$OUT/redis" --daemonize no
+REDIS_PID=$LAST_PID
+for _ in $(seq 50); do rcli ping >/dev/null 2>&1 && break; sleep 0.1; done
+rcli ping >/dev/null || die "redis-server did not start"
+
+alloc_port
+MOCK_FAST_PORT=$PORT
+start_bg mock-fast "$KEYGATE" mock-upstream --listen "127.0.0.1:$MOCK_FAST_PORT" --delay-ms 0
+MOCK_FAST_PID=$LAST_PID
+alloc_port
+MOCK_SLOW_PORT=$PORT
+start_bg mock-slow "$KEYGATE" mock-upstream --listen "127.0.0.1:$MOCK_SLOW_PORT" --delay-ms 50
+MOCK_SLOW_PID=$LAST_PID
+wait_http "http://127.0.0.1:$MOCK_FAST_PORT/_mock/stats"
+wait_http "http://127.0.0.1:$MOCK_SLOW_PORT/_mock/stats"
+
+# ---------------------------------------------------------------- keygate and nginx
+
+# Every replica serves pool "fast" (4 keys, mock without delay), "slow" (4 keys, 50 ms mock) and
+# "storm" (8 keys, mock without delay); requests pick one with X-Keygate-Pool.
+write_main_config() {
+    local file=$1 port=$2 redis=$3
+    gen_config "$file" "127.0.0.1:$port" "$redis" kgbench '"fast", "slow", "storm"'
+    {
+        gen_pool fast "http://127.0.0.1:$MOCK_FAST_PORT/v1" 4
+        gen_pool slow "http://127.0.0.1:$MOCK_SLOW_PORT/v1" 4
+        gen_pool storm "http://127.0.0.1:$MOCK_FAST_PORT/v1" 8
+    } >>"$file"
+}
+
+KG_PORTS=()
+KG_PIDS=()
+for i in 1 2 3; do
+    alloc_port
+    write_main_config "$OUT/keygate-r$i.toml" "$PORT" "redis://127.0.0.1:$REDIS_PORT/0"
+    start_keygate "keygate-r$i" "$OUT/keygate-r$i.toml" "$PORT"
+    KG_PORTS+=("$PORT")
+    KG_PIDS+=("$LAST_PID")
+done
+alloc_port
+KG_E_PORT=$PORT
+write_main_config "$OUT/keygate-embedded.toml" "$KG_E_PORT" ""
+start_keygate keygate-embedded "$OUT/keygate-embedded.toml" "$KG_E_PORT"
+KG_E_PID=$LAST_PID
+
+alloc_port
+NGX_KG_PORT=$PORT
+start_nginx kg3 "$NGX_KG_PORT" "${KG_PORTS[@]}"
+NGX_KG_PID=$LAST_PID
+alloc_port
+NGX_FAST_PORT=$PORT
+start_nginx mock-fast "$NGX_FAST_PORT" "$MOCK_FAST_PORT"
+NGX_FAST_PID=$LAST_PID
+alloc_port
+NGX_SLOW_PORT=$PORT
+start_nginx mock-slow "$NGX_SLOW_PORT" "$MOCK_SLOW_PORT"
+NGX_SLOW_PID=$LAST_PID
+log "redis :$REDIS_PORT  mocks :$MOCK_FAST_PORT :$MOCK_SLOW_PORT  keygate :${KG_PORTS[*]} embedded :$KG_E_PORT  nginx :$NGX_KG_PORT :$NGX_FAST_PORT :$NGX_SLOW_PORT"
+
+printf '%s\n' "$TSV_HEADER" >"$OUT/results.tsv"
+
+# Noise watch: every ~5 s, the load average and the CPU that processes other than this run and
+# its children used over 1 s (top; 100 = one core), with the busiest of them. Numbers taken next
+# to a build or a test run are not worth much. See noise.tsv; a summary goes to machine.txt.
+noise_watch() {
+    local root=$1 mine
+    printf 'time\tload1\tforeign_cpu_pct\tbusiest_foreign\n'
+    while :; do
+        mine=$(ps -e -o pid=,ppid= | awk -v root="$root" '{p[$1] = $2}
+            END {for (x in p) {y = x; while (y > 1 && y != root) y = p[y]; if (y == root) print x}}')
+        top -b -n 2 -d 1 -w 200 | awk -v mine="$mine" -v t="$(date -u +%T)" \
+            -v load1="$(cut -d' ' -f1 /proc/loadavg)" '
+            BEGIN {n = split(mine, a, "\n"); for (k = 1; k <= n; k++) m[a[k]] = 1}
+            /^top -/ {i++}
+            i == 2 && $1 ~ /^[0-9]+$/ && !($1 in m) && $9 + 0 > 0 {s += $9; if ($9 + 0 >= 5) b = b $12 "(" $9 ") "}
+            END {printf "%s\t%s\t%.0f\t%s\n", t, load1, s, b}'
+        sleep 4
+    done
+}
+noise_watch "$$" >"$OUT/noise.tsv" 2>/dev/null &
+PIDS+=("$!")
+
+# use_mode MODE: the mock, its nginx and the pool header of a mode.
+use_mode() {
+    case $1 in
+    fast) MOCK_PORT=$MOCK_FAST_PORT MOCK_PID=$MOCK_FAST_PID NGX_MOCK_PORT=$NGX_FAST_PORT \
+        NGX_MOCK_PID=$NGX_FAST_PID POOL_HEADER=fast ;;
+    delay) MOCK_PORT=$MOCK_SLOW_PORT MOCK_PID=$MOCK_SLOW_PID NGX_MOCK_PORT=$NGX_SLOW_PORT \
+        NGX_MOCK_PID=$NGX_SLOW_PID POOL_HEADER=slow ;;
+    esac
+}
+
+# use_target TARGET: sets URL, SUT_KG and SUT_NGX for the current mode.
+use_target() {
+    local path=/v1/chat/completions
+    SUT_KG=()
+    SUT_PORTS=()
+    SUT_NGX=()
+    case $1 in
+    direct) URL="http://127.0.0.1:$MOCK_PORT$path" ;;
+    kg-redis) URL="http://127.0.0.1:${KG_PORTS[0]}$path" SUT_KG=("${KG_PIDS[0]}") SUT_PORTS=("${KG_PORTS[0]}") ;;
+    kg-embedded) URL="http://127.0.0.1:$KG_E_PORT$path" SUT_KG=("$KG_E_PID") SUT_PORTS=("$KG_E_PORT") ;;
+    nginx-kg3) URL="http://127.0.0.1:$NGX_KG_PORT$path" SUT_KG=("${KG_PIDS[@]}") SUT_PORTS=("${KG_PORTS[@]}") SUT_NGX=("$NGX_KG_PID") ;;
+    nginx-mock) URL="http://127.0.0.1:$NGX_MOCK_PORT$path" SUT_NGX=("$NGX_MOCK_PID") ;;
+    esac
+}
+
+TARGETS=(direct kg-redis kg-embedded nginx-kg3 nginx-mock)
+
+# ---------------------------------------------------------------- phases
+
+if has_phase matrix; then
+    for mode in ${MODES//,/ }; do
+        use_mode "$mode"
+        for target in "${TARGETS[@]}"; do
+            use_target "$target"
+            log "matrix $mode $target"
+            run_point matrix "$mode" "$target" w1 "$URL"
+            for pt in c1 c64 r500 r2000; do
+                run_point matrix "$mode" "$target" "$pt" "$URL"
+            done
+        done
+    done
+fi
+
+# capture_scripts: the select and report EVALSHA calls replica 1 makes for one request, as
+# Redis saw them (SLOWLOG with a 0 µs threshold), one per line in $OUT/scripts.txt, so
+# redis-benchmark can replay them: the round trip of the real scripts from a C client.
+capture_scripts() {
+    rcli config set slowlog-log-slower-than 0 >/dev/null
+    rcli slowlog reset >/dev/null
+    curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" -H "X-Keygate-Pool: fast" \
+        -H 'Content-Type: application/json' -d "$REQ_BODY" \
+        "http://127.0.0.1:${KG_PORTS[0]}/v1/chat/completions"
+    sleep 0.3 # the success report leaves after the response
+    rcli --json slowlog get 1000 >"$OUT/slowlog.json"
+    rcli config set slowlog-log-slower-than 10000 >/dev/null
+    rcli slowlog reset >/dev/null
+    # Entries are [id, time, µs, [command args...], addr, name], newest first; 4 ARGV: select,
+    # 6 ARGV: report.
+    jq -r '[.[] | .[3] | select(.[0] | ascii_downcase == "evalsha") | select(.[3] == "kgbench:{fast}")]
+        | reverse | (map(select(length == 8)) | first), (map(select(length == 10)) | first)
+        | select(. != null) | @sh' "$OUT/slowlog.json" >"$OUT/scripts.txt"
+    [[ $(wc -l <"$OUT/scripts.txt") == 2 ]] || die "could not capture select and report (see $OUT/slowlog.json)"
+}
+
+# bench_p50 ARGS...: p50 in ms of redis-benchmark -c 1 -n 20000 for one command (or -t ping).
+bench_p50() {
+    redis-benchmark -p "$REDIS_PORT" -c 1 -n 20000 -q "$@" 2>/dev/null | tr '\r' '\n' |
+        awk '/requests per second, p50=/ {sub(/.*p50=/, ""); v = $1} END {print v}'
+}
+
+if has_phase floor; then
+    use_mode fast
+    capture_scripts
+    printf 'round\tping_p50_ms\tselect_p50_ms\treport_p50_ms\n' >"$OUT/rtt.tsv"
+    for round in 1 2 3; do
+        for target in direct kg-embedded kg-redis; do
+            use_target "$target"
+            run_point floor fast "$target" w1 "$URL"
+            SECS=3 run_point floor fast "$target" c1 "$URL"
+        done
+        ping=$(bench_p50 -t ping)
+        select_cmd=() report_cmd=()
+        eval "select_cmd=($(sed -n 1p "$OUT/scripts.txt"))"
+        eval "report_cmd=($(sed -n 2p "$OUT/scripts.txt"))"
+        sel=$(bench_p50 "${select_cmd[@]}")
+        rep=$(bench_p50 "${report_cmd[@]}")
+        printf '%s\t%s\t%s\t%s\n' "$round" "$ping" "$sel" "$rep" >>"$OUT/rtt.tsv"
+        log "round $round: redis-benchmark -c 1 p50: PING $ping ms, select EVALSHA $sel ms, report EVALSHA $rep ms"
+    done
+fi
+
+# sweep_size N [STORE_TIMEOUT_MS]: one replica with an N-key pool; c=64 and c=1, then one
+# /metrics scrape. Notes idle and scraped RSS, /metrics size and degraded mode in sweep.tsv.
+sweep_size() {
+    local n=$1 timeout=${2:-} label="keys-$1${2:+-t$2}"
+    alloc_port
+    local port=$PORT cfg="$OUT/keygate-sweep-$label.toml"
+    gen_config "$cfg" "127.0.0.1:$port" "redis://127.0.0.1:$REDIS_PORT/0" "kgsweep$timeout" "\"s$n\"" "$timeout"
+    gen_pool "s$n" "http://127.0.0.1:$MOCK_FAST_PORT/v1" "$n" >>"$cfg"
+    local t0 t1 dg0
+    dg0=$(degraded_entries)
+    t0=$(date +%s.%N)
+    start_keygate "keygate-sweep-$label" "$cfg" "$port"
+    t1=$(date +%s.%N)
+    local pid=$LAST_PID
+    sleep 3 # past the first background snapshot refresh
+    local idle degraded_idle
+    idle=$(awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
+    degraded_idle=$(degraded_now "$port")
+    SUT_KG=("$pid") SUT_PORTS=("$port") SUT_NGX=() POOL_HEADER="s$n"
+    URL="http://127.0.0.1:$port/v1/chat/completions"
+    log "sweep $label: ready in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s, idle RSS $idle MB, degraded after 3 s idle: $degraded_idle"
+    run_point sweep fast "$label" w1 "$URL"
+    run_point sweep fast "$label" c64 "$URL"
+    run_point sweep fast "$label" c1 "$URL"
+    local bytes rss_scrape degraded_end
+    reset_hwm "$pid"
+    bytes=$(curl -fsS "http://127.0.0.1:$port/metrics" | wc -c)
+    rss_scrape=$(peak_rss_mb "$pid")
+    degraded_end=$(degraded_now "$port")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')" \
+        "$idle" "$degraded_idle" "$bytes" "$rss_scrape" "$degraded_end" >>"$OUT/sweep.tsv"
+    stop_pid "$pid"
+    # Degraded at any time: when idle, during the points, or after the scrape.
+    SWEEP_DEGRADED=$(($(degraded_entries) - dg0 + degraded_idle + degraded_end))
+}
+
+if has_phase sweep; then
+    use_mode fast
+    printf 'pool\tready_s\tidle_rss_mb\tdegraded_idle\tmetrics_bytes\tpeak_rss_scrape_mb\tdegraded_after_scrape\n' >"$OUT/sweep.tsv"
+    for n in ${SIZES//,/ }; do
+        # A replica that went degraded (at any time) measured memory, not Redis: run that size
+        # again with a store timeout its background snapshot fits in.
+        sweep_size "$n"
+        if [[ $SWEEP_DEGRADED != 0 ]]; then sweep_size "$n" 500; fi
+    done
+fi
+
+if has_phase storm; then
+    use_mode fast
+    STORM_SECS=$((SECS + 9))
+    SWITCH_AT=2
+    victim=sk-bench-storm-00003
+    url="http://127.0.0.1:$NGX_KG_PORT/v1/chat/completions"
+    log "storm: c=64 for ${STORM_SECS}s through nginx -> 3 replicas; key storm-00003 -> 429:5 at ${SWITCH_AT}s"
+    up0=$(mock_total "$MOCK_FAST_PORT")
+    rl_match='key="storm-00003",outcome="rate_limited",pool="storm"'
+    cool_match='key="storm-00003",pool="storm",reason="rate_limited"'
+    rl0=$(metric_sum keygate_requests_total "$rl_match" "${KG_PORTS[@]}")
+    cool0=$(metric_sum keygate_cooldowns_total "$cool_match" "${KG_PORTS[@]}")
+    $LOAD_PIN "$OHA" --no-tui --output-format json -w -c 64 -z "${STORM_SECS}s" -m POST -T application/json \
+        -d "$REQ_BODY" -H "Authorization: Bearer $TOKEN" -H "X-Keygate-Pool: storm" "$url" \
+        >"$OUT/oha/storm.json" 2>"$OUT/oha/storm.err" &
+    storm_oha=$!
+    PIDS+=("$storm_oha")
+    sleep "$SWITCH_AT"
+    python3 "$BENCH_DIR/storm_watch.py" "$MOCK_FAST_PORT" "$victim" "$((STORM_SECS - SWITCH_AT - 1))" \
+        >"$OUT/storm.tsv"
+    wait "$storm_oha" || true
+    up1=$(mock_total "$MOCK_FAST_PORT")
+    jq -r --arg up $((up1 - up0)) '
+        ([.statusCodeDistribution | to_entries[] | .value] | add // 0) as $n
+        | "client requests \($n), status \(.statusCodeDistribution), connection errors \(.errorDistribution), upstream attempts \($up), \(.summary.requestsPerSec | floor) req/s, p99 \(.latencyPercentiles.p99 * 1000 | . * 100 | floor / 100) ms"' \
+        "$OUT/oha/storm.json" >"$OUT/storm.txt"
+    sed -n 's/^# //p' "$OUT/storm.tsv" >>"$OUT/storm.txt"
+    rl=$(($(metric_sum keygate_requests_total "$rl_match" "${KG_PORTS[@]}") - rl0))
+    cool=$(($(metric_sum keygate_cooldowns_total "$cool_match" "${KG_PORTS[@]}") - cool0))
+    later=$(awk -F'\t' '!/^#/ && $1 < 4.9 {w = $2} !/^#/ {l = $2} END {print l - w}' "$OUT/storm.tsv")
+    echo "429s the replicas got from the key (keygate_requests_total, 3 replicas): $rl; rate_limited cooldowns they recorded: $cool; so in the first window: $((rl - later)) 429s = the first + $((rl - later - 1)) after it" >>"$OUT/storm.txt"
+    sed 's/^/storm: /' "$OUT/storm.txt" >&2
+fi
+
+if has_phase logging; then
+    use_mode fast
+    alloc_port
+    write_main_config "$OUT/keygate-info.toml" "$PORT" ""
+    KG_LOG=info start_keygate keygate-info "$OUT/keygate-info.toml" "$PORT"
+    SUT_KG=("$LAST_PID") SUT_PORTS=("$PORT") SUT_NGX=()
+    URL="http://127.0.0.1:$PORT/v1/chat/completions"
+    log "logging: embedded store, RUST_LOG=info (one log line per request, to a file)"
+    run_point logging fast kg-embedded-info w1 "$URL"
+    run_point logging fast kg-embedded-info c64 "$URL"
+    run_point logging fast kg-embedded-info c1 "$URL"
+    stop_pid "${SUT_KG[0]}"
+fi
+
+if has_phase pinned; then
+    log "pinned: redis, keygate, nginx on core 0; mocks and oha on core 1"
+    sut=("$REDIS_PID" "${KG_PIDS[@]}" "$KG_E_PID")
+    for p in "$NGX_KG_PID" "$NGX_FAST_PID" "$NGX_SLOW_PID"; do mapfile -t -O "${#sut[@]}" sut < <(with_children "$p"); done
+    for p in "${sut[@]}"; do taskset -a -pc 0 "$p" >/dev/null; done
+    for p in "$MOCK_FAST_PID" "$MOCK_SLOW_PID"; do taskset -a -pc 1 "$p" >/dev/null; done
+    LOAD_PIN="taskset -c 1"
+    PINNED=yes
+    use_mode fast
+    for target in "${TARGETS[@]}"; do
+        use_target "$target"
+        run_point pinned fast "$target" w1 "$URL"
+        for pt in c1 c64; do run_point pinned fast "$target" "$pt" "$URL"; done
+    done
+    for p in "${sut[@]}" "$MOCK_FAST_PID" "$MOCK_SLOW_PID"; do taskset -a -pc 0-1 "$p" >/dev/null; done
+    LOAD_PIN=""
+    PINNED=no
+fi
+
+if [[ ${BENCH_PROFILE:-0} == 1 ]]; then
+    use_mode fast
+    for target in kg-redis kg-embedded; do
+        use_target "$target"
+        log "profile: perf record of $target at c=64"
+        run_point profile fast "$target" w1 "$URL"
+        perf record -e cpu-clock -F 999 --call-graph dwarf,16384 -p "${SUT_KG[0]}" \
+            -o "$OUT/perf-$target.data" -- sleep "$SECS" >"$OUT/logs/perf-$target.log" 2>&1 &
+        perf_pid=$!
+        PIDS+=("$perf_pid")
+        run_point profile fast "$target" c64 "$URL"
+        wait "$perf_pid" || true
+        perf report -i "$OUT/perf-$target.data" --no-children -g none --sort dso,sym --stdio \
+            --percent-limit 0 2>/dev/null | grep -v '^#' | grep -v '^$' >"$OUT/perf-$target-self.txt" || true
+        awk -f "$BENCH_DIR/perf_buckets.awk" "$OUT/perf-$target-self.txt" >"$OUT/perf-$target-buckets.txt"
+        perf report -i "$OUT/perf-$target.data" --children -g none --sort sym --stdio \
+            --percent-limit 1 2>/dev/null | grep -v '^#' | grep -v '^$' >"$OUT/perf-$target-children.txt" || true
+    done
+fi
+
+awk -F'\t' 'NR > 1 {n++; l += $2; f += $3; if ($3 > m) m = $3; if ($3 >= 10) busy++} END {printf "noise during the run: %d samples, mean load1 %.2f; CPU of other processes: mean %.0f%%, max %.0f%% (100%% = one core), %d samples at 10%% or more\n", n, n ? l / n : 0, n ? f / n : 0, m, busy}' "$OUT/noise.tsv" >>"$OUT/machine.txt"
+"$BENCH_DIR/summarize.sh" "$OUT" >"$OUT/summary.md"
+echo "uptime after: $(uptime)" >>"$OUT/machine.txt"
+log "done: $OUT/summary.md"

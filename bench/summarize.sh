@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# bench/summarize.sh RESULTS_DIR: the Markdown tables and issue-6 target ratios of one
+# bench/run.sh run (results.tsv, ping.tsv, storm.txt), on stdout.
+set -euo pipefail
+DIR=${1:?usage: summarize.sh RESULTS_DIR}
+TSV=$DIR/results.tsv
+
+# table PHASE [MODE]: the rows of one phase as a Markdown table.
+table() {
+    awk -F'\t' -v phase="$1" -v mode="${2:-}" '
+        NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+        $col["phase"] != phase || (mode != "" && $col["mode"] != mode) { next }
+        !shown++ {
+            print "| target | point | req/s | p50 ms | p99 ms | p99.9 ms | errors | keygate CPU µs/req | keygate peak RSS MB | Redis CPU µs/req | Redis round trips/ok req | script calls/ok req | mock CPU µs/req | nginx CPU µs/req | oha CPU µs/req | upstream req/req | degraded |"
+            print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        }
+        {
+            dg = ($col["degraded_switches"] + $col["degraded_at_end"] > 0) ? $col["degraded_switches"] " switches, " $col["degraded_at_end"] " at end" : "no"
+            printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+                $col["target"], $col["point"], $col["rps"], $col["p50_ms"], $col["p99_ms"],
+                $col["p999_ms"], $col["errors"], $col["kg_cpu_us"], $col["kg_peak_mb"],
+                $col["redis_cpu_us"], $col["redis_rt"], $col["redis_inner"], $col["mock_cpu_us"],
+                $col["nginx_cpu_us"], $col["oha_cpu_us"], $col["upstream_per_req"], dg
+        }' "$TSV"
+}
+
+# value PHASE MODE TARGET POINT COLUMN: one cell (the median when the point ran several times).
+value() {
+    awk -F'\t' -v p="$1" -v m="$2" -v t="$3" -v pt="$4" -v c="$5" '
+        NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+        $col["phase"] == p && $col["mode"] == m && $col["target"] == t && $col["point"] == pt { v[n++] = $col[c] }
+        END {
+            if (!n) { print "nan"; exit }
+            asort(v); print (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+        }' "$TSV"
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+echo "# bench/run.sh results: $(basename "$DIR")"
+echo
+echo '```'
+cat "$DIR/machine.txt"
+echo '```'
+for mode in fast delay; do
+    if grep -q "^matrix	$mode	" "$TSV"; then
+        echo
+        echo "## Matrix, mock $mode ($([[ $mode == fast ]] && echo 'no delay' || echo '--delay-ms 50'))"
+        echo
+        table matrix "$mode"
+    fi
+done
+if grep -q '^floor	' "$TSV"; then
+    echo
+    echo "## Floor: c=1, interleaved rounds (3 s each), and redis-benchmark -c 1 -n 20000 after each round"
+    echo
+    table floor
+    echo
+    echo "redis-benchmark -c 1 p50 per round, ms (PING; replays of replica 1's select and report EVALSHA):"
+    echo
+    echo "| round | PING | select | report |"
+    echo "|---|---:|---:|---:|"
+    awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4 }' "$DIR/rtt.tsv"
+fi
+if grep -q '^sweep	' "$TSV"; then
+    echo
+    echo "## Pool-size sweep (Redis store, mock without delay)"
+    echo
+    table sweep
+    echo
+    echo "Per replica: time to ready, RSS 3 s after start (idle), degraded mode then, one /metrics scrape after the load: its size and the peak RSS while it was rendered, degraded mode after it. A \`-t500\` row ran with \`[store] timeout_ms = 500\` because the default (50) left the replica degraded."
+    echo
+    echo "| pool | ready s | idle RSS MB | degraded when idle | /metrics bytes | peak RSS during scrape MB | degraded after scrape |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    [[ ! -f $DIR/sweep.tsv ]] ||
+        awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7 }' "$DIR/sweep.tsv"
+fi
+if [[ -f $DIR/storm.txt ]]; then
+    echo
+    echo "## 429 storm (nginx -> 3 replicas, pool of 8, one key turns 429 Retry-After: 5)"
+    echo
+    sed 's/^/    /' "$DIR/storm.txt"
+    echo
+    echo "Arrivals at the key, each change (ms since the switch: arrivals since the switch):"
+    echo
+    awk -F'\t' '!/^#/ && NR > 1 { printf "%.0f: %s; ", $1 * 1000, $2 } END { print "" }' "$DIR/storm.tsv"
+fi
+if grep -q '^logging	' "$TSV"; then
+    echo
+    echo "## Logging cost: the embedded replica with RUST_LOG=info (one line per request, to a file)"
+    echo
+    table logging
+fi
+if grep -q '^pinned	' "$TSV"; then
+    echo
+    echo "## Pinned (redis, keygate, nginx on core 0; mock and oha on core 1), mock without delay"
+    echo
+    table pinned
+fi
+if grep -q '^profile	' "$TSV"; then
+    echo
+    echo "## Profile run"
+    echo
+    table profile
+fi
+
+echo
+echo "## Issue 6 targets (this run)"
+echo
+direct=$(value floor fast direct c1 p50_ms)
+emb=$(value floor fast kg-embedded c1 p50_ms)
+red=$(value floor fast kg-redis c1 p50_ms)
+median_col() {
+    [[ -f $DIR/rtt.tsv ]] || { echo nan; return; }
+    awk -F'\t' -v c="$1" 'NR > 1 {print $c}' "$DIR/rtt.tsv" | sort -n |
+        awk '{v[NR] = $1} END {print NR ? v[int((NR + 1) / 2)] : "nan"}'
+}
+ping=$(median_col 2)
+sel=$(median_col 3)
+rep=$(median_col 4)
+awk -v d="$direct" -v e="$emb" -v r="$red" -v p="$ping" -v s="$sel" -v q="$rep" 'BEGIN {
+    if (d == "nan" || e == "nan" || r == "nan" || p == "nan") { print "- added latency: floor phase missing"; exit }
+    floor = (e - d) + 2 * p; added = r - d
+    printf "- Added latency at c=1, p50 (medians of the floor rounds): keygate+Redis %.3f − direct %.3f = %.3f ms; floor = (embedded %.3f − direct) + 2 × PING %.3f = %.3f ms; **ratio %.2f** (target ≤ 1.3)\n", r, d, added, e, p, floor, added / floor
+    if (s != "nan" && s != "")
+        printf "  - with the real scripts instead of PING: (embedded − direct) + select %.3f + report %.3f = %.3f ms; ratio %.2f. Redis-store keygate minus embedded: %.3f ms\n", s, q, (e - d) + s + q, added / ((e - d) + s + q), r - e
+}'
+for mode in fast delay; do
+    r=$(value matrix "$mode" kg-redis c64 rps)
+    e=$(value matrix "$mode" kg-embedded c64 rps)
+    [[ $r == nan ]] || echo "- Redis-store throughput at c=64 as share of embedded, mock $mode: $r / $e req/s = **$(ratio "$r" "$e")** (target ≥ 0.70)"
+done
+big=$(awk -F'\t' 'NR > 1 && $1 == "sweep" {split($3, a, "-"); if (a[2] + 0 > m) m = a[2] + 0} END {print m + 0}' "$TSV")
+small=$(awk -F'\t' 'NR > 1 && $1 == "sweep" {split($3, a, "-"); if (!s || a[2] + 0 < s) s = a[2] + 0} END {print s + 0}' "$TSV")
+if ((big > 0)); then
+    bl="keys-$big"
+    [[ $(value sweep fast "keys-$big-t500" c64 rps) == nan ]] || bl="keys-$big-t500"
+    sl="keys-$small"
+    echo "- Selection at $big keys ($bl) vs $small keys, end to end: c=64 throughput $(value sweep fast "$bl" c64 rps) / $(value sweep fast "$sl" c64 rps) = **$(ratio "$(value sweep fast "$bl" c64 rps)" "$(value sweep fast "$sl" c64 rps)")**; c=1 p50 $(value sweep fast "$bl" c1 p50_ms) / $(value sweep fast "$sl" c1 p50_ms) ms = **$(ratio "$(value sweep fast "$bl" c1 p50_ms)" "$(value sweep fast "$sl" c1 p50_ms)")**; Redis CPU µs/req at c=64 $(value sweep fast "$bl" c64 redis_cpu_us) / $(value sweep fast "$sl" c64 redis_cpu_us) (target: within 25%)"
+    echo "- Peak RSS of one replica under load at $big keys ($bl, c=64): **$(value sweep fast "$bl" c64 kg_peak_mb) MB**; at $small keys $(value sweep fast "$sl" c64 kg_peak_mb) MB (target < 50 MB)"
+fi
+awk -F'\t' 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+    $col["kg_peak_mb"] != "-" && $col["target"] != "nginx-kg3" && $col["kg_peak_mb"] + 0 > m { m = $col["kg_peak_mb"] + 0; w = $col["phase"] " " $col["mode"] " " $col["target"] " " $col["point"] }
+    END { printf "- Peak RSS of one replica, largest of any load point: %.1f MB (%s)\n", m, w }' "$TSV"
+awk -F'\t' 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+    ($col["target"] == "kg-redis" || $col["target"] ~ /^keys-/) && $col["redis_rt"] != "-" {
+        if ($col["redis_rt"] + 0 > m) { m = $col["redis_rt"] + 0; w = $col["phase"] " " $col["mode"] " " $col["target"] " " $col["point"] }
+        if ($col["phase"] == "matrix" && $col["mode"] == "fast" && $col["point"] == "c64") c = $col["redis_rt"] }
+    END { printf "- Redis round trips per successful request: %s at c=64 (matrix, fast); largest of any single-replica point %.2f (%s) (target ≤ 2)\n", c, m, w }' "$TSV"
