@@ -10,6 +10,9 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::error::ApiError;
 
+/// Bodies declared over the limit by at most this much are drained before the 413.
+const DRAIN_MAX: u64 = 4 << 20;
+
 /// Reads the body: 413 past `limit` (at once when Content-Length says so), 408 when the client
 /// sends too slowly.
 pub async fn read_body(
@@ -22,7 +25,13 @@ pub async fn read_body(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        // A modest overshoot is read and thrown away first, so the client (still sending) gets
+        // the 413 instead of a broken pipe; a huge one is refused at once.
+        if n <= DRAIN_MAX {
+            let drain = Limited::new(body, DRAIN_MAX as usize).collect();
+            let _ = tokio::time::timeout(timeout, drain).await;
+        }
         return Err(ApiError::payload_too_large(limit));
     }
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
