@@ -28,8 +28,8 @@ pub async fn read_body(
     if let Some(n) = declared.filter(|n| *n > limit as u64) {
         // A modest overshoot is read and thrown away first, so the client (still sending) gets
         // the 413 instead of a broken pipe; a huge one is refused at once.
-        if n <= DRAIN_MAX {
-            let drain = Limited::new(body, DRAIN_MAX as usize).collect();
+        if n <= limit as u64 + DRAIN_MAX {
+            let drain = Limited::new(body, limit + DRAIN_MAX as usize).collect();
             let _ = tokio::time::timeout(timeout, drain).await;
         }
         return Err(ApiError::payload_too_large(limit));
