@@ -7,8 +7,9 @@
 #   matrix  (a) direct to the mock, (b) keygate + Redis, (c) keygate embedded,
 #           (d) nginx -> 3 keygate replicas vs nginx -> mock; at c=1, c=64, 500 and 2,000 req/s
 #           (fixed rate, latency-corrected), in both mock modes
-#   floor   c=1, interleaved in rounds: direct, embedded, Redis, plus redis-benchmark PING
-#           (the inputs of the added-latency target)
+#   floor   interleaved rounds: c=1 for direct, embedded, Redis; c=64 for embedded and Redis;
+#           redis-benchmark PING and replays of the select/report scripts (the inputs of the
+#           added-latency and throughput targets, side by side)
 #   sweep   keygate + Redis at c=64 and c=1 with 4, 64, 1,024 and 10,000 keys in the pool
 #   storm   one key of 8 turns into a steady `429, Retry-After: 5` under c=64 through nginx and
 #           3 replicas: how many requests still reach it, over time
@@ -158,18 +159,25 @@ printf '%s\n' "$TSV_HEADER" >"$OUT/results.tsv"
 # Noise watch: every ~5 s, the load average and the CPU that processes other than this run and
 # its children used over 1 s (top; 100 = one core), with the busiest of them. Numbers taken next
 # to a build or a test run are not worth much. See noise.tsv; a summary goes to machine.txt.
+descendants() {
+    ps -e -o pid=,ppid= | awk -v root="$1" '{p[$1] = $2}
+        END {for (x in p) {y = x; while (y > 1 && y != root) y = p[y]; if (y == root) print x}}'
+}
 noise_watch() {
     local root=$1 mine
     printf 'time\tload1\tforeign_cpu_pct\tbusiest_foreign\n'
     while :; do
-        mine=$(ps -e -o pid=,ppid= | awk -v root="$root" '{p[$1] = $2}
-            END {for (x in p) {y = x; while (y > 1 && y != root) y = p[y]; if (y == root) print x}}')
-        top -b -n 2 -d 1 -w 200 | awk -v mine="$mine" -v t="$(date -u +%T)" \
+        # This run's processes: descendants of $root, taken before and after top's 1 s window
+        # (an oha that starts or ends inside it is still ours).
+        mine=$(descendants "$root")
+        top -b -n 2 -d 1 -w 200 >"$OUT/.top" 2>/dev/null || true
+        mine+=$'\n'$(descendants "$root")
+        awk -v mine="$mine" -v t="$(date -u +%T)" \
             -v load1="$(cut -d' ' -f1 /proc/loadavg)" '
             BEGIN {n = split(mine, a, "\n"); for (k = 1; k <= n; k++) m[a[k]] = 1}
             /^top -/ {i++}
             i == 2 && $1 ~ /^[0-9]+$/ && !($1 in m) && $9 + 0 > 0 {s += $9; if ($9 + 0 >= 5) b = b $12 "(" $9 ") "}
-            END {printf "%s\t%s\t%.0f\t%s\n", t, load1, s, b}'
+            END {printf "%s\t%s\t%.0f\t%s\n", t, load1, s, b}' "$OUT/.top"
         sleep 4
     done
 }
@@ -255,6 +263,12 @@ if has_phase floor; then
             use_target "$target"
             run_point floor fast "$target" w1 "$URL"
             SECS=3 run_point floor fast "$target" c1 "$URL"
+        done
+        # The throughput target, side by side too: c=64 throughput moves by ±30% between
+        # phases on this VM, more than the difference it is meant to show.
+        for target in kg-embedded kg-redis; do
+            use_target "$target"
+            SECS=3 run_point floor fast "$target" c64 "$URL"
         done
         ping=$(bench_p50 -t ping)
         select_cmd=() report_cmd=()

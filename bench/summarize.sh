@@ -52,7 +52,7 @@ for mode in fast delay; do
 done
 if grep -q '^floor	' "$TSV"; then
     echo
-    echo "## Floor: c=1, interleaved rounds (3 s each), and redis-benchmark -c 1 -n 20000 after each round"
+    echo "## Floor: interleaved rounds (3 s points; c=1, and c=64 for the two stores), redis-benchmark -c 1 -n 20000 after each round"
     echo
     table floor
     echo
@@ -125,6 +125,9 @@ awk -v d="$direct" -v e="$emb" -v r="$red" -v p="$ping" -v s="$sel" -v q="$rep" 
     if (s != "nan" && s != "")
         printf "  - with the real scripts instead of PING: (embedded − direct) + select %.3f + report %.3f = %.3f ms; ratio %.2f. Redis-store keygate minus embedded: %.3f ms\n", s, q, (e - d) + s + q, added / ((e - d) + s + q), r - e
 }'
+fr=$(value floor fast kg-redis c64 rps)
+fe=$(value floor fast kg-embedded c64 rps)
+[[ $fr == nan ]] || echo "- Redis-store throughput at c=64 as share of embedded, interleaved rounds (medians, floor phase): $fr / $fe req/s = **$(ratio "$fr" "$fe")** (target ≥ 0.70)"
 for mode in fast delay; do
     r=$(value matrix "$mode" kg-redis c64 rps)
     e=$(value matrix "$mode" kg-embedded c64 rps)
