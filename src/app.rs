@@ -156,7 +156,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        axum::body::Body::from_stream(futures::stream::iter(
+            state
+                .metrics
+                .render_chunks()
+                .map(|chunk| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(chunk))),
+        )),
     )
         .into_response()
 }

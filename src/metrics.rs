@@ -3,32 +3,33 @@
 //! cluster-wide truth) at scrape time, cached for `store.snapshot_cache_ms`.
 //!
 //! Labels are pool names, key ids, groups, outcomes, models: never a secret, never a raw URI.
+//!
+//! The per-key families live in [`keys::KeyTable`] (plain atomics, rendered in chunks); the
+//! few per-pool and per-operation families use the `prometheus` crate's registry.
+
+mod keys;
 
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::pool::{KeyState, Outcome};
 use crate::store::PoolSnapshot;
+pub use keys::{KeySeries, MODELS_PER_KEY, UPSTREAM_BUCKETS};
 
 /// Every metric keygate exports, registered once.
 pub struct Metrics {
     pub registry: Registry,
-    pub requests: IntCounterVec,
-    pub upstream_duration: HistogramVec,
-    pub key_state: GaugeVec,
-    pub key_cooldown: GaugeVec,
-    pub key_weight: GaugeVec,
-    pub cooldowns: IntCounterVec,
+    /// The per-key families (requests, upstream duration, state, cooldown, weight, cooldowns,
+    /// tokens).
+    pub keys: keys::KeyTable,
     pub retries: IntCounterVec,
     pub no_key_available: IntCounterVec,
     pub store_duration: HistogramVec,
     pub store_errors: IntCounterVec,
     pub store_degraded: IntGauge,
-    pub tokens: IntCounterVec,
     pub canary_requests: IntCounterVec,
 }
 
@@ -41,12 +42,6 @@ fn counter(
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
-}
-
-fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
-    let g = GaugeVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(g.clone()))?;
-    Ok(g)
 }
 
 fn histogram(
@@ -64,9 +59,6 @@ fn histogram(
 impl Metrics {
     pub fn new() -> prometheus::Result<Metrics> {
         let r = Registry::new();
-        let upstream_buckets = vec![
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-        ];
         let store_buckets = vec![
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
         ];
@@ -76,43 +68,7 @@ impl Metrics {
         )?;
         r.register(Box::new(store_degraded.clone()))?;
         Ok(Metrics {
-            requests: counter(
-                &r,
-                "keygate_requests_total",
-                "Upstream attempts by key and outcome",
-                &["pool", "key", "group", "outcome"],
-            )?,
-            upstream_duration: histogram(
-                &r,
-                "keygate_upstream_duration_seconds",
-                "Time from sending an attempt to its response headers",
-                &["pool", "key"],
-                upstream_buckets,
-            )?,
-            key_state: gauge(
-                &r,
-                "keygate_key_state",
-                "1 for the key's current state (cluster-wide, from the store)",
-                &["pool", "key", "state"],
-            )?,
-            key_cooldown: gauge(
-                &r,
-                "keygate_key_cooldown_seconds",
-                "Seconds until the key's deadline (cooling, open, quota-disabled)",
-                &["pool", "key"],
-            )?,
-            key_weight: gauge(
-                &r,
-                "keygate_key_weight",
-                "The key's weight in selection",
-                &["pool", "key"],
-            )?,
-            cooldowns: counter(
-                &r,
-                "keygate_cooldowns_total",
-                "Keys taken out of rotation by traffic, by reason",
-                &["pool", "key", "reason"],
-            )?,
+            keys: keys::KeyTable::default(),
             retries: counter(
                 &r,
                 "keygate_retries_total",
@@ -139,12 +95,6 @@ impl Metrics {
                 &["op"],
             )?,
             store_degraded,
-            tokens: counter(
-                &r,
-                "keygate_tokens_total",
-                "Tokens reported in upstream usage, by kind (prompt, completion)",
-                &["pool", "key", "model", "kind"],
-            )?,
             canary_requests: counter(
                 &r,
                 "keygate_canary_requests_total",
@@ -164,14 +114,18 @@ impl Metrics {
         outcome: Outcome,
         started: Instant,
     ) {
-        self.requests
-            .with_label_values(&[pool, key, group, outcome.as_str()])
-            .inc();
+        let series = self.keys.get(pool, key);
+        series.count_request(group, outcome);
         if !matches!(outcome, Outcome::Timeout | Outcome::ConnectError) {
-            self.upstream_duration
-                .with_label_values(&[pool, key])
-                .observe(started.elapsed().as_secs_f64());
+            series.observe(started.elapsed());
         }
+    }
+
+    /// `keygate_requests_total{pool,key,group,outcome}` as this replica counted it.
+    pub fn requests(&self, pool: &str, key: &str, group: &str, outcome: Outcome) -> u64 {
+        self.keys
+            .find(pool, key)
+            .map_or(0, |s| s.requests(group, outcome))
     }
 
     /// Counts a key leaving rotation because of traffic (the report changed its state).
@@ -180,47 +134,48 @@ impl Metrics {
             state,
             KeyState::Cooling | KeyState::Open | KeyState::Disabled
         ) {
-            self.cooldowns
-                .with_label_values(&[pool, key, outcome.as_str()])
-                .inc();
+            self.keys.get(pool, key).count_cooldown(outcome);
         }
+    }
+
+    /// Counts the tokens of one answer's `usage` (at most [`MODELS_PER_KEY`] models per key;
+    /// the rest as `other`).
+    pub fn record_tokens(&self, pool: &str, key: &str, model: &str, prompt: u64, completion: u64) {
+        self.keys
+            .get(pool, key)
+            .count_tokens(model, prompt, completion);
     }
 
     /// Replaces one pool's key gauges with a snapshot's values.
     pub fn apply_snapshot(&self, pool: &str, snap: &PoolSnapshot) {
         for k in &snap.keys {
-            for s in KeyState::ALL {
-                let v = if s == k.status { 1.0 } else { 0.0 };
-                self.key_state
-                    .with_label_values(&[pool, &k.id, s.as_str()])
-                    .set(v);
-            }
-            let remaining = k.cooldown_until_ms.saturating_sub(snap.now_ms) as f64 / 1000.0;
-            self.key_cooldown
-                .with_label_values(&[pool, &k.id])
-                .set(remaining);
-            self.key_weight
-                .with_label_values(&[pool, &k.id])
-                .set(k.weight as f64);
+            let remaining = k.cooldown_until_ms.saturating_sub(snap.now_ms);
+            self.keys
+                .get(pool, &k.id)
+                .set_gauges(k.status, remaining, k.weight);
         }
     }
 
     /// Forgets one key's gauges (a key that left the store or the config).
     pub fn remove_key_gauges(&self, pool: &str, key: &str) {
-        for s in KeyState::ALL {
-            let _ = self.key_state.remove_label_values(&[pool, key, s.as_str()]);
+        if let Some(s) = self.keys.find(pool, key) {
+            s.hide_gauges();
         }
-        let _ = self.key_cooldown.remove_label_values(&[pool, key]);
-        let _ = self.key_weight.remove_label_values(&[pool, key]);
     }
 
-    /// The text exposition format.
-    pub fn render(&self) -> String {
+    /// The text exposition format, in chunks of about 64 KiB: the registry's families first,
+    /// then the per-key ones, rendered as the iterator is consumed.
+    pub fn render_chunks(&self) -> impl Iterator<Item = String> + Send + 'static {
         let mut buf = Vec::new();
-        let encoder = TextEncoder::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
-        String::from_utf8_lossy(&buf).into_owned()
+        let head = String::from_utf8_lossy(&buf).into_owned();
+        std::iter::once(head).chain(keys::Renderer::new(self.keys.entries(), 64 * 1024))
+    }
+
+    /// The whole text exposition format in one string.
+    pub fn render(&self) -> String {
+        self.render_chunks().collect()
     }
 }

@@ -314,14 +314,7 @@ fn stream_end(
                 let key = chosen.key.as_str();
                 state
                     .metrics
-                    .tokens
-                    .with_label_values(&[&pool, key, m, "prompt"])
-                    .inc_by(u.prompt_tokens);
-                state
-                    .metrics
-                    .tokens
-                    .with_label_values(&[&pool, key, m, "completion"])
-                    .inc_by(u.completion_tokens);
+                    .record_tokens(&pool, key, m, u.prompt_tokens, u.completion_tokens);
             }
             if ending == Ending::UpstreamError {
                 tracing::warn!(pool = %pool, key = %chosen.key, "upstream broke off the response body");

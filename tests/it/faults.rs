@@ -49,11 +49,8 @@ fn redis_time_ms(redis: &RedisServer) -> u64 {
 
 /// Attempts the gateway counted for `key` with `outcome`.
 fn attempts(gw: &TestGateway, key: &str, outcome: &str) -> u64 {
-    gw.state
-        .metrics
-        .requests
-        .with_label_values(&["p", key, "stable", outcome])
-        .get()
+    let outcome = keygate::pool::Outcome::parse(outcome).expect("a known outcome");
+    gw.state.metrics.requests("p", key, "stable", outcome)
 }
 
 fn header(r: &reqwest::Response, name: &str) -> String {
