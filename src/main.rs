@@ -6,6 +6,11 @@ use clap::Parser;
 use keygate::cli::{admin_client, init_logging, Cli, Command, LogFormat};
 use keygate::config::hash_token;
 
+/// mimalloc instead of glibc malloc: glibc's malloc/free was 11-13% of the gateway's CPU under
+/// load (BENCHMARKS.md, "Where the time goes").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let Cli { command, admin } = Cli::parse();

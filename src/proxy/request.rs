@@ -72,6 +72,20 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     )
 }
 
+/// The two fields of a JSON body the gateway reads.
+#[derive(serde::Deserialize)]
+struct Head {
+    #[serde(default, deserialize_with = "present")]
+    model: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    stream: Option<serde_json::Value>,
+}
+
+/// `Some` whenever the field is there, `null` included (plain `Option` maps `null` to `None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    <serde_json::Value as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 /// Checks the body's media type and, for JSON, its syntax; pulls out `model` and `stream`.
 pub fn inspect(
     method: &Method,
@@ -98,6 +112,31 @@ pub fn inspect(
                 "unsupported_media_type",
                 "Send the body as application/json (or multipart/form-data for uploads).",
             ))
+        }
+    }
+    // Fast path: read only `model` and `stream` (serde_json still checks the whole body's
+    // syntax); anything unusual (not an object, a duplicate field, a non-string model) takes
+    // the full parse below, which also words the error.
+    let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if let (true, Ok(head)) = (object, serde_json::from_slice::<Head>(body)) {
+        if let Some(serde_json::Value::String(_)) | None = head.model {
+            let model = match head.model {
+                Some(serde_json::Value::String(m)) => Some(m),
+                _ => None,
+            };
+            let stream = head.stream.as_ref().and_then(serde_json::Value::as_bool) == Some(true);
+            let json = match model.as_deref().filter(|m| keep_json(m)) {
+                Some(_) => match serde_json::from_slice(body) {
+                    Ok(serde_json::Value::Object(map)) => Some(map),
+                    _ => None,
+                },
+                None => None,
+            };
+            return Ok(Inspected {
+                model,
+                stream,
+                json,
+            });
         }
     }
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
@@ -139,4 +178,51 @@ pub fn with_model(json: &serde_json::Map<String, serde_json::Value>, model: &str
     let mut m = json.clone();
     m.insert("model".into(), serde_json::Value::String(model.to_string()));
     Bytes::from(serde_json::to_vec(&m).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(body: &str) -> Result<(Option<String>, bool, bool), String> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            "application/json".parse().unwrap(),
+        );
+        inspect(&Method::POST, &h, body.as_bytes(), |m| m == "keep")
+            .map(|i| (i.model, i.stream, i.json.is_some()))
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn model_and_stream_are_read_without_keeping_the_body() {
+        assert_eq!(
+            run(r#"{"messages":[{"role":"user","content":"hi"}],"model":"gpt","stream":true}"#),
+            Ok((Some("gpt".into()), true, false))
+        );
+        assert_eq!(run(r#" {"stream":"yes"}"#), Ok((None, false, false)));
+        assert_eq!(
+            run(r#"{"model":"keep"}"#),
+            Ok((Some("keep".into()), false, true))
+        );
+    }
+
+    #[test]
+    fn unusual_bodies_get_the_full_parse_and_its_errors() {
+        for bad in [
+            r#"{"model":null}"#,
+            r#"{"model":3}"#,
+            r#"["gpt",true]"#,
+            r#"{"model":"a""#,
+            "7",
+        ] {
+            assert!(run(bad).is_err(), "{bad} must be refused");
+        }
+        // A duplicate field is legal JSON: the last one wins, as with a full parse.
+        assert_eq!(
+            run(r#"{"model":"a","model":"b","stream":true}"#),
+            Ok((Some("b".into()), true, false))
+        );
+    }
 }
