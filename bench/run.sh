@@ -22,7 +22,7 @@
 # Environment (all optional):
 #   BENCH_SECS=5            seconds per point     BENCH_PHASES=matrix,floor,sweep,storm,logging,pinned
 #   BENCH_SIZES=4,64,1024,10000                         BENCH_MODES=fast,delay
-#   BENCH_SKIP_BUILD=1      use the existing target/release/keygate
+#   BENCH_SKIP_BUILD=1      use the existing binary   KEYGATE=path (default target/release/keygate)
 #   BENCH_LOG=...           keygate's RUST_LOG (default warn,keygate::store=info; plain info
 #                           logs one line per request)
 #   BENCH_PROFILE=1         add the perf profile        BENCH_PORT_BASE=19100
@@ -39,7 +39,7 @@ SIZES=${BENCH_SIZES:-4,64,1024,10000}
 KG_LOG=${BENCH_LOG:-warn,keygate::store=info}
 RATE_CONC=256 # oha connections for fixed-rate points (2,000 req/s x 50 ms needs 100 in flight)
 TOKEN=bench-token-not-secret
-KEYGATE=$ROOT/target/release/keygate
+KEYGATE=${KEYGATE:-$ROOT/target/release/keygate}
 NGINX=${NGINX:-/usr/sbin/nginx}
 OUT=${BENCH_OUT:-$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)}
 LOAD_PIN=""

@@ -8,6 +8,7 @@ use keygate::config::hash_token;
 
 /// mimalloc instead of glibc malloc: glibc's malloc/free was 11-13% of the gateway's CPU under
 /// load (BENCHMARKS.md, "Where the time goes").
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
