@@ -309,8 +309,10 @@ async fn an_admin_disable_and_a_cooldown_learned_while_redis_hung_are_written_ba
         Arc::new(inner),
         FailoverOptions {
             degraded_after_failures: 2,
+            degraded_after: Duration::from_secs(1),
             probe_interval: Duration::from_millis(100),
             snapshot_interval: Duration::from_secs(2),
+            snapshot_max_age: Duration::from_secs(60),
         },
         None,
     )
