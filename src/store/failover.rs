@@ -96,8 +96,11 @@ struct Shared {
     failures: AtomicU32,
     /// When the current run of failures began: ms since `epoch` plus one; 0: no run.
     failing_since: AtomicU64,
-    /// This run of failures already sent its confirming `PING` (and Redis answered it).
+    /// This run of failures already asked for its confirming `PING`.
     pinged: AtomicBool,
+    /// The background task should send the confirming `PING` (off the request path, so no
+    /// caller waits longer than the store timeout).
+    confirm_wanted: AtomicBool,
     epoch: Instant,
     degraded_since: Mutex<Option<Instant>>,
     specs: RwLock<BTreeMap<String, Arc<PoolSpec>>>,
@@ -137,6 +140,7 @@ impl FailoverStore {
             failures: AtomicU32::new(0),
             failing_since: AtomicU64::new(0),
             pinged: AtomicBool::new(false),
+            confirm_wanted: AtomicBool::new(false),
             epoch: Instant::now(),
             degraded_since: Mutex::new(None),
             specs: RwLock::new(BTreeMap::new()),
@@ -218,7 +222,7 @@ impl Shared {
         }
         match call.await {
             Err(e) if e.is_outage() => {
-                self.failed(op, &e).await;
+                self.failed(op, &e);
                 None
             }
             r => {
@@ -235,9 +239,9 @@ impl Shared {
     }
 
     /// Counts an outage error. Switches to degraded mode at `degraded_after_failures` errors in
-    /// a row once they span `degraded_after`; before that, the call that reaches the count
-    /// sends one `PING` (bounded by the store timeout) and switches only if it fails too.
-    async fn failed(&self, op: &str, e: &StoreError) {
+    /// a row once they span `degraded_after`; before that, the call that reaches the count asks
+    /// the background task for one `PING` ([`Shared::confirm_outage`]).
+    fn failed(&self, op: &str, e: &StoreError) {
         if let Some(m) = &self.metrics {
             m.store_errors.with_label_values(&[op]).inc();
         }
@@ -251,15 +255,26 @@ impl Shared {
         if span >= self.opts.degraded_after {
             self.switch_to_memory(op, e, n);
         } else if !self.pinged.swap(true, Ordering::AcqRel) {
-            match self.redis.ping_redis().await {
-                Err(pe) if pe.is_outage() => self.switch_to_memory(op, &pe, n),
-                _ => tracing::debug!(
-                    op,
-                    consecutive = n,
-                    ?span,
-                    "a burst of failed Redis calls, but Redis answers PING: not degraded yet"
-                ),
+            self.confirm_wanted.store(true, Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The confirming `PING` of a run of failures: switches if it fails too; if Redis answers,
+    /// only a run that lasts `degraded_after` switches.
+    async fn confirm_outage(&self) {
+        let n = self.failures.load(Ordering::Acquire);
+        if n == 0 || self.is_degraded() {
+            return;
+        }
+        match self.redis.ping_redis().await {
+            Err(e) if e.is_outage() && self.failures.load(Ordering::Acquire) > 0 => {
+                self.switch_to_memory("ping", &e, n)
             }
+            _ => tracing::debug!(
+                consecutive = n,
+                "a burst of failed Redis calls, but Redis answers PING: not degraded yet"
+            ),
         }
     }
 

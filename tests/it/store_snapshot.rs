@@ -232,7 +232,7 @@ async fn select_once(store: &FailoverStore) {
 async fn a_burst_of_timeouts_does_not_switch_to_degraded_mode_but_a_hung_redis_does() {
     let server = RedisServer::start();
     let timeout = Duration::from_millis(400);
-    let store = quick_failover(store_with_timeout(&server, timeout), Duration::from_secs(2));
+    let store = quick_failover(store_with_timeout(&server, timeout), Duration::from_secs(5));
     store
         .sync(&spec("p", &[("k1", 1, "stable"), ("k2", 1, "stable")]))
         .await
@@ -261,7 +261,8 @@ async fn a_burst_of_timeouts_does_not_switch_to_degraded_mode_but_a_hung_redis_d
     select_once(&store).await;
     assert!(!store.degraded());
 
-    // A hung Redis: the third timeout in a row sends a PING that times out too.
+    // A hung Redis: the third timeout in a row asks for a PING, which times out too; that
+    // switches long before the 5 s of degraded_after.
     tokio::task::block_in_place(|| server.pause());
     let hung = Instant::now();
     while !store.degraded() {
@@ -271,7 +272,7 @@ async fn a_burst_of_timeouts_does_not_switch_to_degraded_mode_but_a_hung_redis_d
     let detected = hung.elapsed();
     tokio::task::block_in_place(|| server.resume());
     eprintln!("FIGURES burst-vs-outage: a hung Redis degraded the replica after {detected:?}");
-    assert!(detected < timeout * 5, "{detected:?}");
+    assert!(detected < Duration::from_secs(3), "{detected:?}");
     wait_until(Duration::from_secs(10), "back on Redis", || async {
         !store.degraded()
     })

@@ -36,6 +36,9 @@ pub(super) async fn background(shared: Weak<Shared>, wake: Arc<Notify>, cancel: 
 
 impl Shared {
     async fn tick(&self, last_refresh: &mut Option<Instant>) {
+        if self.confirm_wanted.swap(false, Ordering::AcqRel) {
+            self.confirm_outage().await;
+        }
         if let Err(e) = self.redis.check_topology().await {
             tracing::debug!(error = %e, "topology check failed");
         }
