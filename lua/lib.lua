@@ -3,7 +3,8 @@
 -- Key schema for pool P with prefix kg (KEYS[1] of every script is the pool base "kg:{P}";
 -- every key below is derived from it, so all of them hash to the same Cluster slot):
 --   kg:{P}:meta            hash   policy (*_ms), canary_group, canary_percent, canary_percent_cfg,
---                                 canary_fallback, config_hash, layout, cnt:<state>
+--                                 canary_fallback, config_hash, layout, cnt:<state>, ver
+--                                 (ver: change counter, see bump below)
 --   kg:{P}:key:<id>        hash   status reason weight group errors strikes cooldown_until_ms
 --                                 last_status last_used_ms successes failures
 --                                 window_start_ms open_ms cfg_weight cfg_group
@@ -65,6 +66,12 @@ end
 
 local function selectable(status, weight) return status == 'active' and weight > 0 end
 
+-- Bumps the pool's change counter (meta field ver). Every path that changes what a snapshot
+-- shows of a key's status, reason, deadline, weight, group or membership, or the canary
+-- percent, bumps it, so a replica can skip re-reading an unchanged pool. Counters (successes,
+-- errors, last_used_ms...) do not bump it.
+local function bump() redis.call('HINCRBY', META, 'ver', 1) end
+
 -- The one place a key's status changes: keeps the class sets, the probe sets, the due index
 -- and the per-state counters consistent with the key hash.
 -- deadline: ms for cooling/open/disabled(quota); nil clears the key from the due index.
@@ -87,24 +94,28 @@ local function set_status(k, status, reason, deadline)
   k.status, k.reason = status, reason
   redis.call('HSET', kkey(k.id), 'status', status, 'reason', reason,
     'cooldown_until_ms', deadline or 0)
+  bump()
 end
 
--- Moves keys whose deadline has passed to their next state: cooling -> active,
--- open -> half_open, disabled(quota) -> active. At most `limit` keys per call.
+-- Moves one key whose deadline has passed to its next state: cooling -> active,
+-- open -> half_open, disabled(quota) -> active (anything else just leaves the due index).
+local function recover_key(id)
+  local k = load_key(id)
+  if not k then
+    redis.call('ZREM', DUE, id)
+  elseif k.status == 'cooling' or (k.status == 'disabled' and k.reason == 'quota') then
+    set_status(k, 'active', '', nil)
+  elseif k.status == 'open' then
+    set_status(k, 'half_open', 'breaker', nil)
+  else
+    redis.call('ZREM', DUE, id)
+  end
+end
+
+-- Recovers keys whose deadline has passed, at most `limit` per call.
 local function recover_due(now, limit)
   local ids = redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, limit)
-  for _, id in ipairs(ids) do
-    local k = load_key(id)
-    if not k then
-      redis.call('ZREM', DUE, id)
-    elseif k.status == 'cooling' or (k.status == 'disabled' and k.reason == 'quota') then
-      set_status(k, 'active', '', nil)
-    elseif k.status == 'open' then
-      set_status(k, 'half_open', 'breaker', nil)
-    else
-      redis.call('ZREM', DUE, id)
-    end
-  end
+  for _, id in ipairs(ids) do recover_key(id) end
   return #ids
 end
 
@@ -131,6 +142,7 @@ local function set_group(k, g)
   end
   k.group = g
   redis.call('HSET', kkey(k.id), 'group', g)
+  bump()
 end
 
 local function set_weight(k, w)
@@ -138,4 +150,5 @@ local function set_weight(k, w)
   k.weight = w
   if selectable(k.status, w) then cls_move(k.group, k.id, w, 1) end
   redis.call('HSET', kkey(k.id), 'weight', w)
+  bump()
 end

@@ -11,4 +11,5 @@ local k = load_key(ARGV[2])
 if not k then return {'nokey'} end
 redis.call('HSET', kkey(k.id), 'errors', 0, 'strikes', 0, 'successes', 0, 'failures', 0,
   'window_start_ms', 0)
+bump()
 return {'ok'}

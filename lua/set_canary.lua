@@ -10,4 +10,5 @@ if redis.call('EXISTS', META) == 0 then return {'nopool'} end
 local p = math.floor(tonumber(ARGV[2]) or -1)
 if p < 0 or p > 100 then return redis.error_reply('ERR percent must be 0..=100') end
 redis.call('HSET', META, 'canary_percent', p)
+bump()
 return {'ok', p}

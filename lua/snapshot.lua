@@ -1,24 +1,36 @@
--- snapshot: every key of pool P with its state, for metrics and the admin API.
+-- snapshot: one page of pool P's keys with their state, for metrics, the admin API and the
+-- failover store's last-known copy. `RedisStore::snapshot` calls it page after page until the
+-- cursor comes back "0", so no single call holds Redis longer than one page takes (a few ms),
+-- whatever the pool's size.
 --
 -- KEYS[1]  pool base "kg:{P}"
--- ARGV[1]  now_ms override (0: the server's TIME)
+-- ARGV[1]  now_ms override (0: the server's TIME). The caller passes the first page's now_ms to
+--          every later page, so one snapshot recovers and reports against one clock value.
+-- ARGV[2]  SSCAN cursor over kg:{P}:keys ("0": the first page)
+-- ARGV[3]  page size (the SSCAN COUNT hint; a page may hold somewhat more or fewer ids)
 --
--- Reply: a JSON string {"now_ms", "canary_group", "canary_percent", "keys": [{id, status, reason,
---   weight, group, errors, strikes, cooldown_until_ms, last_status, last_used_ms, successes,
---   failures}]}, or {"nopool"}.
--- Recovers every due key first (so no key shows "cooling" past its deadline). O(pool size):
--- meant for cached scrapes and admin calls, never per request.
+-- Reply: {next_cursor, json} with json {"now_ms", "ver", "canary_group", "canary_percent",
+--   "keys": [{id, status, reason, weight, group, errors, strikes, cooldown_until_ms,
+--   last_status, last_used_ms, successes, failures}]}, or {"nopool"}. next_cursor "0": done.
+--   SSCAN may return an id on more than one page; the caller keeps one and sorts by id.
+--
+-- Consistency: each key is read whole and atomically, but a paged snapshot is not one atomic
+-- moment: keys of different pages are read at different moments, and a change made between two
+-- pages shows only if it touched a key of a later page. now_ms is the store clock of the first
+-- page; every key due by then is recovered (cooling -> active, open -> half_open, quota ->
+-- active) before it is read, so no key shows a deadline at or before now_ms. Work per page is
+-- bounded by the page: each of its ids is checked against the due index and recovered if due.
+-- ver is the pool's change counter (lib.lua bump) as the page saw it after its own recoveries.
 
 if redis.call('EXISTS', META) == 0 then return {'nopool'} end
 local now = clock(ARGV[1])
-recover_due(now, 1000000)
-local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent')
-local keys = {}
+local scan = redis.call('SSCAN', B .. ':keys', ARGV[2], 'COUNT', tonumber(ARGV[3]) or 256)
 local F = {'status', 'reason', 'weight', 'group', 'errors', 'strikes', 'cooldown_until_ms',
   'last_status', 'last_used_ms', 'successes', 'failures'}
-local ids = redis.call('SMEMBERS', B .. ':keys')
-table.sort(ids)
-for _, id in ipairs(ids) do
+local keys = {}
+for _, id in ipairs(scan[2]) do
+  local due = redis.call('ZSCORE', DUE, id)
+  if due and tonumber(due) <= now then recover_key(id) end
   local v = redis.call('HMGET', kkey(id), unpack(F))
   if v[1] then
     keys[#keys + 1] = {id = id, status = v[1], reason = v[2] or '', weight = num(v[3]),
@@ -27,9 +39,10 @@ for _, id in ipairs(ids) do
       successes = num(v[10]), failures = num(v[11])}
   end
 end
-local out = {now_ms = now, canary_group = meta[1] or 'canary', canary_percent = num(meta[2]),
-  keys = keys}
+local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'ver')
+local out = {now_ms = now, ver = num(meta[3]), canary_group = meta[1] or 'canary',
+  canary_percent = num(meta[2]), keys = keys}
 if #keys == 0 then
-  return (cjson.encode(out):gsub('"keys":{}', '"keys":[]'))
+  return {scan[1], (cjson.encode(out):gsub('"keys":{}', '"keys":[]'))}
 end
-return cjson.encode(out)
+return {scan[1], cjson.encode(out)}

@@ -91,4 +91,5 @@ for _, id in ipairs(redis.call('SMEMBERS', B .. ':keys')) do
   end
 end
 redis.call('HSET', META, 'config_hash', ARGV[1])
+bump()
 return {'synced', created, updated, removed}

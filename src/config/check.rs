@@ -29,6 +29,10 @@ pub(super) fn check_server(server: &ServerConfig, ctx: &mut Ctx) {
     }
 }
 
+/// The most `store.degraded_after_ms` may be: longer, a replica whose Redis answers nothing but
+/// `PING` would make every request wait out the store timeout for over a minute.
+const MAX_DEGRADED_AFTER_MS: u64 = 60_000;
+
 /// Checks the store section; an empty `redis_url` or `sentinel_master` becomes `None`.
 pub(super) fn check_store(mut store: StoreConfig, ctx: &mut Ctx) -> StoreConfig {
     store.redis_url = store.redis_url.filter(|u| !u.trim().is_empty());
@@ -64,6 +68,12 @@ pub(super) fn check_store(mut store: StoreConfig, ctx: &mut Ctx) -> StoreConfig 
         if value == 0 {
             ctx.problem(format!("store.{field}"), "must be at least 1");
         }
+    }
+    if store.degraded_after_ms > MAX_DEGRADED_AFTER_MS {
+        let message = format!(
+            "must be 0..={MAX_DEGRADED_AFTER_MS} (0: degraded_after_failures alone decides)"
+        );
+        ctx.problem("store.degraded_after_ms", message);
     }
     store
 }

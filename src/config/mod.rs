@@ -124,6 +124,9 @@ pub struct StoreConfig {
     pub connect_timeout_ms: u64,
     /// Consecutive store failures before the replica switches to its in-process fallback.
     pub degraded_after_failures: u32,
+    /// ... which must also last this long with no answer from the store, unless a confirming
+    /// `PING` fails (0: the count alone switches). Keeps a burst of timeouts from switching.
+    pub degraded_after_ms: u64,
     /// How often a degraded replica checks whether the store is back.
     pub probe_interval_ms: u64,
     /// How long a state snapshot (metrics, admin listing) may be reused; 0 disables the cache.
@@ -141,6 +144,7 @@ impl Default for StoreConfig {
             timeout_ms: 50,
             connect_timeout_ms: 200,
             degraded_after_failures: 3,
+            degraded_after_ms: 1000,
             probe_interval_ms: 500,
             snapshot_cache_ms: 1000,
         }
@@ -159,6 +163,7 @@ impl fmt::Debug for StoreConfig {
             .field("timeout_ms", &self.timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("degraded_after_failures", &self.degraded_after_failures)
+            .field("degraded_after_ms", &self.degraded_after_ms)
             .field("probe_interval_ms", &self.probe_interval_ms)
             .field("snapshot_cache_ms", &self.snapshot_cache_ms)
             .finish()

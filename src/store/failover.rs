@@ -5,11 +5,15 @@
 //!   outage error (`StoreError::is_outage`) is answered by memory instead.
 //! - After `degraded_after_failures` consecutive outage errors the replica is *degraded*: every
 //!   call goes to memory, with no Redis wait at all; `degraded()` is true (`/readyz` says so,
-//!   `keygate_store_degraded` is 1).
+//!   `keygate_store_degraded` is 1). The errors must also span `degraded_after` with no answer
+//!   from Redis in between, or else a `PING` sent when the count is reached must fail too: a
+//!   burst of timeouts (a replica starved of CPU, one slow Redis moment) does not switch while
+//!   Redis answers, and a dead or hung Redis is still detected within a timeout or two.
 //! - Memory is seeded from the last snapshot the replica saw of each pool (kept from any
-//!   `snapshot` call and refreshed in the background about every 2 s while healthy), so the
-//!   cooldowns and disables it knew stay in force. Reports and admin changes memory answered go
-//!   into a journal (`writeback.rs`).
+//!   `snapshot` call and refreshed in the background while healthy: every 2 s the pool's change
+//!   counter is read, and a new paged snapshot taken only when it moved, or when the kept one is
+//!   older than `snapshot_max_age`), so the cooldowns and disables it knew stay in force.
+//!   Reports and admin changes memory answered go into a journal (`writeback.rs`).
 //! - A background task probes Redis every `probe_interval_ms` while degraded (`PING`, then the
 //!   `sync` script of every pool, which also re-creates pools Redis lost). When both answer it
 //!   replays the journal, writes back its view of any pool Redis lost, takes fresh snapshots and
@@ -18,6 +22,7 @@
 //! The task holds only a weak reference and stops on [`FailoverStore::shutdown`] or when the store
 //! is dropped.
 
+mod outage;
 mod recovery;
 mod writeback;
 
@@ -52,17 +57,25 @@ const JOURNAL_LIMIT: usize = 10_000;
 #[derive(Clone, Debug)]
 pub struct FailoverOptions {
     pub degraded_after_failures: u32,
+    /// How long the failures must last with no answer from Redis before they switch on their
+    /// own (sooner only if a confirming `PING` fails). Zero: the count alone switches.
+    pub degraded_after: Duration,
     pub probe_interval: Duration,
-    /// How often a healthy replica refreshes its last-known snapshot of every pool.
+    /// How often a healthy replica checks whether its last-known snapshots are current.
     pub snapshot_interval: Duration,
+    /// A kept snapshot older than this is taken again even if its pool's change counter did not
+    /// move (success and error counters do not move it).
+    pub snapshot_max_age: Duration,
 }
 
 impl FailoverOptions {
     pub fn from_config(store: &StoreConfig) -> FailoverOptions {
         FailoverOptions {
             degraded_after_failures: store.degraded_after_failures.max(1),
+            degraded_after: Duration::from_millis(store.degraded_after_ms),
             probe_interval: Duration::from_millis(store.probe_interval_ms.max(1)),
             snapshot_interval: Duration::from_secs(2),
+            snapshot_max_age: Duration::from_secs(60),
         }
     }
 }
@@ -82,10 +95,20 @@ struct Shared {
     degraded: AtomicBool,
     /// Consecutive outage errors; any answer from Redis resets it.
     failures: AtomicU32,
+    /// When the current run of failures began: ms since `epoch` plus one; 0: no run.
+    failing_since: AtomicU64,
+    /// This run of failures already asked for its confirming `PING`.
+    pinged: AtomicBool,
+    /// The background task should send the confirming `PING` (off the request path, so no
+    /// caller waits longer than the store timeout).
+    confirm_wanted: AtomicBool,
+    epoch: Instant,
     degraded_since: Mutex<Option<Instant>>,
     specs: RwLock<BTreeMap<String, Arc<PoolSpec>>>,
     /// The latest snapshot Redis gave of each pool.
     last_seen: Mutex<HashMap<String, PoolSnapshot>>,
+    /// The change counter of each pool's kept snapshot, and when it was taken.
+    kept_version: Mutex<HashMap<String, (u64, Instant)>>,
     /// Pools whose memory copy is older than `last_seen`: seeded again before memory answers.
     stale: Mutex<HashSet<String>>,
     journal: Mutex<VecDeque<Learned>>,
@@ -116,9 +139,14 @@ impl FailoverStore {
             metrics,
             degraded: AtomicBool::new(false),
             failures: AtomicU32::new(0),
+            failing_since: AtomicU64::new(0),
+            pinged: AtomicBool::new(false),
+            confirm_wanted: AtomicBool::new(false),
+            epoch: Instant::now(),
             degraded_since: Mutex::new(None),
             specs: RwLock::new(BTreeMap::new()),
             last_seen: Mutex::new(HashMap::new()),
+            kept_version: Mutex::new(HashMap::new()),
             stale: Mutex::new(HashSet::new()),
             journal: Mutex::new(VecDeque::new()),
             journal_dropped: AtomicU64::new(0),
@@ -147,6 +175,14 @@ impl FailoverStore {
     /// The Redis store behind the fallback.
     pub fn redis(&self) -> &Arc<RedisStore> {
         &self.shared.redis
+    }
+
+    /// The change counter of the snapshot kept of `pool` (what degraded mode seeds memory
+    /// from), as its first page saw it; `None` before one was kept.
+    pub fn kept_version(&self, pool: &str) -> Option<u64> {
+        lock(&self.shared.kept_version)
+            .get(pool)
+            .map(|(ver, _)| *ver)
     }
 
     /// Journal entries not yet written back to Redis.
@@ -191,34 +227,16 @@ impl Shared {
                 None
             }
             r => {
-                self.failures.store(0, Ordering::Release);
+                if self.failures.swap(0, Ordering::AcqRel) != 0 {
+                    self.failing_since.store(0, Ordering::Release);
+                    self.pinged.store(false, Ordering::Release);
+                }
                 if self.redis.has_recreated() {
                     self.wake.notify_one();
                 }
                 Some(r)
             }
         }
-    }
-
-    /// Counts an outage error; at the threshold, switches to degraded mode.
-    fn failed(&self, op: &str, e: &StoreError) {
-        if let Some(m) = &self.metrics {
-            m.store_errors.with_label_values(&[op]).inc();
-        }
-        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        tracing::debug!(op, error = %e, consecutive = n, "Redis call failed; answering from memory");
-        if n < self.opts.degraded_after_failures || self.degraded.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        for spec in self.all_specs() {
-            self.seed_if_stale(&spec.name);
-        }
-        *lock(&self.degraded_since) = Some(Instant::now());
-        if let Some(m) = &self.metrics {
-            m.store_degraded.set(1);
-        }
-        tracing::warn!(op, error = %e, failures = n,
-            "Redis unreachable: degraded mode, serving from the in-process store");
     }
 
     /// Seeds memory from the last Redis snapshot of `pool` if memory is older than it.
@@ -254,18 +272,20 @@ impl Shared {
         j.push_back(entry);
     }
 
-    fn store_snapshot(&self, pool: &str, snapshot: &PoolSnapshot) {
+    /// Keeps `snapshot` and the change counter `ver` its first page saw.
+    fn store_snapshot(&self, pool: &str, snapshot: &PoolSnapshot, ver: u64) {
         lock(&self.last_seen).insert(pool.to_string(), snapshot.clone());
+        lock(&self.kept_version).insert(pool.to_string(), (ver, Instant::now()));
         lock(&self.stale).insert(pool.to_string());
     }
 
     /// Keeps a snapshot Redis returned to a caller, unless memory knows more than it (entries
     /// not written back yet) or it shows a pool just re-created empty.
-    fn remember(&self, pool: &str, snapshot: &PoolSnapshot) {
+    fn remember(&self, pool: &str, snapshot: &PoolSnapshot, ver: u64) {
         if self.is_degraded() || !lock(&self.journal).is_empty() || self.redis.is_recreated(pool) {
             return;
         }
-        self.store_snapshot(pool, snapshot);
+        self.store_snapshot(pool, snapshot, ver);
     }
 }
 
@@ -378,11 +398,12 @@ impl KeyStore for FailoverStore {
 
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError> {
         let s = &self.shared;
-        if let Some(r) = s.on_redis("snapshot", s.redis.snapshot(pool, now_ms)).await {
-            if let (Ok(snap), None) = (&r, now_ms) {
-                s.remember(pool, snap);
+        let call = s.redis.snapshot_versioned(pool, now_ms);
+        if let Some(r) = s.on_redis("snapshot", call).await {
+            if let (Ok((snap, ver)), None) = (&r, now_ms) {
+                s.remember(pool, snap, *ver);
             }
-            return r;
+            return r.map(|(snap, _)| snap);
         }
         s.memory_for(pool).snapshot(pool, now_ms).await
     }

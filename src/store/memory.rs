@@ -45,6 +45,8 @@ pub(crate) struct PoolState {
     pub canary_percent_cfg: Option<u8>,
     pub canary_fallback: bool,
     pub config_hash: String,
+    /// The change counter (meta field `ver`): bumped where `lua/lib.lua` `bump` is.
+    pub ver: u64,
     pub counts: [i64; 6],
     pub keys: BTreeMap<String, KeyRow>,
     /// group -> its selectable keys by weight class (`kg:{P}:cls:<g>:<c>`, `kg:{P}:clsn:<g>`).
@@ -107,6 +109,12 @@ impl MemoryStore {
         }
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.insert(spec.name.clone(), state);
+    }
+
+    /// The pool's change counter, as `RedisStore::pool_version` reads it from Redis.
+    pub fn version(&self, pool: &str) -> Option<u64> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.get(pool).map(|p| p.ver)
     }
 
     /// Whether the pool exists here.
@@ -310,6 +318,7 @@ impl KeyStore for MemoryStore {
         }
         self.with_pool(pool, |p| {
             p.canary_percent = percent;
+            p.ver += 1;
             Ok(())
         })
     }

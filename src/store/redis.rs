@@ -12,7 +12,7 @@
 
 mod reply;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -23,11 +23,16 @@ use tokio::time::Instant;
 use super::connection::{Conn, Endpoint, Timeouts};
 use super::scripts::Scripts;
 use super::{
-    AdminState, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, Route, SelectRequest,
-    Selection, StoreError, SyncReceipt,
+    AdminState, KeyRecord, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, Route,
+    SelectRequest, Selection, StoreError, SyncReceipt,
 };
 use crate::pool::{KeyId, KeyState};
-use reply::{expect_ok, now_arg, num, parse_selection, words};
+use reply::{expect_ok, now_arg, num, parse_selection, parse_snapshot_page, words};
+
+/// Ids per `snapshot.lua` page (the SSCAN COUNT hint). A page of 128 keys costs Redis 1.5-3 ms
+/// (SLOWLOG, `store_snapshot` tests), so a snapshot of a 10,000-key pool, about 80 pages, never
+/// holds Redis's one thread longer than that at a time.
+const SNAPSHOT_PAGE: &str = "128";
 
 /// How to reach Redis and how long to wait for it.
 #[derive(Clone, Debug)]
@@ -253,15 +258,29 @@ impl RedisStore {
 
     /// One round trip to Redis (used by readiness checks and the degraded-mode probe).
     pub async fn ping_redis(&self) -> Result<(), StoreError> {
+        self.query::<String>(redis::cmd("PING")).await.map(|_| ())
+    }
+
+    /// The pool's change counter (meta field `ver`, bumped by every script that changes what a
+    /// snapshot shows, counters aside): one `HMGET`, no script. `None`: Redis has no such pool.
+    pub async fn pool_version(&self, pool: &str) -> Result<Option<u64>, StoreError> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(format!("{}:meta", self.pool_base(pool)))
+            .arg("ver")
+            .arg("layout");
+        let (ver, layout) = self.query::<(Option<u64>, Option<String>)>(cmd).await?;
+        Ok(layout.map(|_| ver.unwrap_or(0)))
+    }
+
+    /// Runs one plain command within the store timeout.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
         let deadline = Instant::now() + self.timeout;
         let (mut handle, generation) = tokio::time::timeout_at(deadline, self.conn.handle())
             .await
             .map_err(|_| StoreError::Timeout)?
             .map_err(map_err)?;
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut handle);
-        match tokio::time::timeout_at(deadline, ping).await {
-            Ok(Ok(_)) => Ok(()),
+        match tokio::time::timeout_at(deadline, cmd.query_async::<T>(&mut handle)).await {
+            Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 self.conn.failed(generation, &e);
                 Err(map_err(e))
@@ -271,6 +290,43 @@ impl RedisStore {
                 Err(StoreError::Timeout)
             }
         }
+    }
+
+    /// A snapshot read page by page (`lua/snapshot.lua`), each page one script call with its
+    /// own deadline, plus the pool's change counter as the first page saw it (a later change,
+    /// even one made by a later page's recoveries, moves the counter past it). Ids SSCAN
+    /// returned twice keep their later read.
+    pub async fn snapshot_versioned(
+        &self,
+        pool: &str,
+        now_ms: Option<u64>,
+    ) -> Result<(PoolSnapshot, u64), StoreError> {
+        let mut now = now_arg(now_ms);
+        let mut cursor = "0".to_string();
+        let mut head = None;
+        let mut keys: BTreeMap<String, KeyRecord> = BTreeMap::new();
+        loop {
+            let args = [now.as_str(), cursor.as_str(), SNAPSHOT_PAGE];
+            let w = self.eval_pool(&self.scripts.snapshot, pool, &args).await?;
+            let mut page = parse_snapshot_page(&w)?;
+            keys.extend(page.body.keys.drain(..).map(|k| (k.id.clone(), k)));
+            if head.is_none() {
+                now = page.body.now_ms.to_string();
+                head = Some(page.body);
+            }
+            if page.cursor == "0" {
+                break;
+            }
+            cursor = page.cursor;
+        }
+        let head = head.ok_or_else(|| StoreError::Script("empty snapshot".into()))?;
+        let snapshot = PoolSnapshot {
+            now_ms: head.now_ms,
+            canary_group: head.canary_group,
+            canary_percent: head.canary_percent,
+            keys: keys.into_values().collect(),
+        };
+        Ok((snapshot, head.ver))
     }
 }
 
@@ -379,15 +435,9 @@ impl KeyStore for RedisStore {
         expect_ok(&w, pool, key)
     }
 
+    /// Paged: see [`RedisStore::snapshot_versioned`] and the header of `lua/snapshot.lua`.
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError> {
-        let now = now_arg(now_ms);
-        let w = self
-            .eval_pool(&self.scripts.snapshot, pool, &[&now])
-            .await?;
-        let json = w
-            .first()
-            .ok_or_else(|| StoreError::Script("empty snapshot".into()))?;
-        serde_json::from_str(json).map_err(|e| StoreError::Script(format!("snapshot: {e}")))
+        self.snapshot_versioned(pool, now_ms).await.map(|(s, _)| s)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -86,6 +86,7 @@ impl PoolState {
         k.status = status;
         k.reason = reason.to_string();
         k.cooldown_until_ms = deadline.unwrap_or(0);
+        self.ver += 1;
     }
 
     /// `recover_due` of lib.lua for one key.
@@ -245,6 +246,7 @@ impl PoolState {
         if selectable(k.status, w) {
             self.cls_move(&k.group, id, w, true);
         }
+        self.ver += 1;
     }
 
     fn apply_group(&mut self, id: &str, k: &mut KeyRow, g: &str) {
@@ -260,6 +262,7 @@ impl PoolState {
             self.probe_set(g, id, 0);
         }
         k.group = g.to_string();
+        self.ver += 1;
     }
 
     pub(crate) fn set_weight(&mut self, id: &str, w: u32) -> Result<(), StoreError> {
@@ -285,6 +288,7 @@ impl PoolState {
             k.failures,
             k.window_start_ms,
         ) = (0, 0, 0, 0, 0);
+        self.ver += 1;
         Ok(())
     }
 
@@ -365,6 +369,7 @@ impl PoolState {
             self.put(&id, k);
         }
         self.config_hash = hash;
+        self.ver += 1;
         SyncReceipt::Synced {
             created,
             updated,

@@ -17,4 +17,5 @@ mod store_conformance;
 mod store_failover;
 mod store_model;
 mod store_redis;
+mod store_snapshot;
 mod store_topologies;

@@ -309,8 +309,10 @@ async fn an_admin_disable_and_a_cooldown_learned_while_redis_hung_are_written_ba
         Arc::new(inner),
         FailoverOptions {
             degraded_after_failures: 2,
+            degraded_after: Duration::from_secs(1),
             probe_interval: Duration::from_millis(100),
             snapshot_interval: Duration::from_secs(2),
+            snapshot_max_age: Duration::from_secs(60),
         },
         None,
     )
@@ -319,11 +321,15 @@ async fn an_admin_disable_and_a_cooldown_learned_while_redis_hung_are_written_ba
     store.sync(&sp).await.unwrap();
     tokio::task::block_in_place(|| redis.pause());
     let (k1, k2) = (kid("k1"), kid("k2"));
-    // Two calls time out; the store is degraded and answers from memory.
+    // Two calls time out; the PING the background task sends to confirm it times out too, and
+    // the store is degraded and answers from memory.
     for _ in 0..2 {
         store.snapshot("p", None).await.unwrap();
     }
-    assert!(store.degraded());
+    wait_until(Duration::from_secs(5), "degraded", || async {
+        store.degraded()
+    })
+    .await;
     assert_eq!(
         store
             .set_state("p", &k2, AdminState::Disable)

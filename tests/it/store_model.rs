@@ -179,6 +179,12 @@ fn redis_and_memory_stores_agree_on_random_operation_sequences() {
                 let a = memory.snapshot(&pool, Some(t_mem)).await.unwrap();
                 let b = redis.snapshot(&pool, Some(t_red)).await.unwrap();
                 prop_assert_eq!(a, b);
+                // The change counter moves at the same steps in both stores.
+                let (va, vb) = (
+                    memory.version(&pool),
+                    redis.pool_version(&pool).await.unwrap(),
+                );
+                prop_assert_eq!(va, vb);
                 Ok(())
             })
         })

@@ -137,6 +137,12 @@ fn store_problems_name_their_exact_paths() {
         &with_store("timeout_ms = 0"),
         "store.timeout_ms: must be at least 1",
     );
+    assert_problem(
+        &with_store("degraded_after_ms = 60001"),
+        "store.degraded_after_ms: must be 0..=60000 (0: degraded_after_failures alone decides)",
+    );
+    let config = parse(&with_store("degraded_after_ms = 0"), &[]).expect("0: count alone");
+    assert_eq!(config.store.degraded_after_ms, 0);
     let sentinel = "sentinels = [\"s1:26379\", \"redis://s2:26379\", \"[::1]:26379\"]\nsentinel_master = \"main\"";
     let config = parse(&with_store(sentinel), &[]).expect("valid sentinel setup");
     assert_eq!(config.store.sentinels.len(), 3);

@@ -1,5 +1,6 @@
 //! The background side of the failover store: probing Redis while degraded, writing back what
-//! memory learned, and keeping the last-known snapshots fresh while healthy.
+//! memory learned, and keeping the last-known snapshots fresh while healthy. None of its Redis
+//! calls counts towards degraded mode (only callers' calls do, through `Shared::on_redis`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -35,6 +36,9 @@ pub(super) async fn background(shared: Weak<Shared>, wake: Arc<Notify>, cancel: 
 
 impl Shared {
     async fn tick(&self, last_refresh: &mut Option<Instant>) {
+        if self.confirm_wanted.swap(false, Ordering::AcqRel) {
+            self.confirm_outage().await;
+        }
         if let Err(e) = self.redis.check_topology().await {
             tracing::debug!(error = %e, "topology check failed");
         }
@@ -57,12 +61,28 @@ impl Shared {
         }
     }
 
-    /// A failed refresh does not count towards degraded mode: a snapshot of a large pool may
-    /// outlast the store timeout while Redis is fine, and requests detect real outages.
+    /// Takes a new paged snapshot of `pool` if its change counter moved since the kept one (one
+    /// `HMGET`), or the kept one is older than `snapshot_max_age`, or there is none. A failed
+    /// refresh does not count towards degraded mode: requests detect real outages.
     async fn refresh_snapshot(&self, pool: &str) -> Result<(), StoreError> {
-        match self.redis.snapshot(pool, None).await {
-            Ok(s) => {
-                self.remember(pool, &s);
+        let kept = lock(&self.kept_version).get(pool).copied();
+        if let Some((ver, taken)) = kept.filter(|(_, t)| t.elapsed() < self.opts.snapshot_max_age) {
+            match self.redis.pool_version(pool).await {
+                Ok(Some(now)) if now == ver => {
+                    tracing::trace!(pool, ver, age = ?taken.elapsed(), "snapshot current");
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e) if e.is_outage() => {
+                    tracing::debug!(pool, error = %e, "change counter read failed");
+                    return Err(e);
+                }
+                Err(_) => {}
+            }
+        }
+        match self.redis.snapshot_versioned(pool, None).await {
+            Ok((s, ver)) => {
+                self.remember(pool, &s, ver);
                 Ok(())
             }
             Err(e) if e.is_outage() => {
@@ -111,12 +131,14 @@ impl Shared {
         let specs = self.all_specs();
         for spec in &specs {
             // A pool too large to snapshot within the timeout keeps memory's view for now.
-            match self.redis.snapshot(&spec.name, None).await {
-                Ok(s) => self.store_snapshot(&spec.name, &s),
+            match self.redis.snapshot_versioned(&spec.name, None).await {
+                Ok((s, ver)) => self.store_snapshot(&spec.name, &s, ver),
                 Err(e) => tracing::debug!(pool = %spec.name, error = %e, "no fresh snapshot"),
             }
         }
         self.failures.store(0, Ordering::Release);
+        self.failing_since.store(0, Ordering::Release);
+        self.pinged.store(false, Ordering::Release);
         self.degraded.store(false, Ordering::Release);
         if let Some(m) = &self.metrics {
             m.store_degraded.set(0);

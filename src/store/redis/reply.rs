@@ -4,7 +4,7 @@
 use redis::Value;
 
 use crate::pool::KeyId;
-use crate::store::{Chosen, Selection, StateCounts, StoreError, Unavailable};
+use crate::store::{Chosen, KeyRecord, Selection, StateCounts, StoreError, Unavailable};
 
 /// A script reply flattened to strings (Lua numbers arrive as integers, strings as bulk).
 pub(super) fn words(v: Value) -> Result<Vec<String>, StoreError> {
@@ -69,4 +69,32 @@ pub(super) fn parse_selection(w: &[String]) -> Result<Selection, StoreError> {
         }
         _ => Err(StoreError::Script(format!("unexpected select reply {w:?}"))),
     }
+}
+
+/// One page of `lua/snapshot.lua`: `{next_cursor, json}`.
+pub(super) struct SnapshotPage {
+    pub cursor: String,
+    pub body: PageBody,
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct PageBody {
+    pub now_ms: u64,
+    /// The pool's change counter (meta field `ver`) when the page was read.
+    pub ver: u64,
+    pub canary_group: String,
+    pub canary_percent: u8,
+    pub keys: Vec<KeyRecord>,
+}
+
+pub(super) fn parse_snapshot_page(w: &[String]) -> Result<SnapshotPage, StoreError> {
+    let [cursor, json] = w else {
+        return Err(StoreError::Script(format!("snapshot reply {w:?}")));
+    };
+    let body = serde_json::from_str(json)
+        .map_err(|e| StoreError::Script(format!("snapshot page: {e}")))?;
+    Ok(SnapshotPage {
+        cursor: cursor.clone(),
+        body,
+    })
 }
