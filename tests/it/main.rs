@@ -13,6 +13,7 @@ mod proxy;
 mod proxy_lifecycle;
 mod reload;
 mod secrets;
+mod store_batch;
 mod store_conformance;
 mod store_failover;
 mod store_model;
