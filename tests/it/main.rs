@@ -10,6 +10,7 @@ mod harness;
 mod hostile;
 mod observability;
 mod proxy;
+mod proxy_batch;
 mod proxy_lifecycle;
 mod reload;
 mod secrets;
