@@ -8,6 +8,7 @@
 --   kg:{P}:key:<id>        hash   status reason weight group errors strikes cooldown_until_ms
 --                                 last_status last_used_ms successes failures
 --                                 window_start_ms open_ms cfg_weight cfg_group
+--                                 failed_at_ms (time of the last failure report)
 --   kg:{P}:keys            set    every key id the pool has held
 --   kg:{P}:cls:<g>:<c>     zset   weight class c (0..9) of group g: key id -> weight, for the
 --                                 group's selectable keys with 2^c <= weight < 2^(c+1)

@@ -16,6 +16,8 @@
 -- probe; cooling deadlines only grow; traffic never touches an admin-disabled or draining key's
 -- status, and never re-enables a disabled one. Applying a report twice is harmless except for
 -- the counters (a retried script after a timeout is rare and counters are informational).
+-- Every failure stamps failed_at_ms = now: a batch of older successes (report_batch.lua) never
+-- resets the errors a newer failure counted.
 
 if redis.call('EXISTS', META) == 0 then return {'nopool'} end
 local now = clock(ARGV[1])
@@ -58,6 +60,7 @@ if outcome == 'success' then
   if hint > 0 and (k.status == 'active' or k.status == 'cooling') then cool(hint) end
 else
   redis.call('HINCRBY', KK, 'failures', 1)
+  redis.call('HSET', KK, 'failed_at_ms', now)
   if admin_owned then
     -- counted above; the status stays the admin's
   elseif outcome == 'rate_limited' then

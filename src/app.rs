@@ -109,6 +109,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Background work (reports sent after the response started); awaited on shutdown.
     pub tasks: TaskTracker,
+    /// Plain successes, buffered and written in batches (`store.report_flush_ms`); flushed on
+    /// shutdown.
+    pub successes: crate::proxy::successes::SuccessBatcher,
     /// The file `reload` re-reads; `None` when the config did not come from a file.
     pub config_path: Option<PathBuf>,
     pub health: crate::health::Health,

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::{AppState, Gateway};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::proxy::successes::SuccessBatcher;
 use crate::server::{serve, ConnLimits};
 use crate::store::failover::{FailoverOptions, FailoverStore};
 use crate::store::instrumented::InstrumentedStore;
@@ -70,6 +71,8 @@ pub async fn build_state(
         build_store(&config, Some(metrics.clone()))?,
         metrics.clone(),
     ));
+    let flush = Duration::from_millis(config.store.report_flush_ms);
+    let successes = SuccessBatcher::new(store.clone(), flush);
     let gateway = Gateway::from_config(config)?;
     sync_pools(&*store, &gateway).await;
     Ok(Arc::new(AppState {
@@ -77,6 +80,7 @@ pub async fn build_state(
         store,
         metrics,
         tasks: TaskTracker::new(),
+        successes,
         config_path,
         health: Default::default(),
     }))
@@ -94,8 +98,8 @@ pub async fn sync_pools(store: &dyn KeyStore, gateway: &Gateway) {
     }
 }
 
-/// Serves until `shutdown`, then drains and flushes background reports. A gateway started from
-/// a config file also reloads it on SIGHUP until then.
+/// Serves until `shutdown`, then drains, writes the buffered successes and flushes background
+/// reports. A gateway started from a config file also reloads it on SIGHUP until then.
 pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let server = &state.gateway().config.server;
     let limits = ConnLimits {
@@ -130,6 +134,9 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
     if let Some(reloader) = reloader {
         let _ = reloader.await;
     }
+    // Requests are done: write the buffered successes (later ones, from connections past the
+    // grace period, are reported at once), then wait for the reports still running.
+    let _ = tokio::time::timeout(Duration::from_secs(5), state.successes.shutdown()).await;
     state.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), state.tasks.wait()).await;
 }

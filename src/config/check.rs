@@ -75,8 +75,18 @@ pub(super) fn check_store(mut store: StoreConfig, ctx: &mut Ctx) -> StoreConfig 
         );
         ctx.problem("store.degraded_after_ms", message);
     }
+    if store.report_flush_ms > MAX_REPORT_FLUSH_MS {
+        ctx.problem(
+            "store.report_flush_ms",
+            format!("must be 0 (report every success at once) to {MAX_REPORT_FLUSH_MS} ms"),
+        );
+    }
     store
 }
+
+/// The longest `store.report_flush_ms`: successes buffered longer would leave other replicas
+/// and the admin view behind for too long.
+pub(crate) const MAX_REPORT_FLUSH_MS: u64 = 60_000;
 
 /// Node addresses, and at most one of `redis_url`, `sentinels`, `cluster_nodes`.
 fn check_store_backends(store: &StoreConfig, ctx: &mut Ctx) {

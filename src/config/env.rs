@@ -19,7 +19,7 @@ enum Kind {
 }
 
 /// Every `(section, field)` that `KEYGATE_<SECTION>__<FIELD>` may override.
-const ENV_OVERRIDES: [(&str, &str, Kind); 19] = [
+const ENV_OVERRIDES: [(&str, &str, Kind); 20] = [
     ("server", "listen", Kind::Text),
     ("server", "metrics_listen", Kind::OptionalText),
     ("server", "max_body_bytes", Kind::Integer),
@@ -38,6 +38,7 @@ const ENV_OVERRIDES: [(&str, &str, Kind); 19] = [
     ("store", "degraded_after_ms", Kind::Integer),
     ("store", "probe_interval_ms", Kind::Integer),
     ("store", "snapshot_cache_ms", Kind::Integer),
+    ("store", "report_flush_ms", Kind::Integer),
     ("admin", "token_env", Kind::Text),
 ];
 

@@ -131,6 +131,9 @@ pub struct StoreConfig {
     pub probe_interval_ms: u64,
     /// How long a state snapshot (metrics, admin listing) may be reused; 0 disables the cache.
     pub snapshot_cache_ms: u64,
+    /// How long a replica buffers successful reports before writing them in one script call per
+    /// pool (at most 60 s); 0 reports every success at once.
+    pub report_flush_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -147,6 +150,7 @@ impl Default for StoreConfig {
             degraded_after_ms: 1000,
             probe_interval_ms: 500,
             snapshot_cache_ms: 1000,
+            report_flush_ms: 50,
         }
     }
 }
@@ -166,6 +170,7 @@ impl fmt::Debug for StoreConfig {
             .field("degraded_after_ms", &self.degraded_after_ms)
             .field("probe_interval_ms", &self.probe_interval_ms)
             .field("snapshot_cache_ms", &self.snapshot_cache_ms)
+            .field("report_flush_ms", &self.report_flush_ms)
             .finish()
     }
 }

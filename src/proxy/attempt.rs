@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use tokio::task::JoinHandle;
 
 use super::body::{Ending, ObservedBody};
+use super::successes::Ticket;
 use super::{forward, Call};
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -200,9 +201,52 @@ impl Attempt<'_> {
     }
 }
 
+/// Where a success report stands: sent by its own background task, or buffered in a batch.
+enum Reported {
+    Task(JoinHandle<()>),
+    Batched(Ticket),
+}
+
+impl Reported {
+    /// Returns once the success reached the store (flushing its batch early if need be).
+    async fn landed(self) {
+        match self {
+            Reported::Task(task) => {
+                let _ = task.await;
+            }
+            Reported::Batched(ticket) => ticket.landed().await,
+        }
+    }
+}
+
+/// Reports a success without holding up the response: buffered for the next batch when it is a
+/// plain one; a probe's (it closes the breaker) and one with a cooldown hint go at once.
+fn report_success(
+    state: &Arc<AppState>,
+    pool: &str,
+    chosen: &Chosen,
+    cooldown_ms: Option<u64>,
+    status: u16,
+) -> Reported {
+    if !chosen.probe && cooldown_ms.is_none() {
+        if let Some(ticket) = state.successes.record(pool, &chosen.key, status) {
+            return Reported::Batched(ticket);
+        }
+    }
+    Reported::Task(report_in_background(
+        state,
+        pool,
+        chosen,
+        Outcome::Success,
+        cooldown_ms,
+        status,
+        None,
+    ))
+}
+
 /// Reports an outcome without holding up the response; when `after` is given (the success
-/// reported when a streamed answer began), waits for it first, so a mid-stream failure is
-/// applied after that success and not wiped out by it.
+/// reported when a streamed answer began), waits until it landed first, so a mid-stream failure
+/// is applied after that success and not wiped out by it.
 fn report_in_background(
     state: &Arc<AppState>,
     pool: &str,
@@ -210,7 +254,7 @@ fn report_in_background(
     outcome: Outcome,
     cooldown_ms: Option<u64>,
     status: u16,
-    after: Option<JoinHandle<()>>,
+    after: Option<Reported>,
 ) -> JoinHandle<()> {
     let (state2, pool, key, probe) = (
         state.clone(),
@@ -220,7 +264,7 @@ fn report_in_background(
     );
     state.tasks.spawn(async move {
         if let Some(first) = after {
-            let _ = first.await;
+            first.landed().await;
         }
         let r = Report {
             key: &key,
@@ -259,14 +303,12 @@ fn succeeded(
         started,
     );
     let cooldown = verdict.cooldown.map(|d| d.as_millis() as u64);
-    let reported = report_in_background(
+    let reported = report_success(
         &call.state,
         &pool,
         &chosen,
-        Outcome::Success,
         cooldown,
         resp.status().as_u16(),
-        None,
     );
     let status = resp.status();
     let mut headers = forward::downstream_headers(resp.headers());
@@ -299,7 +341,7 @@ fn stream_end(
     pool: String,
     chosen: Chosen,
     model: Option<String>,
-    success_report: JoinHandle<()>,
+    success_report: Reported,
 ) -> super::body::OnEnd {
     Box::new(
         move |ending: Ending, usage: Option<Usage>, answered: Option<String>| {

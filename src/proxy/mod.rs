@@ -8,6 +8,7 @@ pub mod body;
 pub mod forward;
 pub mod request;
 pub mod route;
+pub mod successes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -40,8 +40,8 @@ use tokio_util::task::TaskTracker;
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
 use super::{
-    AdminState, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, SelectRequest, Selection,
-    StoreError, SyncReceipt,
+    AdminState, BatchReceipt, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt,
+    SelectRequest, Selection, StoreError, SuccessBatch, SyncReceipt,
 };
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
@@ -309,6 +309,21 @@ impl KeyStore for FailoverStore {
             s.journal(entry);
         }
         Ok(receipt)
+    }
+
+    /// Like a success without a cooldown hint, a batch teaches nothing worth writing back:
+    /// memory applies it while Redis is away and the journal keeps nothing.
+    async fn report_successes(
+        &self,
+        pool: &str,
+        batch: &SuccessBatch<'_>,
+    ) -> Result<BatchReceipt, StoreError> {
+        let s = &self.shared;
+        let on_redis = s.redis.report_successes(pool, batch);
+        if let Some(r) = s.on_redis("report_batch", on_redis).await {
+            return r;
+        }
+        s.memory_for(pool).report_successes(pool, batch).await
     }
 
     async fn set_state(

@@ -8,8 +8,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    AdminState, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, SelectRequest, Selection,
-    StoreError, SyncReceipt,
+    AdminState, BatchReceipt, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt,
+    SelectRequest, Selection, StoreError, SuccessBatch, SyncReceipt,
 };
 use crate::metrics::Metrics;
 use crate::pool::{KeyId, KeyState};
@@ -52,6 +52,15 @@ impl KeyStore for InstrumentedStore {
 
     async fn report(&self, pool: &str, report: &Report<'_>) -> Result<ReportReceipt, StoreError> {
         self.timed("report", self.inner.report(pool, report)).await
+    }
+
+    async fn report_successes(
+        &self,
+        pool: &str,
+        batch: &SuccessBatch<'_>,
+    ) -> Result<BatchReceipt, StoreError> {
+        self.timed("report_batch", self.inner.report_successes(pool, batch))
+            .await
     }
 
     async fn set_state(

@@ -11,8 +11,9 @@ use async_trait::async_trait;
 
 use super::tree::WeightClasses;
 use super::{
-    AdminState, Chosen, KeyRecord, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, Route,
-    SelectRequest, Selection, StateCounts, StoreError, StorePolicy, SyncReceipt, Unavailable,
+    AdminState, BatchReceipt, Chosen, KeyRecord, KeyStore, PoolSnapshot, PoolSpec, Report,
+    ReportReceipt, Route, SelectRequest, Selection, StateCounts, StoreError, StorePolicy,
+    SuccessBatch, SyncReceipt, Unavailable,
 };
 use crate::pool::{KeyId, KeyState};
 
@@ -34,6 +35,8 @@ pub(crate) struct KeyRow {
     pub open_ms: u64,
     pub cfg_weight: u32,
     pub cfg_group: String,
+    /// When the last failure was reported (`failed_at_ms`; see `lua/report_batch.lua`).
+    pub failed_at_ms: u64,
 }
 
 /// One pool: the meta hash plus the indexes of `lua/lib.lua`.
@@ -286,6 +289,15 @@ impl KeyStore for MemoryStore {
     async fn report(&self, pool: &str, report: &Report<'_>) -> Result<ReportReceipt, StoreError> {
         let now = report.now_ms.unwrap_or_else(system_now_ms);
         self.with_pool(pool, |p| p.report(report, now))
+    }
+
+    async fn report_successes(
+        &self,
+        pool: &str,
+        batch: &SuccessBatch<'_>,
+    ) -> Result<BatchReceipt, StoreError> {
+        let now = batch.now_ms.unwrap_or_else(system_now_ms);
+        self.with_pool(pool, |p| Ok(p.report_successes(batch.keys, now)))
     }
 
     async fn set_state(

@@ -134,6 +134,37 @@ pub struct ReportReceipt {
     pub now_ms: u64,
 }
 
+/// One key's successes buffered by a replica, for [`KeyStore::report_successes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySuccesses {
+    pub key: KeyId,
+    /// How many successes (at least 1 to count).
+    pub count: u64,
+    /// The HTTP status of the newest of them.
+    pub http_status: u16,
+    /// How long before the call the newest of them happened (the replica's monotonic clock).
+    /// The store dates it `now - age_ms` and resets the key's errors only if no failure is as
+    /// new (see `lua/report_batch.lua`).
+    pub age_ms: u64,
+}
+
+/// Many keys' successes of one pool, applied in one atomic step.
+#[derive(Clone, Debug)]
+pub struct SuccessBatch<'a> {
+    pub keys: &'a [KeySuccesses],
+    pub now_ms: Option<u64>,
+}
+
+/// What a batch of successes did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchReceipt {
+    /// Keys of the batch the pool holds (unknown ids are skipped).
+    pub applied: u64,
+    /// Keys whose error reset was withheld because a failure was as new as their successes.
+    pub held: u64,
+    pub now_ms: u64,
+}
+
 /// An operator's change of a key's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -223,6 +254,13 @@ pub trait KeyStore: Send + Sync {
     async fn select(&self, pool: &str, req: &SelectRequest<'_>) -> Result<Selection, StoreError>;
     /// Applies the outcome of one attempt to its key.
     async fn report(&self, pool: &str, report: &Report<'_>) -> Result<ReportReceipt, StoreError>;
+    /// Applies many keys' plain successes at once (no probe, no cooldown hint): counters only,
+    /// never a status change, never undoing a newer failure.
+    async fn report_successes(
+        &self,
+        pool: &str,
+        batch: &SuccessBatch<'_>,
+    ) -> Result<BatchReceipt, StoreError>;
     async fn set_state(
         &self,
         pool: &str,

@@ -23,8 +23,8 @@ use tokio::time::Instant;
 use super::connection::{Conn, Endpoint, Timeouts};
 use super::scripts::Scripts;
 use super::{
-    AdminState, KeyRecord, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, Route,
-    SelectRequest, Selection, StoreError, SyncReceipt,
+    AdminState, BatchReceipt, KeyRecord, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt,
+    Route, SelectRequest, Selection, StoreError, SuccessBatch, SyncReceipt,
 };
 use crate::pool::{KeyId, KeyState};
 use reply::{expect_ok, now_arg, num, parse_selection, parse_snapshot_page, words};
@@ -376,6 +376,37 @@ impl KeyStore for RedisStore {
             cooldown_until_ms: num(&w, 3)?,
             now_ms: num(&w, 4)?,
         })
+    }
+
+    async fn report_successes(
+        &self,
+        pool: &str,
+        batch: &SuccessBatch<'_>,
+    ) -> Result<BatchReceipt, StoreError> {
+        let mut owned = Vec::with_capacity(1 + batch.keys.len() * 3);
+        owned.push(now_arg(batch.now_ms));
+        for k in batch.keys {
+            owned.push(k.count.to_string());
+            owned.push(k.http_status.to_string());
+            owned.push(k.age_ms.to_string());
+        }
+        let mut args: Vec<&str> = Vec::with_capacity(1 + batch.keys.len() * 4);
+        args.push(&owned[0]);
+        for (i, k) in batch.keys.iter().enumerate() {
+            args.push(k.key.as_str());
+            args.extend(owned[1 + i * 3..4 + i * 3].iter().map(String::as_str));
+        }
+        let w = self
+            .eval_pool(&self.scripts.report_batch, pool, &args)
+            .await?;
+        match w.first().map(String::as_str) {
+            Some("ok") => Ok(BatchReceipt {
+                applied: num(&w, 1)?,
+                held: num(&w, 2)?,
+                now_ms: num(&w, 3)?,
+            }),
+            _ => Err(StoreError::Script(format!("unexpected reply {w:?}"))),
+        }
     }
 
     async fn set_state(

@@ -12,6 +12,7 @@ fn build(body: &str) -> Script {
 pub(crate) struct Scripts {
     pub select: Script,
     pub report: Script,
+    pub report_batch: Script,
     pub set_state: Script,
     pub set_weight: Script,
     pub set_group: Script,
@@ -26,6 +27,7 @@ impl Scripts {
         Scripts {
             select: build(include_str!("../../lua/select.lua")),
             report: build(include_str!("../../lua/report.lua")),
+            report_batch: build(include_str!("../../lua/report_batch.lua")),
             set_state: build(include_str!("../../lua/set_state.lua")),
             set_weight: build(include_str!("../../lua/set_weight.lua")),
             set_group: build(include_str!("../../lua/set_group.lua")),
@@ -36,10 +38,11 @@ impl Scripts {
         }
     }
 
-    pub fn all(&self) -> [&Script; 9] {
+    pub fn all(&self) -> [&Script; 10] {
         [
             &self.select,
             &self.report,
+            &self.report_batch,
             &self.set_state,
             &self.set_weight,
             &self.set_group,

@@ -2,7 +2,10 @@
 //! and `sync.lua`, line for line (keep them in step; the model-based test compares them).
 
 use super::memory::{KeyRow, PoolState};
-use super::{AdminState, KeyRecord, PoolSpec, Report, ReportReceipt, StoreError, SyncReceipt};
+use super::{
+    AdminState, BatchReceipt, KeyRecord, KeySuccesses, PoolSpec, Report, ReportReceipt, StoreError,
+    SyncReceipt,
+};
 use crate::pool::{KeyState, Outcome};
 
 fn selectable(status: KeyState, weight: u32) -> bool {
@@ -146,6 +149,7 @@ impl PoolState {
             }
         } else {
             k.failures += 1;
+            k.failed_at_ms = now;
             self.apply_failure(id, &mut k, r, now);
         }
         let receipt = ReportReceipt {
@@ -156,6 +160,33 @@ impl PoolState {
         };
         self.put(id, k);
         Ok(receipt)
+    }
+
+    /// `report_batch.lua`: counters only; the reset yields to a failure as new as the successes.
+    pub(crate) fn report_successes(&mut self, batch: &[KeySuccesses], now: u64) -> BatchReceipt {
+        let (mut applied, mut held) = (0, 0);
+        for s in batch {
+            let Some(k) = self.keys.get_mut(s.key.as_str()) else {
+                continue;
+            };
+            if s.count == 0 {
+                continue;
+            }
+            let seen = now.saturating_sub(s.age_ms);
+            applied += 1;
+            k.successes += s.count;
+            k.last_used_ms = k.last_used_ms.max(seen);
+            if k.failed_at_ms < seen {
+                (k.errors, k.strikes, k.last_status) = (0, 0, s.http_status);
+            } else {
+                held += 1;
+            }
+        }
+        BatchReceipt {
+            applied,
+            held,
+            now_ms: now,
+        }
     }
 
     fn apply_failure(&mut self, id: &str, k: &mut KeyRow, r: &Report<'_>, now: u64) {
@@ -311,6 +342,7 @@ impl PoolState {
             open_ms: 0,
             cfg_weight: w,
             cfg_group: g.to_string(),
+            failed_at_ms: 0,
         };
         self.put(id, row);
     }

@@ -7,6 +7,7 @@ mod replicas;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use keygate::admin::{KeyView, PoolList, PoolView};
 use keygate::config::Config;
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::gateway::{chat, config_toml, http, key, post_chat, TestGateway, TestKey};
-use crate::harness::RedisServer;
+use crate::harness::{wait_until, RedisServer};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-5e1d0c";
 
@@ -212,6 +213,19 @@ async fn listings_show_masked_fingerprints_and_never_a_secret() {
     let gw = start_admin(&config_toml(Some(&redis.url()), &mock.base_url(), &K3, "")).await;
     let c = http();
     served_by(&c, &gw, 10, &[]).await;
+    // Successes reach Redis in batches (store.report_flush_ms): wait for the ten of them.
+    let in_redis = || async {
+        let mut conn = redis.conn();
+        ["k1", "k2", "k3"]
+            .iter()
+            .map(|k| {
+                let n: Option<u64> = conn.hget(format!("kg:{{p}}:key:{k}"), "successes").unwrap();
+                n.unwrap_or(0)
+            })
+            .sum::<u64>()
+            == 10
+    };
+    wait_until(Duration::from_secs(5), "ten successes in Redis", in_redis).await;
     // A replica whose config no longer has k3: the store keeps k3, draining (removed).
     let older = start_admin(&config_toml(
         Some(&redis.url()),

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use keygate::pool::{KeyId, Outcome};
 use keygate::store::memory::MemoryStore;
-use keygate::store::{AdminState, KeyStore, Report, Route, SelectRequest, Selection};
+use keygate::store::{
+    AdminState, KeyStore, KeySuccesses, Report, Route, SelectRequest, Selection, SuccessBatch,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rand::{Rng, SeedableRng};
@@ -27,6 +29,10 @@ enum Op {
         outcome: usize,
         hint: Option<u64>,
         probe: bool,
+    },
+    /// Buffered successes: (key, count, age_ms) per entry; a key may repeat, ids may be unknown.
+    Batch {
+        entries: Vec<(usize, u64, u64)>,
     },
     Admin {
         key: usize,
@@ -59,6 +65,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(route, rand, exclude)| Op::Select { route, rand, exclude }),
         8 => (0usize..5, 0usize..8, proptest::option::of(0u64..4_000), any::<bool>())
             .prop_map(|(key, outcome, hint, probe)| Op::Report { key, outcome, hint, probe }),
+        4 => proptest::collection::vec((0usize..6, 0u64..4, 0u64..3_000), 0..5)
+            .prop_map(|entries| Op::Batch { entries }),
         1 => (0usize..5, 0u8..3).prop_map(|(key, state)| Op::Admin { key, state }),
         1 => (0usize..5, 0u32..4).prop_map(|(key, weight)| Op::Weight { key, weight }),
         1 => (0usize..5, any::<bool>()).prop_map(|(key, canary)| Op::Group { key, canary }),
@@ -121,6 +129,22 @@ async fn apply(s: &dyn KeyStore, pool: &str, op: &Op, now: &mut u64) -> String {
                 now_ms: Some(*now),
             };
             format!("{:?}", s.report(pool, &r).await.unwrap())
+        }
+        Op::Batch { entries } => {
+            let keys: Vec<KeySuccesses> = entries
+                .iter()
+                .map(|(key, count, age_ms)| KeySuccesses {
+                    key: kid(IDS.get(*key).copied().unwrap_or("zz")),
+                    count: *count,
+                    http_status: 200 + *count as u16,
+                    age_ms: *age_ms,
+                })
+                .collect();
+            let batch = SuccessBatch {
+                keys: &keys,
+                now_ms: Some(*now),
+            };
+            format!("{:?}", s.report_successes(pool, &batch).await.unwrap())
         }
         Op::Admin { key, state } => {
             let st = [AdminState::Enable, AdminState::Disable, AdminState::Drain][*state as usize];

@@ -143,6 +143,12 @@ fn store_problems_name_their_exact_paths() {
     );
     let config = parse(&with_store("degraded_after_ms = 0"), &[]).expect("0: count alone");
     assert_eq!(config.store.degraded_after_ms, 0);
+    assert_problem(
+        &with_store("report_flush_ms = 60001"),
+        "store.report_flush_ms: must be 0 (report every success at once) to 60000 ms",
+    );
+    let config = parse(&with_store("report_flush_ms = 0"), &[]).expect("0 reports at once");
+    assert_eq!(config.store.report_flush_ms, 0);
     let sentinel = "sentinels = [\"s1:26379\", \"redis://s2:26379\", \"[::1]:26379\"]\nsentinel_master = \"main\"";
     let config = parse(&with_store(sentinel), &[]).expect("valid sentinel setup");
     assert_eq!(config.store.sentinels.len(), 3);

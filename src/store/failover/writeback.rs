@@ -2,7 +2,8 @@
 //!
 //! Two sources:
 //! - the journal: every report that changed or may change a key (anything but a success
-//!   without a cooldown and a client error) and every admin change answered from memory, in
+//!   without a cooldown, a batch of such successes, and a client error) and every admin change
+//!   answered from memory, in
 //!   order. Reports are replayed with their cooldown recomputed to end at the moment memory set
 //!   (a cooldown that already ended is dropped); admin changes are replayed as they were.
 //! - a pool Redis lost (restart without persistence, `FLUSHALL`) and re-created from config:

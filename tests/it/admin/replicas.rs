@@ -1,6 +1,8 @@
 //! Changes made through one replica, seen by the others at their next selection (one store
 //! script each), and in the per-key Redis hash operators read.
 
+use std::time::Duration;
+
 use keygate::mock::MockUpstream;
 use redis::Commands;
 use reqwest::Method;
@@ -8,7 +10,7 @@ use serde_json::json;
 
 use super::{admin, assert_openai_error, key_of, pool_view, served_by, start_admin, K3};
 use crate::harness::gateway::{chat, config_toml, http, post_chat};
-use crate::harness::RedisServer;
+use crate::harness::{wait_until, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_through_replica_a_stops_selection_on_replicas_b_and_c_immediately() {
@@ -153,11 +155,18 @@ async fn disable_reset_and_enable_show_in_the_operators_redis_hash() {
     );
     let keys = served_by(&c, &gw, 20, &[]).await;
     assert!(!keys.contains(&"k1".to_string()));
-    let served: u64 = ["k2", "k3"]
-        .iter()
-        .map(|k| hash(k)["successes"].parse::<u64>().unwrap())
-        .sum();
-    assert!(served >= 20);
+    // Successes reach Redis in batches: wait for all 32 before resetting counters (a batch
+    // landing after the reset would count again).
+    let successes = |ids: &[&str]| -> u64 {
+        ids.iter()
+            .map(|k| hash(k)["successes"].parse::<u64>().unwrap())
+            .sum()
+    };
+    wait_until(Duration::from_secs(5), "32 successes in Redis", || async {
+        successes(&["k1", "k2", "k3"]) == 32
+    })
+    .await;
+    assert!(successes(&["k2", "k3"]) >= 20);
     for k in ["k2", "k3"] {
         let (status, body) = admin(
             &c,

@@ -1,0 +1,43 @@
+-- report_batch: apply many keys' buffered successes of pool P in one call (successes commute,
+-- so a replica adds them up per key and flushes them about every report_flush_ms).
+--
+-- KEYS[1]  pool base "kg:{P}"
+-- ARGV[1]  now_ms override (0: the server's TIME)
+-- ARGV[2+4i .. 5+4i], for each key i of the batch:
+--          key id, success count n (>= 1), the last upstream HTTP status, age_ms (how long
+--          before this call the key's newest success of the batch happened, measured by the
+--          replica's monotonic clock)
+--
+-- Reply: {"ok", applied, held, now_ms} (applied: keys found; held: keys whose error reset was
+--        withheld, see below) or {"nopool"}. Unknown key ids are skipped.
+--
+-- Per key: successes += n, last_used_ms = max(last_used_ms, seen_ms) with
+-- seen_ms = now - age_ms (when the newest success would have reached Redis had it been reported
+-- at once), and -- unless a failure is newer -- errors = strikes = 0 and last_status.
+-- The late-failure rule: every failure report stamps failed_at_ms = its now (report.lua). The
+-- batch resets errors/strikes and sets last_status only when failed_at_ms < seen_ms; a failure
+-- in the same millisecond or later wins and is left in place (the key is counted in `held`).
+-- The status never changes here: a half-open key is re-activated only by its probe's own report,
+-- and successes carrying a cooldown hint go through report.lua, never through a batch.
+
+if redis.call('EXISTS', META) == 0 then return {'nopool'} end
+local now = clock(ARGV[1])
+local applied, held = 0, 0
+for i = 2, #ARGV - 3, 4 do
+  local id, n, http_status = ARGV[i], tonumber(ARGV[i + 1]) or 0, ARGV[i + 2]
+  local seen = now - (tonumber(ARGV[i + 3]) or 0)
+  if seen < 0 then seen = 0 end
+  local KK = kkey(id)
+  local v = redis.call('HMGET', KK, 'status', 'failed_at_ms', 'last_used_ms')
+  if v[1] and n > 0 then
+    applied = applied + 1
+    redis.call('HINCRBY', KK, 'successes', n)
+    if num(v[3]) < seen then redis.call('HSET', KK, 'last_used_ms', seen) end
+    if num(v[2]) < seen then
+      redis.call('HSET', KK, 'errors', 0, 'strikes', 0, 'last_status', http_status)
+    else
+      held = held + 1
+    end
+  end
+end
+return {'ok', applied, held, now}

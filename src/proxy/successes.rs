@@ -1,0 +1,301 @@
+//! Successful reports, batched: successes commute, so a replica adds them up per pool and key and
+//! writes each pool's buffer with one `report_successes` call (`lua/report_batch.lua`) once the
+//! buffer is `store.report_flush_ms` old or holds [`MAX_KEYS`] keys. A successful request then
+//! costs one store round trip (its `select`) plus a share of a batch, instead of two.
+//!
+//! - One flush task per replica waits for the oldest buffer's deadline (or a full buffer) and
+//!   flushes the pools that are due, each in one call.
+//! - Only plain successes come here: probes and successes carrying a cooldown hint, and every
+//!   failure, are reported at once as before.
+//! - [`Ticket::landed`] lets a request wait until its success reached the store, flushing its
+//!   batch early if need be (a stream that breaks off reports its failure after its success).
+//! - [`SuccessBatcher::shutdown`] writes what is left; successes recorded after it are refused
+//!   (`record` answers `None`) and the caller reports them at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::pool::KeyId;
+use crate::store::{KeyStore, KeySuccesses, SuccessBatch};
+
+/// A pool's buffer is written once it holds this many distinct keys, whatever its age.
+pub const MAX_KEYS: usize = 256;
+
+/// Buffers successes per pool and writes them in batches; see the module docs.
+pub struct SuccessBatcher {
+    inner: Option<Arc<Inner>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+struct Inner {
+    store: Arc<dyn KeyStore>,
+    interval: Duration,
+    pools: Mutex<HashMap<String, Arc<PoolBuffer>>>,
+    /// Wakes the flush task: a buffer opened (a new deadline) or filled up.
+    wake: Arc<Notify>,
+    /// Set when the flush task stops: from then on `record` refuses successes.
+    closed: AtomicBool,
+}
+
+/// One pool's open buffer, and the sequence of its batches.
+struct PoolBuffer {
+    name: String,
+    /// Held across a flush, so a pool's batches reach the store one at a time and in order:
+    /// whoever holds it and sees `flushed < seq` knows batch `seq` is still the open buffer.
+    flushing: tokio::sync::Mutex<()>,
+    open: Mutex<Open>,
+    /// The sequence number of the last batch written (or given up on after a store error).
+    flushed: AtomicU64,
+}
+
+struct Open {
+    /// The sequence number of this buffer's batch (the first is 1).
+    seq: u64,
+    opened: Option<Instant>,
+    keys: HashMap<KeyId, Tally>,
+}
+
+struct Tally {
+    count: u64,
+    http_status: u16,
+    newest: Instant,
+}
+
+/// Names the batch a success went into.
+pub struct Ticket {
+    store: Arc<dyn KeyStore>,
+    pool: Arc<PoolBuffer>,
+    seq: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SuccessBatcher {
+    /// Batches with `interval` (its flush task runs on the current Tokio runtime); a zero
+    /// interval batches nothing (`record` always answers `None`).
+    pub fn new(store: Arc<dyn KeyStore>, interval: Duration) -> SuccessBatcher {
+        let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let runtime = tokio::runtime::Handle::try_current();
+        let (true, Ok(runtime)) = (!interval.is_zero(), runtime) else {
+            return SuccessBatcher {
+                inner: None,
+                cancel,
+                tasks,
+            };
+        };
+        let inner = Arc::new(Inner {
+            store,
+            interval,
+            pools: Mutex::new(HashMap::new()),
+            wake: Arc::new(Notify::new()),
+            closed: AtomicBool::new(false),
+        });
+        let task = flush_loop(Arc::downgrade(&inner), inner.wake.clone(), cancel.clone());
+        tasks.spawn_on(task, &runtime);
+        tasks.close();
+        SuccessBatcher {
+            inner: Some(inner),
+            cancel,
+            tasks,
+        }
+    }
+
+    /// Buffers one success of `key`; `None` when this batcher takes none (interval 0, or shut
+    /// down): report it at once instead.
+    pub fn record(&self, pool: &str, key: &KeyId, http_status: u16) -> Option<Ticket> {
+        let inner = self.inner.as_ref()?;
+        let buffer = {
+            let mut pools = lock(&inner.pools);
+            match pools.get(pool) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = Arc::new(PoolBuffer::new(pool));
+                    pools.insert(pool.to_string(), b.clone());
+                    b
+                }
+            }
+        };
+        let now = Instant::now();
+        let (seq, wake) = {
+            let mut open = lock(&buffer.open);
+            // Checked under the buffer's lock: the final flush takes this lock after `closed`
+            // is set, so a success is either in a buffer it writes or refused here.
+            if inner.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            let tally = open.keys.entry(key.clone()).or_insert(Tally {
+                count: 0,
+                http_status,
+                newest: now,
+            });
+            (tally.count, tally.http_status, tally.newest) = (tally.count + 1, http_status, now);
+            let first = open.opened.is_none();
+            if first {
+                open.opened = Some(now);
+            }
+            (open.seq, first || open.keys.len() == MAX_KEYS)
+        };
+        if wake {
+            inner.wake.notify_one();
+        }
+        Some(Ticket {
+            store: inner.store.clone(),
+            pool: buffer,
+            seq,
+        })
+    }
+
+    /// Stops the flush task after it wrote every buffer; later successes are refused.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+impl Drop for SuccessBatcher {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Ticket {
+    /// Returns once the batch holding this success was written, flushing it now if it is
+    /// still open.
+    pub async fn landed(self) {
+        let _turn = self.pool.flushing.lock().await;
+        if self.pool.flushed.load(Ordering::Acquire) < self.seq {
+            self.pool.flush_locked(&*self.store).await;
+        }
+    }
+}
+
+impl PoolBuffer {
+    fn new(name: &str) -> PoolBuffer {
+        PoolBuffer {
+            name: name.to_string(),
+            flushing: tokio::sync::Mutex::new(()),
+            open: Mutex::new(Open {
+                seq: 1,
+                opened: None,
+                keys: HashMap::new(),
+            }),
+            flushed: AtomicU64::new(0),
+        }
+    }
+
+    async fn flush(&self, store: &dyn KeyStore) {
+        let _turn = self.flushing.lock().await;
+        self.flush_locked(store).await;
+    }
+
+    /// Writes the open buffer as one batch. The caller holds `flushing`.
+    async fn flush_locked(&self, store: &dyn KeyStore) {
+        let (seq, keys) = {
+            let mut open = lock(&self.open);
+            if open.keys.is_empty() {
+                return;
+            }
+            let seq = open.seq;
+            open.seq += 1;
+            open.opened = None;
+            (seq, std::mem::take(&mut open.keys))
+        };
+        let now = Instant::now();
+        let batch: Vec<KeySuccesses> = keys
+            .into_iter()
+            .map(|(key, t)| KeySuccesses {
+                key,
+                count: t.count,
+                http_status: t.http_status,
+                age_ms: now.saturating_duration_since(t.newest).as_millis() as u64,
+            })
+            .collect();
+        let call = SuccessBatch {
+            keys: &batch,
+            now_ms: None,
+        };
+        if let Err(e) = store.report_successes(&self.name, &call).await {
+            let successes: u64 = batch.iter().map(|k| k.count).sum();
+            tracing::warn!(pool = %self.name, keys = batch.len(), successes, error = %e,
+                "store batch report failed");
+        }
+        self.flushed.store(seq, Ordering::Release);
+    }
+
+    /// When this buffer is due: `Some(now)` at once when full, `None` when empty.
+    fn due_at(&self, interval: Duration) -> Option<Instant> {
+        let open = lock(&self.open);
+        let opened = open.opened?;
+        if open.keys.len() >= MAX_KEYS {
+            return Some(opened);
+        }
+        Some(opened + interval)
+    }
+}
+
+impl Inner {
+    fn buffers(&self) -> Vec<Arc<PoolBuffer>> {
+        lock(&self.pools).values().cloned().collect()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.buffers()
+            .iter()
+            .filter_map(|b| b.due_at(self.interval))
+            .min()
+    }
+
+    /// Writes every buffer due by `now` (all of them with `None`), each pool in one call, the
+    /// pools concurrently.
+    async fn flush_due(&self, now: Option<Instant>) {
+        let due = self.buffers().into_iter().filter(|b| {
+            let at = b.due_at(self.interval);
+            at.is_some_and(|at| now.is_none_or(|now| at <= now))
+        });
+        let flushes: Vec<_> = due
+            .map(|b| async move { b.flush(&*self.store).await })
+            .collect();
+        futures::future::join_all(flushes).await;
+    }
+}
+
+/// The flush task: sleeps until the earliest buffer is due (or a buffer opens or fills up),
+/// flushes what is due; on cancellation, refuses further successes and writes what is left.
+async fn flush_loop(inner: Weak<Inner>, wake: Arc<Notify>, cancel: CancellationToken) {
+    loop {
+        let Some(next) = inner.upgrade().map(|i| i.next_deadline()) else {
+            return;
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = sleep_until(next) => {}
+        }
+        let Some(i) = inner.upgrade() else { return };
+        i.flush_due(Some(Instant::now())).await;
+    }
+    if let Some(i) = inner.upgrade() {
+        i.closed.store(true, Ordering::SeqCst);
+        i.flush_due(None).await;
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;
