@@ -6,8 +6,8 @@ use clap::Parser;
 use keygate::cli::{admin_client, init_logging, Cli, Command, LogFormat};
 use keygate::config::hash_token;
 
-/// mimalloc instead of glibc malloc: glibc's malloc/free was 11-13% of the gateway's CPU under
-/// load (BENCHMARKS.md, "Where the time goes").
+/// With `--features mimalloc`: less CPU per request, more resident memory than glibc malloc
+/// (BENCHMARKS.md, "Allocator").
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
