@@ -52,6 +52,10 @@ pub struct RedisStore {
     specs: RwLock<HashMap<String, Arc<PoolSpec>>>,
     /// Pools this store (re-)created from their spec since the set was last cleared.
     recreated: Mutex<HashSet<String>>,
+    /// Held while a lost pool is re-created: the requests that find it missing at the same
+    /// moment wait for one `sync` instead of each sending the whole pool (at 10,000 keys one
+    /// sync is a ~1 MB command and ~10 MB of client buffers).
+    resync: tokio::sync::Mutex<()>,
 }
 
 fn map_err(e: redis::RedisError) -> StoreError {
@@ -94,6 +98,7 @@ impl RedisStore {
             scripts: Scripts::new(),
             specs: RwLock::new(HashMap::new()),
             recreated: Mutex::new(HashSet::new()),
+            resync: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -188,6 +193,14 @@ impl RedisStore {
         let Some(spec) = spec else {
             return Err(StoreError::UnknownPool(pool.to_string()));
         };
+        let _one_sync = tokio::time::timeout_at(deadline, self.resync.lock())
+            .await
+            .map_err(|_| StoreError::Timeout)?;
+        // Another request may have re-created it while this one waited.
+        let w = words(self.eval(script, pool, args, deadline).await?)?;
+        if w.first().map(String::as_str) != Some("nopool") {
+            return Ok(w);
+        }
         tracing::warn!(pool, "pool missing from Redis; re-creating it from config");
         // Marked before the pool exists again, so no snapshot of the empty pool is taken for
         // the last known state.
