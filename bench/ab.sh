@@ -54,14 +54,7 @@ KEYGATE=${BINS[0]}
 } >"$OUT/machine.txt"
 log "results in $OUT"
 
-alloc_port
-REDIS_PORT=$PORT
-mkdir -p "$OUT/redis"
-start_bg redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$OUT/redis" --daemonize no
-REDIS_PID=$LAST_PID
-for _ in $(seq 50); do rcli ping >/dev/null 2>&1 && break; sleep 0.1; done
-rcli ping >/dev/null || die "redis-server did not start"
+start_redis
 
 alloc_port
 MOCK_PORT=$PORT

@@ -96,6 +96,19 @@ gen_config() {
         }' "$BENCH_DIR/keygate.bench.toml.in" >"$file"
 }
 
+# start_redis: our own redis-server on a free port, without persistence; sets REDIS_PORT and
+# REDIS_PID.
+start_redis() {
+    alloc_port
+    REDIS_PORT=$PORT
+    mkdir -p "$OUT/redis"
+    start_bg redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$OUT/redis" --daemonize no
+    REDIS_PID=$LAST_PID
+    for _ in $(seq 50); do rcli ping >/dev/null 2>&1 && break; sleep 0.1; done
+    rcli ping >/dev/null || die "redis-server did not start"
+}
+
 # start_keygate NAME CONFIG PORT: starts a replica and waits for /readyz; LAST_PID is its pid.
 start_keygate() {
     local name=$1 config=$2 port=$3

@@ -189,17 +189,6 @@ pub async fn a_batch_for_an_unknown_pool_is_an_error(s: &Subject) {
     assert_eq!(flush(&*s.store, &[], T0).await.applied, 0);
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(&crate::harness::memory_subject()).await })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(&crate::harness::redis_subject()).await })*
-        }
-    };
-}
-
 conformance!(
     a_batch_adds_successes_and_resets_errors_of_every_key,
     a_batch_never_undoes_a_failure_newer_than_its_successes,

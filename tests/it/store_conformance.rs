@@ -624,17 +624,6 @@ pub async fn sync_keeps_live_state_follows_config_and_drains_removed_keys(s: &Su
     assert_eq!(snap.keys.iter().find(|k| k.id == "c").unwrap().weight, 9);
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(&crate::harness::memory_subject()).await })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(&crate::harness::redis_subject()).await })*
-        }
-    };
-}
-
 conformance!(
     rate_limited_key_cools_until_retry_after_then_recovers,
     rate_limited_without_hint_backs_off_exponentially_up_to_the_max,
