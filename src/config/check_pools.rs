@@ -105,7 +105,12 @@ fn normalize_base_url(url: &str) -> Option<String> {
     if host.is_empty() || url.contains(bad_char) {
         return None;
     }
-    Some(url.trim_end_matches('/').to_string())
+    let normalized = url.trim_end_matches('/').to_string();
+    // The proxy builds every upstream URL from it: it must parse (a stray `[`, a host that IDNA
+    // refuses) and keep a host.
+    let parsed = url::Url::parse(&normalized).ok()?;
+    parsed.host_str().filter(|h| !h.is_empty())?;
+    Some(normalized)
 }
 
 fn check_models(

@@ -68,6 +68,8 @@ fn pool_routing_problems_name_their_exact_paths() {
         "https://x.test/v1#top",
         "https:///v1",
         "x.test",
+        "https://[x.test/v1",
+        "https://xn--a.test/v1",
     ] {
         let text = pool_with("", &[key]).replace("https://x.test/v1", url);
         assert_problem(&text, &format!("pools[0].base_url: {BASE_URL_RULE}"));
