@@ -235,17 +235,26 @@ async fn a_sigstopped_redis_never_holds_a_request_longer_than_the_store_timeout(
 /// written back and at least 20 successes counted since; returns how long that took.
 async fn wait_rebuilt(redis: &RedisServer, what: &str) -> Duration {
     let t = Instant::now();
-    wait_until(Duration::from_secs(10), what, || {
+    loop {
         let (h4, h2) = (key_hash(redis, "k4"), key_hash(redis, "k2"));
         let ok2: u64 = h2
             .get("successes")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let done = h4.get("status").map(String::as_str) == Some("disabled") && ok2 >= 20;
-        async move { done }
-    })
-    .await;
-    t.elapsed()
+        if h4.get("status").map(String::as_str) == Some("disabled") && ok2 >= 20 {
+            return t.elapsed();
+        }
+        // On a timeout, say what Redis holds: which half of the condition never came true.
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for: {what}; k4 = {h4:?}; k2 = {h2:?}; meta = {:?}",
+            redis
+                .conn()
+                .hgetall::<_, HashMap<String, String>>("kg:{p}:meta")
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
