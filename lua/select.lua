@@ -20,7 +20,7 @@
 -- the lease expires after probe_lease_ms so a dead replica cannot wedge the key.
 
 local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'canary_fallback',
-  'config_hash', 'probe_lease_ms')
+  'config_hash', 'probe_lease_ms', 'cnt:half_open')
 if not meta[4] then return {'nopool'} end
 local now = clock(ARGV[1])
 local rand = tonumber(ARGV[2]) or 0
@@ -28,7 +28,9 @@ local route, bucket = ARGV[3], tonumber(ARGV[4]) or 0
 local excluded = {}
 for i = 5, #ARGV do excluded[ARGV[i]] = true end
 
-recover_due(now, 8)
+-- The half-open count as of now: recovery may have just turned an open key half-open.
+local half_open = num(meta[6])
+if recover_due(now, 8) > 0 then half_open = num(redis.call('HGET', META, 'cnt:half_open')) end
 local canary_group, percent = meta[1] or 'canary', num(meta[2])
 local fallback_ok, lease = meta[3] ~= '0', num(meta[5])
 
@@ -46,10 +48,11 @@ local function try_probe(g)
 end
 
 -- Weighted choice by exact rejection sampling over the group's weight classes. Class c holds the
--- keys with weight in [2^c, 2^(c+1)); its upper-bound mass is M_c = n_c * 2^(c+1). A round draws
--- a class with probability M_c / sum(M), a member uniformly by rank, and accepts it with
--- probability w / 2^(c+1): key i wins a round with probability w_i / sum(M), so the accepted key
--- follows the weights exactly and a round succeeds with probability >= 1/2. Excluded keys count
+-- keys with weight in [2^c, 2^(c+1)); B_c = 2^(c+1) - 1 bounds them and its upper-bound mass is
+-- M_c = n_c * B_c. A round draws a class with probability M_c / sum(M), a member uniformly by
+-- rank, and accepts it with probability w / B_c: key i wins a round with probability
+-- w_i / sum(M), so the accepted key follows the weights exactly and a round succeeds with
+-- probability > 1/2 (always when every key weighs 1). Excluded keys count
 -- as rejections. The draws come from a Park-Miller stream seeded by ARGV[2] (exact in doubles);
 -- src/store/tree.rs does the same arithmetic in the same order, so both stores pick the same key.
 -- After 64 rejected rounds (< 1e-9 without exclusions) the first non-excluded member is taken,
@@ -57,8 +60,8 @@ end
 local PM_M = 2147483647
 local ROUNDS = 64
 local floor = math.floor
--- Index c + 1 for class c: its upper bound 2^(c+1) and its name.
-local BOUND = {2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}
+-- Index c + 1 for class c: its bound 2^(c+1) - 1 (the largest weight it can hold) and its name.
+local BOUND = {1, 3, 7, 15, 31, 63, 127, 255, 511, 1023}
 local CLS = {'0', '1', '2', '3', '4', '5', '6', '7', '8', '9'}
 local pm_x = rand % (PM_M - 1)
 if pm_x < 0 then pm_x = pm_x + (PM_M - 1) end
@@ -117,7 +120,8 @@ local function try_weighted(g)
 end
 
 local function try_group(g)
-  local id = try_probe(g)
+  -- No half-open key in the pool (the per-state counter): no probe set to look at.
+  local id = half_open > 0 and try_probe(g) or nil
   if id then return id, 1 end
   id = try_weighted(g)
   if id then return id, 0 end

@@ -2,10 +2,12 @@
 //! choice over them by rejection sampling: O(1) expected steps whatever the pool size.
 //!
 //! A key of weight `w > 0` is in class `c = floor(log2 w)` (`2^c <= w < 2^(c+1)`, c in 0..=9
-//! since weights are at most 1000). Class c's upper-bound mass is `M_c = n_c * 2^(c+1)`. One
-//! round draws a class with probability `M_c / sum M`, a member uniformly by rank, and accepts it
-//! with probability `w / 2^(c+1)`: each key wins a round with probability `w / sum M`, so the
-//! accepted key follows the weights exactly, and a round succeeds with probability >= 1/2.
+//! since weights are at most 1000). Its bound `B_c = 2^(c+1) - 1` is the largest weight the class
+//! can hold, and its upper-bound mass is `M_c = n_c * B_c`. One round draws a class with
+//! probability `M_c / sum M`, a member uniformly by rank, and accepts it with probability
+//! `w / B_c`: each key wins a round with probability `w / sum M`, so the accepted key follows the
+//! weights exactly, and a round succeeds with probability > 1/2 (always, for a class of weight-1
+//! keys).
 //! Excluded keys (already tried by the request) count as rejections. After [`ROUNDS`] rejected
 //! rounds (probability < 1e-9 without exclusions) the choice falls back to the first
 //! non-excluded member scanning classes from high to low, by rank.
@@ -23,6 +25,11 @@ pub const CLASSES: usize = 10;
 pub const ROUNDS: usize = 64;
 
 const PM_M: f64 = 2_147_483_647.0;
+
+/// `B_c = 2^(c+1) - 1`: the largest weight class `c` can hold (`select.lua`'s `BOUND`).
+fn bound(c: usize) -> f64 {
+    ((1u64 << (c + 1)) - 1) as f64
+}
 
 /// The class of a weight `w > 0`: floor(log2 w), capped at the last class.
 pub fn class_of(w: u32) -> usize {
@@ -123,7 +130,7 @@ impl WeightClasses {
         let mut mass = [0f64; CLASSES];
         let mut sum = 0f64;
         for (c, m) in mass.iter_mut().enumerate() {
-            *m = self.classes[c].len() as f64 * (1u64 << (c + 1)) as f64;
+            *m = self.classes[c].len() as f64 * bound(c);
             sum += *m;
         }
         let mut d = Draws::new(rand);
@@ -136,7 +143,7 @@ impl WeightClasses {
             }
             let members = &self.classes[c];
             let r = (d.next_u() * members.len() as f64).floor() as usize;
-            let acc = (d.next_u() * (1u64 << (c + 1)) as f64).floor();
+            let acc = (d.next_u() * bound(c)).floor();
             if let Some((w, id)) = members.get(r) {
                 if !is_excluded(id) && acc < *w as f64 {
                     return Some(id);
