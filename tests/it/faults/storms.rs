@@ -117,7 +117,10 @@ async fn a_stream_the_upstream_drops_midway_reaches_the_client_truncated_and_is_
     let by = header(&r, "x-keygate-key");
     let (text, broke) = read_stream(r).await;
     assert!(broke, "the cut must reach the client as an error: {text}");
-    assert_eq!(text.matches("\n\n").count(), 2, "{text}");
+    // The mock writes 2 events and then resets the connection; on a loaded machine the reset can
+    // overtake the second event (Linux drops unread data on RST), so 1 or 2 arrive, never all.
+    let events = text.matches("\n\n").count();
+    assert!((1..=2).contains(&events), "{events} events: {text}");
     assert!(!text.contains("[DONE]"));
     assert_eq!(mock.total_requests(), 1, "retried after bytes were sent");
     // The served key: one success (the answer began), one server_error (it broke off).
