@@ -20,13 +20,7 @@ ROUNDS=${AB_ROUNDS:-3}
 NKEYS=${AB_KEYS:-4}
 STORES=${AB_STORES:-embedded,redis}
 KG_LOG=${BENCH_LOG:-warn}
-RATE_CONC=256
-TOKEN=bench-token-not-secret
 OUT=${BENCH_OUT:-$BENCH_DIR/results/ab-$(date -u +%Y%m%dT%H%M%SZ)}
-LOAD_PIN=""
-SUT_KG=()
-SUT_PORTS=()
-SUT_NGX=()
 
 # shellcheck source=bench/lib.sh
 source "$BENCH_DIR/lib.sh"
@@ -34,8 +28,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 (($# >= 1)) || die "usage: bench/ab.sh NAME=BINARY [NAME=BINARY ...]"
-OHA=${OHA:-$(command -v oha || echo "$HOME/.cargo/bin/oha")}
-[[ -x $OHA ]] || die "oha not found: cargo install oha --locked (or set OHA=)"
+find_oha
 NAMES=()
 BINS=()
 for arg in "$@"; do

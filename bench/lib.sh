@@ -1,7 +1,17 @@
 # shellcheck shell=bash
 # bench/lib.sh: helpers sourced by bench/run.sh. Processes it starts (and stops on exit),
 # free ports, config generation, readings from /proc and Redis, and one load point.
-# Needs from run.sh: OUT, KEYGATE, OHA, SECS, RATE_CONC, REDIS_PORT, REDIS_PID, LOAD_PIN.
+# Needs from its caller (run.sh, ab.sh): OUT, KEYGATE, SECS; sets the defaults below.
+
+# shellcheck disable=SC2034 # read by the callers and run_point
+{
+    TOKEN=bench-token-not-secret # the client token of keygate.bench.toml.in
+    RATE_CONC=256 # oha connections for fixed-rate points (2,000 req/s x 50 ms needs 100 in flight)
+    LOAD_PIN=""   # taskset prefix for oha (run.sh's pinned phase)
+    SUT_KG=()     # the keygate pids, ports and nginx pids a point measures
+    SUT_PORTS=()
+    SUT_NGX=()
+}
 
 # ---------------------------------------------------------------- processes
 
@@ -39,6 +49,12 @@ cleanup() {
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         stop_pid "${PIDS[$i]}"
     done
+}
+
+# find_oha: sets OHA (oha on PATH, else ~/.cargo/bin/oha, or the caller's OHA=).
+find_oha() {
+    OHA=${OHA:-$(command -v oha || echo "$HOME/.cargo/bin/oha")}
+    [[ -x $OHA ]] || die "oha not found: cargo install oha --locked (or set OHA=)"
 }
 
 # ---------------------------------------------------------------- ports and readiness

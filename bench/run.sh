@@ -37,16 +37,10 @@ PHASES=${BENCH_PHASES:-matrix,floor,sweep,storm,logging,pinned}
 MODES=${BENCH_MODES:-fast,delay}
 SIZES=${BENCH_SIZES:-4,64,1024,10000}
 KG_LOG=${BENCH_LOG:-warn,keygate::store=info}
-RATE_CONC=256 # oha connections for fixed-rate points (2,000 req/s x 50 ms needs 100 in flight)
-TOKEN=bench-token-not-secret
 KEYGATE=${KEYGATE:-$ROOT/target/release/keygate}
 NGINX=${NGINX:-/usr/sbin/nginx}
 OUT=${BENCH_OUT:-$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)}
-LOAD_PIN=""
 PINNED=no
-SUT_KG=()
-SUT_PORTS=()
-SUT_NGX=()
 
 # shellcheck source=bench/lib.sh
 source "$BENCH_DIR/lib.sh"
@@ -55,8 +49,7 @@ trap 'exit 130' INT TERM
 
 has_phase() { [[ ",$PHASES," == *",$1,"* ]]; }
 
-OHA=${OHA:-$(command -v oha || echo "$HOME/.cargo/bin/oha")}
-[[ -x $OHA ]] || die "oha not found: cargo install oha --locked (or set OHA=)"
+find_oha
 for tool in redis-server redis-cli redis-benchmark jq curl taskset "$NGINX"; do
     command -v "$tool" >/dev/null || die "$tool not found"
 done

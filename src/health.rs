@@ -1,6 +1,6 @@
 //! Readiness and the key-state gauges: both read the store, so both are bounded and cached.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,8 +14,6 @@ use crate::app::AppState;
 #[derive(Default)]
 pub struct Health {
     gauges_at: Mutex<Option<Instant>>,
-    /// The (pool, key) pairs the gauges currently show, to drop the ones that disappear.
-    shown: Mutex<HashSet<(String, String)>>,
     /// Serialises refreshes so a burst of scrapes costs one round of snapshots.
     refresh: tokio::sync::Mutex<()>,
 }
@@ -68,27 +66,18 @@ pub async fn refresh_key_gauges(state: &AppState) {
         }
     }
     // Overwrite in place and drop only what disappeared: a concurrent scrape never sees a
-    // pool without its key series.
-    let mut now_shown = HashSet::new();
+    // pool without its key series. A pool whose snapshot failed keeps what it showed.
+    let mut seen: HashMap<&str, HashSet<&str>> = HashMap::new();
     for (name, s) in &snaps {
         state.metrics.apply_snapshot(name, s);
-        now_shown.extend(s.keys.iter().map(|k| (name.clone(), k.id.clone())));
+        seen.insert(name, s.keys.iter().map(|k| k.id.as_str()).collect());
     }
-    let failed: HashSet<&String> = gw
-        .pools
-        .keys()
-        .filter(|p| !snaps.iter().any(|(n, _)| n == *p))
-        .collect();
-    {
-        let mut shown = state.health.shown.lock().unwrap_or_else(|e| e.into_inner());
-        for (pool, key) in shown.iter() {
-            if !now_shown.contains(&(pool.clone(), key.clone())) && !failed.contains(pool) {
-                state.metrics.remove_key_gauges(pool, key);
-            }
-        }
-        shown.retain(|(pool, _)| failed.contains(pool));
-        shown.extend(now_shown);
-    }
+    state
+        .metrics
+        .retain_key_gauges(|pool, key| match seen.get(pool) {
+            Some(ids) => ids.contains(key),
+            None => gw.pools.contains_key(pool),
+        });
     state
         .metrics
         .store_degraded

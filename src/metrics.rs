@@ -156,11 +156,9 @@ impl Metrics {
         }
     }
 
-    /// Forgets one key's gauges (a key that left the store or the config).
-    pub fn remove_key_gauges(&self, pool: &str, key: &str) {
-        if let Some(s) = self.keys.find(pool, key) {
-            s.hide_gauges();
-        }
+    /// Hides the key gauges `keep(pool, key)` refuses: keys that left the store or the config.
+    pub fn retain_key_gauges(&self, keep: impl Fn(&str, &str) -> bool) {
+        self.keys.retain_gauges(keep);
     }
 
     /// The text exposition format, in chunks of about 64 KiB: the registry's families first,

@@ -21,6 +21,11 @@ pub const UPSTREAM_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// The `le` labels of [`UPSTREAM_BUCKETS`], written once (a scrape renders them for every key).
+const UPSTREAM_LE: [&str; 13] = [
+    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60",
+];
+
 /// The most distinct `model` label values kept per key; further models count as `other`, so a
 /// client sending random model names cannot grow memory or the exposition without bound.
 pub const MODELS_PER_KEY: usize = 32;
@@ -164,6 +169,18 @@ impl KeyTable {
         pools.get(pool).and_then(|p| p.get(key)).cloned()
     }
 
+    /// Hides the gauges of every key `keep` refuses (keys that left the store or the config).
+    pub fn retain_gauges(&self, keep: impl Fn(&str, &str) -> bool) {
+        let pools = self.pools.read().unwrap_or_else(|e| e.into_inner());
+        for (pool, keys) in pools.iter() {
+            for (key, series) in keys {
+                if !keep(pool, key) {
+                    series.hide_gauges();
+                }
+            }
+        }
+    }
+
     /// Every key, sorted by pool and key id (what one scrape renders).
     pub fn entries(&self) -> Vec<Entry> {
         let pools = self.pools.read().unwrap_or_else(|e| e.into_inner());
@@ -285,16 +302,22 @@ impl Family {
                     .collect();
                 let total: u64 = counts.iter().sum();
                 if total > 0 {
-                    let bucket = format!("{name}_bucket");
+                    let bucket = "keygate_upstream_duration_seconds_bucket";
                     let mut cumulative = 0;
-                    for (i, le) in UPSTREAM_BUCKETS.iter().enumerate() {
+                    for (i, le) in UPSTREAM_LE.iter().enumerate() {
                         cumulative += counts[i];
-                        sample(out, &bucket, e, &[("le", &le.to_string())], cumulative);
+                        sample(out, bucket, e, &[("le", le)], cumulative);
                     }
-                    sample(out, &bucket, e, &[("le", "+Inf")], total);
+                    sample(out, bucket, e, &[("le", "+Inf")], total);
                     let sum = s.duration_sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-                    sample(out, &format!("{name}_sum"), e, &[], sum);
-                    sample(out, &format!("{name}_count"), e, &[], total);
+                    sample(out, "keygate_upstream_duration_seconds_sum", e, &[], sum);
+                    sample(
+                        out,
+                        "keygate_upstream_duration_seconds_count",
+                        e,
+                        &[],
+                        total,
+                    );
                 }
             }
             Family::State | Family::Cooldown | Family::Weight
@@ -479,6 +502,12 @@ mod tests {
     }
 
     #[test]
+    fn le_labels_are_the_bucket_bounds() {
+        let written: Vec<String> = UPSTREAM_BUCKETS.iter().map(f64::to_string).collect();
+        assert_eq!(written, UPSTREAM_LE);
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         let t = KeyTable::default();
         t.get("p", "k1").count_tokens("we\"ird\\mo\ndel", 1, 2);
@@ -557,6 +586,27 @@ mod tests {
         assert!(text.contains(
             "keygate_cooldowns_total{pool=\"p\",key=\"gone\",reason=\"rate_limited\"} 1\n"
         ));
+    }
+
+    #[test]
+    fn retain_gauges_hides_only_the_refused_keys() {
+        let t = KeyTable::default();
+        for (pool, key) in [("a", "k1"), ("a", "k2"), ("b", "k1")] {
+            t.get(pool, key).set_gauges(KeyState::Active, 0, 1);
+        }
+        t.retain_gauges(|pool, key| !(pool == "a" && key == "k2"));
+        let text = render(&t, 1 << 20).concat();
+        let weights: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("keygate_key_weight{"))
+            .collect();
+        assert_eq!(
+            weights,
+            [
+                "keygate_key_weight{pool=\"a\",key=\"k1\"} 1",
+                "keygate_key_weight{pool=\"b\",key=\"k1\"} 1"
+            ]
+        );
     }
 
     #[test]
