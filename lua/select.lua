@@ -1,38 +1,54 @@
--- select: choose a key of pool P for one upstream attempt.
+-- select: choose a key of pool P for each of a batch of upstream attempts (one or more
+-- requests, in order, exactly as if each had its own call: the replica coalesces the selects
+-- that wait on one pool while a call is in flight).
 --
 -- KEYS[1]  pool base "kg:{P}"
 -- ARGV[1]  now_ms override (0: the server's TIME)
--- ARGV[2]  random integer in [0, 2^53), drawn by the replica (weighted choice, deterministic here)
--- ARGV[3]  route: "bucket" (canary by percent), "canary" (forced), "stable" (forced)
--- ARGV[4]  the request's hash bucket 0..99 (used with route "bucket")
--- ARGV[5..] key ids already tried by this request (excluded)
+-- ARGV[2..], for each request of the batch:
+--          rand (integer in [0, 2^53), drawn by the replica: the weighted choice is
+--          deterministic here), route ("bucket": canary by percent, "canary", "stable": forced),
+--          the request's hash bucket 0..99 (used with route "bucket"), n = how many key ids
+--          follow, then n key ids the request already tried (excluded)
 --
--- Reply, one of:
+-- Reply: {"nopool"} (the pool is not in Redis (lost): the caller syncs it from config and
+-- retries), or one reply per request, in order, each one of:
 --   {"key", id, group, fallback 0|1, probe 0|1}
 --   {"none", earliest_recovery_ms or -1, now_ms, n_active, n_cooling, n_open, n_half_open,
 --    n_disabled, n_draining}
---   {"nopool"}   the pool is not in Redis (lost): the caller syncs it from config and retries.
 --
--- Cost: O(1) expected Redis calls whatever the pool size (one HGETALL of the group's class counts,
--- then on average at most 2 ZRANGEs by rank per weighted choice). Due keys are recovered lazily,
--- at most 8 per call.
--- A half-open key whose probe lease is free is chosen first (one probe at a time, cluster-wide);
+-- Cost: O(1) expected Redis calls per request whatever the pool size. Once per batch: the meta
+-- HMGET, TIME, the due-key recovery (at most 8 keys per request, 64 per call) and one HGETALL of
+-- each group's class counts; then on average at most 2 ZRANGEs by rank per weighted choice.
+-- A half-open key whose probe lease is free is chosen first (one probe at a time, cluster-wide,
+-- also within a batch: the lease is taken before the next request of the batch looks);
 -- the lease expires after probe_lease_ms so a dead replica cannot wedge the key.
 
 local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'canary_fallback',
   'config_hash', 'probe_lease_ms', 'cnt:half_open')
 if not meta[4] then return {'nopool'} end
 local now = clock(ARGV[1])
-local rand = tonumber(ARGV[2]) or 0
-local route, bucket = ARGV[3], tonumber(ARGV[4]) or 0
-local excluded = {}
-for i = 5, #ARGV do excluded[ARGV[i]] = true end
+
+-- The requests of the batch: {rand, route, bucket, excluded set}.
+local reqs = {}
+do
+  local i = 2
+  while i + 3 <= #ARGV do
+    local ex, n = {}, tonumber(ARGV[i + 3]) or 0
+    for j = i + 4, i + 3 + n do ex[ARGV[j]] = true end
+    reqs[#reqs + 1] = {tonumber(ARGV[i]) or 0, ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, ex}
+    i = i + 4 + n
+  end
+end
 
 -- The half-open count as of now: recovery may have just turned an open key half-open.
 local half_open = num(meta[6])
-if recover_due(now, 8) > 0 then half_open = num(redis.call('HGET', META, 'cnt:half_open')) end
+if recover_due(now, math.min(8 * #reqs, 64)) > 0 then
+  half_open = num(redis.call('HGET', META, 'cnt:half_open'))
+end
 local canary_group, percent = meta[1] or 'canary', num(meta[2])
 local fallback_ok, lease = meta[3] ~= '0', num(meta[5])
+-- The key ids the current request already tried.
+local excluded = {}
 
 local function try_probe(g)
   local n = 1
@@ -53,9 +69,9 @@ end
 -- rank, and accepts it with probability w / B_c: key i wins a round with probability
 -- w_i / sum(M), so the accepted key follows the weights exactly and a round succeeds with
 -- probability > 1/2 (always when every key weighs 1). Excluded keys count
--- as rejections. The draws come from a Park-Miller stream seeded by ARGV[2] (exact in doubles);
--- src/store/tree.rs does the same arithmetic in the same order, so both stores pick the same key.
--- After 64 rejected rounds (< 1e-9 without exclusions) the first non-excluded member is taken,
+-- as rejections. The draws come from a Park-Miller stream seeded by the request's rand (exact in
+-- doubles); src/store/tree.rs does the same arithmetic in the same order, so both stores pick
+-- the same key. After 64 rejected rounds (< 1e-9 without exclusions) the first non-excluded member is taken,
 -- scanning classes from high to low by rank.
 local PM_M = 2147483647
 local ROUNDS = 64
@@ -63,17 +79,25 @@ local floor = math.floor
 -- Index c + 1 for class c: its bound 2^(c+1) - 1 (the largest weight it can hold) and its name.
 local BOUND = {1, 3, 7, 15, 31, 63, 127, 255, 511, 1023}
 local CLS = {'0', '1', '2', '3', '4', '5', '6', '7', '8', '9'}
-local pm_x = rand % (PM_M - 1)
-if pm_x < 0 then pm_x = pm_x + (PM_M - 1) end
-if pm_x >= PM_M - 1 then pm_x = pm_x - (PM_M - 1) end
-pm_x = pm_x + 1
+local pm_x = 1
+local function seed(rand)
+  pm_x = rand % (PM_M - 1)
+  if pm_x < 0 then pm_x = pm_x + (PM_M - 1) end
+  if pm_x >= PM_M - 1 then pm_x = pm_x - (PM_M - 1) end
+  pm_x = pm_x + 1
+end
 local function draw()
   local u = pm_x / PM_M
   pm_x = (16807 * pm_x) % PM_M
   return u
 end
 
-local function try_weighted(g)
+-- Each group's class counts, read once per batch (selection changes no class set):
+-- {total weight, member count per class, summed upper-bound mass}.
+local classes = {}
+local function class_counts(g)
+  local c = classes[g]
+  if c then return c[1], c[2], c[3] end
   -- Fields: total, and c -> member count of each class that ever had a member (at most 11).
   local v = redis.call('HGETALL', clsn_key(g))
   local total, n, summ = 0, {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 0
@@ -87,6 +111,12 @@ local function try_weighted(g)
       summ = summ + x * BOUND[i]
     end
   end
+  classes[g] = {total, n, summ}
+  return total, n, summ
+end
+
+local function try_weighted(g)
+  local total, n, summ = class_counts(g)
   local nex = 0
   for id in pairs(excluded) do
     local k = load_key(id)
@@ -128,23 +158,34 @@ local function try_group(g)
   return nil
 end
 
-local primary = 'stable'
-if route == 'canary' or (route == 'bucket' and bucket < percent) then primary = canary_group end
-local id, probe = try_group(primary)
-local group, fb = primary, 0
-if not id and primary ~= 'stable' and fallback_ok then
-  id, probe = try_group('stable')
-  group, fb = 'stable', 1
-end
-if id then return {'key', id, group, fb, probe} end
+-- One request's reply (see the top).
+local function select_one(rand, route, bucket)
+  seed(rand)
+  local primary = 'stable'
+  if route == 'canary' or (route == 'bucket' and bucket < percent) then primary = canary_group end
+  local id, probe = try_group(primary)
+  local group, fb = primary, 0
+  if not id and primary ~= 'stable' and fallback_ok then
+    id, probe = try_group('stable')
+    group, fb = 'stable', 1
+  end
+  if id then return {'key', id, group, fb, probe} end
 
-local earliest = -1
-local first = redis.call('ZRANGE', DUE, 0, 0, 'WITHSCORES')
-if first[2] then earliest = tonumber(first[2]) end
-for _, g in ipairs({primary, 'stable'}) do
-  local p = redis.call('ZRANGE', probe_key(g), 0, 0, 'WITHSCORES')
-  if p[2] and (earliest < 0 or tonumber(p[2]) < earliest) then earliest = tonumber(p[2]) end
+  local earliest = -1
+  local first = redis.call('ZRANGE', DUE, 0, 0, 'WITHSCORES')
+  if first[2] then earliest = tonumber(first[2]) end
+  for _, g in ipairs({primary, 'stable'}) do
+    local p = redis.call('ZRANGE', probe_key(g), 0, 0, 'WITHSCORES')
+    if p[2] and (earliest < 0 or tonumber(p[2]) < earliest) then earliest = tonumber(p[2]) end
+  end
+  local reply = {'none', earliest, now}
+  for _, c in ipairs(state_counts()) do reply[#reply + 1] = c end
+  return reply
 end
-local reply = {'none', earliest, now}
-for _, c in ipairs(state_counts()) do reply[#reply + 1] = c end
-return reply
+
+local replies = {}
+for i, r in ipairs(reqs) do
+  excluded = r[4]
+  replies[i] = select_one(r[1], r[2], r[3])
+end
+return replies

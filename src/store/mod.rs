@@ -221,7 +221,7 @@ pub enum SyncReceipt {
     },
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store call timed out")]
     Timeout,

@@ -10,14 +10,16 @@
 //! One deadline covers a whole store call, re-creation and script loading included: a dead,
 //! hung (`SIGSTOP`) or black-holed Redis never holds a caller longer than `timeout`.
 
+mod coalesce;
 mod reply;
+mod shared;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::{Script, Value};
+use redis::Script;
 use tokio::time::Instant;
 
 use super::connection::{Conn, Endpoint, Timeouts};
@@ -27,7 +29,9 @@ use super::{
     Route, SelectRequest, Selection, StoreError, SuccessBatch, SyncReceipt,
 };
 use crate::pool::{KeyId, KeyState};
+use coalesce::Coalescer;
 use reply::{expect_ok, now_arg, num, parse_selection, parse_snapshot_page, words};
+use shared::{map_err, Core};
 
 /// Ids per `snapshot.lua` page (the SSCAN COUNT hint). A page of 128 keys costs Redis 1.5-3 ms
 /// (SLOWLOG, `store_snapshot` tests), so a snapshot of a 10,000-key pool, about 80 pages, never
@@ -44,10 +48,9 @@ pub struct RedisOptions {
 }
 
 pub struct RedisStore {
-    conn: Conn,
-    prefix: String,
-    timeout: Duration,
-    scripts: Scripts,
+    core: Arc<Core>,
+    /// Selects waiting per pool while one is in flight (see `coalesce.rs`).
+    selects: Coalescer,
     /// The last spec synced per pool, to re-create a pool Redis lost.
     specs: RwLock<HashMap<String, Arc<PoolSpec>>>,
     /// Pools this store (re-)created from their spec since the set was last cleared.
@@ -56,16 +59,6 @@ pub struct RedisStore {
     /// moment wait for one `sync` instead of each sending the whole pool (at 10,000 keys one
     /// sync is a ~1 MB command and ~10 MB of client buffers).
     resync: tokio::sync::Mutex<()>,
-}
-
-fn map_err(e: redis::RedisError) -> StoreError {
-    if e.is_timeout() {
-        StoreError::Timeout
-    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-        StoreError::Unavailable(e.to_string())
-    } else {
-        StoreError::Script(e.to_string())
-    }
 }
 
 impl RedisStore {
@@ -92,10 +85,13 @@ impl RedisStore {
             connect: connect_timeout,
         };
         Ok(RedisStore {
-            conn: Conn::open(endpoint, timeouts)?,
-            prefix: prefix.to_string(),
-            timeout,
-            scripts: Scripts::new(),
+            core: Arc::new(Core {
+                conn: Conn::open(endpoint, timeouts)?,
+                prefix: prefix.to_string(),
+                timeout,
+                scripts: Scripts::new(),
+            }),
+            selects: Coalescer::default(),
             specs: RwLock::new(HashMap::new()),
             recreated: Mutex::new(HashSet::new()),
             resync: tokio::sync::Mutex::new(()),
@@ -104,7 +100,7 @@ impl RedisStore {
 
     /// The deadline of one call: the store timeout.
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.core.timeout
     }
 
     /// Pools this store created in Redis from their spec because Redis did not have them
@@ -136,39 +132,8 @@ impl RedisStore {
         set.insert(pool.to_string());
     }
 
-    /// `kg:{P}`: KEYS[1] of every script; the hash tag keeps a pool in one Cluster slot.
     pub fn pool_base(&self, pool: &str) -> String {
-        format!("{}:{{{}}}", self.prefix, pool)
-    }
-
-    /// Runs one script before `deadline`. A failure tells the connection (Sentinel then asks
-    /// for the master again).
-    async fn eval(
-        &self,
-        script: &Script,
-        pool: &str,
-        args: &[&str],
-        deadline: Instant,
-    ) -> Result<Value, StoreError> {
-        let mut inv = script.key(self.pool_base(pool));
-        for a in args {
-            inv.arg(*a);
-        }
-        let (mut handle, generation) = tokio::time::timeout_at(deadline, self.conn.handle())
-            .await
-            .map_err(|_| StoreError::Timeout)?
-            .map_err(map_err)?;
-        match tokio::time::timeout_at(deadline, inv.invoke_async::<Value>(&mut handle)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.conn.failed(generation, &e);
-                Err(map_err(e))
-            }
-            Err(_) => {
-                self.conn.timed_out(generation);
-                Err(StoreError::Timeout)
-            }
-        }
+        self.core.pool_base(pool)
     }
 
     /// Runs a script; if Redis lost the pool, re-creates it from config and runs it again. The
@@ -179,9 +144,29 @@ impl RedisStore {
         pool: &str,
         args: &[&str],
     ) -> Result<Vec<String>, StoreError> {
-        let deadline = Instant::now() + self.timeout;
-        let w = words(self.eval(script, pool, args, deadline).await?)?;
-        if w.first().map(String::as_str) != Some("nopool") {
+        let deadline = Instant::now() + self.core.timeout;
+        self.on_pool(pool, deadline, || async {
+            words(self.core.eval(script, pool, args, deadline).await?)
+        })
+        .await
+    }
+
+    /// Makes `call` (a script call on `pool`, as words) and, if its reply says Redis lost the
+    /// pool, re-creates the pool from the last spec synced (one sync for all the callers that
+    /// find it lost at once) and makes the call again, all before `deadline`.
+    async fn on_pool<F, Fut>(
+        &self,
+        pool: &str,
+        deadline: Instant,
+        call: F,
+    ) -> Result<Vec<String>, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<String>, StoreError>>,
+    {
+        let lost = |w: &[String]| w.first().map(String::as_str) == Some("nopool");
+        let w = call().await?;
+        if !lost(&w) {
             return Ok(w);
         }
         let spec = self
@@ -197,8 +182,8 @@ impl RedisStore {
             .await
             .map_err(|_| StoreError::Timeout)?;
         // Another request may have re-created it while this one waited.
-        let w = words(self.eval(script, pool, args, deadline).await?)?;
-        if w.first().map(String::as_str) != Some("nopool") {
+        let w = call().await?;
+        if !lost(&w) {
             return Ok(w);
         }
         tracing::warn!(pool, "pool missing from Redis; re-creating it from config");
@@ -206,11 +191,11 @@ impl RedisStore {
         // the last known state.
         self.mark_recreated(pool);
         self.run_sync(&spec, deadline).await?;
-        let w = words(self.eval(script, pool, args, deadline).await?)?;
-        match w.first().map(String::as_str) {
-            Some("nopool") => Err(StoreError::UnknownPool(pool.to_string())),
-            _ => Ok(w),
+        let w = call().await?;
+        if lost(&w) {
+            return Err(StoreError::UnknownPool(pool.to_string()));
         }
+        Ok(w)
     }
 
     async fn run_sync(
@@ -222,7 +207,8 @@ impl RedisStore {
         args.extend(spec.sync_args());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let w = words(
-            self.eval(&self.scripts.sync, &spec.name, &refs, deadline)
+            self.core
+                .eval(&self.core.scripts.sync, &spec.name, &refs, deadline)
                 .await?,
         )?;
         match w.first().map(String::as_str) {
@@ -239,23 +225,11 @@ impl RedisStore {
     /// Loads every script into Redis now (EVALSHA then never pays the NOSCRIPT round trip; on a
     /// Cluster, every node gets them).
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
-        let deadline = Instant::now() + self.timeout * 4;
-        for s in self.scripts.all() {
-            let (mut handle, generation) = tokio::time::timeout_at(deadline, self.conn.handle())
-                .await
-                .map_err(|_| StoreError::Timeout)?
-                .map_err(map_err)?;
-            match tokio::time::timeout_at(deadline, s.load_async(&mut handle)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    self.conn.failed(generation, &e);
-                    return Err(map_err(e));
-                }
-                Err(_) => {
-                    self.conn.timed_out(generation);
-                    return Err(StoreError::Timeout);
-                }
-            }
+        let deadline = Instant::now() + self.core.timeout * 4;
+        for s in self.core.scripts.all() {
+            self.core
+                .call(deadline, |mut h| async move { s.load_async(&mut h).await })
+                .await?;
         }
         Ok(())
     }
@@ -263,7 +237,7 @@ impl RedisStore {
     /// Follows a topology change no call noticed (a Sentinel that names a new master while the
     /// old one still answers). Bounded by four store timeouts.
     pub async fn check_topology(&self) -> Result<(), StoreError> {
-        tokio::time::timeout(self.timeout * 4, self.conn.check_topology())
+        tokio::time::timeout(self.core.timeout * 4, self.core.conn.check_topology())
             .await
             .map_err(|_| StoreError::Timeout)?
             .map_err(map_err)
@@ -271,7 +245,10 @@ impl RedisStore {
 
     /// One round trip to Redis (used by readiness checks and the degraded-mode probe).
     pub async fn ping_redis(&self) -> Result<(), StoreError> {
-        self.query::<String>(redis::cmd("PING")).await.map(|_| ())
+        self.core
+            .query::<String>(redis::cmd("PING"))
+            .await
+            .map(|_| ())
     }
 
     /// The pool's change counter (meta field `ver`, bumped by every script that changes what a
@@ -281,28 +258,11 @@ impl RedisStore {
         cmd.arg(format!("{}:meta", self.pool_base(pool)))
             .arg("ver")
             .arg("layout");
-        let (ver, layout) = self.query::<(Option<u64>, Option<String>)>(cmd).await?;
+        let (ver, layout) = self
+            .core
+            .query::<(Option<u64>, Option<String>)>(cmd)
+            .await?;
         Ok(layout.map(|_| ver.unwrap_or(0)))
-    }
-
-    /// Runs one plain command within the store timeout.
-    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
-        let deadline = Instant::now() + self.timeout;
-        let (mut handle, generation) = tokio::time::timeout_at(deadline, self.conn.handle())
-            .await
-            .map_err(|_| StoreError::Timeout)?
-            .map_err(map_err)?;
-        match tokio::time::timeout_at(deadline, cmd.query_async::<T>(&mut handle)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.conn.failed(generation, &e);
-                Err(map_err(e))
-            }
-            Err(_) => {
-                self.conn.timed_out(generation);
-                Err(StoreError::Timeout)
-            }
-        }
     }
 
     /// A snapshot read page by page (`lua/snapshot.lua`), each page one script call with its
@@ -320,7 +280,9 @@ impl RedisStore {
         let mut keys: BTreeMap<String, KeyRecord> = BTreeMap::new();
         loop {
             let args = [now.as_str(), cursor.as_str(), SNAPSHOT_PAGE];
-            let w = self.eval_pool(&self.scripts.snapshot, pool, &args).await?;
+            let w = self
+                .eval_pool(&self.core.scripts.snapshot, pool, &args)
+                .await?;
             let mut page = parse_snapshot_page(&w)?;
             keys.extend(page.body.keys.drain(..).map(|k| (k.id.clone(), k)));
             if head.is_none() {
@@ -351,14 +313,21 @@ impl KeyStore for RedisStore {
             Route::Canary => ("canary", 0),
             Route::Stable => ("stable", 0),
         };
-        let (now, rand, bucket) = (
-            now_arg(req.now_ms),
+        let now = now_arg(req.now_ms);
+        let mut args = Vec::with_capacity(4 + req.exclude.len());
+        args.extend([
             req.rand.to_string(),
+            route.to_string(),
             bucket.to_string(),
-        );
-        let mut args: Vec<&str> = vec![&now, &rand, route, &bucket];
-        args.extend(req.exclude.iter().map(KeyId::as_str));
-        let w = self.eval_pool(&self.scripts.select, pool, &args).await?;
+            req.exclude.len().to_string(),
+        ]);
+        args.extend(req.exclude.iter().map(|k| k.as_str().to_string()));
+        let deadline = Instant::now() + self.core.timeout;
+        let w = self
+            .on_pool(pool, deadline, || {
+                self.selects.select(&self.core, pool, &now, &args, deadline)
+            })
+            .await?;
         parse_selection(&w)
     }
 
@@ -378,7 +347,9 @@ impl KeyStore for RedisStore {
             &status,
             probe,
         ];
-        let w = self.eval_pool(&self.scripts.report, pool, &args).await?;
+        let w = self
+            .eval_pool(&self.core.scripts.report, pool, &args)
+            .await?;
         expect_ok(&w, pool, r.key)?;
         Ok(ReportReceipt {
             state: w
@@ -410,7 +381,7 @@ impl KeyStore for RedisStore {
             args.extend(owned[1 + i * 3..4 + i * 3].iter().map(String::as_str));
         }
         let w = self
-            .eval_pool(&self.scripts.report_batch, pool, &args)
+            .eval_pool(&self.core.scripts.report_batch, pool, &args)
             .await?;
         match w.first().map(String::as_str) {
             Some("ok") => Ok(BatchReceipt {
@@ -429,7 +400,9 @@ impl KeyStore for RedisStore {
         state: AdminState,
     ) -> Result<KeyState, StoreError> {
         let args = ["0", key.as_str(), state.as_str()];
-        let w = self.eval_pool(&self.scripts.set_state, pool, &args).await?;
+        let w = self
+            .eval_pool(&self.core.scripts.set_state, pool, &args)
+            .await?;
         expect_ok(&w, pool, key)?;
         w.get(1)
             .and_then(|s| KeyState::parse(s))
@@ -444,14 +417,22 @@ impl KeyStore for RedisStore {
         }
         let w = weight.to_string();
         let reply = self
-            .eval_pool(&self.scripts.set_weight, pool, &["0", key.as_str(), &w])
+            .eval_pool(
+                &self.core.scripts.set_weight,
+                pool,
+                &["0", key.as_str(), &w],
+            )
             .await?;
         expect_ok(&reply, pool, key)
     }
 
     async fn set_group(&self, pool: &str, key: &KeyId, group: &str) -> Result<(), StoreError> {
         let reply = self
-            .eval_pool(&self.scripts.set_group, pool, &["0", key.as_str(), group])
+            .eval_pool(
+                &self.core.scripts.set_group,
+                pool,
+                &["0", key.as_str(), group],
+            )
             .await?;
         expect_ok(&reply, pool, key)
     }
@@ -464,7 +445,7 @@ impl KeyStore for RedisStore {
         }
         let p = percent.to_string();
         let w = self
-            .eval_pool(&self.scripts.set_canary, pool, &["0", &p])
+            .eval_pool(&self.core.scripts.set_canary, pool, &["0", &p])
             .await?;
         match w.first().map(String::as_str) {
             Some("ok") => Ok(()),
@@ -474,7 +455,7 @@ impl KeyStore for RedisStore {
 
     async fn reset_counters(&self, pool: &str, key: &KeyId) -> Result<(), StoreError> {
         let w = self
-            .eval_pool(&self.scripts.reset, pool, &["0", key.as_str()])
+            .eval_pool(&self.core.scripts.reset, pool, &["0", key.as_str()])
             .await?;
         expect_ok(&w, pool, key)
     }
@@ -493,7 +474,9 @@ impl KeyStore for RedisStore {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(spec.name.clone(), Arc::new(spec.clone()));
-        let receipt = self.run_sync(spec, Instant::now() + self.timeout).await?;
+        let receipt = self
+            .run_sync(spec, Instant::now() + self.core.timeout)
+            .await?;
         if let SyncReceipt::Synced { created, .. } = receipt {
             if created > 0 && created as usize == spec.keys.len() {
                 self.mark_recreated(&spec.name);

@@ -28,6 +28,7 @@ mod proxy_lifecycle;
 mod reload;
 mod secrets;
 mod store_batch;
+mod store_coalesce;
 mod store_conformance;
 mod store_failover;
 mod store_model;

@@ -13,7 +13,6 @@ use redis::Commands;
 use crate::harness::gateway::{chat, config_toml, http, key, parse_config, post_chat};
 use crate::harness::gateway::{TestGateway, TestKey};
 use crate::harness::{wait_until, RedisServer};
-use crate::store_batch::evalsha_calls;
 
 const K2: [TestKey; 2] = [
     key("k1", "sk-batch-one-1111"),
@@ -81,22 +80,25 @@ async fn successful_requests_cost_far_fewer_report_scripts_than_requests() {
         successes(&redis) == 1
     })
     .await;
-    let _: () = ::redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query(&mut redis.conn())
-        .unwrap();
-    let n = 200u64;
-    serve_ok(&gw, n as usize, 8).await;
+    redis.log_all_commands();
+    let n = 200;
+    serve_ok(&gw, n, 8).await;
     gw.shutdown().await;
     // Every success is in Redis once the gateway is gone...
-    assert_eq!(successes(&redis), n + 1);
-    // ...and cost one select each plus a share of a batch, not a report each.
-    let evalsha = evalsha_calls(&redis);
+    assert_eq!(successes(&redis), n as u64 + 1);
+    // ...and cost a share of a batch, not a report each.
+    assert_eq!(redis.logged_script_calls("report.lua"), 0);
+    let batches = redis.logged_script_calls("report_batch.lua");
     assert!(
-        evalsha < n + n / 4,
-        "{evalsha} EVALSHA for {n} requests: successes are not batched"
+        (1..n / 4).contains(&batches),
+        "{batches} report_batch calls for {n} requests"
     );
-    assert!(evalsha >= n, "{evalsha} EVALSHA for {n} selects");
+    // Selects are coalesced too: eight requests at a time share calls.
+    let selects = redis.logged_script_calls("select.lua");
+    assert!(
+        (1..n).contains(&selects),
+        "{selects} select calls for {n} requests"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,8 +142,9 @@ async fn a_zero_flush_interval_reports_every_success_at_once() {
     let mock = MockUpstream::start().await;
     let gw = TestGateway::start_config(config(&redis, &mock, &K2, 0)).await;
     serve_ok(&gw, 10, 2).await;
+    // A report's call is timed (the metric) after Redis applied it: wait for both.
     wait_until(Duration::from_secs(5), "ten reports", || async {
-        successes(&redis) == 10
+        successes(&redis) == 10 && store_calls(&gw, "report") >= 10
     })
     .await;
     assert_eq!(store_calls(&gw, "report"), 10);

@@ -191,21 +191,8 @@ async fn requests_that_find_their_pool_lost_at_once_recreate_it_with_one_sync() 
     let keys: Vec<(&str, u32, &str)> = ids.iter().map(|id| (id.as_str(), 1, "stable")).collect();
     let store = redis_store(&server, "kg");
     store.sync(&spec("p", &keys)).await.unwrap();
-    let mut conn = server.conn();
-    let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-log-slower-than")
-        .arg(0)
-        .query(&mut conn)
-        .unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-max-len")
-        .arg(100_000)
-        .query(&mut conn)
-        .unwrap();
-    let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut conn).unwrap();
+    server.flushall();
+    server.log_all_commands();
     let selects = (0..16u64).map(|i| {
         let store = &store;
         async move {
@@ -221,32 +208,8 @@ async fn requests_that_find_their_pool_lost_at_once_recreate_it_with_one_sync() 
     for r in futures::future::join_all(selects).await {
         assert!(matches!(r, Ok(Selection::Key(_))), "{r:?}");
     }
-    // SLOWLOG keeps at most 32 arguments of a command and says how many more there were; a
-    // sync of 300 keys is the only EVALSHA with that many.
-    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
-        .arg("GET")
-        .arg(-1)
-        .query(&mut conn)
-        .unwrap();
-    let syncs = log
-        .iter()
-        .filter(|entry| {
-            let redis::Value::Array(fields) = entry else {
-                return false;
-            };
-            let Some(redis::Value::Array(args)) = fields.get(3) else {
-                return false;
-            };
-            let text: Vec<String> = args
-                .iter()
-                .filter_map(|a| redis::from_redis_value::<String>(a.clone()).ok())
-                .collect();
-            text.first()
-                .is_some_and(|c| c.eq_ignore_ascii_case("evalsha"))
-                && text.last().is_some_and(|l| l.contains("more arguments"))
-        })
-        .count();
+    let syncs = server.logged_script_calls("sync.lua");
     assert_eq!(syncs, 1, "one sync re-created the pool for all 16 requests");
-    let active: u64 = conn.hget("kg:{p}:meta", "cnt:active").unwrap();
+    let active: u64 = server.conn().hget("kg:{p}:meta", "cnt:active").unwrap();
     assert_eq!(active, 300);
 }

@@ -160,6 +160,60 @@ impl RedisServer {
             .expect("FLUSHALL");
     }
 
+    /// Logs every command from now on (a SLOWLOG threshold of 0, up to 100,000 entries).
+    pub fn log_all_commands(&self) {
+        let mut c = self.conn();
+        for (name, value) in [("slowlog-log-slower-than", 0), ("slowlog-max-len", 100_000)] {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(name)
+                .arg(value)
+                .query(&mut c)
+                .expect("CONFIG SET");
+        }
+        let _: () = redis::cmd("SLOWLOG")
+            .arg("RESET")
+            .query(&mut c)
+            .expect("SLOWLOG RESET");
+    }
+
+    /// The commands logged since [`RedisServer::log_all_commands`], each as its arguments
+    /// (SLOWLOG keeps the first 32 and says how many more there were).
+    pub fn logged_commands(&self) -> Vec<Vec<String>> {
+        let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+            .arg("GET")
+            .arg(-1)
+            .query(&mut self.conn())
+            .expect("SLOWLOG GET");
+        log.iter()
+            .filter_map(|entry| {
+                let redis::Value::Array(fields) = entry else {
+                    return None;
+                };
+                let Some(redis::Value::Array(args)) = fields.get(3) else {
+                    return None;
+                };
+                Some(
+                    args.iter()
+                        .filter_map(|a| redis::from_redis_value::<String>(a.clone()).ok())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// How many `EVALSHA`s of `lua/<file>` were logged (see [`script_sha`]).
+    pub fn logged_script_calls(&self, file: &str) -> usize {
+        let sha = script_sha(file);
+        self.logged_commands()
+            .iter()
+            .filter(|c| {
+                c.first().is_some_and(|c| c.eq_ignore_ascii_case("evalsha"))
+                    && c.get(1) == Some(&sha)
+            })
+            .count()
+    }
+
     /// `SCRIPT FLUSH`: every cached script gone, keys kept.
     pub fn script_flush(&self) {
         let _: () = redis::cmd("SCRIPT")
@@ -191,4 +245,14 @@ fn signal_quiet(pid: u32) {
     let _ = Command::new("kill")
         .args(["-CONT", &pid.to_string()])
         .status();
+}
+
+/// The SHA1 Redis knows `lua/<file>` by: the file prefixed with `lua/lib.lua`, as
+/// `src/store/scripts.rs` builds it.
+pub fn script_sha(file: &str) -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/lua/");
+    let read = |f: &str| std::fs::read_to_string(format!("{dir}{f}")).expect("lua file");
+    redis::Script::new(&format!("{}\n{}", read("lib.lua"), read(file)))
+        .get_hash()
+        .to_string()
 }

@@ -1,0 +1,171 @@
+//! Coalesced selects (`src/store/redis/coalesce.rs`): selects that wait on one pool go to Redis
+//! together, each still answered as if it had been its own call, and none is ever stranded.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use keygate::pool::{KeyId, Outcome};
+use keygate::store::memory::MemoryStore;
+use keygate::store::redis::RedisStore;
+use keygate::store::{KeyStore, Report, Route, SelectRequest, Selection, StoreError};
+
+use crate::harness::{kid, redis_store, spec, RedisServer};
+use crate::store_batch::evalsha_calls;
+
+const T0: u64 = 1_700_000_000_000;
+
+const KEYS: [(&str, u32, &str); 10] = [
+    ("h", 4, "stable"),
+    ("s1", 1, "stable"),
+    ("s2", 3, "stable"),
+    ("s3", 10, "stable"),
+    ("s4", 200, "stable"),
+    ("s5", 7, "stable"),
+    ("c1", 2, "canary"),
+    ("c2", 5, "canary"),
+    ("c3", 1, "canary"),
+    ("c4", 0, "canary"),
+];
+
+/// The pool of [`KEYS`] with 30% canary traffic and key `h` half-open at `T0 + 5_002` (its
+/// breaker opened at `T0 + 2`).
+async fn setup(s: &dyn KeyStore) {
+    s.sync(&spec("p", &KEYS)).await.unwrap();
+    s.set_canary("p", 30).await.unwrap();
+    let h = kid("h");
+    for i in 0..3 {
+        let r = Report {
+            key: &h,
+            outcome: Outcome::ServerError,
+            cooldown_ms: None,
+            http_status: 500,
+            probe: false,
+            now_ms: Some(T0 + i),
+        };
+        s.report("p", &r).await.unwrap();
+    }
+}
+
+/// Request `i` of the batch: its route, the keys it already tried and its draw.
+fn request(i: u64) -> (Route, Vec<KeyId>, u64) {
+    let route = match i % 4 {
+        0 | 1 => Route::Stable,
+        2 => Route::Bucket((i * 7 % 100) as u8),
+        _ => Route::Canary,
+    };
+    // The first request has already tried `h`, so the probe lease is taken inside the batch.
+    let exclude = match i % 5 {
+        _ if i == 0 => vec![kid("h")],
+        1 => vec![kid("s4")],
+        2 => vec![kid("s4"), kid("s3"), kid("c2")],
+        _ => vec![],
+    };
+    let rand = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    (route, exclude, rand)
+}
+
+fn select_req(r: &(Route, Vec<KeyId>, u64), now: u64) -> SelectRequest<'_> {
+    SelectRequest {
+        route: r.0,
+        exclude: &r.1,
+        rand: r.2,
+        now_ms: Some(now),
+    }
+}
+
+/// A Redis store (store timeout 500 ms) on its own server, holding the pool of [`setup`].
+async fn redis_pool() -> (RedisServer, RedisStore) {
+    let server = RedisServer::start();
+    let store = redis_store(&server, "kg");
+    setup(&store).await;
+    store.load_scripts().await.unwrap();
+    (server, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_selects_share_two_script_calls_and_match_one_by_one_selection() {
+    let server = RedisServer::start();
+    let redis = redis_store(&server, "kg");
+    let memory = MemoryStore::new();
+    setup(&redis).await;
+    setup(&memory).await;
+    redis.load_scripts().await.unwrap();
+    let t = T0 + 5_002;
+    let reqs: Vec<_> = (0..48).map(request).collect();
+    let sels: Vec<SelectRequest> = reqs.iter().map(|r| select_req(r, t)).collect();
+
+    let before = evalsha_calls(&server);
+    // One task polls all 48: the first finds the pool idle and is sent alone; the other 47 wait
+    // for it and go together in the second call.
+    let together = futures::future::join_all(sels.iter().map(|q| redis.select("p", q))).await;
+    assert_eq!(evalsha_calls(&server) - before, 2);
+
+    let mut one_by_one = Vec::new();
+    for r in &reqs {
+        one_by_one.push(memory.select("p", &select_req(r, t)).await.unwrap());
+    }
+    let together: Vec<Selection> = together.into_iter().map(Result::unwrap).collect();
+    assert_eq!(together, one_by_one);
+
+    let probes: Vec<usize> = together
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s, Selection::Key(c) if c.probe))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(probes, [1], "one probe, taken by the batch's first request");
+    for (i, (s, r)) in together.iter().zip(&reqs).enumerate() {
+        let Selection::Key(c) = s else {
+            panic!("request {i}: {s:?}");
+        };
+        assert!(
+            !r.1.contains(&c.key),
+            "request {i} got a key it had tried: {c:?}"
+        );
+        assert_ne!(c.key.as_str(), "c4", "weight 0 is never chosen");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_select_is_sent_when_the_call_before_it_is_cancelled() {
+    let (_server, store) = redis_pool().await;
+    let r = request(3);
+    let q = select_req(&r, T0);
+    let mut first = Box::pin(store.select("p", &q));
+    let mut second = Box::pin(store.select("p", &q));
+    // The first is in flight (it holds the pool's turn); the second waits behind it.
+    assert!(poll_once(first.as_mut()).await.is_pending());
+    assert!(poll_once(second.as_mut()).await.is_pending());
+    drop(first);
+    // The store timeout is 500 ms: a stranded waiter would time out.
+    assert!(matches!(second.await, Ok(Selection::Key(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selects_behind_a_stalled_call_time_out_at_their_deadline_and_the_pool_recovers() {
+    let (server, store) = redis_pool().await;
+    let r = request(3);
+    let q = select_req(&r, T0);
+    server.pause();
+    let started = Instant::now();
+    let stalled = futures::future::join_all((0..4).map(|_| store.select("p", &q))).await;
+    let waited = started.elapsed();
+    server.resume();
+    for s in stalled {
+        assert!(matches!(s, Err(StoreError::Timeout)), "{s:?}");
+    }
+    // All four gave up at their own 500 ms deadline, not one timeout after another.
+    assert!(
+        (Duration::from_millis(500)..Duration::from_millis(950)).contains(&waited),
+        "{waited:?}"
+    );
+    // Nothing is left holding the pool: the next select is answered.
+    assert!(matches!(store.select("p", &q).await, Ok(Selection::Key(_))));
+}
+
+/// Polls `f` once, from inside a task.
+async fn poll_once<F: Future + ?Sized>(mut f: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
+}
