@@ -38,6 +38,7 @@ for arg in "$@"; do
     [[ -x ${BINS[-1]} ]] || die "${arg#*=} is not an executable"
 done
 mkdir -p "$OUT/logs" "$OUT/oha"
+OUT=$(cd "$OUT" && pwd) # absolute: nginx resolves its paths against its own prefix
 KEYGATE=${BINS[0]}
 {
     echo "date_utc: $(date -u +%FT%TZ)"

@@ -54,6 +54,7 @@ for tool in redis-server redis-cli redis-benchmark jq curl taskset "$NGINX"; do
     command -v "$tool" >/dev/null || die "$tool not found"
 done
 mkdir -p "$OUT/logs" "$OUT/oha"
+OUT=$(cd "$OUT" && pwd) # absolute: nginx resolves its paths against its own prefix
 
 # ---------------------------------------------------------------- machine and build
 
@@ -226,11 +227,15 @@ capture_scripts() {
     rcli --json slowlog get 1000 >"$OUT/slowlog.json"
     rcli config set slowlog-log-slower-than 10000 >/dev/null
     rcli slowlog reset >/dev/null
-    # Entries are [id, time, µs, [command args...], addr, name], newest first; 4 ARGV: select;
+    # Entries are [id, time, µs, [command args...], addr, name], newest first. The select is the
+    # EVALSHA of select.lua's SHA1 (lua/lib.lua, a newline, lua/select.lua: src/store/scripts.rs);
     # any other EVALSHA on the pool: the report of the success (today a batch of one key, sent
     # once the batch interval has passed).
-    jq -r '[.[] | .[3] | select(.[0] | ascii_downcase == "evalsha") | select(.[3] == "kgbench:{fast}")]
-        | reverse | (map(select(length == 8)) | first), (map(select(length != 8)) | first)
+    local sel
+    sel=$( (cat "$ROOT/lua/lib.lua" && printf '\n' && cat "$ROOT/lua/select.lua") | sha1sum | cut -c1-40)
+    jq -r --arg sel "$sel" '[.[] | .[3] | select(.[0] | ascii_downcase == "evalsha")
+        | select(.[3] == "kgbench:{fast}")]
+        | reverse | (map(select(.[1] == $sel)) | first), (map(select(.[1] != $sel)) | first)
         | select(. != null) | @sh' "$OUT/slowlog.json" >"$OUT/scripts.txt"
     [[ $(wc -l <"$OUT/scripts.txt") == 2 ]] || die "could not capture select and report (see $OUT/slowlog.json)"
 }
