@@ -11,61 +11,9 @@ use std::path::Path;
 
 use super::*;
 
-/// The example of DESIGN section 7, with a real token hash (of "test").
-const DESIGN_EXAMPLE: &str = r#"
-[server]
-listen = "127.0.0.1:8080"
-max_body_bytes = 16777216
-shutdown_grace_s = 30
-
-[store]
-redis_url = "redis://127.0.0.1:6379/0"
-prefix = "kg"
-timeout_ms = 50
-
-[admin]
-token_env = "KEYGATE_ADMIN_TOKEN"
-
-[[clients]]
-name = "support-bot"
-token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-pools = ["prod"]
-
-[[pools]]
-name = "prod"
-base_url = "https://api.holysheep.ai/v1"
-max_attempts = 3
-models = ["gpt-4.1", "deepseek-v3.2"]
-fallbacks = { "gpt-4.1" = ["deepseek-v3.2"] }
-
-[pools.policy]
-cooldown_default_s = 60
-cooldown_max_s = 900
-breaker_errors = 5
-breaker_window_s = 60
-breaker_open_s = 30
-quota_cooldown_s = 3600
-
-[pools.timeouts]
-connect_ms = 2000
-first_byte_ms = 30000
-total_ms = 300000
-
-[pools.canary]
-group = "canary"
-percent = 10
-
-[[pools.keys]]
-id = "prod-001"
-secret_env = "HS_KEY_001"
-weight = 3
-
-[[pools.keys]]
-id = "prod-004"
-secret_env = "HS_KEY_004"
-weight = 2
-group = "canary"
-"#;
+/// The example of DESIGN section 7, with a real token hash (of "test"); `tests/it/fuzz.rs`
+/// builds its every-field config from it too.
+const DESIGN_EXAMPLE: &str = include_str!("../../tests/fixtures/design-example.toml");
 
 const DESIGN_ENV: [(&str, &str); 3] = [
     ("HS_KEY_001", "sk-abcdefghijk0001"),

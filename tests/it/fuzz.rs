@@ -6,6 +6,7 @@
 //! Case counts are kept small enough for CI (each block runs in about a second).
 
 use std::path::Path;
+use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use keygate::config::Config;
@@ -14,64 +15,26 @@ use keygate::proxy::request::inspect;
 use keygate::proxy::route::request_id;
 use proptest::prelude::*;
 
-/// A config using every section, each field set.
-const FULL: &str = r#"
-[server]
-listen = "127.0.0.1:8080"
-max_body_bytes = 16777216
-shutdown_grace_s = 30
-header_read_timeout_ms = 10000
-body_read_timeout_ms = 30000
-max_header_bytes = 65536
-
-[store]
-redis_url = "redis://127.0.0.1:6379/0"
-prefix = "kg"
-timeout_ms = 50
-
-[admin]
-token_env = "KEYGATE_ADMIN_TOKEN"
-
-[[clients]]
-name = "support-bot"
-token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-pools = ["prod"]
-
-[[pools]]
-name = "prod"
-base_url = "https://api.holysheep.ai/v1"
-max_attempts = 3
-models = ["gpt-4.1", "deepseek-v3.2"]
-fallbacks = { "gpt-4.1" = ["deepseek-v3.2"] }
-
-[pools.policy]
-cooldown_default_s = 60
-cooldown_max_s = 900
-breaker_errors = 5
-breaker_window_s = 60
-breaker_open_s = 30
-quota_cooldown_s = 3600
-
-[pools.timeouts]
-connect_ms = 2000
-first_byte_ms = 30000
-total_ms = 300000
-
-[pools.canary]
-group = "canary"
-percent = 10
-
-[[pools.keys]]
-id = "prod-001"
-secret_env = "HS_KEY_001"
-weight = 3
-
-[[pools.keys]]
-id = "prod-004"
-secret = "sk-inline-secret-0004"
-weight = 2
-group = "canary"
-"#;
+/// A config using every section, each field set: the example of DESIGN section 7 (the config
+/// unit tests' fixture) plus the server's read limits and an inline secret.
+static FULL: LazyLock<String> =
+    LazyLock::new(|| {
+        let design = include_str!("../fixtures/design-example.toml");
+        let edits = [
+        (
+            "shutdown_grace_s = 30\n",
+            "shutdown_grace_s = 30\nheader_read_timeout_ms = 10000\nbody_read_timeout_ms = 30000\n\
+             max_header_bytes = 65536\n",
+        ),
+        ("secret_env = \"HS_KEY_004\"", "secret = \"sk-inline-secret-0004\""),
+    ];
+        let mut full = format!("\n{design}");
+        for (from, to) in edits {
+            assert!(full.contains(from), "the fixture no longer holds {from:?}");
+            full = full.replacen(from, to, 1);
+        }
+        full
+    });
 
 fn env(name: &str) -> Option<String> {
     match name {
@@ -153,7 +116,7 @@ proptest! {
     fn config_parsing_never_panics_on_mutated_configs(
         edits in proptest::collection::vec(mutation(), 1..5),
     ) {
-        let mut text = FULL.to_string();
+        let mut text = FULL.clone();
         for e in &edits {
             text = apply(&text, e);
         }
@@ -173,7 +136,7 @@ proptest! {
             "KEYGATE_ADMIN__TOKEN_ENV", "HS_KEY_001", "KEYGATE_ADMIN_TOKEN",
         ];
         let hostile = |name: &str| if name == names[which] { Some(value.clone()) } else { env(name) };
-        if let Ok(c) = parse(FULL, &hostile) {
+        if let Ok(c) = parse(&FULL, &hostile) {
             check_invariants(&c);
         }
     }

@@ -482,64 +482,21 @@ pub async fn a_success_announcing_zero_remaining_requests_cools_until_the_reset(
 pub async fn canary_routing_follows_percent_force_and_falls_back_to_stable(s: &Subject) {
     setup(s, &[("s1", 1, "stable"), ("c1", 1, "canary")]).await;
     let st = &*s.store;
-    let group_of = |sel: Selection| match sel {
+    // The key, group and fallback flag a request on `route` gets at T0.
+    let chosen = async |route: Route| match st.select("p", &req(1, route, &[], T0)).await.unwrap() {
         Selection::Key(c) => (c.key.to_string(), c.group, c.fallback),
         other => panic!("{other:?}"),
     };
     // Percent 0 (from config): every bucket is stable; forcing reaches the canary.
-    assert_eq!(
-        group_of(
-            st.select("p", &req(1, Route::Bucket(0), &[], T0))
-                .await
-                .unwrap()
-        )
-        .0,
-        "s1"
-    );
-    assert_eq!(
-        group_of(
-            st.select("p", &req(1, Route::Canary, &[], T0))
-                .await
-                .unwrap()
-        )
-        .0,
-        "c1"
-    );
+    assert_eq!(chosen(Route::Bucket(0)).await.0, "s1");
+    assert_eq!(chosen(Route::Canary).await.0, "c1");
     st.set_canary("p", 30).await.unwrap();
-    assert_eq!(
-        group_of(
-            st.select("p", &req(1, Route::Bucket(29), &[], T0))
-                .await
-                .unwrap()
-        )
-        .0,
-        "c1"
-    );
-    assert_eq!(
-        group_of(
-            st.select("p", &req(1, Route::Bucket(30), &[], T0))
-                .await
-                .unwrap()
-        )
-        .0,
-        "s1"
-    );
-    assert_eq!(
-        group_of(
-            st.select("p", &req(1, Route::Stable, &[], T0))
-                .await
-                .unwrap()
-        )
-        .0,
-        "s1"
-    );
+    assert_eq!(chosen(Route::Bucket(29)).await.0, "c1");
+    assert_eq!(chosen(Route::Bucket(30)).await.0, "s1");
+    assert_eq!(chosen(Route::Stable).await.0, "s1");
     // The canary key cools: canary traffic falls back to stable, and says so.
     report(st, "c1", Outcome::RateLimited, Some(1_000), T0).await;
-    let (k, g, fb) = group_of(
-        st.select("p", &req(1, Route::Bucket(0), &[], T0))
-            .await
-            .unwrap(),
-    );
+    let (k, g, fb) = chosen(Route::Bucket(0)).await;
     assert_eq!((k.as_str(), g.as_str(), fb), ("s1", "stable", true));
 }
 
