@@ -4,14 +4,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use tokio::task::JoinHandle;
 
 use super::body::{Ending, ObservedBody};
-use super::successes::Ticket;
+use super::outcome::{keygate_headers, Failure, Step};
+use super::report::{report_in_background, report_success, Reported};
 use super::{forward, Call};
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -22,97 +21,6 @@ use crate::usage::Usage;
 
 /// Error bodies are read whole to classify them (quota, model not found); at most this much.
 const MAX_ERROR_BODY: usize = 64 * 1024;
-
-pub(crate) enum Step {
-    /// An answer for the client (success, or the caller's own 4xx passed through).
-    Done(Response),
-    /// No key could be selected before any attempt failed.
-    NoKey(ApiError),
-    Failed(Failure),
-}
-
-/// What the failed attempts of a request add up to.
-#[derive(Default)]
-pub(crate) struct Failure {
-    pub attempts: u32,
-    pub key: Option<KeyId>,
-    pub group: Option<String>,
-    pub outcome: Option<Outcome>,
-    pub timed_out: bool,
-    /// Some attempt failed for a reason the upstream itself caused (5xx, timeout, connect).
-    pub upstream_broke: bool,
-    pub model_missing: bool,
-    /// The upstream's own answer to pass through (model not found on the last model).
-    pub passthrough: Option<(StatusCode, HeaderMap, Bytes)>,
-    pub no_key: Option<ApiError>,
-    /// Every failure so far took its key out of rotation by rate limit, quota or revocation.
-    pub keys_refused: bool,
-    /// Seconds until the earliest cooldown this request caused ends.
-    pub retry_after_s: Option<u64>,
-}
-
-impl Failure {
-    pub fn merge(self, next: Failure) -> Failure {
-        Failure {
-            attempts: self.attempts + next.attempts,
-            key: next.key.or(self.key),
-            group: next.group.or(self.group),
-            outcome: next.outcome.or(self.outcome),
-            timed_out: next
-                .outcome
-                .map_or(self.timed_out, |o| o == Outcome::Timeout),
-            upstream_broke: self.upstream_broke || next.upstream_broke,
-            model_missing: next.model_missing,
-            passthrough: next.passthrough.or(self.passthrough),
-            no_key: next.no_key.or(self.no_key),
-            keys_refused: next.keys_refused && (self.keys_refused || self.attempts == 0),
-            retry_after_s: match (self.retry_after_s, next.retry_after_s) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
-        }
-    }
-
-    pub fn into_response(self, call: &Call) -> Response {
-        let mut resp =
-            if let (true, Some((status, headers, body))) = (self.model_missing, self.passthrough) {
-                let mut r = (status, body).into_response();
-                *r.headers_mut() = forward::downstream_headers(&headers);
-                r
-            } else if self.timed_out {
-                ApiError::upstream_failed(true, call.attempts).into_response()
-            } else if self.upstream_broke || self.outcome.is_none() {
-                ApiError::upstream_failed(false, call.attempts).into_response()
-            } else if let Some(e) = self.no_key {
-                e.into_response()
-            } else if self.keys_refused {
-                ApiError::no_key(self.retry_after_s).into_response()
-            } else {
-                ApiError::upstream_failed(false, call.attempts).into_response()
-            };
-        tracing::warn!(request_id = %call.request_id, pool = %call.pool.config.name,
-            key = ?self.key.as_ref().map(KeyId::as_str), outcome = ?self.outcome.map(Outcome::as_str),
-            attempts = call.attempts, status = resp.status().as_u16(),
-            latency_ms = call.started.elapsed().as_millis() as u64, "request failed upstream");
-        keygate_headers(
-            resp.headers_mut(),
-            self.key.as_ref(),
-            self.group.as_deref(),
-            call.attempts,
-        );
-        resp
-    }
-}
-
-fn keygate_headers(h: &mut HeaderMap, key: Option<&KeyId>, group: Option<&str>, attempts: u32) {
-    if let Some(k) = key {
-        forward::set_header(h, "x-keygate-key", k.as_str());
-    }
-    if let Some(g) = group {
-        forward::set_header(h, "x-keygate-group", g);
-    }
-    forward::set_header(h, "x-keygate-attempts", &attempts.to_string());
-}
 
 /// Seconds until the earliest recovery (at least 1), on the store's clock.
 fn retry_after_s(u: &Unavailable) -> Option<u64> {
@@ -199,91 +107,6 @@ impl Attempt<'_> {
             Ok(Ok(resp)) => answered_error(call, chosen, resp, started).await,
         }
     }
-}
-
-/// Where a success report stands: sent by its own background task, or buffered in a batch.
-enum Reported {
-    Task(JoinHandle<()>),
-    Batched(Ticket),
-}
-
-impl Reported {
-    /// Returns once the success reached the store (flushing its batch early if need be).
-    async fn landed(self) {
-        match self {
-            Reported::Task(task) => {
-                let _ = task.await;
-            }
-            Reported::Batched(ticket) => ticket.landed().await,
-        }
-    }
-}
-
-/// Reports a success without holding up the response: buffered for the next batch when it is a
-/// plain one; a probe's (it closes the breaker) and one with a cooldown hint go at once.
-fn report_success(
-    state: &Arc<AppState>,
-    pool: &str,
-    chosen: &Chosen,
-    cooldown_ms: Option<u64>,
-    status: u16,
-) -> Reported {
-    if !chosen.probe && cooldown_ms.is_none() {
-        if let Some(ticket) = state.successes.record(pool, &chosen.key, status) {
-            return Reported::Batched(ticket);
-        }
-    }
-    Reported::Task(report_in_background(
-        state,
-        pool,
-        chosen,
-        Outcome::Success,
-        cooldown_ms,
-        status,
-        None,
-    ))
-}
-
-/// Reports an outcome without holding up the response; when `after` is given (the success
-/// reported when a streamed answer began), waits until it landed first, so a mid-stream failure
-/// is applied after that success and not wiped out by it.
-fn report_in_background(
-    state: &Arc<AppState>,
-    pool: &str,
-    chosen: &Chosen,
-    outcome: Outcome,
-    cooldown_ms: Option<u64>,
-    status: u16,
-    after: Option<Reported>,
-) -> JoinHandle<()> {
-    let (state2, pool, key, probe) = (
-        state.clone(),
-        pool.to_string(),
-        chosen.key.clone(),
-        chosen.probe,
-    );
-    state.tasks.spawn(async move {
-        if let Some(first) = after {
-            first.landed().await;
-        }
-        let r = Report {
-            key: &key,
-            outcome,
-            cooldown_ms,
-            http_status: status,
-            probe,
-            now_ms: None,
-        };
-        match state2.store.report(&pool, &r).await {
-            Ok(rc) if rc.changed => {
-                state2
-                    .metrics
-                    .record_cooldown(&pool, key.as_str(), rc.state, outcome)
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(pool = %pool, key = %key, error = %e, "store report failed"),
-        }
-    })
 }
 
 fn succeeded(

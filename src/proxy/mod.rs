@@ -6,6 +6,8 @@ mod attempt;
 pub mod auth;
 pub mod body;
 pub mod forward;
+mod outcome;
+mod report;
 pub mod request;
 pub mod route;
 pub mod successes;
@@ -23,7 +25,8 @@ use crate::app::{AppState, PoolRuntime};
 use crate::error::ApiError;
 use crate::pool::{KeyId, Outcome};
 use crate::store::Route;
-use attempt::{Attempt, Failure, Step};
+use attempt::Attempt;
+use outcome::{Failure, Step};
 
 /// Everything one request carries through its attempts.
 pub(crate) struct Call {
