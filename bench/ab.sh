@@ -6,10 +6,11 @@
 #
 # Starts its own redis-server and one mock upstream (no delay). Each round, for each binary in
 # turn: a fresh replica on the embedded store and one on the Redis store (a FLUSHALL'd Redis),
-# 1 s warm-up at c=64, then c=64 and c=1 points (BENCH_SECS each, default 3); each replica is
+# 1 s warm-up at c=64, then the AB_POINTS points (BENCH_SECS each, default 3); each replica is
 # stopped after its points. Rows go to results.tsv (the columns of bench/run.sh, target =
 # "NAME-embedded" / "NAME-redis").
-# Environment: AB_ROUNDS=3, AB_KEYS=4 (keys in the pool), AB_STORES=embedded,redis, BENCH_SECS=3,
+# Environment: AB_ROUNDS=3, AB_KEYS=4 (keys in the pool), AB_STORES=embedded,redis,
+# AB_POINTS=c64,c1 (bench/lib.sh run_point names: cN, rN fixed rate), BENCH_SECS=3,
 # BENCH_LOG (keygate's RUST_LOG), OHA, BENCH_OUT, BENCH_PORT_BASE.
 set -euo pipefail
 
@@ -19,6 +20,7 @@ SECS=${BENCH_SECS:-3}
 ROUNDS=${AB_ROUNDS:-3}
 NKEYS=${AB_KEYS:-4}
 STORES=${AB_STORES:-embedded,redis}
+POINTS=${AB_POINTS:-c64,c1}
 KG_LOG=${BENCH_LOG:-warn}
 OUT=${BENCH_OUT:-$BENCH_DIR/results/ab-$(date -u +%Y%m%dT%H%M%SZ)}
 
@@ -44,7 +46,7 @@ KEYGATE=${BINS[0]}
     echo "date_utc: $(date -u +%FT%TZ)"
     echo "nproc: $(nproc); kernel: $(uname -r); $(redis-server --version | cut -d' ' -f1-3)"
     for i in "${!NAMES[@]}"; do echo "${NAMES[$i]}: ${BINS[$i]} ($(sha256sum "${BINS[$i]}" | cut -c1-12))"; done
-    echo "rounds: $ROUNDS; keys: $NKEYS; secs: $SECS; stores: $STORES"
+    echo "rounds: $ROUNDS; keys: $NKEYS; secs: $SECS; stores: $STORES; points: $POINTS"
 } >"$OUT/machine.txt"
 log "results in $OUT"
 
@@ -74,8 +76,9 @@ for round in $(seq "$ROUNDS"); do
             SUT_PORTS=("$PORT")
             url="http://127.0.0.1:$PORT/v1/chat/completions"
             run_point ab fast "${NAMES[$i]}-$store" w1 "$url"
-            run_point ab fast "${NAMES[$i]}-$store" c64 "$url"
-            run_point ab fast "${NAMES[$i]}-$store" c1 "$url"
+            for pt in ${POINTS//,/ }; do
+                run_point ab fast "${NAMES[$i]}-$store" "$pt" "$url"
+            done
             stop_pid "${SUT_KG[0]}"
         done
     done

@@ -55,9 +55,10 @@ fn request(i: u64) -> (Route, Vec<KeyId>, u64) {
         2 => Route::Bucket((i * 7 % 100) as u8),
         _ => Route::Canary,
     };
-    // The first request has already tried `h`, so the probe lease is taken inside the batch.
+    // The two requests sent alone have already tried `h`, so the probe lease is taken inside
+    // the batch.
     let exclude = match i % 5 {
-        _ if i == 0 => vec![kid("h")],
+        _ if i < 2 => vec![kid("h")],
         1 => vec![kid("s4")],
         2 => vec![kid("s4"), kid("s3"), kid("c2")],
         _ => vec![],
@@ -85,7 +86,7 @@ async fn redis_pool() -> (RedisServer, RedisStore) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_selects_share_two_script_calls_and_match_one_by_one_selection() {
+async fn concurrent_selects_share_three_script_calls_and_match_one_by_one_selection() {
     let server = RedisServer::start();
     let redis = redis_store(&server, "kg");
     let memory = MemoryStore::new();
@@ -97,10 +98,10 @@ async fn concurrent_selects_share_two_script_calls_and_match_one_by_one_selectio
     let sels: Vec<SelectRequest> = reqs.iter().map(|r| select_req(r, t)).collect();
 
     let before = evalsha_calls(&server);
-    // One task polls all 48: the first finds the pool idle and is sent alone; the other 47 wait
-    // for it and go together in the second call.
+    // One task polls all 48: the first two find a free lane each and are sent alone; the other
+    // 46 wait for them and go together in the third call.
     let together = futures::future::join_all(sels.iter().map(|q| redis.select("p", q))).await;
-    assert_eq!(evalsha_calls(&server) - before, 2);
+    assert_eq!(evalsha_calls(&server) - before, 3);
 
     let mut one_by_one = Vec::new();
     for r in &reqs {
@@ -115,7 +116,12 @@ async fn concurrent_selects_share_two_script_calls_and_match_one_by_one_selectio
         .filter(|(_, s)| matches!(s, Selection::Key(c) if c.probe))
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(probes, [1], "one probe, taken by the batch's first request");
+    // Requests 2 and 3 are canary traffic; request 4 is the batch's first that may probe `h`.
+    assert_eq!(
+        probes,
+        [4],
+        "one probe, and the rest of the batch saw its lease"
+    );
     for (i, (s, r)) in together.iter().zip(&reqs).enumerate() {
         let Selection::Key(c) = s else {
             panic!("request {i}: {s:?}");
@@ -135,11 +141,14 @@ async fn a_waiting_select_is_sent_when_the_call_before_it_is_cancelled() {
     let q = select_req(&r, T0);
     let mut first = Box::pin(store.select("p", &q));
     let mut second = Box::pin(store.select("p", &q));
-    // The first is in flight (it holds the pool's turn); the second waits behind it.
+    let mut third = Box::pin(store.select("p", &q));
+    // The first two are in flight, one per lane; the third waits behind them.
     assert!(poll_once(first.as_mut()).await.is_pending());
     assert!(poll_once(second.as_mut()).await.is_pending());
+    assert!(poll_once(third.as_mut()).await.is_pending());
     drop(first);
     // The store timeout is 500 ms: a stranded waiter would time out.
+    assert!(matches!(third.await, Ok(Selection::Key(_))));
     assert!(matches!(second.await, Ok(Selection::Key(_))));
 }
 

@@ -1,9 +1,10 @@
-//! Coalesced selects: at most one `select.lua` call per pool is in flight from a replica; the
-//! selects that arrive meanwhile wait and then go together in one call (group commit).
+//! Coalesced selects: at most [`LANES`] `select.lua` calls per pool are in flight from a
+//! replica; the selects that arrive while all are busy wait and then go together in one call
+//! (group commit).
 //!
-//! A select that finds its pool idle runs at once, in its own task, as a batch of one, so a
-//! lone request pays nothing for this. Under load the waiting selects form the next batch,
-//! sent by a spawned task as soon as the call in flight returns. The script selects for each
+//! A select that finds a lane free runs at once, in its own task, as a batch of one, so a lone
+//! request, or two at once, pays nothing for this. Under load the waiting selects form the next
+//! batch, sent by a spawned task as soon as a call in flight returns. The script selects for each
 //! request of a batch in order, exactly as separate calls at the same instant would (probe
 //! leases included), but reads the pool's meta, the clock, the due keys and the class counts
 //! once: a batch of 16 costs Redis about a third of 16 calls, and the replica one command
@@ -27,6 +28,11 @@ use crate::store::StoreError;
 /// The most requests one call selects for; the rest wait for the next call.
 const MAX_BATCH: usize = 128;
 
+/// Calls per pool in flight at once. With one, a select arriving during a call waits for it to
+/// return (up to a round trip more at moderate load); with two, that happens only when three
+/// overlap, while under heavy load batches still form (BENCHMARKS.md, "Coalesced selects").
+const LANES: usize = 2;
+
 type Reply = Result<Vec<String>, StoreError>;
 
 /// The select queues of all pools.
@@ -43,8 +49,9 @@ struct Queue {
 
 #[derive(Default)]
 struct State {
-    /// A call for this pool is in flight (or about to be sent by a spawned task).
-    busy: bool,
+    /// Calls for this pool in flight (or about to be sent by a spawned task), at most
+    /// [`LANES`].
+    busy: usize,
     waiting: Vec<Waiter>,
 }
 
@@ -86,7 +93,7 @@ impl Coalescer {
         let queue = self.queue(pool);
         let waiting = {
             let mut st = queue.lock();
-            if st.busy {
+            if st.busy >= LANES {
                 let (tx, rx) = oneshot::channel();
                 st.waiting.push(Waiter {
                     now: now.to_string(),
@@ -96,7 +103,7 @@ impl Coalescer {
                 });
                 Some(rx)
             } else {
-                st.busy = true;
+                st.busy += 1;
                 None
             }
         };
@@ -123,9 +130,9 @@ impl Coalescer {
     }
 }
 
-/// The pool's turn to call Redis, held by whoever sends the call in flight. Dropped (the call
-/// returned, or its caller went away), it passes the turn to a task that sends the waiters'
-/// batch, or marks the pool idle when nobody waits.
+/// A lane of the pool, held by whoever sends a call in flight. Dropped (the call returned, or
+/// its caller went away), it passes the lane to a task that sends the waiters' batch, or frees
+/// it when nobody waits.
 struct Turn {
     queue: Arc<Queue>,
     core: Arc<Core>,
@@ -148,13 +155,13 @@ impl Drop for Turn {
             }
         }
         if st.waiting.is_empty() {
-            st.busy = false;
+            st.busy -= 1;
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             // No runtime left to send it (shutting down): the waiters hear "abandoned".
             st.waiting.clear();
-            st.busy = false;
+            st.busy -= 1;
             return;
         };
         let batch = take_batch(&mut st.waiting);
