@@ -68,11 +68,11 @@ end
 -- M_c = n_c * B_c. A round draws a class with probability M_c / sum(M), a member uniformly by
 -- rank, and accepts it with probability w / B_c: key i wins a round with probability
 -- w_i / sum(M), so the accepted key follows the weights exactly and a round succeeds with
--- probability > 1/2 (always when every key weighs 1). Excluded keys count
--- as rejections. The draws come from a Park-Miller stream seeded by the request's rand (exact in
--- doubles); src/store/tree.rs does the same arithmetic in the same order, so both stores pick
--- the same key. After 64 rejected rounds (< 1e-9 without exclusions) the first non-excluded member is taken,
--- scanning classes from high to low by rank.
+-- probability > 1/2 (always when every key weighs 1). Excluded keys count as rejections. The
+-- draws come from a Park-Miller stream seeded by the request's rand (exact in doubles);
+-- src/store/tree.rs does the same arithmetic in the same order, so both stores pick the same
+-- key. After 64 rejected rounds (< 1e-9 without exclusions) the first non-excluded member is
+-- taken, scanning classes from high to low by rank.
 local PM_M = 2147483647
 local ROUNDS = 64
 local floor = math.floor

@@ -84,14 +84,15 @@ impl RedisStore {
             response: timeout,
             connect: connect_timeout,
         };
+        let core = Arc::new(Core {
+            conn: Conn::open(endpoint, timeouts)?,
+            prefix: prefix.to_string(),
+            timeout,
+            scripts: Scripts::new(),
+        });
         Ok(RedisStore {
-            core: Arc::new(Core {
-                conn: Conn::open(endpoint, timeouts)?,
-                prefix: prefix.to_string(),
-                timeout,
-                scripts: Scripts::new(),
-            }),
-            selects: Coalescer::default(),
+            selects: Coalescer::new(core.clone()),
+            core,
             specs: RwLock::new(HashMap::new()),
             recreated: Mutex::new(HashSet::new()),
             resync: tokio::sync::Mutex::new(()),
@@ -325,7 +326,7 @@ impl KeyStore for RedisStore {
         let deadline = Instant::now() + self.core.timeout;
         let w = self
             .on_pool(pool, deadline, || {
-                self.selects.select(&self.core, pool, &now, &args, deadline)
+                self.selects.select(pool, &now, &args, deadline)
             })
             .await?;
         parse_selection(&w)

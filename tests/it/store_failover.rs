@@ -13,7 +13,7 @@ use redis::Commands;
 
 use crate::harness::gateway::{chat, config_toml, key, TestGateway, TestKey};
 use crate::harness::load::{between, failed, quantile, store_waits_over, warmed_up, Load, TIMING};
-use crate::harness::{kid, wait_until, RedisServer};
+use crate::harness::{kid, wait_until, wait_until_or_explain, RedisServer};
 
 pub(crate) const KEYS: [TestKey; 4] = [
     key("k1", "sk-failover-1"),
@@ -235,26 +235,26 @@ async fn a_sigstopped_redis_never_holds_a_request_longer_than_the_store_timeout(
 /// written back and at least 20 successes counted since; returns how long that took.
 async fn wait_rebuilt(redis: &RedisServer, what: &str) -> Duration {
     let t = Instant::now();
-    loop {
+    let rebuilt = || {
         let (h4, h2) = (key_hash(redis, "k4"), key_hash(redis, "k2"));
         let ok2: u64 = h2
             .get("successes")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        if h4.get("status").map(String::as_str) == Some("disabled") && ok2 >= 20 {
-            return t.elapsed();
-        }
-        // On a timeout, say what Redis holds: which half of the condition never came true.
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "timed out waiting for: {what}; k4 = {h4:?}; k2 = {h2:?}; meta = {:?}",
-            redis
-                .conn()
-                .hgetall::<_, HashMap<String, String>>("kg:{p}:meta")
-                .unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        let done = h4.get("status").map(String::as_str) == Some("disabled") && ok2 >= 20;
+        async move { done }
+    };
+    // On a timeout, say what Redis holds: which half of the condition never came true.
+    let held = || {
+        let meta: HashMap<String, String> = redis.conn().hgetall("kg:{p}:meta").unwrap_or_default();
+        format!(
+            "k4 = {:?}; k2 = {:?}; meta = {meta:?}",
+            key_hash(redis, "k4"),
+            key_hash(redis, "k2")
+        )
+    };
+    wait_until_or_explain(Duration::from_secs(10), what, rebuilt, held).await;
+    t.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@
 //!
 //! Every caller keeps its own deadline: a waiter gives up at it whatever the batch does, and a
 //! batch is sent only for the waiters still waiting. A caller that goes away (its request was
-//! cancelled) hands its turn on (the `Turn` guard), so a pool is never left marked busy.
+//! cancelled) hands its lane on (the `Turn` guard), so a pool is never left marked busy.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,14 +36,15 @@ const LANES: usize = 2;
 type Reply = Result<Vec<String>, StoreError>;
 
 /// The select queues of all pools.
-#[derive(Default)]
 pub(super) struct Coalescer {
+    core: Arc<Core>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
 }
 
-/// One pool's queue.
-#[derive(Default)]
+/// One pool's queue, and what a task needs to send its calls.
 struct Queue {
+    pool: String,
+    core: Arc<Core>,
     state: Mutex<State>,
 }
 
@@ -72,24 +73,30 @@ impl Queue {
 }
 
 impl Coalescer {
+    pub fn new(core: Arc<Core>) -> Coalescer {
+        Coalescer {
+            core,
+            queues: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn queue(&self, pool: &str) -> Arc<Queue> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        match queues.get(pool) {
-            Some(q) => q.clone(),
-            None => queues.entry(pool.to_string()).or_default().clone(),
+        if let Some(q) = queues.get(pool) {
+            return q.clone();
         }
+        let q = Arc::new(Queue {
+            pool: pool.to_string(),
+            core: self.core.clone(),
+            state: Mutex::new(State::default()),
+        });
+        queues.insert(pool.to_string(), q.clone());
+        q
     }
 
     /// One request's select reply as words (`{"nopool"}` when Redis lost the pool); `now` is
     /// ARGV[1], `args` the request's part of ARGV.
-    pub async fn select(
-        &self,
-        core: &Arc<Core>,
-        pool: &str,
-        now: &str,
-        args: &[String],
-        deadline: Instant,
-    ) -> Reply {
+    pub async fn select(&self, pool: &str, now: &str, args: &[String], deadline: Instant) -> Reply {
         let queue = self.queue(pool);
         let waiting = {
             let mut st = queue.lock();
@@ -114,14 +121,11 @@ impl Coalescer {
                 Err(_) => Err(StoreError::Timeout),
             };
         }
-        let _turn = Turn {
-            queue,
-            core: core.clone(),
-            pool: pool.to_string(),
-        };
+        let turn = Turn(queue);
         let mut argv = Vec::with_capacity(1 + args.len());
         argv.push(now);
         argv.extend(args.iter().map(String::as_str));
+        let core = &turn.0.core;
         let v = core
             .eval(&core.scripts.select, pool, &argv, deadline)
             .await?;
@@ -133,15 +137,11 @@ impl Coalescer {
 /// A lane of the pool, held by whoever sends a call in flight. Dropped (the call returned, or
 /// its caller went away), it passes the lane to a task that sends the waiters' batch, or frees
 /// it when nobody waits.
-struct Turn {
-    queue: Arc<Queue>,
-    core: Arc<Core>,
-    pool: String,
-}
+struct Turn(Arc<Queue>);
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        let mut st = self.queue.lock();
+        let mut st = self.0.lock();
         let now = Instant::now();
         // Waiters past their deadline hear so (they are giving up at this moment).
         for w in std::mem::take(&mut st.waiting) {
@@ -166,12 +166,7 @@ impl Drop for Turn {
         };
         let batch = take_batch(&mut st.waiting);
         drop(st);
-        let turn = Turn {
-            queue: self.queue.clone(),
-            core: self.core.clone(),
-            pool: std::mem::take(&mut self.pool),
-        };
-        rt.spawn(send(turn, batch));
+        rt.spawn(send(Turn(self.0.clone()), batch));
     }
 }
 
@@ -194,7 +189,7 @@ fn take_batch(waiting: &mut Vec<Waiter>) -> Vec<Waiter> {
     batch
 }
 
-/// Sends one batch and hands each waiter its reply (or the call's error), holding the turn.
+/// Sends one batch and hands each waiter its reply (or the call's error), holding a lane.
 async fn send(turn: Turn, batch: Vec<Waiter>) {
     let Some(deadline) = batch.iter().map(|w| w.deadline).max() else {
         return;
@@ -204,11 +199,8 @@ async fn send(turn: Turn, batch: Vec<Waiter>) {
     for w in &batch {
         argv.extend(w.args.iter().map(String::as_str));
     }
-    let core = &turn.core;
-    let replies = match core
-        .eval(&core.scripts.select, &turn.pool, &argv, deadline)
-        .await
-    {
+    let Queue { pool, core, .. } = &*turn.0;
+    let replies = match core.eval(&core.scripts.select, pool, &argv, deadline).await {
         Ok(v) => split(v, batch.len()),
         Err(e) => Err(e),
     };

@@ -84,14 +84,32 @@ pub fn redis_subject() -> Subject {
 }
 
 /// Polls `cond` until it holds, failing after `limit`.
-pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F)
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, cond: F)
 where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_until_or_explain(limit, what, cond, String::new).await;
+}
+
+/// [`wait_until`], and on a timeout also says what `explain` finds (the state that kept the
+/// condition false).
+pub async fn wait_until_or_explain<F, Fut>(
+    limit: Duration,
+    what: &str,
+    mut cond: F,
+    explain: impl Fn() -> String,
+) where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let deadline = Instant::now() + limit;
     while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what} {}",
+            explain()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
