@@ -36,20 +36,22 @@ pub(crate) struct Attempt<'a> {
 
 impl Attempt<'_> {
     pub async fn run(self, call: &mut Call) -> Step {
-        let pool_name = call.pool.config.name.clone();
+        // The pool (an Arc, not its name copied): `call` is borrowed mutably below.
+        let pool = call.pool.clone();
+        let pool_name = pool.config.name.as_str();
         let req = SelectRequest {
             route: call.route,
             exclude: self.tried,
             rand: random_draw(),
             now_ms: None,
         };
-        let chosen = match call.state.store.select(&pool_name, &req).await {
+        let chosen = match call.state.store.select(pool_name, &req).await {
             Ok(Selection::Key(c)) => c,
             Ok(Selection::None(u)) => {
                 call.state
                     .metrics
                     .no_key_available
-                    .with_label_values(&[&pool_name])
+                    .with_label_values(&[pool_name])
                     .inc();
                 return Step::NoKey(ApiError::no_key(retry_after_s(&u)));
             }
@@ -71,7 +73,7 @@ impl Attempt<'_> {
             call.state
                 .metrics
                 .canary_requests
-                .with_label_values(&[&pool_name, &chosen.group, fb])
+                .with_label_values(&[pool_name, &chosen.group, fb])
                 .inc();
         }
         call.attempts += 1;
