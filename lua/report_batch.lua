@@ -28,16 +28,24 @@ for i = 2, #ARGV - 3, 4 do
   local seen = now - (tonumber(ARGV[i + 3]) or 0)
   if seen < 0 then seen = 0 end
   local KK = kkey(id)
-  local v = redis.call('HMGET', KK, 'status', 'failed_at_ms', 'last_used_ms')
+  -- One read and one write per key (not HINCRBY plus up to two HSETs): with many distinct keys
+  -- per batch these calls are most of the batch's cost (BENCHMARKS.md, run9). The script is
+  -- atomic, so old + n written back is the same as HINCRBY.
+  local v = redis.call('HMGET', KK, 'status', 'failed_at_ms', 'last_used_ms', 'successes')
   if v[1] and n > 0 then
     applied = applied + 1
-    redis.call('HINCRBY', KK, 'successes', n)
-    if num(v[3]) < seen then redis.call('HSET', KK, 'last_used_ms', seen) end
+    local f = {'successes', string.format('%d', num(v[4]) + n)}
+    if num(v[3]) < seen then
+      f[3], f[4] = 'last_used_ms', string.format('%d', seen)
+    end
     if num(v[2]) < seen then
-      redis.call('HSET', KK, 'errors', 0, 'strikes', 0, 'last_status', http_status)
+      local m = #f
+      f[m + 1], f[m + 2], f[m + 3], f[m + 4] = 'errors', '0', 'strikes', '0'
+      f[m + 5], f[m + 6] = 'last_status', http_status
     else
       held = held + 1
     end
+    redis.call('HSET', KK, unpack(f))
   end
 end
 return {'ok', applied, held, now}

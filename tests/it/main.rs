@@ -20,6 +20,7 @@ mod faults;
 mod fuzz;
 #[allow(dead_code)] // helpers serve many test modules; not every one uses each
 mod harness;
+mod harness_processes;
 mod hostile;
 mod observability;
 mod proxy;

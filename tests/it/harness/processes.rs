@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis_server::free_port;
+use super::redis_server::{dies_with_test, free_port};
 
 /// How long a process gets to answer its readiness URL.
 const READY_LIMIT: Duration = Duration::from_secs(15);
@@ -54,7 +54,7 @@ impl ChildProcess {
         let log = dir.path().join(format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("create log file");
         let err = out.try_clone().expect("clone log file");
-        let child = cmd
+        let child = dies_with_test(&mut cmd)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

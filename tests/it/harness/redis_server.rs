@@ -35,6 +35,29 @@ pub fn redis_server_binary() -> PathBuf {
     })
 }
 
+/// Makes the process `cmd` starts die with the thread that starts it (Linux
+/// `PR_SET_PDEATHSIG`): a test binary killed with SIGKILL runs no destructor, and its servers
+/// would otherwise live on. Every test starts and drops its processes on its own thread (or its
+/// runtime's), which outlives them.
+pub fn dies_with_test(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure only calls prctl and getppid, both
+    // async-signal-safe, and allocates nothing.
+    let parent = std::process::id() as libc::pid_t;
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before prctl took effect: nothing would ever signal us.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        })
+    }
+}
+
 impl RedisServer {
     pub fn start() -> RedisServer {
         RedisServer::start_with(&[])
@@ -57,7 +80,7 @@ impl RedisServer {
         // then our child exits and a PING would reach the other test's server. So the server
         // that answers must report our child's pid; otherwise retry on a new port.
         for _ in 0..5 {
-            let child = Command::new(redis_server_binary())
+            let child = dies_with_test(&mut Command::new(redis_server_binary()))
                 .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
                 .arg("--dir")

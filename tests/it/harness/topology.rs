@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis_server::{free_port, redis_server_binary, RedisServer};
+use super::redis_server::{dies_with_test, free_port, redis_server_binary, RedisServer};
 
 /// The master name every Sentinel monitors.
 pub const MASTER_NAME: &str = "m";
@@ -64,7 +64,7 @@ impl SentinelProcess {
             dir = dir.path().display()
         );
         std::fs::write(&conf, text).expect("write sentinel.conf");
-        let child = Command::new(redis_server_binary())
+        let child = dies_with_test(&mut Command::new(redis_server_binary()))
             .arg(&conf)
             .arg("--sentinel")
             .stdout(Stdio::null())
