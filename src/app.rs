@@ -28,7 +28,7 @@ pub struct PoolRuntime {
     /// `Bearer <secret>` per key id, marked sensitive (never logged by http/hyper).
     pub auth: HashMap<KeyId, HeaderValue>,
     /// The upstream HTTP client (connection pool), with this pool's connect timeout.
-    pub http: reqwest::Client,
+    pub http: UpstreamClient,
 }
 
 /// A client token's owner and the pools it may use.
@@ -45,15 +45,50 @@ pub struct Gateway {
     pub clients: Vec<ClientAuth>,
 }
 
-fn http_client(pool: &PoolConfig) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(pool.timeouts.connect_ms))
+/// hyper_util's pooled client, HTTP/1.1 or HTTP/2 (by ALPN over TLS), plain or TLS upstreams.
+/// It follows no redirect and adds nothing but `Host`.
+pub type UpstreamClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// The proxy variables other HTTP clients (reqwest, curl) honour. keygate's upstream client
+/// connects directly and never routes a request, and its key, through a proxy it was not
+/// configured with; a replica started with one of these set names them in a warning (never their
+/// values: they may carry credentials).
+pub fn ignored_proxy_env(env: impl Fn(&str) -> Option<String>) -> Vec<&'static str> {
+    let names = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ];
+    names
+        .into_iter()
+        .filter(|n| env(n).is_some_and(|v| !v.is_empty()))
+        .collect()
+}
+
+fn http_client(pool: &PoolConfig) -> UpstreamClient {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    let mut tcp = HttpConnector::new();
+    tcp.set_connect_timeout(Some(Duration::from_millis(pool.timeouts.connect_ms)));
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
         .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| format!("pools.{}: cannot build HTTP client: {e}", pool.name))
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }
 
 impl Gateway {
@@ -81,7 +116,7 @@ impl Gateway {
                 spec: PoolSpec::from_config(p),
                 base_url,
                 auth,
-                http: http_client(p)?,
+                http: http_client(p),
             };
             pools.insert(p.name.clone(), Arc::new(rt));
         }
@@ -167,4 +202,20 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         )),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ignored_proxy_env;
+
+    #[test]
+    fn proxy_variables_that_are_set_are_named_and_empty_ones_are_not() {
+        let env = |n: &str| match n {
+            "HTTPS_PROXY" => Some("http://user:secret@proxy:3128".to_string()),
+            "http_proxy" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(ignored_proxy_env(env), vec!["HTTPS_PROXY"]);
+        assert!(ignored_proxy_env(|_| None).is_empty());
+    }
 }

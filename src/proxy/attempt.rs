@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
-use super::body::{Ending, ObservedBody};
+use super::body::{Ending, ObservedBody, UpstreamResponse};
 use super::outcome::{keygate_headers, Failure, Step};
 use super::report::{report_in_background, report_success, Reported};
 use super::{forward, Call};
@@ -82,25 +82,23 @@ impl Attempt<'_> {
             .saturating_duration_since(tokio::time::Instant::now());
         let first_byte =
             Duration::from_millis(call.pool.config.timeouts.first_byte_ms).min(remaining);
-        let send = call
-            .pool
-            .http
-            .request(call.method.clone(), call.url.clone())
-            .headers(forward::upstream_headers(&call.headers, &auth))
-            .body(self.body.clone())
-            .send();
+        let mut upstream = http::Request::new(http_body_util::Full::new(self.body.clone()));
+        *upstream.method_mut() = call.method.clone();
+        *upstream.uri_mut() = call.uri.clone();
+        *upstream.headers_mut() = forward::upstream_headers(&call.headers, &auth);
+        let send = call.pool.http.request(upstream);
         let started = Instant::now();
         match tokio::time::timeout(first_byte, send).await {
             Err(_) => failed(call, chosen, Outcome::Timeout, 0, None, started).await,
             Ok(Err(e)) => {
+                // A connect timeout is a connect error too (the pool's connect_ms).
                 let outcome = if e.is_connect() {
                     Outcome::ConnectError
-                } else if e.is_timeout() {
-                    Outcome::Timeout
                 } else {
                     Outcome::ServerError
                 };
-                tracing::debug!(request_id = %call.request_id, error = %e.without_url(), "upstream transport error");
+                // hyper's errors name no URL and no header: nothing secret to strip.
+                tracing::debug!(request_id = %call.request_id, error = %e, "upstream transport error");
                 failed(call, chosen, outcome, 0, None, started).await
             }
             Ok(Ok(resp)) if resp.status().is_success() => {
@@ -114,7 +112,7 @@ impl Attempt<'_> {
 fn succeeded(
     call: &mut Call,
     chosen: Chosen,
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     started: Instant,
     model: Option<&str>,
 ) -> Step {
@@ -195,7 +193,7 @@ fn stream_end(
 async fn answered_error(
     call: &mut Call,
     chosen: Chosen,
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     started: Instant,
 ) -> Step {
     let status = resp.status();
@@ -203,7 +201,7 @@ async fn answered_error(
     let remaining = call
         .deadline
         .saturating_duration_since(tokio::time::Instant::now());
-    let read = http_body_util::Limited::new(reqwest::Body::from(resp), MAX_ERROR_BODY).collect();
+    let read = http_body_util::Limited::new(resp.into_body(), MAX_ERROR_BODY).collect();
     let body = match tokio::time::timeout(remaining, read).await {
         Ok(Ok(b)) => b.to_bytes(),
         _ => Bytes::new(),

@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
+use http_body_util::{BodyDataStream, BodyExt};
 use tokio::time::{Instant, Sleep};
 
 use crate::usage::{model_from_json_body, usage_from_json_body, SseUsageScanner, Usage};
@@ -37,15 +38,18 @@ enum Watcher {
     None,
 }
 
+/// What the upstream client answers.
+pub type UpstreamResponse = http::Response<hyper::body::Incoming>;
+
 pub struct ObservedBody {
-    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    inner: BodyDataStream<hyper::body::Incoming>,
     watcher: Watcher,
     deadline: Pin<Box<Sleep>>,
     on_end: Option<OnEnd>,
 }
 
 impl ObservedBody {
-    pub fn new(resp: reqwest::Response, deadline: Instant, on_end: OnEnd) -> ObservedBody {
+    pub fn new(resp: UpstreamResponse, deadline: Instant, on_end: OnEnd) -> ObservedBody {
         let ct = resp
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -60,7 +64,7 @@ impl ObservedBody {
             Watcher::None
         };
         ObservedBody {
-            inner: Box::pin(resp.bytes_stream()),
+            inner: resp.into_body().into_data_stream(),
             watcher,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             on_end: Some(on_end),
@@ -117,7 +121,7 @@ impl Stream for ObservedBody {
             self.finish(Ending::Deadline);
             return Poll::Ready(Some(Err(std::io::Error::other("request deadline passed"))));
         }
-        match self.inner.as_mut().poll_next(cx) {
+        match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(chunk))) => {
                 self.observe(&chunk);
@@ -125,7 +129,7 @@ impl Stream for ObservedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 self.finish(Ending::UpstreamError);
-                Poll::Ready(Some(Err(std::io::Error::other(e.without_url()))))
+                Poll::Ready(Some(Err(std::io::Error::other(e))))
             }
             Poll::Ready(None) => {
                 self.finish(Ending::Complete);

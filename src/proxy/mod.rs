@@ -34,7 +34,8 @@ pub(crate) struct Call {
     pub pool: Arc<PoolRuntime>,
     pub request_id: String,
     pub method: http::Method,
-    pub url: url::Url,
+    /// The upstream URI (`upstream_url`, converted once for every attempt).
+    pub uri: http::Uri,
     pub headers: HeaderMap,
     pub route: Route,
     pub started: Instant,
@@ -97,6 +98,8 @@ async fn prepare_and_run(
     let client = auth::authenticate(&gw, &parts.headers).ok_or_else(ApiError::unauthorized)?;
     let pool = auth::choose_pool(&gw, client, &parts.headers)?;
     let url = forward::upstream_url(&pool.base_url, &path, parts.uri.query())?;
+    let uri = http::Uri::try_from(url.as_str())
+        .map_err(|_| ApiError::bad_request("invalid_path", "The request path is not allowed."))?;
     let server = &gw.config.server;
     let bytes = request::read_body(
         body,
@@ -128,7 +131,7 @@ async fn prepare_and_run(
         pool,
         request_id: request_id.to_string(),
         method: parts.method,
-        url,
+        uri,
         headers: parts.headers,
         route,
         started: Instant::now(),

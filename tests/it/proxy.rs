@@ -322,3 +322,38 @@ async fn bad_client_input_gets_the_documented_4xx_and_changes_no_key() {
     let after = gw.state.store.snapshot("p", None).await.unwrap().keys;
     assert_eq!(before, after);
 }
+
+/// An `https` base URL is spoken to in TLS: the first bytes on the wire are a ClientHello that
+/// offers HTTP/2 and HTTP/1.1 by ALPN, and nothing of the request (path, key) leaves in clear.
+/// The listener closes after reading, so the handshake fails and the attempt is a connect error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_gets_a_tls_client_hello_offering_h2_and_no_plaintext() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let _ = tx.send(buf[..n].to_vec());
+        }
+    });
+    let keys = [key("k1", "sk-test-tls-secret-9999")];
+    let upstream = format!("https://127.0.0.1:{port}/v1");
+    let gw = TestGateway::start(&config_toml(None, &upstream, &keys, "")).await;
+    let r = post_chat(&http(), &gw, &chat("m", false), &[]).await;
+    assert_eq!(
+        r.status(),
+        502,
+        "the failed handshake is an upstream failure"
+    );
+    let hello = rx.recv().await.expect("the gateway connected");
+    assert!(hello.len() > 43, "a whole ClientHello record: {hello:?}");
+    assert_eq!(hello[0], 0x16, "a TLS handshake record, not plaintext HTTP");
+    assert_eq!(hello[5], 0x01, "a ClientHello");
+    let has = |needle: &[u8]| hello.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"\x02h2"), "ALPN offers h2");
+    assert!(has(b"\x08http/1.1"), "ALPN offers http/1.1");
+    assert!(!has(b"sk-test-tls-secret-9999") && !has(b"/v1/chat"));
+}
