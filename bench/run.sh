@@ -11,6 +11,8 @@
 #           redis-benchmark PING and replays of the select/report scripts (the inputs of the
 #           added-latency and throughput targets, side by side)
 #   sweep   keygate + Redis at c=64 and c=1 with 4, 64, 1,024 and 10,000 keys in the pool
+#   sizepair the smallest and the largest pool of the sweep in 3 alternating rounds (the pool-size
+#           target, side by side)
 #   storm   one key of 8 turns into a steady `429, Retry-After: 5` under c=64 through nginx and
 #           3 replicas: how many requests still reach it, over time
 #   logging the embedded replica again with RUST_LOG=info (a log line per request), c=64 and c=1
@@ -20,7 +22,7 @@
 # Results: bench/results/<UTC time>/ (results.tsv, summary.md, storm.tsv, logs/, oha/).
 #
 # Environment (all optional):
-#   BENCH_SECS=5            seconds per point     BENCH_PHASES=matrix,floor,sweep,storm,logging,pinned
+#   BENCH_SECS=5            seconds per point     BENCH_PHASES=matrix,floor,sweep,sizepair,storm,logging,pinned
 #   BENCH_SIZES=4,64,1024,10000                         BENCH_MODES=fast,delay
 #   BENCH_SKIP_BUILD=1      use the existing binary   KEYGATE=path (default target/release/keygate)
 #   BENCH_LOG=...           keygate's RUST_LOG (default warn,keygate::store=info; plain info
@@ -33,7 +35,7 @@ set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 SECS=${BENCH_SECS:-5}
-PHASES=${BENCH_PHASES:-matrix,floor,sweep,storm,logging,pinned}
+PHASES=${BENCH_PHASES:-matrix,floor,sweep,sizepair,storm,logging,pinned}
 MODES=${BENCH_MODES:-fast,delay}
 SIZES=${BENCH_SIZES:-4,64,1024,10000}
 KG_LOG=${BENCH_LOG:-warn,keygate::store=info}
@@ -276,7 +278,7 @@ fi
 # sweep_size N [STORE_TIMEOUT_MS]: one replica with an N-key pool; c=64 and c=1, then one
 # /metrics scrape. Notes idle and scraped RSS, /metrics size and degraded mode in sweep.tsv.
 sweep_size() {
-    local n=$1 timeout=${2:-} label="keys-$1${2:+-t$2}"
+    local n=$1 timeout=${2:-} label="keys-$1${2:+-t$2}" phase=${SWEEP_PHASE:-sweep}
     alloc_port
     local port=$PORT cfg="$OUT/keygate-sweep-$label.toml"
     gen_config "$cfg" "127.0.0.1:$port" "redis://127.0.0.1:$REDIS_PORT/0" "kgsweep$timeout" "\"s$n\"" "$timeout"
@@ -293,10 +295,15 @@ sweep_size() {
     degraded_idle=$(degraded_now "$port")
     SUT_KG=("$pid") SUT_PORTS=("$port") SUT_NGX=() POOL_HEADER="s$n"
     URL="http://127.0.0.1:$port/v1/chat/completions"
-    log "sweep $label: ready in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s, idle RSS $idle MB, degraded after 3 s idle: $degraded_idle"
-    run_point sweep fast "$label" w1 "$URL"
-    run_point sweep fast "$label" c64 "$URL"
-    run_point sweep fast "$label" c1 "$URL"
+    log "$phase $label: ready in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s, idle RSS $idle MB, degraded after 3 s idle: $degraded_idle"
+    run_point "$phase" fast "$label" w1 "$URL"
+    run_point "$phase" fast "$label" c64 "$URL"
+    run_point "$phase" fast "$label" c1 "$URL"
+    if [[ $phase != sweep ]]; then
+        stop_pid "$pid"
+        SWEEP_DEGRADED=$(($(degraded_entries) - dg0 + degraded_idle))
+        return
+    fi
     local bytes rss_scrape degraded_end
     reset_hwm "$pid"
     bytes=$(curl -fsS "http://127.0.0.1:$port/metrics" | wc -c)
@@ -317,6 +324,20 @@ if has_phase sweep; then
         # again with a store timeout its background snapshot fits in.
         sweep_size "$n"
         if [[ $SWEEP_DEGRADED != 0 ]]; then sweep_size "$n" 500; fi
+    done
+fi
+
+# sizepair: the pool-size target side by side. The sweep measures each size once, in order, and
+# this VM's throughput drifts between minutes by more than the target's 25% (run9/run10); here the
+# smallest and the largest pool alternate, 3 rounds, a fresh replica each time.
+if has_phase sizepair; then
+    use_mode fast
+    sizes=$(tr ',' '\n' <<<"$SIZES" | sort -n)
+    small=$(head -1 <<<"$sizes") big=$(tail -1 <<<"$sizes")
+    for round in 1 2 3; do
+        for n in "$small" "$big"; do
+            SWEEP_PHASE=sizepair sweep_size "$n"
+        done
     done
 fi
 

@@ -75,6 +75,12 @@ if grep -q '^sweep	' "$TSV"; then
     [[ ! -f $DIR/sweep.tsv ]] ||
         awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7 }' "$DIR/sweep.tsv"
 fi
+if grep -q '^sizepair	' "$TSV"; then
+    echo
+    echo "## Pool size, interleaved rounds (the smallest and the largest pool alternate, a fresh replica each)"
+    echo
+    table sizepair
+fi
 if [[ -f $DIR/storm.txt ]]; then
     echo
     echo "## 429 storm (nginx -> 3 replicas, pool of 8, one key turns 429 Retry-After: 5)"
@@ -141,6 +147,13 @@ if ((big > 0)); then
     sl="keys-$small"
     echo "- Selection at $big keys ($bl) vs $small keys, end to end: c=64 throughput $(value sweep fast "$bl" c64 rps) / $(value sweep fast "$sl" c64 rps) = **$(ratio "$(value sweep fast "$bl" c64 rps)" "$(value sweep fast "$sl" c64 rps)")**; c=1 p50 $(value sweep fast "$bl" c1 p50_ms) / $(value sweep fast "$sl" c1 p50_ms) ms = **$(ratio "$(value sweep fast "$bl" c1 p50_ms)" "$(value sweep fast "$sl" c1 p50_ms)")**; Redis CPU µs/req at c=64 $(value sweep fast "$bl" c64 redis_cpu_us) / $(value sweep fast "$sl" c64 redis_cpu_us) (target: within 25%)"
     echo "- Peak RSS of one replica under load at $big keys ($bl, c=64): **$(value sweep fast "$bl" c64 kg_peak_mb) MB**; at $small keys $(value sweep fast "$sl" c64 kg_peak_mb) MB (target < 50 MB)"
+fi
+pbig=$(awk -F'\t' 'NR > 1 && $1 == "sizepair" {split($3, a, "-"); if (a[2] + 0 > m) m = a[2] + 0} END {print m + 0}' "$TSV")
+psmall=$(awk -F'\t' 'NR > 1 && $1 == "sizepair" {split($3, a, "-"); if (!s || a[2] + 0 < s) s = a[2] + 0} END {print s + 0}' "$TSV")
+if ((pbig > 0)); then
+    big=$pbig small=$psmall
+    pb=$(value sizepair fast "keys-$big" c64 rps) ps=$(value sizepair fast "keys-$small" c64 rps)
+    [[ $pb == nan ]] || echo "- Selection at $big vs $small keys, interleaved rounds (medians, sizepair phase): c=64 throughput $pb / $ps = **$(ratio "$pb" "$ps")**; c=1 p50 $(value sizepair fast "keys-$big" c1 p50_ms) / $(value sizepair fast "keys-$small" c1 p50_ms) ms = **$(ratio "$(value sizepair fast "keys-$big" c1 p50_ms)" "$(value sizepair fast "keys-$small" c1 p50_ms)")**; Redis CPU µs/req at c=64 $(value sizepair fast "keys-$big" c64 redis_cpu_us) / $(value sizepair fast "keys-$small" c64 redis_cpu_us) (target: within 25%)"
 fi
 awk -F'\t' 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
     $col["kg_peak_mb"] != "-" && $col["target"] != "nginx-kg3" && $col["kg_peak_mb"] + 0 > m { m = $col["kg_peak_mb"] + 0; w = $col["phase"] " " $col["mode"] " " $col["target"] " " $col["point"] }
