@@ -25,10 +25,19 @@ pub struct PoolRuntime {
     pub spec: PoolSpec,
     /// The configured base URL, parsed; requests only ever go to its scheme, host and port.
     pub base_url: url::Url,
-    /// `Bearer <secret>` per key id, marked sensitive (never logged by http/hyper).
-    pub auth: HashMap<KeyId, HeaderValue>,
+    /// Per key id: what an attempt sends and what an error answer is scrubbed of.
+    pub auth: HashMap<KeyId, KeyAuth>,
     /// The upstream HTTP client (connection pool), with this pool's connect timeout.
     pub http: UpstreamClient,
+}
+
+/// One key's credentials as the proxy uses them, found by id in O(1) (a pool may hold 10,000).
+pub struct KeyAuth {
+    /// `Bearer <secret>`, marked sensitive (never logged by http/hyper).
+    pub header: HeaderValue,
+    /// The secret itself: an upstream error answer that echoes it is redacted before the client
+    /// sees it.
+    pub secret: crate::config::Secret,
 }
 
 /// A client token's owner and the pools it may use.
@@ -109,7 +118,8 @@ impl Gateway {
                         )
                     })?;
                 v.set_sensitive(true);
-                auth.insert(id, v);
+                let secret = k.secret.clone();
+                auth.insert(id, KeyAuth { header: v, secret });
             }
             let rt = PoolRuntime {
                 config: p.clone(),

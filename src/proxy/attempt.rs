@@ -60,7 +60,7 @@ impl Attempt<'_> {
                 return Step::NoKey(ApiError::store_unavailable());
             }
         };
-        let Some(auth) = call.pool.auth.get(&chosen.key).cloned() else {
+        let Some(auth) = call.pool.auth.get(&chosen.key).map(|a| a.header.clone()) else {
             // Another replica's newer config added this key; this replica has no secret for it.
             return Step::Failed(Failure {
                 key: Some(chosen.key),
@@ -209,9 +209,7 @@ async fn answered_error(
     let verdict = classify(status, &headers, Some(&body), SystemTime::now());
     // What may reach the client (a passed-through 4xx) never carries the key it was sent with.
     let mut headers = headers;
-    let secret = (call.pool.config.keys.iter())
-        .find(|k| k.id == chosen.key.as_str())
-        .map(|k| &k.secret);
+    let secret = call.pool.auth.get(&chosen.key).map(|a| &a.secret);
     let body = match secret {
         Some(secret) => forward::redact_secret(&mut headers, body, secret),
         None => body,
