@@ -209,7 +209,9 @@ async fn answered_error(
     let verdict = classify(status, &headers, Some(&body), SystemTime::now());
     // What may reach the client (a passed-through 4xx) never carries the key it was sent with.
     let mut headers = headers;
-    let secret = call.pool.auth.get(&chosen.key).map(|a| &a.secret);
+    let secret = (call.pool.auth.get(&chosen.key))
+        .and_then(|a| call.pool.config.keys.get(a.index))
+        .map(|k| &k.secret);
     let body = match secret {
         Some(secret) => forward::redact_secret(&mut headers, body, secret),
         None => body,
