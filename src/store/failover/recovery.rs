@@ -82,7 +82,7 @@ impl Shared {
         }
         match self.redis.snapshot_versioned(pool, None).await {
             Ok((s, ver)) => {
-                self.remember(pool, &s, ver);
+                self.remember(pool, s, ver);
                 Ok(())
             }
             Err(e) if e.is_outage() => {
@@ -132,7 +132,7 @@ impl Shared {
         for spec in &specs {
             // A pool too large to snapshot within the timeout keeps memory's view for now.
             match self.redis.snapshot_versioned(&spec.name, None).await {
-                Ok((s, ver)) => self.store_snapshot(&spec.name, &s, ver),
+                Ok((s, ver)) => self.store_snapshot(&spec.name, s, ver),
                 Err(e) => tracing::debug!(pool = %spec.name, error = %e, "no fresh snapshot"),
             }
         }
