@@ -139,8 +139,12 @@ for mode in fast delay; do
     e=$(value matrix "$mode" kg-embedded c64 rps)
     [[ $r == nan ]] || echo "- Redis-store throughput at c=64 as share of embedded, mock $mode: $r / $e req/s = **$(ratio "$r" "$e")** (target ≥ 0.70)"
 done
-big=$(awk -F'\t' 'NR > 1 && $1 == "sweep" {split($3, a, "-"); if (a[2] + 0 > m) m = a[2] + 0} END {print m + 0}' "$TSV")
-small=$(awk -F'\t' 'NR > 1 && $1 == "sweep" {split($3, a, "-"); if (!s || a[2] + 0 < s) s = a[2] + 0} END {print s + 0}' "$TSV")
+# pool_sizes PHASE: the smallest and the largest pool size ("keys-N" targets) of a phase, or "0 0".
+pool_sizes() {
+    awk -F'\t' -v p="$1" 'NR > 1 && $1 == p {split($3, a, "-"); n = a[2] + 0; if (n > m) m = n; if (!s || n < s) s = n}
+        END {print s + 0, m + 0}' "$TSV"
+}
+read -r small big <<<"$(pool_sizes sweep)"
 if ((big > 0)); then
     bl="keys-$big"
     [[ $(value sweep fast "keys-$big-t500" c64 rps) == nan ]] || bl="keys-$big-t500"
@@ -148,10 +152,8 @@ if ((big > 0)); then
     echo "- Selection at $big keys ($bl) vs $small keys, end to end: c=64 throughput $(value sweep fast "$bl" c64 rps) / $(value sweep fast "$sl" c64 rps) = **$(ratio "$(value sweep fast "$bl" c64 rps)" "$(value sweep fast "$sl" c64 rps)")**; c=1 p50 $(value sweep fast "$bl" c1 p50_ms) / $(value sweep fast "$sl" c1 p50_ms) ms = **$(ratio "$(value sweep fast "$bl" c1 p50_ms)" "$(value sweep fast "$sl" c1 p50_ms)")**; Redis CPU µs/req at c=64 $(value sweep fast "$bl" c64 redis_cpu_us) / $(value sweep fast "$sl" c64 redis_cpu_us) (target: within 25%)"
     echo "- Peak RSS of one replica under load at $big keys ($bl, c=64): **$(value sweep fast "$bl" c64 kg_peak_mb) MB**; at $small keys $(value sweep fast "$sl" c64 kg_peak_mb) MB (target < 50 MB)"
 fi
-pbig=$(awk -F'\t' 'NR > 1 && $1 == "sizepair" {split($3, a, "-"); if (a[2] + 0 > m) m = a[2] + 0} END {print m + 0}' "$TSV")
-psmall=$(awk -F'\t' 'NR > 1 && $1 == "sizepair" {split($3, a, "-"); if (!s || a[2] + 0 < s) s = a[2] + 0} END {print s + 0}' "$TSV")
-if ((pbig > 0)); then
-    big=$pbig small=$psmall
+read -r small big <<<"$(pool_sizes sizepair)"
+if ((big > 0)); then
     pb=$(value sizepair fast "keys-$big" c64 rps) ps=$(value sizepair fast "keys-$small" c64 rps)
     [[ $pb == nan ]] || echo "- Selection at $big vs $small keys, interleaved rounds (medians, sizepair phase): c=64 throughput $pb / $ps = **$(ratio "$pb" "$ps")**; c=1 p50 $(value sizepair fast "keys-$big" c1 p50_ms) / $(value sizepair fast "keys-$small" c1 p50_ms) ms = **$(ratio "$(value sizepair fast "keys-$big" c1 p50_ms)" "$(value sizepair fast "keys-$small" c1 p50_ms)")**; Redis CPU µs/req at c=64 $(value sizepair fast "keys-$big" c64 redis_cpu_us) / $(value sizepair fast "keys-$small" c64 redis_cpu_us) (target: within 25%)"
 fi

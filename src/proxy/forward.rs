@@ -89,6 +89,20 @@ pub fn downstream_headers(upstream: &HeaderMap) -> HeaderMap {
     out
 }
 
+fn invalid_path() -> ApiError {
+    ApiError::bad_request("invalid_path", "The request path is not allowed.")
+}
+
+/// [`upstream_url`] as the URI the upstream client sends to, converted once per request.
+pub fn upstream_uri(
+    base: &url::Url,
+    path: &str,
+    query: Option<&str>,
+) -> Result<http::Uri, ApiError> {
+    let url = upstream_url(base, path, query)?;
+    http::Uri::try_from(url.as_str()).map_err(|_| invalid_path())
+}
+
 /// `base_url` + `/` + the path after `/v1/` + the query. The result must keep the base's
 /// scheme, host and port and stay under its path: a request can never steer a pool key to
 /// another host (absolute URLs, `//host`, `..`, encoded slashes and backslashes are refused).
@@ -97,7 +111,6 @@ pub fn upstream_url(
     path: &str,
     query: Option<&str>,
 ) -> Result<url::Url, ApiError> {
-    let bad = || ApiError::bad_request("invalid_path", "The request path is not allowed.");
     let lower = path.to_ascii_lowercase();
     if path.starts_with('/')
         || path.contains("//")
@@ -108,7 +121,7 @@ pub fn upstream_url(
         || path.split('/').any(|seg| seg == ".." || seg == ".")
         || path.contains("://")
     {
-        return Err(bad());
+        return Err(invalid_path());
     }
     let base_path = base.path().trim_end_matches('/');
     let mut url = base.clone();
@@ -119,7 +132,7 @@ pub fn upstream_url(
         && url.port_or_known_default() == base.port_or_known_default()
         && url.path().starts_with(base_path);
     if !same_origin {
-        return Err(bad());
+        return Err(invalid_path());
     }
     Ok(url)
 }

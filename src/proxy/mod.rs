@@ -34,7 +34,7 @@ pub(crate) struct Call {
     pub pool: Arc<PoolRuntime>,
     pub request_id: String,
     pub method: http::Method,
-    /// The upstream URI (`upstream_url`, converted once for every attempt).
+    /// The upstream URI (`forward::upstream_uri`, built once for every attempt).
     pub uri: http::Uri,
     pub headers: HeaderMap,
     pub route: Route,
@@ -97,9 +97,7 @@ async fn prepare_and_run(
     let (parts, body) = req.into_parts();
     let client = auth::authenticate(&gw, &parts.headers).ok_or_else(ApiError::unauthorized)?;
     let pool = auth::choose_pool(&gw, client, &parts.headers)?;
-    let url = forward::upstream_url(&pool.base_url, &path, parts.uri.query())?;
-    let uri = http::Uri::try_from(url.as_str())
-        .map_err(|_| ApiError::bad_request("invalid_path", "The request path is not allowed."))?;
+    let uri = forward::upstream_uri(&pool.base_url, &path, parts.uri.query())?;
     let server = &gw.config.server;
     let bytes = request::read_body(
         body,

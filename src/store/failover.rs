@@ -281,13 +281,17 @@ impl Shared {
         lock(&self.stale).insert(pool.to_string());
     }
 
-    /// Keeps a snapshot Redis returned to a caller, unless memory knows more than it (entries
-    /// not written back yet) or it shows a pool just re-created empty.
+    /// Whether a snapshot Redis returned for `pool` is worth keeping: not when memory knows more
+    /// than it (entries not written back yet) or it shows a pool just re-created empty.
+    fn keeps(&self, pool: &str) -> bool {
+        !(self.is_degraded() || !lock(&self.journal).is_empty() || self.redis.is_recreated(pool))
+    }
+
+    /// Keeps a snapshot Redis returned, when [`Shared::keeps`] says so.
     fn remember(&self, pool: &str, snapshot: PoolSnapshot, ver: u64) {
-        if self.is_degraded() || !lock(&self.journal).is_empty() || self.redis.is_recreated(pool) {
-            return;
+        if self.keeps(pool) {
+            self.store_snapshot(pool, snapshot, ver);
         }
-        self.store_snapshot(pool, snapshot, ver);
     }
 }
 
@@ -418,7 +422,10 @@ impl KeyStore for FailoverStore {
         let call = s.redis.snapshot_versioned(pool, now_ms);
         if let Some(r) = s.on_redis("snapshot", call).await {
             if let (Ok((snap, ver)), None) = (&r, now_ms) {
-                s.remember(pool, snap.clone(), *ver);
+                // The caller gets the snapshot too: copy it only when it is kept.
+                if s.keeps(pool) {
+                    s.store_snapshot(pool, snap.clone(), *ver);
+                }
             }
             return r.map(|(snap, _)| snap);
         }

@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use keygate::config::Config;
-use keygate::proxy::forward::{downstream_headers, upstream_headers, upstream_url};
+use keygate::proxy::forward::{downstream_headers, upstream_headers, upstream_uri, upstream_url};
 use keygate::proxy::request::inspect;
 use keygate::proxy::route::request_id;
 use proptest::prelude::*;
@@ -224,6 +224,10 @@ proptest! {
         prop_assert_eq!(again.host_str(), base.host_str());
         prop_assert_eq!(again.port_or_known_default(), base.port_or_known_default());
         prop_assert_eq!(again.path(), url.path());
+        // What the upstream client is given is that same URL: no accepted path is refused or
+        // changed on the way to an `http::Uri`.
+        let uri = upstream_uri(&base, &path, query.as_deref()).ok().map(|u| u.to_string());
+        prop_assert_eq!(uri.as_deref(), Some(url.as_str()));
     }
 }
 

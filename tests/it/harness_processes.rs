@@ -4,8 +4,9 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::harness::topology::poll;
 use crate::harness::RedisServer;
 
 /// Set in the copy of this test binary that the test starts and kills.
@@ -58,15 +59,26 @@ fn a_test_binary_killed_with_sigkill_leaves_no_redis_server_behind() {
         "redis-server {pid} runs while its test binary does"
     );
 
+    let _leftover = KillIfRunning(pid);
     child.kill().expect("SIGKILL the test binary");
     child.wait().expect("reap the test binary");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while runs(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if runs(pid) {
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        panic!("redis-server {pid} outlived its SIGKILLed test binary by 5 s");
+    poll(
+        Duration::from_secs(5),
+        &format!("redis-server {pid} to die with its SIGKILLed test binary"),
+        || !runs(pid),
+    );
+}
+
+/// Kills the server the test is about if it is still running when the test ends (it failed).
+struct KillIfRunning(u32);
+
+impl Drop for KillIfRunning {
+    fn drop(&mut self) {
+        if runs(self.0) {
+            let _ = Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .status();
+        }
     }
 }
 

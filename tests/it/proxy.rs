@@ -348,7 +348,11 @@ async fn an_https_upstream_gets_a_tls_client_hello_offering_h2_and_no_plaintext(
         502,
         "the failed handshake is an upstream failure"
     );
-    let hello = rx.recv().await.expect("the gateway connected");
+    let hello = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+        .await
+        .ok()
+        .flatten()
+        .expect("the gateway connected to the listener");
     assert!(hello.len() > 43, "a whole ClientHello record: {hello:?}");
     assert_eq!(hello[0], 0x16, "a TLS handshake record, not plaintext HTTP");
     assert_eq!(hello[5], 0x01, "a ClientHello");
