@@ -9,7 +9,8 @@
 # 1 s warm-up at c=64, then the AB_POINTS points (BENCH_SECS each, default 3); each replica is
 # stopped after its points. Rows go to results.tsv (the columns of bench/run.sh, target =
 # "NAME-embedded" / "NAME-redis").
-# Environment: AB_ROUNDS=3, AB_KEYS=4 (keys in the pool), AB_STORES=embedded,redis,
+# Environment: AB_ROUNDS=3, AB_KEYS=4 (keys in the pool; a list such as 4,10000 alternates
+# the sizes within each round, target NAME-STORE-kN), AB_STORES=embedded,redis,
 # AB_POINTS=c64,c1 (bench/lib.sh run_point names: cN, rN fixed rate), BENCH_SECS=3,
 # BENCH_LOG (keygate's RUST_LOG), OHA, BENCH_OUT, BENCH_PORT_BASE.
 set -euo pipefail
@@ -63,23 +64,28 @@ printf '%s\n' "$TSV_HEADER" >"$OUT/results.tsv"
 for round in $(seq "$ROUNDS"); do
     for i in "${!NAMES[@]}"; do
         KEYGATE=${BINS[$i]}
-        for store in ${STORES//,/ }; do
-            redis=""
-            [[ $store == redis ]] && redis="redis://127.0.0.1:$REDIS_PORT/0"
-            rcli flushall >/dev/null
-            alloc_port
-            config="$OUT/${NAMES[$i]}-$store.toml"
-            gen_config "$config" "127.0.0.1:$PORT" "$redis" kgab '"fast"'
-            gen_pool fast "http://127.0.0.1:$MOCK_PORT/v1" "$NKEYS" >>"$config"
-            start_keygate "keygate-${NAMES[$i]}-$store-r$round" "$config" "$PORT"
-            SUT_KG=("$LAST_PID")
-            SUT_PORTS=("$PORT")
-            url="http://127.0.0.1:$PORT/v1/chat/completions"
-            run_point ab fast "${NAMES[$i]}-$store" w1 "$url"
-            for pt in ${POINTS//,/ }; do
-                run_point ab fast "${NAMES[$i]}-$store" "$pt" "$url"
+        for nkeys in ${NKEYS//,/ }; do
+            # Several pool sizes: each gets its own target name (NAME-STORE-kN).
+            suffix=""
+            [[ $NKEYS == *,* ]] && suffix="-k$nkeys"
+            for store in ${STORES//,/ }; do
+                redis=""
+                [[ $store == redis ]] && redis="redis://127.0.0.1:$REDIS_PORT/0"
+                rcli flushall >/dev/null
+                alloc_port
+                config="$OUT/${NAMES[$i]}-$store.toml"
+                gen_config "$config" "127.0.0.1:$PORT" "$redis" kgab '"fast"'
+                gen_pool fast "http://127.0.0.1:$MOCK_PORT/v1" "$nkeys" >>"$config"
+                start_keygate "keygate-${NAMES[$i]}-$store$suffix-r$round" "$config" "$PORT"
+                SUT_KG=("$LAST_PID")
+                SUT_PORTS=("$PORT")
+                url="http://127.0.0.1:$PORT/v1/chat/completions"
+                run_point ab fast "${NAMES[$i]}-$store$suffix" w1 "$url"
+                for pt in ${POINTS//,/ }; do
+                    run_point ab fast "${NAMES[$i]}-$store$suffix" "$pt" "$url"
+                done
+                stop_pid "${SUT_KG[0]}"
             done
-            stop_pid "${SUT_KG[0]}"
         done
     done
 done

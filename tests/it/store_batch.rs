@@ -159,6 +159,28 @@ pub async fn a_batch_never_reactivates_a_half_open_or_cooling_key(s: &Subject) {
     );
 }
 
+pub async fn a_late_batch_adds_its_successes_without_moving_the_last_use_back(s: &Subject) {
+    setup(s).await;
+    let st = &*s.store;
+    report(st, "a", Outcome::ServerError, false, T0 + 10).await;
+    // Replica X's batch: newest success at T0+50, after the failure (resets it).
+    flush(st, &[tally("a", 2, 0)], T0 + 50).await;
+    // Replica Y's batch arrives later, but its newest success was at T0+20: after the failure
+    // (so not held), before X's (so the last use stays at T0+50).
+    let receipt = flush(st, &[tally("a", 3, 40)], T0 + 60).await;
+    assert_eq!((receipt.applied, receipt.held), (1, 0));
+    let a = record(st, "a", T0 + 60).await;
+    assert_eq!(
+        (a.successes, a.errors, a.last_status, a.last_used_ms),
+        (5, 0, 200, T0 + 50)
+    );
+    // A batch older than the failure: held, counted, and the last use stays put.
+    let receipt = flush(st, &[tally("a", 1, 55)], T0 + 60).await;
+    assert_eq!((receipt.applied, receipt.held), (1, 1));
+    let a = record(st, "a", T0 + 60).await;
+    assert_eq!((a.successes, a.last_used_ms), (6, T0 + 50));
+}
+
 pub async fn a_batch_of_many_keys_applies_in_one_call(s: &Subject) {
     let ids: Vec<String> = (0..300).map(|i| format!("k{i:03}")).collect();
     let keys: Vec<(&str, u32, &str)> = ids.iter().map(|i| (i.as_str(), 1, "stable")).collect();
@@ -194,6 +216,7 @@ conformance!(
     a_batch_never_undoes_a_failure_newer_than_its_successes,
     a_failure_in_the_same_millisecond_wins_and_an_older_one_is_reset,
     a_batch_never_reactivates_a_half_open_or_cooling_key,
+    a_late_batch_adds_its_successes_without_moving_the_last_use_back,
     a_batch_of_many_keys_applies_in_one_call,
     a_batch_for_an_unknown_pool_is_an_error,
 );
