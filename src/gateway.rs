@@ -105,7 +105,9 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// its heap resident; at start-up (a 10,000-key config, its sync, the first snapshots) and after
 /// a `/metrics` render of a large pool that is tens of MB no request needs any more
 /// (BENCHMARKS.md, "Resident memory"). `malloc_trim` walks glibc's free lists only: it takes
-/// well under a millisecond here.
+/// well under a millisecond here. With jemalloc, the binary's default allocator, Rust's heap is
+/// not glibc's: jemalloc's background thread returns free pages by itself (`src/main.rs`), and
+/// this call only trims what C code allocated from glibc.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointers and only touches glibc's own heap structures.
