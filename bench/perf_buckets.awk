@@ -15,6 +15,8 @@
         if (sym ~ /malloc|free|realloc|calloc|_int_|tcache|arena|consolidate/) b = "libc malloc/free"
         else if (sym ~ /mem(cpy|move|set|cmp)|str/) b = "libc memcpy/memmove/str*"
         else b = "libc other (syscall wrappers, locks)"
+    } else if (sym ~ /^_rjem_|^tcache_|^arena_|^extent_|^edata_|^je_|^malloc_|^sdallocx/) {
+        b = "jemalloc (the binary's allocator)"
     } else {
         s = sym
         gsub(/^[<&(]+|^mut |^dyn /, "", s)
