@@ -31,28 +31,20 @@ for i = 2, #ARGV - 3, 4 do
   local KK = kkey(ARGV[i])
   -- One read and one write per key (not HINCRBY plus up to two HSETs): with many distinct keys
   -- per batch these calls are most of the batch's cost (BENCHMARKS.md, run9). The script is
-  -- atomic, so old + n written back is the same as HINCRBY. Each of the four writes is spelled
-  -- out rather than built as a table for unpack: at 10,000 keys this loop runs once per request.
+  -- atomic, so old + n written back is the same as HINCRBY, and max(old, seen) written back is
+  -- last_used_ms kept or moved forward. The write's fields are spelled out, not built as a table
+  -- for unpack: at 10,000 keys this loop runs about once per request.
   local v = call('HMGET', KK, 'status', 'failed_at_ms', 'last_used_ms', 'successes')
   if v[1] and n > 0 then
     applied = applied + 1
     local succ = fmt('%d', num(v[4]) + n)
-    local newer = num(v[3]) < seen
+    local used = fmt('%d', math.max(num(v[3]), seen))
     if num(v[2]) < seen then
-      local st = ARGV[i + 2]
-      if newer then
-        call('HSET', KK, 'successes', succ, 'last_used_ms', fmt('%d', seen),
-          'errors', '0', 'strikes', '0', 'last_status', st)
-      else
-        call('HSET', KK, 'successes', succ, 'errors', '0', 'strikes', '0', 'last_status', st)
-      end
+      call('HSET', KK, 'successes', succ, 'last_used_ms', used,
+        'errors', '0', 'strikes', '0', 'last_status', ARGV[i + 2])
     else
       held = held + 1
-      if newer then
-        call('HSET', KK, 'successes', succ, 'last_used_ms', fmt('%d', seen))
-      else
-        call('HSET', KK, 'successes', succ)
-      end
+      call('HSET', KK, 'successes', succ, 'last_used_ms', used)
     end
   end
 end

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::harness::redis_server::signal_quiet;
 use crate::harness::topology::poll;
 use crate::harness::RedisServer;
 
@@ -75,9 +76,7 @@ struct KillIfRunning(u32);
 impl Drop for KillIfRunning {
     fn drop(&mut self) {
         if runs(self.0) {
-            let _ = Command::new("kill")
-                .args(["-9", &self.0.to_string()])
-                .status();
+            signal_quiet(self.0, "-9");
         }
     }
 }

@@ -258,16 +258,15 @@ fn signal(pid: u32, sig: &str) {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(c) = &self.child {
-            signal_quiet(c.id());
+            signal_quiet(c.id(), "-CONT");
         }
         self.kill();
     }
 }
 
-fn signal_quiet(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-CONT", &pid.to_string()])
-        .status();
+/// `kill SIG PID`, for cleanup: a process already gone is not an error.
+pub fn signal_quiet(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
 }
 
 /// The SHA1 Redis knows `lua/<file>` by: the file prefixed with `lua/lib.lua`, as
