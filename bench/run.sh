@@ -13,6 +13,8 @@
 #   sweep   keygate + Redis at c=64 and c=1 with 4, 64, 1,024 and 10,000 keys in the pool
 #   sizepair the smallest and the largest pool of the sweep in 3 alternating rounds (the pool-size
 #           target, side by side)
+#   sustained the largest pool of the sweep at c=64 for BENCH_SUSTAIN_SECS (75): the RSS target
+#           under lasting load, with the replica's 60 s snapshot refresh inside the point
 #   storm   one key of 8 turns into a steady `429, Retry-After: 5` under c=64 through nginx and
 #           3 replicas: how many requests still reach it, over time
 #   logging the embedded replica again with RUST_LOG=info (a log line per request), c=64 and c=1
@@ -22,7 +24,8 @@
 # Results: bench/results/<UTC time>/ (results.tsv, summary.md, storm.tsv, logs/, oha/).
 #
 # Environment (all optional):
-#   BENCH_SECS=5            seconds per point     BENCH_PHASES=matrix,floor,sweep,sizepair,storm,logging,pinned
+#   BENCH_SECS=5            seconds per point     BENCH_PHASES=matrix,floor,sweep,sizepair,sustained,storm,logging,pinned
+#   BENCH_SUSTAIN_SECS=75   seconds of the sustained point
 #   BENCH_SIZES=4,64,1024,10000                         BENCH_MODES=fast,delay
 #   BENCH_SKIP_BUILD=1      use the existing binary   KEYGATE=path (default target/release/keygate)
 #   BENCH_LOG=...           keygate's RUST_LOG (default warn,keygate::store=info; plain info
@@ -35,7 +38,7 @@ set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 SECS=${BENCH_SECS:-5}
-PHASES=${BENCH_PHASES:-matrix,floor,sweep,sizepair,storm,logging,pinned}
+PHASES=${BENCH_PHASES:-matrix,floor,sweep,sizepair,sustained,storm,logging,pinned}
 MODES=${BENCH_MODES:-fast,delay}
 SIZES=${BENCH_SIZES:-4,64,1024,10000}
 KG_LOG=${BENCH_LOG:-warn,keygate::store=info}
@@ -275,8 +278,9 @@ if has_phase floor; then
     done
 fi
 
-# sweep_size N [STORE_TIMEOUT_MS]: one replica with an N-key pool; c=64 and c=1, then one
-# /metrics scrape. Notes idle and scraped RSS, /metrics size and degraded mode in sweep.tsv.
+# sweep_size N [STORE_TIMEOUT_MS]: one replica with an N-key pool; c=64 and c=1 (SWEEP_POINTS),
+# then, in the sweep phase, one /metrics scrape. Notes idle and scraped RSS, /metrics size and
+# degraded mode in sweep.tsv.
 sweep_size() {
     local n=$1 timeout=${2:-} label="keys-$1${2:+-t$2}" phase=${SWEEP_PHASE:-sweep}
     alloc_port
@@ -297,8 +301,8 @@ sweep_size() {
     URL="http://127.0.0.1:$port/v1/chat/completions"
     log "$phase $label: ready in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s, idle RSS $idle MB, degraded after 3 s idle: $degraded_idle"
     run_point "$phase" fast "$label" w1 "$URL"
-    run_point "$phase" fast "$label" c64 "$URL"
-    run_point "$phase" fast "$label" c1 "$URL"
+    local pt
+    for pt in ${SWEEP_POINTS:-c64 c1}; do run_point "$phase" fast "$label" "$pt" "$URL"; done
     if [[ $phase != sweep ]]; then
         stop_pid "$pid"
         SWEEP_DEGRADED=$(($(degraded_entries) - dg0 + degraded_idle))
@@ -339,6 +343,15 @@ if has_phase sizepair; then
             SWEEP_PHASE=sizepair sweep_size "$n"
         done
     done
+fi
+
+# sustained: the RSS target under lasting load. The other phases' 5 s points end before the
+# replica's first 60 s snapshot refresh; this one runs past it (a fresh replica, the largest pool).
+if has_phase sustained; then
+    use_mode fast
+    big=$(tr ',' '\n' <<<"$SIZES" | sort -n | tail -1)
+    log "sustained: $big keys, Redis store, c=64 for ${BENCH_SUSTAIN_SECS:-75} s"
+    SWEEP_PHASE=sustained SWEEP_POINTS=c64 SECS=${BENCH_SUSTAIN_SECS:-75} sweep_size "$big"
 fi
 
 if has_phase storm; then

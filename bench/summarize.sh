@@ -81,6 +81,12 @@ if grep -q '^sizepair	' "$TSV"; then
     echo
     table sizepair
 fi
+if grep -q '^sustained	' "$TSV"; then
+    echo
+    echo "## Sustained load (the largest pool, Redis store, c=64 past the 60 s snapshot refresh, a fresh replica)"
+    echo
+    table sustained
+fi
 if [[ -f $DIR/storm.txt ]]; then
     echo
     echo "## 429 storm (nginx -> 3 replicas, pool of 8, one key turns 429 Retry-After: 5)"
@@ -156,6 +162,10 @@ read -r small big <<<"$(pool_sizes sizepair)"
 if ((big > 0)); then
     pb=$(value sizepair fast "keys-$big" c64 rps) ps=$(value sizepair fast "keys-$small" c64 rps)
     [[ $pb == nan ]] || echo "- Selection at $big vs $small keys, interleaved rounds (medians, sizepair phase): c=64 throughput $pb / $ps = **$(ratio "$pb" "$ps")**; c=1 p50 $(value sizepair fast "keys-$big" c1 p50_ms) / $(value sizepair fast "keys-$small" c1 p50_ms) ms = **$(ratio "$(value sizepair fast "keys-$big" c1 p50_ms)" "$(value sizepair fast "keys-$small" c1 p50_ms)")**; Redis CPU µs/req at c=64 $(value sizepair fast "keys-$big" c64 redis_cpu_us) / $(value sizepair fast "keys-$small" c64 redis_cpu_us) (target: within 25%)"
+fi
+read -r _ big <<<"$(pool_sizes sustained)"
+if ((big > 0)); then
+    echo "- Peak RSS of one replica under sustained load at $big keys (c=64 for $(value sustained fast "keys-$big" c64 secs) s, the 60 s snapshot refresh inside): **$(value sustained fast "keys-$big" c64 kg_peak_mb) MB** (target < 50 MB)"
 fi
 awk -F'\t' 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
     $col["kg_peak_mb"] != "-" && $col["target"] != "nginx-kg3" && $col["kg_peak_mb"] + 0 > m { m = $col["kg_peak_mb"] + 0; w = $col["phase"] " " $col["mode"] " " $col["target"] " " $col["point"] }
