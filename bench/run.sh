@@ -148,16 +148,18 @@ log "redis :$REDIS_PORT  mocks :$MOCK_FAST_PORT :$MOCK_SLOW_PORT  keygate :${KG_
 
 printf '%s\n' "$TSV_HEADER" >"$OUT/results.tsv"
 
-# Noise watch: every ~5 s, the load average and the CPU that processes other than this run and
-# its children used over 1 s (top; 100 = one core), with the busiest of them. Numbers taken next
-# to a build or a test run are not worth much. See noise.tsv; a summary goes to machine.txt.
+# Noise watch: every ~5 s, the load average, the CPU that processes other than this run and
+# its children used over 1 s (top; 100 = one core), with the busiest of them, and the steal time
+# over that second (the share of the vCPUs' time the host gave to others; top's `st`, 100 = all
+# cores). Numbers taken next to a build or a test run, or under steal, are not worth much. See
+# noise.tsv; a summary goes to machine.txt.
 descendants() {
     ps -e -o pid=,ppid= | awk -v root="$1" '{p[$1] = $2}
         END {for (x in p) {y = x; while (y > 1 && y != root) y = p[y]; if (y == root) print x}}'
 }
 noise_watch() {
     local root=$1 mine
-    printf 'time\tload1\tforeign_cpu_pct\tbusiest_foreign\n'
+    printf 'time\tload1\tforeign_cpu_pct\tbusiest_foreign\tsteal_pct\n'
     while :; do
         # This run's processes: descendants of $root, taken before and after top's 1 s window
         # (an oha that starts or ends inside it is still ours).
@@ -168,8 +170,9 @@ noise_watch() {
             -v load1="$(cut -d' ' -f1 /proc/loadavg)" '
             BEGIN {n = split(mine, a, "\n"); for (k = 1; k <= n; k++) m[a[k]] = 1}
             /^top -/ {i++}
+            i == 2 && /^%Cpu/ && match($0, /([0-9.]+) st/, st) {steal = st[1]}
             i == 2 && $1 ~ /^[0-9]+$/ && !($1 in m) && $9 + 0 > 0 {s += $9; if ($9 + 0 >= 5) b = b $12 "(" $9 ") "}
-            END {printf "%s\t%s\t%.0f\t%s\n", t, load1, s, b}' "$OUT/.top"
+            END {printf "%s\t%s\t%.0f\t%s\t%.1f\n", t, load1, s, b, steal}' "$OUT/.top"
         sleep 4
     done
 }
@@ -247,14 +250,27 @@ capture_scripts() {
 
 # bench_p50 ARGS...: p50 in ms of redis-benchmark -c 1 -n 20000 for one command (or -t ping).
 bench_p50() {
-    redis-benchmark -p "$REDIS_PORT" -c 1 -n 20000 -q "$@" 2>/dev/null | tr '\r' '\n' |
+    ${BENCH_PIN:-} redis-benchmark -p "$REDIS_PORT" -c 1 -n 20000 -q "$@" 2>/dev/null | tr '\r' '\n' |
         awk '/requests per second, p50=/ {sub(/.*p50=/, ""); v = $1} END {print v}'
+}
+
+# ping_placed: "SAME OTHER", PING p50 in ms with redis-benchmark on Redis's vCPU and on the
+# other one (Redis pinned to core 0 meanwhile, then let go). An unpinned PING lands on either:
+# the scheduler keeps the two on one vCPU when the other is busy (0.015 ms here) and spreads
+# them when it is idle (0.07-0.10 ms), so one unpinned round can differ from the next by 5x.
+ping_placed() {
+    local same other
+    taskset -a -pc 0 "$REDIS_PID" >/dev/null
+    same=$(BENCH_PIN="taskset -c 0" bench_p50 -t ping)
+    other=$(BENCH_PIN="taskset -c 1" bench_p50 -t ping)
+    taskset -a -pc 0-1 "$REDIS_PID" >/dev/null
+    echo "$same $other"
 }
 
 if has_phase floor; then
     use_mode fast
     capture_scripts
-    printf 'round\tping_p50_ms\tselect_p50_ms\treport_p50_ms\n' >"$OUT/rtt.tsv"
+    printf 'round\tping_p50_ms\tselect_p50_ms\treport_p50_ms\tping_same_cpu_ms\tping_other_cpu_ms\n' >"$OUT/rtt.tsv"
     for round in 1 2 3; do
         for target in direct kg-embedded kg-redis; do
             use_target "$target"
@@ -273,8 +289,9 @@ if has_phase floor; then
         eval "report_cmd=($(sed -n 2p "$OUT/scripts.txt"))"
         sel=$(bench_p50 "${select_cmd[@]}")
         rep=$(bench_p50 "${report_cmd[@]}")
-        printf '%s\t%s\t%s\t%s\n' "$round" "$ping" "$sel" "$rep" >>"$OUT/rtt.tsv"
-        log "round $round: redis-benchmark -c 1 p50: PING $ping ms, select EVALSHA $sel ms, report EVALSHA $rep ms"
+        read -r ping_same ping_other <<<"$(ping_placed)"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$ping" "$sel" "$rep" "$ping_same" "$ping_other" >>"$OUT/rtt.tsv"
+        log "round $round: redis-benchmark -c 1 p50: PING $ping ms (same vCPU as Redis $ping_same, other $ping_other), select EVALSHA $sel ms, report EVALSHA $rep ms"
     done
 fi
 
@@ -441,7 +458,8 @@ if [[ ${BENCH_PROFILE:-0} == 1 ]]; then
     done
 fi
 
-awk -F'\t' 'NR > 1 {n++; l += $2; f += $3; if ($3 > m) m = $3; if ($3 >= 10) busy++} END {printf "noise during the run: %d samples, mean load1 %.2f; CPU of other processes: mean %.0f%%, max %.0f%% (100%% = one core), %d samples at 10%% or more\n", n, n ? l / n : 0, n ? f / n : 0, m, busy}' "$OUT/noise.tsv" >>"$OUT/machine.txt"
+awk -F'\t' 'NR > 1 {n++; l += $2; f += $3; if ($3 > m) m = $3; if ($3 >= 10) busy++; st += $5; if ($5 > sm) sm = $5; if ($5 >= 5) stolen++}
+    END {printf "noise during the run: %d samples, mean load1 %.2f; CPU of other processes: mean %.0f%%, max %.0f%% (100%% = one core), %d samples at 10%% or more; steal: mean %.1f%%, max %.1f%% (100%% = all cores), %d samples at 5%% or more\n", n, n ? l / n : 0, n ? f / n : 0, m, busy, n ? st / n : 0, sm, stolen}' "$OUT/noise.tsv" >>"$OUT/machine.txt"
 "$BENCH_DIR/summarize.sh" "$OUT" >"$OUT/summary.md"
 echo "uptime after: $(uptime)" >>"$OUT/machine.txt"
 log "done: $OUT/summary.md"

@@ -56,11 +56,11 @@ if grep -q '^floor	' "$TSV"; then
     echo
     table floor
     echo
-    echo "redis-benchmark -c 1 p50 per round, ms (PING; replays of replica 1's select and report EVALSHA):"
+    echo "redis-benchmark -c 1 p50 per round, ms (PING unpinned, and with redis-benchmark pinned to Redis's vCPU and to the other one; replays of replica 1's select and report EVALSHA):"
     echo
-    echo "| round | PING | select | report |"
-    echo "|---|---:|---:|---:|"
-    awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4 }' "$DIR/rtt.tsv"
+    echo "| round | PING | PING, same vCPU | PING, other vCPU | select | report |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, ($5 == "" ? "-" : $5), ($6 == "" ? "-" : $6), $3, $4 }' "$DIR/rtt.tsv"
 fi
 if grep -q '^sweep	' "$TSV"; then
     echo
@@ -130,10 +130,14 @@ median_col() {
 ping=$(median_col 2)
 sel=$(median_col 3)
 rep=$(median_col 4)
-awk -v d="$direct" -v e="$emb" -v r="$red" -v p="$ping" -v s="$sel" -v q="$rep" 'BEGIN {
+ping_same=$(median_col 5)
+ping_other=$(median_col 6)
+awk -v d="$direct" -v e="$emb" -v r="$red" -v p="$ping" -v s="$sel" -v q="$rep" -v ps="$ping_same" -v po="$ping_other" 'BEGIN {
     if (d == "nan" || e == "nan" || r == "nan" || p == "nan") { print "- added latency: floor phase missing"; exit }
     floor = (e - d) + 2 * p; added = r - d
     printf "- Added latency at c=1, p50 (medians of the floor rounds): keygate+Redis %.3f − direct %.3f = %.3f ms; floor = (embedded %.3f − direct) + 2 × PING %.3f = %.3f ms; **ratio %.2f** (target ≤ 1.3)\n", r, d, added, e, p, floor, added / floor
+    if (ps != "nan" && ps != "" && po != "nan" && po != "")
+        printf "  - with PING placed: on Redis'"'"'s vCPU %.3f ms, ratio %.2f; on the other vCPU %.3f ms, ratio %.2f (an unpinned PING lands on either)\n", ps, added / ((e - d) + 2 * ps), po, added / ((e - d) + 2 * po)
     if (s != "nan" && s != "")
         printf "  - with the real scripts instead of PING: (embedded − direct) + select %.3f + report %.3f = %.3f ms; ratio %.2f. Redis-store keygate minus embedded: %.3f ms\n", s, q, (e - d) + s + q, added / ((e - d) + s + q), r - e
 }'
