@@ -17,8 +17,9 @@
 --    n_disabled, n_draining}
 --
 -- Cost: O(1) expected Redis calls per request whatever the pool size. Once per batch: the meta
--- HMGET, TIME, the due-key recovery (at most 8 keys per request, 64 per call) and one HGETALL of
--- each group's class counts; then on average at most 2 ZRANGEs by rank per weighted choice.
+-- HMGET, TIME, the due-key recovery (at most 8 keys per request, 64 per call), one HGETALL of
+-- each group's class counts, and one ZRANGE of each small class drawn from (see SMALL); then
+-- on average at most 2 ZRANGEs by rank per weighted choice in the larger classes.
 -- A half-open key whose probe lease is free is chosen first (one probe at a time, cluster-wide,
 -- also within a batch: the lease is taken before the next request of the batch looks);
 -- the lease expires after probe_lease_ms so a dead replica cannot wedge the key.
@@ -28,12 +29,15 @@ local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'canary
 if not meta[4] then return {'nopool'} end
 local now = clock(ARGV[1])
 
--- The requests of the batch: {rand, route, bucket, excluded set}.
+-- The requests of the batch: {rand, route, bucket, excluded set}. Requests that exclude nothing
+-- share one empty set (nothing writes to a set once parsed).
 local reqs = {}
 do
+  local none = {}
   local i = 2
   while i + 3 <= #ARGV do
-    local ex, n = {}, tonumber(ARGV[i + 3]) or 0
+    local ex, n = none, tonumber(ARGV[i + 3]) or 0
+    if n > 0 then ex = {} end
     for j = i + 4, i + 3 + n do ex[ARGV[j]] = true end
     reqs[#reqs + 1] = {tonumber(ARGV[i]) or 0, ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, ex}
     i = i + 4 + n
@@ -115,6 +119,39 @@ local function class_counts(g)
   return total, n, summ
 end
 
+-- In a batch of several requests, a class of at most SMALL members (or of at most 2 per request)
+-- is read whole the first time a draw lands in it, and later draws of the batch index that copy:
+-- each ZRANGE by rank costs a redis.call with its conversions. With a batch of 10 selects from a
+-- 4-key pool this cuts the call by 20-30% (BENCHMARKS.md, "Small classes read whole"); a batch
+-- of one reads by rank, as a whole class costs it more. The copy cannot go stale within the
+-- call: selection changes no class set. A larger class is read one member per draw (O(log n)
+-- each, whatever the pool size).
+local SMALL = 16
+local SMALL_PER_REQ = 2
+-- Per group: the names of its class sets (built once per call), and the copies read whole.
+local set_names, copies = {}, {}
+-- The member of rank r (0-based) of class i of group g and its weight (nil when there is none).
+local function member(g, i, r, n_i)
+  local names = set_names[g]
+  if not names then
+    names = {}
+    set_names[g] = names
+  end
+  local key = names[i]
+  if not key then
+    key = cls_key(g, CLS[i])
+    names[i] = key
+  end
+  local c = copies[key]
+  if not c and #reqs > 1 and n_i <= math.max(SMALL, SMALL_PER_REQ * #reqs) then
+    c = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    copies[key] = c
+  end
+  if c then return c[2 * r + 1], c[2 * r + 2] end
+  local m = redis.call('ZRANGE', key, r, r, 'WITHSCORES')
+  return m[1], m[2]
+end
+
 local function try_weighted(g)
   local total, n, summ = class_counts(g)
   local nex = 0
@@ -126,7 +163,6 @@ local function try_weighted(g)
     end
   end
   if total <= 0 or summ <= 0 then return nil end
-  local ck = B .. ':cls:' .. g .. ':'
   for _ = 1, ROUNDS do
     local t = floor(draw() * summ)
     local i, cum = 1, n[1] * BOUND[1]
@@ -134,14 +170,13 @@ local function try_weighted(g)
       i = i + 1
       cum = cum + n[i] * BOUND[i]
     end
-    local r = tostring(floor(draw() * n[i]))
-    local m = redis.call('ZRANGE', ck .. CLS[i], r, r, 'WITHSCORES')
+    local id, w = member(g, i, floor(draw() * n[i]), n[i])
     local acc = floor(draw() * BOUND[i])
-    if m[1] and not excluded[m[1]] and acc < tonumber(m[2]) then return m[1] end
+    if id and not excluded[id] and acc < tonumber(w) then return id end
   end
   for i = 10, 1, -1 do
     if n[i] > 0 then
-      for _, id in ipairs(redis.call('ZRANGE', ck .. CLS[i], 0, nex)) do
+      for _, id in ipairs(redis.call('ZRANGE', cls_key(g, CLS[i]), 0, nex)) do
         if not excluded[id] then return id end
       end
     end
