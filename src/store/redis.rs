@@ -9,34 +9,34 @@
 //!
 //! One deadline covers a whole store call, re-creation and script loading included: a dead,
 //! hung (`SIGSTOP`) or black-holed Redis never holds a caller longer than `timeout`.
+//!
+//! Beside this file: `redis/shared.rs` (what every call needs), `coalesce.rs` (selects coalesced
+//! per pool), `recreate.rs` (a pool Redis lost), `snapshot.rs` (reading a pool back) and
+//! `reply.rs` (script replies parsed).
 
 mod coalesce;
+mod recreate;
 mod reply;
 mod shared;
+mod snapshot;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::Script;
 use tokio::time::Instant;
 
 use super::connection::{Conn, Endpoint, Timeouts};
 use super::scripts::Scripts;
 use super::{
-    AdminState, BatchReceipt, KeyRecord, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt,
-    Route, SelectRequest, Selection, StoreError, SuccessBatch, SyncReceipt,
+    AdminState, BatchReceipt, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, Route,
+    SelectRequest, Selection, StoreError, SuccessBatch, SyncReceipt,
 };
 use crate::pool::{KeyId, KeyState};
 use coalesce::Coalescer;
-use reply::{expect_ok, now_arg, num, parse_selection, parse_snapshot_page, words};
+use reply::{expect_ok, now_arg, num, parse_selection};
 use shared::{map_err, Core};
-
-/// Ids per `snapshot.lua` page (the SSCAN COUNT hint). A page of 128 keys costs Redis 1.5-3 ms
-/// (SLOWLOG, `store_snapshot` tests), so a snapshot of a 10,000-key pool, about 80 pages, never
-/// holds Redis's one thread longer than that at a time.
-const SNAPSHOT_PAGE: &str = "128";
 
 /// How to reach Redis and how long to wait for it.
 #[derive(Clone, Debug)]
@@ -128,99 +128,8 @@ impl RedisStore {
         set.remove(pool);
     }
 
-    fn mark_recreated(&self, pool: &str) {
-        let mut set = self.recreated.lock().unwrap_or_else(|e| e.into_inner());
-        set.insert(pool.to_string());
-    }
-
     pub fn pool_base(&self, pool: &str) -> String {
         self.core.pool_base(pool)
-    }
-
-    /// Runs a script; if Redis lost the pool, re-creates it from config and runs it again. The
-    /// whole of it shares one deadline.
-    async fn eval_pool(
-        &self,
-        script: &Script,
-        pool: &str,
-        args: &[&str],
-    ) -> Result<Vec<String>, StoreError> {
-        let deadline = Instant::now() + self.core.timeout;
-        self.on_pool(pool, deadline, || async {
-            words(self.core.eval(script, pool, args, deadline).await?)
-        })
-        .await
-    }
-
-    /// Makes `call` (a script call on `pool`, as words) and, if its reply says Redis lost the
-    /// pool, re-creates the pool from the last spec synced (one sync for all the callers that
-    /// find it lost at once) and makes the call again, all before `deadline`.
-    async fn on_pool<F, Fut>(
-        &self,
-        pool: &str,
-        deadline: Instant,
-        call: F,
-    ) -> Result<Vec<String>, StoreError>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<String>, StoreError>>,
-    {
-        let lost = |w: &[String]| w.first().map(String::as_str) == Some("nopool");
-        let w = call().await?;
-        if !lost(&w) {
-            return Ok(w);
-        }
-        let spec = self
-            .specs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(pool)
-            .cloned();
-        let Some(spec) = spec else {
-            return Err(StoreError::UnknownPool(pool.to_string()));
-        };
-        let _one_sync = tokio::time::timeout_at(deadline, self.resync.lock())
-            .await
-            .map_err(|_| StoreError::Timeout)?;
-        // Another request may have re-created it while this one waited.
-        let w = call().await?;
-        if !lost(&w) {
-            return Ok(w);
-        }
-        tracing::warn!(pool, "pool missing from Redis; re-creating it from config");
-        // Marked before the pool exists again, so no snapshot of the empty pool is taken for
-        // the last known state.
-        self.mark_recreated(pool);
-        self.run_sync(&spec, deadline).await?;
-        let w = call().await?;
-        if lost(&w) {
-            return Err(StoreError::UnknownPool(pool.to_string()));
-        }
-        Ok(w)
-    }
-
-    async fn run_sync(
-        &self,
-        spec: &PoolSpec,
-        deadline: Instant,
-    ) -> Result<SyncReceipt, StoreError> {
-        let mut args = vec![spec.fingerprint()];
-        args.extend(spec.sync_args());
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let w = words(
-            self.core
-                .eval(&self.core.scripts.sync, &spec.name, &refs, deadline)
-                .await?,
-        )?;
-        match w.first().map(String::as_str) {
-            Some("unchanged") => Ok(SyncReceipt::Unchanged),
-            Some("synced") => Ok(SyncReceipt::Synced {
-                created: num(&w, 1)?,
-                updated: num(&w, 2)?,
-                removed: num(&w, 3)?,
-            }),
-            _ => Err(StoreError::Script(format!("sync reply {w:?}"))),
-        }
     }
 
     /// Loads every script into Redis now (EVALSHA then never pays the NOSCRIPT round trip; on a
@@ -250,59 +159,6 @@ impl RedisStore {
             .query::<String>(redis::cmd("PING"))
             .await
             .map(|_| ())
-    }
-
-    /// The pool's change counter (meta field `ver`, bumped by every script that changes what a
-    /// snapshot shows, counters aside): one `HMGET`, no script. `None`: Redis has no such pool.
-    pub async fn pool_version(&self, pool: &str) -> Result<Option<u64>, StoreError> {
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(format!("{}:meta", self.pool_base(pool)))
-            .arg("ver")
-            .arg("layout");
-        let (ver, layout) = self
-            .core
-            .query::<(Option<u64>, Option<String>)>(cmd)
-            .await?;
-        Ok(layout.map(|_| ver.unwrap_or(0)))
-    }
-
-    /// A snapshot read page by page (`lua/snapshot.lua`), each page one script call with its
-    /// own deadline, plus the pool's change counter as the first page saw it (a later change,
-    /// even one made by a later page's recoveries, moves the counter past it). Ids SSCAN
-    /// returned twice keep their later read.
-    pub async fn snapshot_versioned(
-        &self,
-        pool: &str,
-        now_ms: Option<u64>,
-    ) -> Result<(PoolSnapshot, u64), StoreError> {
-        let mut now = now_arg(now_ms);
-        let mut cursor = "0".to_string();
-        let mut head = None;
-        let mut keys: BTreeMap<String, KeyRecord> = BTreeMap::new();
-        loop {
-            let args = [now.as_str(), cursor.as_str(), SNAPSHOT_PAGE];
-            let w = self
-                .eval_pool(&self.core.scripts.snapshot, pool, &args)
-                .await?;
-            let mut page = parse_snapshot_page(&w)?;
-            keys.extend(page.body.keys.drain(..).map(|k| (k.id.clone(), k)));
-            if head.is_none() {
-                now = page.body.now_ms.to_string();
-                head = Some(page.body);
-            }
-            if page.cursor == "0" {
-                break;
-            }
-            cursor = page.cursor;
-        }
-        let head = head.ok_or_else(|| StoreError::Script("empty snapshot".into()))?;
-        let snapshot = PoolSnapshot {
-            now_ms: head.now_ms,
-            canary_group: head.canary_group,
-            canary_percent: head.canary_percent,
-            keys: keys.into_values().collect(),
-        };
-        Ok((snapshot, head.ver))
     }
 }
 

@@ -1,0 +1,104 @@
+//! A pool Redis lost (a restart without persistence, `FLUSHALL`): a script answers `nopool`, and
+//! the store re-creates the pool from the last spec it synced (one `sync` for all the callers that
+//! find it lost at once), notes it for the failover layer, and makes the call again, all within
+//! the call's deadline.
+
+use redis::Script;
+use tokio::time::Instant;
+
+use super::reply::{num, words};
+use super::RedisStore;
+use crate::store::{PoolSpec, StoreError, SyncReceipt};
+
+impl RedisStore {
+    pub(super) fn mark_recreated(&self, pool: &str) {
+        let mut set = self.recreated.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(pool.to_string());
+    }
+
+    /// Runs a script; if Redis lost the pool, re-creates it from config and runs it again. The
+    /// whole of it shares one deadline.
+    pub(super) async fn eval_pool(
+        &self,
+        script: &Script,
+        pool: &str,
+        args: &[&str],
+    ) -> Result<Vec<String>, StoreError> {
+        let deadline = Instant::now() + self.core.timeout;
+        self.on_pool(pool, deadline, || async {
+            words(self.core.eval(script, pool, args, deadline).await?)
+        })
+        .await
+    }
+
+    /// Makes `call` (a script call on `pool`, as words) and, if its reply says Redis lost the
+    /// pool, re-creates the pool from the last spec synced (one sync for all the callers that
+    /// find it lost at once) and makes the call again, all before `deadline`.
+    pub(super) async fn on_pool<F, Fut>(
+        &self,
+        pool: &str,
+        deadline: Instant,
+        call: F,
+    ) -> Result<Vec<String>, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<String>, StoreError>>,
+    {
+        let lost = |w: &[String]| w.first().map(String::as_str) == Some("nopool");
+        let w = call().await?;
+        if !lost(&w) {
+            return Ok(w);
+        }
+        let spec = self
+            .specs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pool)
+            .cloned();
+        let Some(spec) = spec else {
+            return Err(StoreError::UnknownPool(pool.to_string()));
+        };
+        let _one_sync = tokio::time::timeout_at(deadline, self.resync.lock())
+            .await
+            .map_err(|_| StoreError::Timeout)?;
+        // Another request may have re-created it while this one waited.
+        let w = call().await?;
+        if !lost(&w) {
+            return Ok(w);
+        }
+        tracing::warn!(pool, "pool missing from Redis; re-creating it from config");
+        // Marked before the pool exists again, so no snapshot of the empty pool is taken for
+        // the last known state.
+        self.mark_recreated(pool);
+        self.run_sync(&spec, deadline).await?;
+        let w = call().await?;
+        if lost(&w) {
+            return Err(StoreError::UnknownPool(pool.to_string()));
+        }
+        Ok(w)
+    }
+
+    pub(super) async fn run_sync(
+        &self,
+        spec: &PoolSpec,
+        deadline: Instant,
+    ) -> Result<SyncReceipt, StoreError> {
+        let mut args = vec![spec.fingerprint()];
+        args.extend(spec.sync_args());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let w = words(
+            self.core
+                .eval(&self.core.scripts.sync, &spec.name, &refs, deadline)
+                .await?,
+        )?;
+        match w.first().map(String::as_str) {
+            Some("unchanged") => Ok(SyncReceipt::Unchanged),
+            Some("synced") => Ok(SyncReceipt::Synced {
+                created: num(&w, 1)?,
+                updated: num(&w, 2)?,
+                removed: num(&w, 3)?,
+            }),
+            _ => Err(StoreError::Script(format!("sync reply {w:?}"))),
+        }
+    }
+}
