@@ -1,0 +1,232 @@
+use super::*;
+use proptest::prelude::*;
+
+const CHAT_STREAM: &str = concat!(
+    ": keep-alive comment\n\n",
+    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4.1-2025-04-14\",",
+    "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}],\"usage\":null}\n\n",
+    "data: {\"id\":\"c1\",\"model\":\"gpt-4.1-2025-04-14\",",
+    "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+    "data: {\"id\":\"c1\",\"model\":\"gpt-4.1-2025-04-14\",\"choices\":[],",
+    "\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":2,\"total_tokens\":14}}\n\n",
+    "data: [DONE]\n\n",
+);
+
+const CHAT_USAGE: Usage = Usage {
+    prompt_tokens: 12,
+    completion_tokens: 2,
+    total_tokens: 14,
+};
+
+fn scan(chunks: &[&[u8]]) -> SseUsageScanner {
+    let mut scanner = SseUsageScanner::new();
+    for chunk in chunks {
+        scanner.feed(chunk);
+    }
+    scanner
+}
+
+#[test]
+fn json_body_usage_for_chat_and_embeddings() {
+    let chat = br#"{"id":"x","model":"gpt-4.1","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}"#;
+    let expected = Usage {
+        prompt_tokens: 9,
+        completion_tokens: 3,
+        total_tokens: 12,
+    };
+    assert_eq!(usage_from_json_body(chat), Some(expected));
+    let embeddings = br#"{"object":"list","data":[],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+    let expected = Usage {
+        prompt_tokens: 8,
+        completion_tokens: 0,
+        total_tokens: 8,
+    };
+    assert_eq!(usage_from_json_body(embeddings), Some(expected));
+    let model = model_from_json_body(embeddings);
+    assert_eq!(model.as_deref(), Some("text-embedding-3-small"));
+}
+
+#[test]
+fn json_body_usage_in_responses_api_spelling_sums_missing_total() {
+    let body = br#"{"model":"gpt-4.1","usage":{"input_tokens":5,"output_tokens":7}}"#;
+    let expected = Usage {
+        prompt_tokens: 5,
+        completion_tokens: 7,
+        total_tokens: 12,
+    };
+    assert_eq!(usage_from_json_body(body), Some(expected));
+}
+
+#[test]
+fn json_body_without_usable_usage_is_none() {
+    for body in [
+        &br#"{"usage":null}"#[..],
+        br#"{"usage":{}}"#,
+        br#"{"usage":"lots"}"#,
+        br#"{"choices":[]}"#,
+        br#"[1,2]"#,
+        b"not json",
+        b"",
+    ] {
+        assert_eq!(
+            usage_from_json_body(body),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    assert_eq!(model_from_json_body(br#"{"model":""}"#), None);
+    assert_eq!(model_from_json_body(br#"{"model":3}"#), None);
+}
+
+#[test]
+fn stream_final_chunk_usage_and_model_are_seen() {
+    let scanner = scan(&[CHAT_STREAM.as_bytes()]);
+    assert_eq!(scanner.usage(), Some(CHAT_USAGE));
+    assert_eq!(scanner.model(), Some("gpt-4.1-2025-04-14"));
+}
+
+#[test]
+fn stream_split_at_every_byte_boundary_gives_identical_usage() {
+    let bytes = CHAT_STREAM.as_bytes();
+    for split in 0..=bytes.len() {
+        let (head, tail) = bytes.split_at(split);
+        let scanner = scan(&[head, tail]);
+        assert_eq!(scanner.usage(), Some(CHAT_USAGE), "split at {split}");
+        assert_eq!(
+            scanner.model(),
+            Some("gpt-4.1-2025-04-14"),
+            "split at {split}"
+        );
+    }
+    let one_byte_chunks: Vec<&[u8]> = bytes.chunks(1).collect();
+    assert_eq!(scan(&one_byte_chunks).usage(), Some(CHAT_USAGE));
+}
+
+#[test]
+fn crlf_and_cr_line_endings_split_anywhere() {
+    for ending in ["\r\n", "\r"] {
+        let stream = CHAT_STREAM.replace('\n', ending);
+        let bytes = stream.as_bytes();
+        for split in 0..=bytes.len() {
+            let (head, tail) = bytes.split_at(split);
+            let scanner = scan(&[head, tail]);
+            assert_eq!(
+                scanner.usage(),
+                Some(CHAT_USAGE),
+                "{ending:?} split at {split}"
+            );
+        }
+    }
+}
+
+#[test]
+fn multi_line_data_without_space_is_joined() {
+    let stream = "data:{\"usage\":\ndata: {\"prompt_tokens\":1,\r\ndata:\"total_tokens\":4}}\n\n";
+    let expected = Usage {
+        prompt_tokens: 1,
+        completion_tokens: 0,
+        total_tokens: 4,
+    };
+    assert_eq!(scan(&[stream.as_bytes()]).usage(), Some(expected));
+}
+
+#[test]
+fn event_fields_and_comments_do_not_disturb_data() {
+    let stream =
+        "event: message\nid: 7\n: note\nretry: 10\ndata: {\"usage\":{\"total_tokens\":3}}\n\n";
+    assert_eq!(
+        scan(&[stream.as_bytes()]).usage().map(|u| u.total_tokens),
+        Some(3)
+    );
+}
+
+#[test]
+fn null_usage_after_real_usage_does_not_erase_it() {
+    let stream =
+        "data: {\"usage\":{\"total_tokens\":3}}\n\ndata: {\"usage\":null}\n\ndata: oops\n\n";
+    assert_eq!(
+        scan(&[stream.as_bytes()]).usage().map(|u| u.total_tokens),
+        Some(3)
+    );
+}
+
+#[test]
+fn unterminated_event_counts_only_after_finish() {
+    let mut scanner = scan(&[b"data: {\"usage\":{\"total_tokens\":3}}"]);
+    assert_eq!(scanner.usage(), None);
+    scanner.finish();
+    assert_eq!(scanner.usage().map(|u| u.total_tokens), Some(3));
+}
+
+#[test]
+fn responses_api_completed_event_carries_usage() {
+    let stream = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-4.1\",\"usage\":{\"input_tokens\":2,\"output_tokens\":3,\"total_tokens\":5}}}\n\n";
+    let scanner = scan(&[stream.as_bytes()]);
+    assert_eq!(scanner.usage().map(|u| u.completion_tokens), Some(3));
+    assert_eq!(scanner.model(), Some("gpt-4.1"));
+}
+
+#[test]
+fn oversized_event_is_dropped_and_the_next_one_still_counts() {
+    let padding = "x".repeat(MAX_EVENT_BYTES + 10);
+    let big = format!("data: {{\"pad\":\"{padding}\",\"usage\":{{\"total_tokens\":99}}}}\n\n");
+    let small = "data: {\"usage\":{\"total_tokens\":5}}\n\n";
+    let mut scanner = SseUsageScanner::new();
+    for chunk in big.as_bytes().chunks(4096) {
+        scanner.feed(chunk);
+        assert!(scanner.line.len() + scanner.data.len() <= MAX_EVENT_BYTES);
+    }
+    assert_eq!(scanner.usage(), None);
+    scanner.feed(small.as_bytes());
+    assert_eq!(scanner.usage().map(|u| u.total_tokens), Some(5));
+    assert!(scanner.line.capacity() <= KEEP_CAPACITY);
+}
+
+#[test]
+fn endless_line_without_newline_stays_bounded() {
+    let mut scanner = SseUsageScanner::new();
+    let chunk = vec![b'a'; 64 * 1024];
+    for _ in 0..40 {
+        scanner.feed(&chunk);
+    }
+    assert!(scanner.line.capacity() <= MAX_EVENT_BYTES);
+    scanner.feed(b"\n\ndata: {\"usage\":{\"total_tokens\":1}}\n\n");
+    assert_eq!(scanner.usage().map(|u| u.total_tokens), Some(1));
+}
+
+proptest! {
+    #[test]
+    fn scanner_never_panics_on_arbitrary_bytes(
+        chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..16),
+    ) {
+        let mut scanner = SseUsageScanner::new();
+        for chunk in &chunks {
+            scanner.feed(chunk);
+        }
+        scanner.finish();
+        let _ = (scanner.usage(), scanner.model());
+    }
+
+    #[test]
+    fn scanner_never_panics_on_sse_like_text(text in "(data:|event:| |\\{|\\}|\"usage\"|\r|\n|[0-9a-z:,\"])*") {
+        let mut scanner = SseUsageScanner::new();
+        scanner.feed(text.as_bytes());
+        let _ = usage_from_json_body(text.as_bytes());
+        let _ = model_from_json_body(text.as_bytes());
+    }
+
+    #[test]
+    fn any_chunking_gives_the_same_usage(cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+        let bytes = CHAT_STREAM.replace('\n', "\r\n").into_bytes();
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut scanner = SseUsageScanner::new();
+        let mut start = 0;
+        for cut in cuts.into_iter().chain([bytes.len()]) {
+            scanner.feed(&bytes[start..cut]);
+            start = cut;
+        }
+        prop_assert_eq!(scanner.usage(), Some(CHAT_USAGE));
+    }
+}
