@@ -18,7 +18,7 @@
 --
 -- Cost: O(1) expected Redis calls per request whatever the pool size. Once per batch: the meta
 -- HMGET, TIME, the due-key recovery (at most 8 keys per request, 64 per call), one HGETALL of
--- each group's class counts, and one ZRANGE of each small class drawn from (see SMALL); then
+-- each group's class counts, and one ZRANGE of each small class drawn from (see WHOLE); then
 -- on average at most 2 ZRANGEs by rank per weighted choice in the larger classes.
 -- A half-open key whose probe lease is free is chosen first (one probe at a time, cluster-wide,
 -- also within a batch: the lease is taken before the next request of the batch looks);
@@ -119,15 +119,15 @@ local function class_counts(g)
   return total, n, summ
 end
 
--- In a batch of several requests, a class of at most SMALL members (or of at most 2 per request)
+-- In a batch of several requests, a class of at most 16 members (or of at most 2 per request)
 -- is read whole the first time a draw lands in it, and later draws of the batch index that copy:
 -- each ZRANGE by rank costs a redis.call with its conversions. With a batch of 10 selects from a
 -- 4-key pool this cuts the call by 12-17% (BENCHMARKS.md, "Small classes read whole"); a batch
 -- of one reads by rank, as a whole class costs it more. The copy cannot go stale within the
 -- call: selection changes no class set. A larger class is read one member per draw (O(log n)
 -- each, whatever the pool size).
-local SMALL = 16
-local SMALL_PER_REQ = 2
+-- The largest class read whole in this call (none in a call of one).
+local WHOLE = #reqs > 1 and math.max(16, 2 * #reqs) or 0
 -- Per group: the names of its class sets (built once per call), and the copies read whole.
 local set_names, copies = {}, {}
 -- The member of rank r (0-based) of class i of group g and its weight (nil when there is none).
@@ -143,7 +143,7 @@ local function member(g, i, r, n_i)
     names[i] = key
   end
   local c = copies[key]
-  if not c and #reqs > 1 and n_i <= math.max(SMALL, SMALL_PER_REQ * #reqs) then
+  if not c and n_i <= WHOLE then
     c = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
     copies[key] = c
   end
