@@ -136,15 +136,17 @@ start_keygate() {
     LAST_PID=$pid
 }
 
-# start_nginx NAME LISTEN_PORT UPSTREAM_PORT...: deploy/nginx.local.conf.template, as deployed.
+# start_nginx NAME LISTEN_PORT UPSTREAM_PORT...: deploy/nginx.local.conf.template, as deployed
+# (NGINX_TEMPLATE overrides the template: bench/nginx.bare.conf.template for `nginx-bare`).
 start_nginx() {
     local name=$1 listen=$2
     shift 2
     local prefix="$OUT/nginx-$name" ups="" p
+    local template=${NGINX_TEMPLATE:-$ROOT/deploy/nginx.local.conf.template}
     mkdir -p "$prefix"
     for p in "$@"; do ups+="server 127.0.0.1:$p; "; done
     sed -e "s|__UPSTREAMS__|$ups|" -e "s|__LISTEN__|127.0.0.1:$listen|" \
-        -e "s|__PREFIX__|$prefix|g" "$ROOT/deploy/nginx.local.conf.template" >"$prefix/nginx.conf"
+        -e "s|__WORKERS__|$(nproc)|" -e "s|__PREFIX__|$prefix|g" "$template" >"$prefix/nginx.conf"
     start_bg "nginx-$name" "$NGINX" -c "$prefix/nginx.conf" -p "$prefix" -e "$prefix/error.log"
     local pid=$LAST_PID
     local i

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/run.sh: keygate's load benchmark (issue 6), in one run on this machine.
+# bench/run.sh: keygate's load benchmark, in one run on this machine.
 #
 # Builds the release binary, starts its own redis-server, two mock upstreams (no delay, and
 # --delay-ms 50), keygate replicas (Redis store x3, embedded store x1) and nginx (in front of the
@@ -7,7 +7,8 @@
 #   matrix  (a) direct to the mock, (b) keygate + Redis, (c) keygate embedded,
 #           (d) nginx -> 3 keygate replicas vs nginx -> mock; at c=1, c=64, 500 and 2,000 req/s
 #           (fixed rate, latency-corrected), in both mock modes
-#   floor   interleaved rounds: c=1 for direct, embedded, Redis; c=64 for embedded and Redis;
+#   floor   interleaved rounds: c=1 for direct, bare nginx proxy_pass (the physical limit,
+#           bench/nginx.bare.conf.template), embedded, Redis; c=64 for nginx, embedded and Redis;
 #           redis-benchmark PING and replays of the select/report scripts (the inputs of the
 #           added-latency and throughput targets, side by side)
 #   sweep   keygate + Redis at c=64 and c=1 with 4, 64, 1,024 and 10,000 keys in the pool
@@ -144,6 +145,11 @@ alloc_port
 NGX_SLOW_PORT=$PORT
 start_nginx mock-slow "$NGX_SLOW_PORT" "$MOCK_SLOW_PORT"
 NGX_SLOW_PID=$LAST_PID
+# The physical limit: bare nginx proxy_pass with a key header, in front of the fast mock.
+alloc_port
+NGX_BARE_PORT=$PORT
+NGINX_TEMPLATE="$ROOT/bench/nginx.bare.conf.template" start_nginx bare "$NGX_BARE_PORT" "$MOCK_FAST_PORT"
+NGX_BARE_PID=$LAST_PID
 log "redis :$REDIS_PORT  mocks :$MOCK_FAST_PORT :$MOCK_SLOW_PORT  keygate :${KG_PORTS[*]} embedded :$KG_E_PORT  nginx :$NGX_KG_PORT :$NGX_FAST_PORT :$NGX_SLOW_PORT"
 
 printf '%s\n' "$TSV_HEADER" >"$OUT/results.tsv"
@@ -201,6 +207,7 @@ use_target() {
     kg-embedded) URL="http://127.0.0.1:$KG_E_PORT$path" SUT_KG=("$KG_E_PID") SUT_PORTS=("$KG_E_PORT") ;;
     nginx-kg3) URL="http://127.0.0.1:$NGX_KG_PORT$path" SUT_KG=("${KG_PIDS[@]}") SUT_PORTS=("${KG_PORTS[@]}") SUT_NGX=("$NGX_KG_PID") ;;
     nginx-mock) URL="http://127.0.0.1:$NGX_MOCK_PORT$path" SUT_NGX=("$NGX_MOCK_PID") ;;
+    nginx-bare) URL="http://127.0.0.1:$NGX_BARE_PORT$path" SUT_NGX=("$NGX_BARE_PID") ;;
     esac
 }
 
@@ -272,14 +279,15 @@ if has_phase floor; then
     capture_scripts
     printf 'round\tping_p50_ms\tselect_p50_ms\treport_p50_ms\tping_same_cpu_ms\tping_other_cpu_ms\n' >"$OUT/rtt.tsv"
     for round in 1 2 3; do
-        for target in direct kg-embedded kg-redis; do
+        for target in direct nginx-bare kg-embedded kg-redis; do
             use_target "$target"
             run_point floor fast "$target" w1 "$URL"
             SECS=3 run_point floor fast "$target" c1 "$URL"
         done
-        # The throughput target, side by side too: c=64 throughput moves by ±30% between
-        # phases on this VM, more than the difference it is meant to show.
-        for target in kg-embedded kg-redis; do
+        # The throughput targets, side by side too: c=64 throughput moves by ±30% between
+        # phases on this VM, more than the difference it is meant to show. nginx-bare is the
+        # physical limit keygate is compared with.
+        for target in nginx-bare kg-embedded kg-redis; do
             use_target "$target"
             SECS=3 run_point floor fast "$target" c64 "$URL"
         done
