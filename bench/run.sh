@@ -21,11 +21,15 @@
 #   logging the embedded replica again with RUST_LOG=info (a log line per request), c=64 and c=1
 #   pinned  (a)-(d) fast mode at c=1 and c=64 with redis, keygate and nginx on core 0, the mock
 #           and oha on core 1
+#   streams 1,000, 4,000 and 8,000 concurrent SSE streams straight to a pacing mock and through
+#           one replica: stream rate, time to first byte, duration, memory per open stream, CPU
+#           per event, upstream connections held, and all of it again after a minute idle
 #   profile (BENCH_PROFILE=1) perf record of one replica (Redis store) at c=64
 # Results: bench/results/<UTC time>/ (results.tsv, summary.md, storm.tsv, logs/, oha/).
 #
 # Environment (all optional):
-#   BENCH_SECS=5            seconds per point     BENCH_PHASES=matrix,floor,sweep,sizepair,sustained,storm,logging,pinned
+#   BENCH_SECS=5            seconds per point     BENCH_PHASES=matrix,floor,sweep,sizepair,sustained,storm,logging,pinned,streams
+#   BENCH_STREAM_COUNTS="1000 4000 8000"  BENCH_STREAM_SECS=20  BENCH_STREAM_EVENT_MS=100  BENCH_STREAMS_AFTER=60
 #   BENCH_SUSTAIN_SECS=75   seconds of the sustained point
 #   BENCH_SIZES=4,64,1024,10000                         BENCH_MODES=fast,delay
 #   BENCH_SKIP_BUILD=1      use the existing binary   KEYGATE=path (default target/release/keygate)
@@ -39,7 +43,7 @@ set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 SECS=${BENCH_SECS:-5}
-PHASES=${BENCH_PHASES:-matrix,floor,sweep,sizepair,sustained,storm,logging,pinned}
+PHASES=${BENCH_PHASES:-matrix,floor,sweep,sizepair,sustained,storm,logging,pinned,streams}
 MODES=${BENCH_MODES:-fast,delay}
 SIZES=${BENCH_SIZES:-4,64,1024,10000}
 KG_LOG=${BENCH_LOG:-warn,keygate::store=info}
@@ -444,6 +448,64 @@ if has_phase pinned; then
     for p in "${sut[@]}" "$MOCK_FAST_PID" "$MOCK_SLOW_PID"; do taskset -a -pc 0-1 "$p" >/dev/null; done
     LOAD_PIN=""
     PINNED=no
+fi
+
+# streams: N concurrent streaming requests held open (each slot starts a new stream when its
+# last one ends), straight to a pacing mock and through one fresh replica (Redis store), for
+# N in BENCH_STREAM_COUNTS. The mock sends 8 SSE events per stream, one every
+# BENCH_STREAM_EVENT_MS. Memory per open stream = (peak RSS under load - idle RSS) / N; then the
+# replica idles BENCH_STREAMS_AFTER seconds and its RSS and upstream connections are read again.
+if has_phase streams; then
+    streams_bin=$(cd "$ROOT" && cargo build --release --bench streams --message-format=json 2>>"$OUT/logs/build.log" |
+        jq -r 'select(.executable != null and .target.name == "streams") | .executable' | tail -1)
+    [[ -x $streams_bin ]] || die "benches/streams.rs did not build: see $OUT/logs/build.log"
+    interval=${BENCH_STREAM_EVENT_MS:-100}
+    alloc_port
+    MOCK_STREAMS_PORT=$PORT
+    keyflags=(--key "sk-bench-direct=slow:$interval")
+    for i in 1 2 3 4; do keyflags+=(--key "$(printf 'sk-bench-streams-%05d' "$i")=slow:$interval"); done
+    start_bg mock-streams "$KEYGATE" mock-upstream --listen "127.0.0.1:$MOCK_STREAMS_PORT" "${keyflags[@]}"
+    MOCK_STREAMS_PID=$LAST_PID
+    wait_http "http://127.0.0.1:$MOCK_STREAMS_PORT/_mock/stats"
+    alloc_port
+    st_port=$PORT
+    gen_config "$OUT/keygate-streams.toml" "127.0.0.1:$st_port" "redis://127.0.0.1:$REDIS_PORT/0" kgstreams '"streams"'
+    gen_pool streams "http://127.0.0.1:$MOCK_STREAMS_PORT/v1" 4 >>"$OUT/keygate-streams.toml"
+    start_keygate keygate-streams "$OUT/keygate-streams.toml" "$st_port"
+    st_pid=$LAST_PID
+    # upstream_conns: ESTABLISHED connections from the replica to the streams mock.
+    upstream_conns() { ss -Htn state established "( dport = :$MOCK_STREAMS_PORT )" 2>/dev/null | wc -l; }
+    rss_mb() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+    printf 'streams\ttarget\tstreams_per_s\tttfb_p50_ms\tttfb_p99_ms\tduration_p50_ms\tduration_p99_ms\terrors\tevents\tidle_rss_mb\tpeak_rss_mb\tkb_per_stream\tcpu_us_per_event\tupstream_conns_load\trss_after_mb\tupstream_conns_after\n' >"$OUT/streams.tsv"
+    for n in ${BENCH_STREAM_COUNTS:-1000 4000 8000}; do
+        secs=${BENCH_STREAM_SECS:-20}
+        log "streams: $n concurrent, direct, ${secs}s"
+        direct=$("$streams_bin" --url "http://127.0.0.1:$MOCK_STREAMS_PORT/v1/chat/completions" \
+            --concurrency "$n" --secs "$secs" --token sk-bench-direct)
+        printf '%s\tdirect\t%s\t-\t-\t-\t-\t-\t-\t-\n' "$n" \
+            "$(jq -r '[.streams_per_s, .ttfb_p50_ms, .ttfb_p99_ms, .duration_p50_ms, .duration_p99_ms, .errors, .events] | @tsv' <<<"$direct")" >>"$OUT/streams.tsv"
+        idle=$(rss_mb "$st_pid")
+        reset_hwm "$st_pid"
+        t0=$(cpu_ticks "$st_pid")
+        log "streams: $n concurrent, keygate (Redis store), ${secs}s"
+        ( sleep $((secs / 2)); upstream_conns >"$OUT/.streams-conns" ) &
+        kg=$("$streams_bin" --url "http://127.0.0.1:$st_port/v1/chat/completions" \
+            --concurrency "$n" --secs "$secs" --token "$TOKEN" --header "X-Keygate-Pool: streams")
+        wait
+        t1=$(cpu_ticks "$st_pid")
+        peak=$(peak_rss_mb "$st_pid")
+        events=$(jq -r '.events' <<<"$kg")
+        log "streams: $n, idle ${BENCH_STREAMS_AFTER:-60}s"
+        sleep "${BENCH_STREAMS_AFTER:-60}"
+        printf '%s\tkeygate\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" \
+            "$(jq -r '[.streams_per_s, .ttfb_p50_ms, .ttfb_p99_ms, .duration_p50_ms, .duration_p99_ms, .errors, .events] | @tsv' <<<"$kg")" \
+            "$idle" "$peak" \
+            "$(awk -v p="$peak" -v i="$idle" -v n="$n" 'BEGIN {printf "%.1f", (p - i) * 1024 / n}')" \
+            "$(awk -v a="$t0" -v b="$t1" -v e="$events" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", e ? (b - a) / hz * 1e6 / e : 0}')" \
+            "$(cat "$OUT/.streams-conns")" "$(rss_mb "$st_pid")" "$(upstream_conns)" >>"$OUT/streams.tsv"
+    done
+    stop_pid "$st_pid"
+    stop_pid "$MOCK_STREAMS_PID"
 fi
 
 if [[ ${BENCH_PROFILE:-0} == 1 ]]; then
