@@ -172,7 +172,7 @@ fn store_error(error: StoreError, pool: &str, key: Option<&KeyId>) -> ApiError {
         }),
         StoreError::InvalidArgument(message) => ApiError::bad_request("invalid_argument", message),
         outage => {
-            tracing::error!(pool = %pool, key = key.map(KeyId::as_str), error = %outage, "admin: store call failed");
+            tracing::error!(pool = %pool, key = %key.map_or("-", KeyId::as_str), error = %outage, "admin: store call failed");
             ApiError::store_unavailable()
         }
     }
