@@ -5,6 +5,7 @@
 
 pub mod admin_client;
 mod args;
+mod limits;
 mod logging;
 pub mod table;
 
@@ -111,6 +112,13 @@ pub async fn run_serve(
     mock_upstream: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     init_logging(log_format);
+    if let Some((before, after)) = limits::raise_open_file_limit() {
+        tracing::info!(
+            before,
+            after,
+            "open-file soft limit raised to the hard limit"
+        );
+    }
     if let Some(addr) = mock_upstream {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {

@@ -247,3 +247,41 @@ async fn a_redirected_serve_log_has_no_colour_codes_and_no_debug_syntax() {
         "debug syntax:\n{log}"
     );
 }
+
+/// The `Max open files` soft and hard limits of process `pid`.
+fn open_file_limits(pid: u32) -> Option<(String, String)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut values = line["Max open files".len()..].split_whitespace();
+    Some((values.next()?.to_string(), values.next()?.to_string()))
+}
+
+#[tokio::test]
+async fn serve_raises_its_open_file_soft_limit_to_the_hard_limit() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keygate.toml");
+    std::fs::write(&file, config_toml(None, &mock.base_url(), &K3, "")).unwrap();
+    let script = format!(
+        "ulimit -Sn 256 && ulimit -Hn 4096 && exec '{}' serve --config '{}'",
+        env!("CARGO_BIN_EXE_keygate"),
+        file.display()
+    );
+    let mut child = tokio::process::Command::new("bash")
+        .args(["-c", &script])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run keygate serve under bash");
+    let pid = child.id().expect("a pid");
+    let raised = || async { open_file_limits(pid) == Some(("4096".into(), "4096".into())) };
+    wait_until(
+        Duration::from_secs(10),
+        "the soft limit raised to 4096",
+        raised,
+    )
+    .await;
+    child.kill().await.unwrap();
+}
