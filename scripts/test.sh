@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of keygate: formatting, lints, unit tests, and the integration suite against
-# real redis-server / nginx / promtool processes the tests start themselves.
+# Runs every test of keygate: formatting, lints, unit tests, the integration suite against
+# real redis-server / nginx / promtool processes the tests start themselves, and
+# scripts/newcomer.sh (README.md's first commands, run and checked).
 # Installs the Debian packages the tests need when they are missing (root or sudo required then).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,8 @@ command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v nginx >/dev/null || missing+=(nginx-light)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v curl >/dev/null || missing+=(curl)
+command -v jq >/dev/null || missing+=(jq)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -26,3 +29,6 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked --lib --bins --tests
+# README.md's quick start, "Use Redis" and "Operate" commands, run as written on the debug
+# binary the tests above built.
+scripts/newcomer.sh

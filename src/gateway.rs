@@ -19,7 +19,7 @@ use crate::store::failover::{FailoverOptions, FailoverStore};
 use crate::store::instrumented::InstrumentedStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{Endpoint, KeyStore};
+use crate::store::{Endpoint, KeyStore, SyncReceipt};
 
 /// Which Redis the config names, if any.
 fn redis_endpoint(s: &crate::config::StoreConfig) -> Option<Endpoint> {
@@ -90,7 +90,14 @@ pub async fn build_state(
 pub async fn sync_pools(store: &dyn KeyStore, gateway: &Gateway) {
     for pool in gateway.pools.values() {
         match store.sync(&pool.spec).await {
-            Ok(r) => tracing::info!(pool = %pool.spec.name, receipt = ?r, "pool synced"),
+            Ok(SyncReceipt::Unchanged) => {
+                tracing::info!(pool = %pool.spec.name, "pool synced: unchanged")
+            }
+            Ok(SyncReceipt::Synced {
+                created,
+                updated,
+                removed,
+            }) => tracing::info!(pool = %pool.spec.name, created, updated, removed, "pool synced"),
             Err(e) => {
                 tracing::warn!(pool = %pool.spec.name, error = %e, "pool sync failed; will retry on first use")
             }

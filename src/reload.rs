@@ -48,6 +48,26 @@ pub struct PoolChange {
     pub keys_removed: Vec<String>,
 }
 
+/// The pools' key changes for the log, e.g. `p: 3 keys +k4 -k2; q (new): 2 keys`.
+fn change_summary(pools: &[PoolChange]) -> String {
+    let one = |p: &PoolChange| {
+        let mut line = format!(
+            "{}{}: {} keys",
+            p.pool,
+            if p.new { " (new)" } else { "" },
+            p.keys
+        );
+        p.keys_added
+            .iter()
+            .for_each(|k| line.push_str(&format!(" +{k}")));
+        p.keys_removed
+            .iter()
+            .for_each(|k| line.push_str(&format!(" -{k}")));
+        line
+    };
+    pools.iter().map(one).collect::<Vec<_>>().join("; ")
+}
+
 /// Re-reads the config file and applies it (see the module docs). `Err` carries every problem,
 /// one per line; the running config is then unchanged.
 pub async fn reload(state: &AppState) -> Result<ReloadReport, String> {
@@ -84,7 +104,7 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, String> {
     };
     crate::gateway::sync_pools(&*state.store, &new).await;
     state.gateway.store(Arc::new(new));
-    tracing::info!(path = %report.config_path, pools = report.pools.len(), changes = ?report.pools, "config reloaded");
+    tracing::info!(path = %report.config_path, pools = report.pools.len(), changes = %change_summary(&report.pools), "config reloaded");
     Ok(report)
 }
 

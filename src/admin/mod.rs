@@ -1,6 +1,6 @@
-//! The admin API (DESIGN section 3, issue 4): operators list pools and keys and change them at
+//! The admin API: operators list pools and keys and change them at
 //! run time. It exists only when `[admin]` found a token; without one every `/admin` path
-//! answers 404, as if the API did not exist.
+//! answers 404 `admin_disabled`, whose message names the variable to set on `keygate serve`.
 //!
 //! Every request carries `Authorization: Bearer <admin token>`, compared in constant time on
 //! SHA-256 digests (so neither a matching prefix nor the token's length leaks). Path ids are
@@ -65,7 +65,21 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .layer(from_fn_with_state(state, require_admin_token))
 }
 
-/// Lets a request through only with the configured admin token; 404 when there is none.
+/// 404 `admin_disabled`: this replica was started without an admin token, and says how to give
+/// it one (the same answer whatever the path or method, so it reveals no route).
+fn admin_disabled(token_env: Option<&str>) -> Response {
+    let variable = token_env.unwrap_or(crate::config::DEFAULT_ADMIN_TOKEN_ENV);
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "admin_disabled",
+        format!("This replica has no admin API: set {variable} on `keygate serve` to enable it."),
+    )
+    .into_response()
+}
+
+/// Lets a request through only with the configured admin token; 404 `admin_disabled` when
+/// there is none.
 /// The token is read from the current config on every request, so a reload applies to it.
 async fn require_admin_token(
     State(state): State<Arc<AppState>>,
@@ -74,7 +88,7 @@ async fn require_admin_token(
 ) -> Response {
     let gateway = state.gateway();
     let Some(token) = &gateway.config.admin.token else {
-        return crate::app::not_found().await;
+        return admin_disabled(gateway.config.admin.token_env.as_deref());
     };
     match bearer(request.headers()) {
         Some(presented) if token_matches(presented, token.expose()) => next.run(request).await,
@@ -158,7 +172,7 @@ fn store_error(error: StoreError, pool: &str, key: Option<&KeyId>) -> ApiError {
         }),
         StoreError::InvalidArgument(message) => ApiError::bad_request("invalid_argument", message),
         outage => {
-            tracing::error!(pool = %pool, key = ?key, error = %outage, "admin: store call failed");
+            tracing::error!(pool = %pool, key = %key.map_or("-", KeyId::as_str), error = %outage, "admin: store call failed");
             ApiError::store_unavailable()
         }
     }

@@ -63,12 +63,9 @@ impl AdminClient {
                     target.token_env
                 ))
             })?;
-        let base = url::Url::parse(&target.url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base())
-            .ok_or_else(|| {
-                Failure::Local(format!("--url {:?} is not an http(s) URL", target.url))
-            })?;
+        let base = replica_base(&target.url).ok_or_else(|| {
+            Failure::Local(format!("--url {:?} is not an http(s) URL", target.url))
+        })?;
         let http = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
             .build()
@@ -101,32 +98,83 @@ impl AdminClient {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Failure::Local(format!("cannot reach {}: {e}", self.base)))?;
+        let response = request.send().await.map_err(|e| {
+            let why = unreachable_cause(&e);
+            Failure::Local(format!("cannot reach {}: {why}", self.base))
+        })?;
         let status = response.status();
         let text = response
             .text()
             .await
             .map_err(|e| Failure::Local(format!("reading the answer from {url}: {e}")))?;
         if !status.is_success() {
-            return Err(Failure::Refused {
-                status: status.as_u16(),
-                message: error_message(&text),
-            });
+            return Err(refusal(status.as_u16(), &text, &self.base));
         }
         serde_json::from_str(&text)
             .map_err(|e| Failure::Local(format!("unexpected answer from {url}: {e}")))
     }
 }
 
-/// The `error.message` of an OpenAI-shaped error body, else the body itself (shortened).
-fn error_message(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
+/// The replica's base URL from `--url`/`KEYGATE_URL`: an http(s) URL, with a trailing `/v1`
+/// (the URL applications are given) dropped, so `http://host:8080/v1` reaches `/admin`.
+fn replica_base(text: &str) -> Option<url::Url> {
+    let mut url = url::Url::parse(text)
         .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| body.chars().take(200).collect())
+        .filter(|u| matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base())?;
+    let path = url.path().trim_end_matches('/');
+    let path = path.strip_suffix("/v1").unwrap_or(path).to_string();
+    url.set_path(&path);
+    Some(url)
+}
+
+/// Why a request got no answer, in words: the connection refused, the name not resolved, the
+/// deadline passed, else the innermost error's own text.
+fn unreachable_cause(error: &reqwest::Error) -> String {
+    let mut innermost: &dyn std::error::Error = error;
+    let mut chain = vec![error.to_string()];
+    while let Some(source) = innermost.source() {
+        chain.push(source.to_string());
+        innermost = source;
+    }
+    let io_kind = chain_io_kind(error);
+    let said = |words: &str| chain.iter().any(|c| c.to_ascii_lowercase().contains(words));
+    if error.is_timeout() {
+        format!("no answer within {} s (timed out)", CALL_TIMEOUT.as_secs())
+    } else if io_kind == Some(std::io::ErrorKind::ConnectionRefused) {
+        "connection refused (is `keygate serve` running there, on that port?)".into()
+    } else if said("dns error") || said("failed to lookup address") {
+        format!("the host name could not be resolved (DNS): {innermost}")
+    } else {
+        innermost.to_string()
+    }
+}
+
+/// The kind of the first I/O error in `error`'s source chain.
+fn chain_io_kind(error: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// The gateway's refusal, in its own words (a replica started without an admin token says so:
+/// code `admin_disabled`); an answer that is not JSON (another server, a proxy) says where it
+/// came from.
+fn refusal(status: u16, body: &str, base: &url::Url) -> Failure {
+    let error = serde_json::from_str::<serde_json::Value>(body).ok();
+    let said = error.and_then(|v| v["error"]["message"].as_str().map(str::to_string));
+    let message = match said {
+        Some(message) => message,
+        None => format!(
+            "{base} did not answer as keygate's admin API: {}",
+            body.chars().take(200).collect::<String>()
+        ),
+    };
+    Failure::Refused { status, message }
 }
 
 fn finish(result: Result<String, Failure>) -> ExitCode {

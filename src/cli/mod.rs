@@ -1,156 +1,100 @@
-//! The command line: `serve`, `check-config`, `hash-token`, `mock-upstream`, and the operator
-//! commands `keys`, `canary` and `reload`, which talk to a running replica's admin API
-//! (`admin_client`, tables in `table`).
+//! The command line: `serve`, `check-config`, `hash-token`, `mock-upstream`, `completions`, and
+//! the operator commands `keys`, `canary` and `reload`, which talk to a running replica's admin
+//! API (`admin_client`, tables in `table`). `args` holds the clap definitions, `logging` the
+//! log set-up.
 
 pub mod admin_client;
+mod args;
+mod limits;
+mod logging;
 pub mod table;
 
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::CommandFactory;
 
 use crate::config::Config;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "keygate",
-    version,
-    about = "Share a pool of upstream LLM API keys across gateway replicas"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-    #[command(flatten)]
-    pub admin: AdminTarget,
-}
+pub use args::{
+    AdminTarget, CanaryArgs, CanaryCommand, Cli, Command, KeysArgs, KeysCommand, LogFormat,
+    ReloadArgs,
+};
+pub use logging::init_logging;
 
-/// Where the operator commands send their requests, and where their token comes from.
-#[derive(Args, Debug, Clone)]
-pub struct AdminTarget {
-    /// Base URL of a keygate replica (operator commands).
-    #[arg(
-        long,
-        global = true,
-        env = "KEYGATE_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub url: String,
-    /// The environment variable holding the admin token. The token itself is never an
-    /// argument, so it does not show in `ps`.
-    #[arg(
-        long,
-        global = true,
-        value_name = "NAME",
-        default_value = crate::config::DEFAULT_ADMIN_TOKEN_ENV
-    )]
-    pub token_env: String,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, Default)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Run the gateway.
-    Serve {
-        #[arg(long, short)]
-        config: PathBuf,
-        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-        log_format: LogFormat,
-        /// Also run the bundled mock provider on this address (demos: no provider key needed).
-        #[arg(long, value_name = "ADDR")]
-        mock_upstream: Option<std::net::SocketAddr>,
-    },
-    /// Validate a config file and print every problem with its path.
-    CheckConfig { file: PathBuf },
-    /// Print the SHA-256 of a client token, for `[[clients]] token_sha256`.
-    HashToken { token: String },
-    /// Run the OpenAI-compatible mock provider (demos, tests, benchmarks).
-    MockUpstream {
-        #[arg(long, default_value = "127.0.0.1:9000")]
-        listen: std::net::SocketAddr,
-        /// Delay before every answer, in ms.
-        #[arg(long, default_value_t = 0)]
-        delay_ms: u64,
-        /// Scripted keys: SECRET=ok|429|429:5|401|quota|500|delay:200|remaining0:1s
-        #[arg(long = "key")]
-        keys: Vec<String>,
-    },
-    /// Inspect and change the keys of a running gateway (admin API).
-    #[command(subcommand)]
-    Keys(KeysCommand),
-    /// Change a pool's canary share on a running gateway (admin API).
-    #[command(subcommand)]
-    Canary(CanaryCommand),
-    /// Make a running gateway re-read its config file (admin API).
-    Reload,
-}
-
-#[derive(Subcommand, Debug, Clone)]
-pub enum KeysCommand {
-    /// Print every key with its state, weight, group, errors and cooldown.
-    List {
-        /// Only this pool (default: every pool).
-        #[arg(long)]
-        pool: Option<String>,
-    },
-    /// Put a key back into service (clears its errors and deadlines).
-    Enable { pool: String, key: String },
-    /// Take a key out of service until enabled again.
-    Disable { pool: String, key: String },
-    /// Stop selecting a key; requests already using it finish.
-    Drain { pool: String, key: String },
-    /// Reset a key's counters (errors, strikes, successes, failures).
-    Reset { pool: String, key: String },
-    /// Set a key's share of selections, 0..=1000 (0: on standby).
-    Weight {
-        pool: String,
-        key: String,
-        weight: u32,
-    },
-    /// Move a key to `stable` or to the pool's canary group.
-    Group {
-        pool: String,
-        key: String,
-        group: String,
-    },
-}
-
-#[derive(Subcommand, Debug, Clone)]
-pub enum CanaryCommand {
-    /// Send PERCENT (0..=100) of a pool's unforced traffic to its canary group.
-    Set { pool: String, percent: u8 },
-}
-
-/// Installs the tracing subscriber (`RUST_LOG` filters; default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().with_current_span(false).init(),
-        LogFormat::Text => builder.init(),
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve {
+            config,
+            log_format,
+            mock_upstream,
+        } => run_serve(config, log_format, mock_upstream).await,
+        Command::CheckConfig { file } => check_config(&file),
+        Command::HashToken { token } => hash_token(token),
+        Command::MockUpstream { listen, options } => {
+            init_logging(LogFormat::Text);
+            run_mock(listen, options).await
+        }
+        Command::Keys(KeysArgs { target, command }) => {
+            admin_client::run_keys(&target, command).await
+        }
+        Command::Canary(CanaryArgs { target, command }) => {
+            admin_client::run_canary(&target, command).await
+        }
+        Command::Reload(ReloadArgs { target }) => admin_client::run_reload(&target).await,
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "keygate", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
     }
 }
 
+/// `keygate hash-token [TOKEN]`: the token from the argument, else the first line of stdin.
+fn hash_token(token: Option<String>) -> ExitCode {
+    let token = match token.filter(|t| t != "-") {
+        Some(token) => token,
+        None => match read_token_from_stdin() {
+            Ok(token) => token,
+            Err(message) => {
+                eprintln!("keygate hash-token: {message}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    println!("{}", crate::config::hash_token(&token));
+    ExitCode::SUCCESS
+}
+
+/// One line of standard input without its line ending; a prompt on stderr when it is a terminal.
+fn read_token_from_stdin() -> Result<String, String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("client token (input is shown), then Enter: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the token from standard input: {e}"))?;
+    let token = line.trim_end_matches(['\n', '\r']);
+    if token.is_empty() {
+        return Err("no token: give it as an argument or on standard input".into());
+    }
+    Ok(token.to_string())
+}
+
 /// `keygate mock-upstream`: serves until SIGTERM/ctrl-c.
-pub async fn run_mock(listen: std::net::SocketAddr, delay_ms: u64, keys: Vec<String>) -> ExitCode {
+pub async fn run_mock(listen: std::net::SocketAddr, opts: crate::mock::MockOptions) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("mock-upstream: cannot listen on {listen}: {e}");
             return ExitCode::FAILURE;
         }
-    };
-    let opts = crate::mock::MockOptions {
-        delay_ms,
-        keys,
-        ..Default::default()
     };
     match crate::mock::run(opts, listener, crate::server::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,6 +112,13 @@ pub async fn run_serve(
     mock_upstream: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     init_logging(log_format);
+    if let Some((before, after)) = limits::raise_open_file_limit() {
+        tracing::info!(
+            before,
+            after,
+            "open-file soft limit raised to the hard limit"
+        );
+    }
     if let Some(addr) = mock_upstream {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
@@ -206,7 +157,7 @@ pub async fn run_serve(
     tracing::info!(%listen, "keygate serving");
     let ignored = crate::app::ignored_proxy_env(|v| std::env::var(v).ok());
     if !ignored.is_empty() {
-        tracing::warn!(variables = ?ignored, "upstream requests go direct: keygate does not use proxy environment variables");
+        tracing::warn!(variables = %ignored.join(","), "upstream requests go direct: keygate does not use proxy environment variables");
     }
     crate::gateway::run(state, listener, crate::server::shutdown_signal()).await;
     ExitCode::SUCCESS

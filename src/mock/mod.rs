@@ -7,7 +7,10 @@
 //!   `text/event-stream` of `chat.completion.chunk` events (role, one chunk per answer word,
 //!   finish, and with `stream_options.include_usage` a last chunk with `usage` and
 //!   `choices: []`) ending in `data: [DONE]`.
-//! - `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{id}`.
+//! - `POST /v1/responses` (the Responses API): a `response` object, or with `"stream": true`
+//!   its named SSE events from `response.created` to `response.completed` (see `responses`).
+//! - `POST /v1/embeddings` (floats, or with `"encoding_format": "base64"` each vector as the
+//!   base64 of its little-endian `f32` bytes), `GET /v1/models`, `GET /v1/models/{id}`.
 //! - Any other path: 404 `not_found`; a model in the "missing" set: 404 `model_not_found`;
 //!   malformed JSON or no `model`: 400. All in OpenAI's error shape. Answers echo the `model`.
 //!
@@ -46,6 +49,7 @@ mod control;
 mod handle;
 mod openai;
 mod pace;
+mod responses;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -63,19 +67,25 @@ pub use behavior::{parse_sequence, Behavior, KeyFlag, ParseBehaviorError};
 pub use handle::MockUpstream;
 pub use state::{MockState, RecordedRequest};
 
+/// Help of `--key`: every behaviour of the text form (the table above).
+const KEY_FLAG_HELP: &str = "A key's script, SECRET=B1,...,Bn: one-shot behaviours B1..Bn-1, \
+then Bn for every later request (repeatable). Behaviours: ok | 429 | 429:SECS (retry-after) | \
+401 | quota (429 insufficient_quota) | 4xx | 5xx | delay:MS[:BEHAVIOR] (wait, then ok or \
+BEHAVIOR) | remaining0:RESET (ok, x-ratelimit-remaining-requests: 0) | slow:MS (one SSE event \
+every MS) | drop:EVENTS (send EVENTS events, then cut the connection) | hang (never answer).";
+
 /// Options of the mock, shaped for the `keygate mock-upstream` command line.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct MockOptions {
     /// Delay before every answer, in milliseconds (the benchmarks' delay mode).
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
-    /// A key's script, `SECRET=BEHAVIOR[,BEHAVIOR...]` (one-shots, then the steady one).
-    #[arg(long = "key", value_name = "SECRET=BEHAVIOR")]
+    #[arg(long = "key", value_name = "SECRET=BEHAVIOR,...", help = KEY_FLAG_HELP)]
     pub keys: Vec<String>,
     /// Answer 401 to keys not given with `--key`.
     #[arg(long)]
     pub strict: bool,
-    /// A model that answers 404 `model_not_found`.
+    /// A model that answers 404 `model_not_found` (repeatable).
     #[arg(long = "missing-model", value_name = "MODEL")]
     pub missing_models: Vec<String>,
 }

@@ -164,19 +164,37 @@ fn embedding_inputs(input: &Value) -> Vec<(String, u64)> {
     }
 }
 
-/// An embeddings answer: one 8-float vector per input, derived from the input's bytes.
+/// A vector as OpenAI sends it for `encoding_format: "base64"`: the base64 of its `f32`s'
+/// little-endian bytes (the SDKs decode it into a `Float32Array` / `numpy.float32`).
+pub(super) fn embedding_base64(vector: &[f32]) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = vector
+        .iter()
+        .flat_map(|value| value.to_le_bytes())
+        .collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// An embeddings answer: one 8-float vector per input, derived from the input's bytes; floats
+/// in JSON, or with `"encoding_format": "base64"` each vector as [`embedding_base64`].
 pub(super) fn embeddings(model: &str, request: &Value) -> String {
     let inputs = embedding_inputs(request.get("input").unwrap_or(&Value::Null));
     let prompt_tokens = inputs.iter().map(|(_, tokens)| tokens).sum::<u64>().max(1);
+    let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
         .map(|(index, (text, _))| {
             let seed = text.bytes().map(u64::from).sum::<u64>();
-            let vector: Vec<f64> = (0..8u64)
-                .map(|i| ((seed + i * 131) % 1000) as f64 / 1000.0)
+            let vector: Vec<f32> = (0..8u64)
+                .map(|i| ((seed + i * 131) % 1000) as f32 / 1000.0)
                 .collect();
-            json!({"object": "embedding", "index": index, "embedding": vector})
+            let embedding = if base64 {
+                json!(embedding_base64(&vector))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
     json!({

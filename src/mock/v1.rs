@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::behavior::Behavior;
 use super::openai::{self, error_response, json_response};
 use super::pace::{paced_json, sse_response, Pace};
+use super::responses;
 use super::state::MockState;
 
 /// Larger request bodies answer 413.
@@ -25,6 +26,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 enum Endpoint {
     Chat,
     Embeddings,
+    Responses,
     Models,
     Model(String),
     Unknown { method: Method, path: String },
@@ -36,6 +38,7 @@ impl Endpoint {
         match (method, trimmed) {
             (&Method::POST, "/v1/chat/completions") => Endpoint::Chat,
             (&Method::POST, "/v1/embeddings") => Endpoint::Embeddings,
+            (&Method::POST, "/v1/responses") => Endpoint::Responses,
             (&Method::GET, "/v1/models") => Endpoint::Models,
             (&Method::GET, _) if trimmed.starts_with("/v1/models/") => {
                 Endpoint::Model(trimmed["/v1/models/".len()..].to_owned())
@@ -217,6 +220,10 @@ fn endpoint_answer(call: &Call, pace: Pace) -> Response {
             Ok((request, model)) => paced_json(openai::embeddings(&model, &request), pace),
             Err(rejected) => rejected.into_response(),
         },
+        Endpoint::Responses => match parse_request(call) {
+            Ok((request, model)) => responses(call, &request, &model, pace),
+            Err(rejected) => rejected.into_response(),
+        },
         Endpoint::Models => {
             let models = call.state.listed_models();
             paced_json(openai::model_list(models.into_iter()), pace)
@@ -295,6 +302,26 @@ fn chat(call: &Call, request: &Value, model: &str, pace: Pace) -> Response {
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let events = openai::chat_events(&id, model, prompt_tokens, include_usage);
+    sse_response(
+        events,
+        pace,
+        call.state.stopping(),
+        call.state.open_streams_counter(),
+    )
+}
+
+/// `POST /v1/responses`: the Responses API answer, JSON or (with `"stream": true`) named events.
+fn responses(call: &Call, request: &Value, model: &str, pace: Pace) -> Response {
+    let input_tokens = responses::input_tokens(request);
+    let id = format!("resp_mock{:012x}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    if !request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        return paced_json(responses::response(&id, model, input_tokens), pace);
+    }
+    let events = responses::response_events(&id, model, input_tokens);
     sse_response(
         events,
         pace,

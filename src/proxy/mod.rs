@@ -165,7 +165,7 @@ async fn run_models(call: &mut Call, body: Bytes, inspected: request::Inspected)
             Step::NoKey(e) => return e.into_response(),
             Step::Failed(f) => {
                 if i + 1 < chain.len() {
-                    tracing::info!(request_id = %call.request_id, model = ?model, "falling back to the next model");
+                    tracing::info!(request_id = %call.request_id, model = %model.as_deref().unwrap_or("-"), "falling back to the next model");
                 }
                 last = f;
             }

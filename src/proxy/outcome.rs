@@ -77,7 +77,8 @@ impl Failure {
                 ApiError::upstream_failed(false, call.attempts).into_response()
             };
         tracing::warn!(request_id = %call.request_id, pool = %call.pool.config.name,
-            key = ?self.key.as_ref().map(KeyId::as_str), outcome = ?self.outcome.map(Outcome::as_str),
+            key = %self.key.as_ref().map_or("-", KeyId::as_str),
+            outcome = %self.outcome.map_or("-", Outcome::as_str),
             attempts = call.attempts, status = resp.status().as_u16(),
             latency_ms = call.started.elapsed().as_millis() as u64, "request failed upstream");
         keygate_headers(

@@ -1,7 +1,8 @@
-//! The admin API (issue 4): token check, listings, changes through one replica seen by the
+//! The admin API: token check, listings, changes through one replica seen by the
 //! others at once, id validation. Real redis-server, real gateways, the mock upstream.
 
 pub mod cli;
+mod cli_usability;
 mod ids;
 mod replicas;
 
@@ -113,7 +114,7 @@ pub async fn served_by(
 }
 
 #[tokio::test]
-async fn without_a_configured_token_every_admin_path_answers_404() {
+async fn without_a_configured_token_every_admin_path_answers_404_admin_disabled() {
     let mock = MockUpstream::start().await;
     let gw = TestGateway::start(&config_toml(None, &mock.base_url(), &K3, "")).await;
     let c = http();
@@ -136,7 +137,13 @@ async fn without_a_configured_token_every_admin_path_answers_404() {
             }
             let r = rb.send().await.unwrap();
             assert_eq!(r.status(), 404, "{method} {path}");
-            assert_openai_error(&r.json().await.unwrap(), "not_found");
+            let body = r.json().await.unwrap();
+            assert_openai_error(&body, "admin_disabled");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("KEYGATE_ADMIN_TOKEN") && message.contains("keygate serve"),
+                "{message}"
+            );
         }
     }
     assert_eq!(

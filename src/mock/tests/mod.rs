@@ -1,6 +1,8 @@
 //! The mock against a real HTTP client: `scripts` for behaviours, counts, the text form and the
-//! control API; `wire` for OpenAI shapes, streaming and what gets recorded.
+//! control API; `wire` for OpenAI shapes, streaming and what gets recorded; `responses` for the
+//! Responses API and base64 embeddings.
 
+mod responses;
 mod scripts;
 mod wire;
 

@@ -144,8 +144,11 @@ impl Shared {
             m.store_degraded.set(0);
         }
         let since = lock(&self.degraded_since).take();
-        tracing::info!(degraded_for = ?since.map(|t| t.elapsed()), pools = specs.len(),
-            "Redis reachable again: wrote back what memory learned; leaving degraded mode");
+        tracing::info!(
+            degraded_for_ms = since.map(|t| t.elapsed().as_millis() as u64),
+            pools = specs.len(),
+            "Redis reachable again: wrote back what memory learned; leaving degraded mode"
+        );
         Ok(())
     }
 }
