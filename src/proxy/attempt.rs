@@ -14,12 +14,13 @@ use super::report::{report_in_background, report_success, Reported};
 use super::{forward, Call};
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::pool::classify::{classify, is_model_not_found};
-use crate::pool::{KeyId, Outcome};
+use crate::pool::classify::{classify, client_cause, is_model_not_found, Verdict};
+use crate::pool::{KeyId, KeyState, Outcome};
 use crate::store::{random_draw, Chosen, Report, SelectRequest, Selection, Unavailable};
 use crate::usage::Usage;
 
-/// Error bodies are read whole to classify them (quota, model not found); at most this much.
+/// Error bodies are read whole to classify them (quota, model not found, the client's own
+/// doing); at most this much.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// Seconds until the earliest recovery (at least 1), on the store's clock.
@@ -206,7 +207,18 @@ async fn answered_error(
         Ok(Ok(b)) => b.to_bytes(),
         _ => Bytes::new(),
     };
-    let verdict = classify(status, &headers, Some(&body), SystemTime::now());
+    let verdict = match client_cause(status, &body, call.inference) {
+        // Passed through as the upstream sent it: the key untouched, no other key tried.
+        Some(cause) => {
+            tracing::info!(request_id = %call.request_id, client = %call.client, key = %chosen.key,
+                status = status.as_u16(), cause = cause.as_str(), "upstream answer blamed on the request");
+            Verdict {
+                outcome: Outcome::ClientError,
+                cooldown: None,
+            }
+        }
+        None => classify(status, &headers, Some(&body), SystemTime::now()),
+    };
     // What may reach the client (a passed-through 4xx) never carries the key it was sent with.
     let mut headers = headers;
     let secret = (call.pool.auth.get(&chosen.key))
@@ -282,6 +294,13 @@ async fn failed(
     call.state
         .metrics
         .record_attempt(&pool, chosen.key.as_str(), &chosen.group, outcome, started);
+    // A 401/403 may be the client's doing in a way no classifier knows: the key is benched, not
+    // disabled, until keygate's own probe confirms (probe.rs).
+    let policy = &call.pool.config.policy;
+    let hint = match outcome {
+        Outcome::Unauthorized => Some(policy.auth_bench_s.saturating_mul(1000)),
+        _ => hint,
+    };
     let r = Report {
         key: &chosen.key,
         outcome,
@@ -298,6 +317,13 @@ async fn failed(
                     .metrics
                     .record_cooldown(&pool, chosen.key.as_str(), rc.state, outcome);
             }
+            if outcome == Outcome::Unauthorized && rc.changed && rc.state == KeyState::Cooling {
+                super::probe::confirm_in_background(
+                    &call.state,
+                    call.pool.clone(),
+                    chosen.key.clone(),
+                );
+            }
             if rc.cooldown_until_ms > 0 {
                 retry_after_s = Some(
                     rc.cooldown_until_ms
@@ -313,6 +339,13 @@ async fn failed(
     }
     tracing::info!(request_id = %call.request_id, pool = %pool, key = %chosen.key, outcome = outcome.as_str(),
         status, attempt = call.attempts, "attempt failed; trying another key");
+    if outcome == Outcome::Unauthorized {
+        let circuits = &call.state.circuits;
+        if circuits.record_damage(&pool, &call.client, policy, Instant::now()) {
+            tracing::warn!(request_id = %call.request_id, pool = %pool, client = %call.client,
+                "client circuit opened: its requests keep getting keys refused");
+        }
+    }
     let broke = matches!(
         outcome,
         Outcome::ServerError | Outcome::Timeout | Outcome::ConnectError
