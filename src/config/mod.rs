@@ -239,9 +239,9 @@ pub struct Policy {
     pub auth_bench_s: u64,
     /// The path (after the base URL) of that probe: a cheap authenticated `GET`.
     pub auth_probe_path: String,
-    /// Key-damaging answers (401/403 not blamed on the request) one client may cause on this
-    /// pool within `client_circuit_window_s` before it is refused for `client_circuit_open_s`;
-    /// 0 turns the per-client circuit off. Counted per replica.
+    /// Key-damaging answers (a 401/403 that benched a key keygate's probe then found fine) one
+    /// client may cause on this pool within `client_circuit_window_s` before it is refused for
+    /// `client_circuit_open_s`; 0 turns the per-client circuit off. Counted per replica.
     pub client_circuit_threshold: u32,
     pub client_circuit_window_s: u64,
     pub client_circuit_open_s: u64,

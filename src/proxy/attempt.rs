@@ -322,6 +322,7 @@ async fn failed(
                     &call.state,
                     call.pool.clone(),
                     chosen.key.clone(),
+                    call.client.clone(),
                 );
             }
             if rc.cooldown_until_ms > 0 {
@@ -339,13 +340,7 @@ async fn failed(
     }
     tracing::info!(request_id = %call.request_id, pool = %pool, key = %chosen.key, outcome = outcome.as_str(),
         status, attempt = call.attempts, "attempt failed; trying another key");
-    if outcome == Outcome::Unauthorized {
-        let circuits = &call.state.circuits;
-        if circuits.record_damage(&pool, &call.client, policy, Instant::now()) {
-            tracing::warn!(request_id = %call.request_id, pool = %pool, client = %call.client,
-                "client circuit opened: its requests keep getting keys refused");
-        }
-    }
+
     let broke = matches!(
         outcome,
         Outcome::ServerError | Outcome::Timeout | Outcome::ConnectError

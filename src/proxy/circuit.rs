@@ -1,6 +1,7 @@
 //! The per-client circuit: a client whose requests keep producing answers that take keys out of
-//! rotation (401/403 not blamed on the request itself) is refused with a 429 for a while,
-//! before it reaches more keys.
+//! rotation (401/403 not blamed on the request by `classify`, after which keygate's own probe
+//! found the key fine) is refused with a 429 for a while, before it reaches more keys. A key
+//! the probe finds revoked never counts against the client that met it.
 //!
 //! Counted per replica, in memory, per (pool, client): the counts are only ever read by the
 //! replica that serves the client's next request, a refusal costs no store round trip, and the

@@ -7,7 +7,7 @@
 //! newer action always wins.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 
@@ -31,13 +31,27 @@ enum Finding {
     Unsure,
 }
 
-/// Probes `key` in a tracked background task; the request that benched it does not wait.
-pub(crate) fn confirm_in_background(state: &Arc<AppState>, pool: Arc<PoolRuntime>, key: KeyId) {
+/// Probes `key` in a tracked background task; the request that benched it does not wait. When
+/// the key turns out fine, the 401/403 was `client`'s doing after all: it counts toward the
+/// client's circuit (`circuit.rs`), so a genuinely revoked key never counts against a client.
+pub(crate) fn confirm_in_background(
+    state: &Arc<AppState>,
+    pool: Arc<PoolRuntime>,
+    key: KeyId,
+    client: String,
+) {
     let state2 = state.clone();
     state.tasks.spawn(async move {
         let finding = probe(&pool, &key).await;
         let pool_name = pool.config.name.as_str();
         tracing::info!(pool = %pool_name, key = %key, finding = ?finding, "auth probe answered");
+        if finding == Finding::Valid {
+            let (policy, now) = (&pool.config.policy, Instant::now());
+            if (state2.circuits).record_damage(pool_name, &client, policy, now) {
+                tracing::warn!(pool = %pool_name, client = %client,
+                    "client circuit opened: its requests keep getting sound keys refused");
+            }
+        }
         let (outcome, status) = match finding {
             Finding::Valid => (Outcome::Success, 200),
             Finding::Revoked => (Outcome::Unauthorized, 401),
@@ -53,11 +67,10 @@ pub(crate) fn confirm_in_background(state: &Arc<AppState>, pool: Arc<PoolRuntime
             now_ms: None,
         };
         match state2.store.report(pool_name, &report).await {
+            // Not counted in keygate_cooldowns_total again: the bench took the key out of
+            // rotation and was counted then.
             Ok(rc) if rc.changed && rc.state == KeyState::Disabled => {
                 tracing::warn!(pool = %pool_name, key = %key, "key disabled: the upstream refused it on keygate's own probe");
-                state2
-                    .metrics
-                    .record_cooldown(pool_name, key.as_str(), rc.state, outcome);
             }
             Ok(_) => {}
             Err(e) => {
