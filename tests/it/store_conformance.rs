@@ -176,24 +176,6 @@ pub async fn unauthorized_disables_until_an_operator_enables(s: &Subject) {
     assert_eq!(selectable(st, T0 + 10_000_000).await, ["a", "b", "c"]);
 }
 
-/// A traffic 401/403 with a bench time, then the confirmation probe's answer.
-async fn auth_probe_report(s: &dyn KeyStore, key: &str, outcome: Outcome, now: u64) -> KeyState {
-    let k = kid(key);
-    let r = Report {
-        key: &k,
-        outcome,
-        cooldown_ms: None,
-        http_status: if outcome == Outcome::Success {
-            200
-        } else {
-            401
-        },
-        probe: true,
-        now_ms: Some(now),
-    };
-    s.report("p", &r).await.unwrap().state
-}
-
 pub async fn an_unconfirmed_401_benches_and_the_probes_401_disables(s: &Subject) {
     setup(s, ABC).await;
     let st = &*s.store;
@@ -210,7 +192,7 @@ pub async fn an_unconfirmed_401_benches_and_the_probes_401_disables(s: &Subject)
     report(st, "a", Outcome::Unauthorized, Some(1_000), T0 + 2).await;
     assert_eq!(state_of(st, "a", T0 + 2).await.2, T0 + 30_000);
     assert_eq!(
-        auth_probe_report(st, "a", Outcome::Unauthorized, T0 + 3).await,
+        probe_report(st, "a", Outcome::Unauthorized, T0 + 3).await,
         KeyState::Disabled
     );
     assert_eq!(
@@ -225,7 +207,7 @@ pub async fn a_benched_key_whose_probe_succeeds_is_active_again(s: &Subject) {
     let st = &*s.store;
     report(st, "b", Outcome::Unauthorized, Some(30_000), T0).await;
     assert_eq!(
-        auth_probe_report(st, "b", Outcome::Success, T0 + 5).await,
+        probe_report(st, "b", Outcome::Success, T0 + 5).await,
         KeyState::Active
     );
     assert_eq!(
@@ -246,8 +228,8 @@ pub async fn a_probe_answer_never_touches_a_key_that_is_no_longer_benched(s: &Su
     for (key, admin) in [("a", AdminState::Disable), ("b", AdminState::Drain)] {
         report(st, key, Outcome::Unauthorized, Some(30_000), T0).await;
         st.set_state("p", &kid(key), admin).await.unwrap();
-        auth_probe_report(st, key, Outcome::Success, T0 + 1).await;
-        auth_probe_report(st, key, Outcome::Unauthorized, T0 + 1).await;
+        probe_report(st, key, Outcome::Success, T0 + 1).await;
+        probe_report(st, key, Outcome::Unauthorized, T0 + 1).await;
     }
     assert_eq!(
         state_of(st, "a", T0 + 2).await,
@@ -260,12 +242,12 @@ pub async fn a_probe_answer_never_touches_a_key_that_is_no_longer_benched(s: &Su
     // An active key (its bench over, or never benched) is not disabled by a probe's 401, and a
     // rate-limited key is not re-activated by a probe's success.
     assert_eq!(
-        auth_probe_report(st, "c", Outcome::Unauthorized, T0).await,
+        probe_report(st, "c", Outcome::Unauthorized, T0).await,
         KeyState::Active
     );
     report(st, "c", Outcome::RateLimited, Some(5_000), T0).await;
     assert_eq!(
-        auth_probe_report(st, "c", Outcome::Success, T0 + 1).await,
+        probe_report(st, "c", Outcome::Success, T0 + 1).await,
         KeyState::Cooling
     );
     // A 401 on a key out of rotation for its quota leaves it there.

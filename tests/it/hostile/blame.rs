@@ -176,6 +176,13 @@ async fn traffic_until_tried(env: &Isolated, key: &str) {
     panic!("the key was never selected");
 }
 
+fn requests_seen(env: &Isolated, secret: &str) -> String {
+    format!(
+        "mock saw {} requests with the key",
+        env.mock().requests(secret)
+    )
+}
+
 async fn record(env: &Isolated, id: &str) -> KeyRecord {
     env.keys().await.into_iter().find(|k| k.id == id).unwrap()
 }
@@ -191,12 +198,7 @@ async fn a_revoked_key_is_disabled_once_keygate_s_own_probe_confirms_it() {
         Duration::from_secs(10),
         "the probe's 401 disables the key",
         || async { record(&env, revoked.id).await.status == KeyState::Disabled },
-        || {
-            format!(
-                "mock saw {} requests with the key",
-                env.mock().requests(revoked.secret)
-            )
-        },
+        || requests_seen(&env, revoked.secret),
     )
     .await;
     let k = record(&env, revoked.id).await;
@@ -224,12 +226,7 @@ async fn a_benched_key_whose_probe_succeeds_is_active_again() {
             let k = record(&env, flaky.id).await;
             env.mock().requests(flaky.secret) >= 2 && k.status == KeyState::Active
         },
-        || {
-            format!(
-                "mock saw {} requests with the key",
-                env.mock().requests(flaky.secret)
-            )
-        },
+        || requests_seen(&env, flaky.secret),
     )
     .await;
     let k = record(&env, flaky.id).await;
