@@ -6,9 +6,11 @@
 -- ARGV[3]  outcome: success | rate_limited | quota_exhausted | unauthorized | server_error |
 --          timeout | connect_error | client_error
 -- ARGV[4]  cooldown hint in ms, -1 for none (Retry-After for rate_limited; for success, the
---          reset time announced with x-ratelimit-remaining-*: 0)
+--          reset time announced with x-ratelimit-remaining-*: 0; for unauthorized, how long
+--          to bench the key until keygate's own probe confirms the 401/403)
 -- ARGV[5]  upstream HTTP status (0 when there was no answer)
--- ARGV[6]  1 when the attempt was the key's half-open probe (from select), else 0
+-- ARGV[6]  1 when the attempt was keygate's own probe of the key: the half-open probe (from
+--          select), or the confirmation probe of a benched key (cooling, auth_unconfirmed)
 --
 -- Reply: {"ok", status, changed 0|1, cooldown_until_ms, now_ms}  or {"nopool"} or {"nokey"}.
 --
@@ -18,6 +20,11 @@
 -- the counters (a retried script after a timeout is rare and counters are informational).
 -- Every failure stamps failed_at_ms = now: a batch of older successes (report_batch.lua) never
 -- resets the errors a newer failure counted.
+--
+-- A 401/403 from traffic comes with a bench time: the key cools (reason auth_unconfirmed) and
+-- the replica probes it. Only the probe's own answer decides: unauthorized with probe=1 and no
+-- hint disables it, success with probe=1 re-activates it; both apply only to a key still benched.
+-- unauthorized without a hint and without probe disables at once (restoring a known state).
 
 if redis.call('EXISTS', META) == 0 then return {'nopool'} end
 local now = clock(ARGV[1])
@@ -36,6 +43,8 @@ local window_ms, open_base_ms, quota_ms = num(p[4]), num(p[5]), num(p[6])
 -- Admin-owned states are never changed by traffic.
 local admin_owned = k.status == 'draining' or (k.status == 'disabled' and k.reason ~= 'quota')
 
+local benched = k.status == 'cooling' and k.reason == 'auth_unconfirmed'
+
 local function cool(ms)
   if ms > max_ms then ms = max_ms end
   local deadline = now + ms
@@ -53,7 +62,7 @@ redis.call('HSET', KK, 'last_status', http_status, 'last_used_ms', now)
 if outcome == 'success' then
   redis.call('HINCRBY', KK, 'successes', 1)
   redis.call('HSET', KK, 'errors', 0, 'strikes', 0)
-  if k.status == 'half_open' and probe then
+  if probe and (k.status == 'half_open' or benched) then
     redis.call('HSET', KK, 'open_ms', 0)
     set_status(k, 'active', '', nil)
   end
@@ -74,8 +83,15 @@ else
     local deadline = now + quota_ms
     if k.status == 'disabled' and k.cooldown_until_ms > deadline then deadline = k.cooldown_until_ms end
     set_status(k, 'disabled', 'quota', deadline)
+  elseif outcome == 'unauthorized' and hint > 0 then
+    -- May be the key's fault: benched until the probe answers or the deadline passes.
+    if k.status == 'active' or k.status == 'cooling' or k.status == 'half_open' then
+      local deadline = now + hint
+      if k.status == 'cooling' and k.cooldown_until_ms > deadline then deadline = k.cooldown_until_ms end
+      set_status(k, 'cooling', 'auth_unconfirmed', deadline)
+    end
   elseif outcome == 'unauthorized' then
-    set_status(k, 'disabled', 'unauthorized', nil)
+    if benched or not probe then set_status(k, 'disabled', 'unauthorized', nil) end
   elseif k.status == 'active' then
     -- server_error, timeout, connect_error: count in the breaker window.
     local errors = k.errors

@@ -160,6 +160,8 @@ pub struct AppState {
     /// The file `reload` re-reads; `None` when the config did not come from a file.
     pub config_path: Option<PathBuf>,
     pub health: crate::health::Health,
+    /// Per (pool, client): key-damaging answers counted on this replica, and who is refused.
+    pub circuits: crate::proxy::circuit::ClientCircuits,
 }
 
 impl AppState {

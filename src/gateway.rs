@@ -75,6 +75,7 @@ pub async fn build_state(
     let successes = SuccessBatcher::new(store.clone(), flush);
     let gateway = Gateway::from_config(config)?;
     sync_pools(&*store, &gateway).await;
+    metrics.init_clients(gateway.clients.iter().map(|c| c.name.as_str()));
     Ok(Arc::new(AppState {
         gateway: ArcSwap::from_pointee(gateway),
         store,
@@ -83,6 +84,7 @@ pub async fn build_state(
         successes,
         config_path,
         health: Default::default(),
+        circuits: Default::default(),
     }))
 }
 

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     pub store_degraded: IntGauge,
     pub canary_requests: IntCounterVec,
+    /// `keygate_client_rejections_total{client,reason}`: requests refused because of what
+    /// their client did before (`client_circuit_open`).
+    pub client_rejections: IntCounterVec,
 }
 
 fn counter(
@@ -101,8 +104,23 @@ impl Metrics {
                 "Requests by traffic group; fallback=true when canary traffic went to stable",
                 &["pool", "group", "fallback"],
             )?,
+            client_rejections: counter(
+                &r,
+                "keygate_client_rejections_total",
+                "Requests refused because of what their client did before, by reason",
+                &["client", "reason"],
+            )?,
             registry: r,
         })
+    }
+
+    /// Shows every configured client's rejection counters at 0 before its first refusal (so
+    /// `increase()` sees the first one).
+    pub fn init_clients<'a>(&self, clients: impl Iterator<Item = &'a str>) {
+        for client in clients {
+            let reason = crate::proxy::circuit::CIRCUIT_OPEN;
+            self.client_rejections.with_label_values(&[client, reason]);
+        }
     }
 
     /// Counts one upstream attempt.

@@ -103,6 +103,7 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, String> {
         restart_needed,
     };
     crate::gateway::sync_pools(&*state.store, &new).await;
+    (state.metrics).init_clients(new.clients.iter().map(|c| c.name.as_str()));
     state.gateway.store(Arc::new(new));
     tracing::info!(path = %report.config_path, pools = report.pools.len(), changes = %change_summary(&report.pools), "config reloaded");
     Ok(report)

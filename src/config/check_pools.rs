@@ -154,16 +154,37 @@ fn check_policy(policy: &Policy, pool_path: &str, ctx: &mut Ctx) {
         ("breaker_open_s", policy.breaker_open_s),
         ("quota_cooldown_s", policy.quota_cooldown_s),
         ("probe_lease_s", policy.probe_lease_s),
+        ("auth_bench_s", policy.auth_bench_s),
+        ("client_circuit_window_s", policy.client_circuit_window_s),
+        ("client_circuit_open_s", policy.client_circuit_open_s),
     ];
     for (field, value) in at_least_one {
         if value == 0 {
             ctx.problem(format!("{pool_path}.policy.{field}"), "must be at least 1");
         }
     }
+    if !is_probe_path(&policy.auth_probe_path) {
+        ctx.problem(
+            format!("{pool_path}.policy.auth_probe_path"),
+            "must be a relative path such as \"models\" ([A-Za-z0-9._~/-], no leading '/', no '..' or '//')",
+        );
+    }
     if policy.cooldown_default_s > policy.cooldown_max_s {
         let message = format!("must not exceed cooldown_max_s ({})", policy.cooldown_max_s);
         ctx.problem(format!("{pool_path}.policy.cooldown_default_s"), message);
     }
+}
+
+/// A path under the pool's base URL that stays there: no query, no `..`, no empty segment.
+fn is_probe_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && path
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~/-".contains(&b))
 }
 
 fn check_timeouts(timeouts: &Timeouts, path: &str, ctx: &mut Ctx) {

@@ -219,7 +219,7 @@ pub struct PoolConfig {
     pub keys: Vec<KeyConfig>,
 }
 
-/// `[pools.policy]`: how the key state machine of DESIGN section 2 reacts to outcomes.
+/// `[pools.policy]`: how the key state machine (README.md, "Key states") reacts to outcomes.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
@@ -234,6 +234,17 @@ pub struct Policy {
     pub quota_cooldown_s: u64,
     /// How long one half-open probe holds a key before another replica may probe it.
     pub probe_lease_s: u64,
+    /// How long a key that answered 401/403 is benched (cooling, reason `auth_unconfirmed`)
+    /// while keygate confirms with a probe of its own; the key comes back when it ends.
+    pub auth_bench_s: u64,
+    /// The path (after the base URL) of that probe: a cheap authenticated `GET`.
+    pub auth_probe_path: String,
+    /// Key-damaging answers (a 401/403 that benched a key keygate's probe then found fine) one
+    /// client may cause on this pool within `client_circuit_window_s` before it is refused for
+    /// `client_circuit_open_s`; 0 turns the per-client circuit off. Counted per replica.
+    pub client_circuit_threshold: u32,
+    pub client_circuit_window_s: u64,
+    pub client_circuit_open_s: u64,
 }
 
 impl Default for Policy {
@@ -246,6 +257,11 @@ impl Default for Policy {
             breaker_open_s: 30,
             quota_cooldown_s: 3600,
             probe_lease_s: 30,
+            auth_bench_s: 30,
+            auth_probe_path: "models".to_string(),
+            client_circuit_threshold: 5,
+            client_circuit_window_s: 60,
+            client_circuit_open_s: 60,
         }
     }
 }

@@ -31,6 +31,9 @@ struct ConfigUpdate {
     delay_ms: Option<u64>,
     strict: Option<bool>,
     missing_models: Option<Vec<String>>,
+    organization: Option<String>,
+    restricted_paths: Option<Vec<String>>,
+    tpm_limit: Option<u64>,
 }
 
 fn ok() -> Response {
@@ -112,5 +115,16 @@ pub(super) async fn configure(State(state): State<Arc<MockState>>, body: Bytes) 
         let models: Vec<&str> = models.iter().map(String::as_str).collect();
         state.set_missing_models(&models);
     }
+    let mut rules = state.rules();
+    if let Some(org) = update.organization {
+        rules.organization = Some(org).filter(|o| !o.is_empty());
+    }
+    if let Some(paths) = update.restricted_paths {
+        rules.restricted_paths = paths;
+    }
+    if let Some(limit) = update.tpm_limit {
+        rules.tpm_limit = Some(limit).filter(|l| *l > 0);
+    }
+    state.set_rules(rules);
     ok()
 }

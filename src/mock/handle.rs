@@ -113,6 +113,11 @@ impl MockUpstream {
         self.state.reset_counts();
     }
 
+    /// See [`MockState::set_rules`].
+    pub fn set_rules(&self, rules: super::rules::ProviderRules) {
+        self.state.set_rules(rules);
+    }
+
     pub fn set_missing_models(&self, models: &[&str]) {
         self.state.set_missing_models(models);
     }

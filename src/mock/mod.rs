@@ -42,7 +42,12 @@
 //! `{"steady": "429:5", "once": ["401", "ok"]}` (either field), `GET /_mock/stats` →
 //! `{"total": N, "keys": {"<secret>": N}}` (the mock's own, fake, secrets), `POST /_mock/reset`
 //! (back to the start options), `POST /_mock/config` with `{"delay_ms", "strict",
-//! "missing_models"}` (any of them).
+//! "missing_models", "organization", "restricted_paths", "tpm_limit"}` (any of them).
+//!
+//! Provider rules (`rules.rs`, off until configured) answer as OpenAI documents for requests a
+//! valid key cannot serve: a foreign `OpenAI-Organization` → 401 `mismatched_organization`, a
+//! restricted path → 401 "Missing scopes", prompt words + `max_tokens` above `tpm_limit` → 429
+//! "Request too large ... (TPM)". They apply to keys whose behaviour is `ok`.
 
 mod behavior;
 mod control;
@@ -50,6 +55,7 @@ mod handle;
 mod openai;
 mod pace;
 mod responses;
+mod rules;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -65,6 +71,7 @@ use tokio::net::TcpListener;
 
 pub use behavior::{parse_sequence, Behavior, KeyFlag, ParseBehaviorError};
 pub use handle::MockUpstream;
+pub use rules::ProviderRules;
 pub use state::{MockState, RecordedRequest};
 
 /// Help of `--key`: every behaviour of the text form (the table above).

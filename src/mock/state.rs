@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::behavior::{Behavior, KeyFlag};
+use super::rules::ProviderRules;
 use super::{MockError, MockOptions};
 
 /// One key: its request count and its script.
@@ -52,6 +53,7 @@ pub struct MockState {
     delay_ms: AtomicU64,
     strict: AtomicBool,
     missing_models: Mutex<HashSet<String>>,
+    rules: Mutex<ProviderRules>,
     last_request: Mutex<Option<RecordedRequest>>,
     /// What `reset` returns to: the options the mock started with.
     initial: MockOptions,
@@ -74,6 +76,7 @@ impl Default for MockState {
             delay_ms: AtomicU64::new(0),
             strict: AtomicBool::new(false),
             missing_models: Mutex::default(),
+            rules: Mutex::default(),
             last_request: Mutex::new(None),
             initial: MockOptions::default(),
             initial_keys: Vec::new(),
@@ -124,6 +127,7 @@ impl MockState {
             .map(String::as_str)
             .collect();
         self.set_missing_models(&missing);
+        self.set_rules(ProviderRules::default());
         self.set_strict(self.initial.strict);
         self.set_delay_ms(self.initial.delay_ms);
         self.total.store(0, Ordering::Relaxed);
@@ -173,6 +177,15 @@ impl MockState {
     /// Models whose requests answer 404 `model_not_found`; replaces the previous set.
     pub fn set_missing_models(&self, models: &[&str]) {
         *lock(&self.missing_models) = models.iter().map(|m| (*m).to_owned()).collect();
+    }
+
+    /// The organisation, scopes and TPM limit every key answers by (see `rules.rs`).
+    pub fn set_rules(&self, rules: ProviderRules) {
+        *lock(&self.rules) = rules;
+    }
+
+    pub fn rules(&self) -> ProviderRules {
+        lock(&self.rules).clone()
     }
 
     /// Requests received with `key` as their bearer secret.
@@ -249,6 +262,16 @@ impl MockState {
         };
         // The previous request is dropped after the lock is released.
         let _previous = lock(&self.last_request).replace(request);
+    }
+
+    /// The documented refusal of a request a valid key cannot serve, if a rule applies.
+    pub(super) fn rule_refusal(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<axum::response::Response> {
+        lock(&self.rules).refusal(path, headers, body)
     }
 
     pub(super) fn is_missing(&self, model: &str) -> bool {

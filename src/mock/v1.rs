@@ -70,6 +70,7 @@ pub(super) async fn serve_v1(State(state): State<Arc<MockState>>, request: Reque
     };
     let secret = bearer_secret(&parts.headers);
     let endpoint = Endpoint::of(&parts.method, parts.uri.path());
+    let refusal = state.rule_refusal(parts.uri.path(), &parts.headers, &body);
     state.record(parts.method, &parts.uri, parts.headers, body.clone());
     let Some(behavior) = state.next_behavior(secret.as_deref()) else {
         let message = "You didn't provide an API key. You need to provide your API key in an \
@@ -80,6 +81,9 @@ pub(super) async fn serve_v1(State(state): State<Arc<MockState>>, request: Reque
     let delay_ms = state.delay_ms();
     if delay_ms > 0 && !state.pause(delay_ms).await {
         return shutting_down();
+    }
+    if let (Behavior::Ok, Some(refusal)) = (&behavior, refusal) {
+        return refusal;
     }
     let call = Call {
         state,

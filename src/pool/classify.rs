@@ -1,8 +1,10 @@
 //! Classification of one upstream answer into an [`Outcome`] for the key that produced it.
 //!
-//! This is the second table of DESIGN section 2 as code: the status code decides, the body only
-//! tells a spent quota (`insufficient_quota`) from a plain rate limit, and the rate-limit headers
-//! say how long a key should cool. Pure functions: no I/O, no clock of their own.
+//! This is the outcome table of README.md's "Key states" as code: the status code decides, the
+//! body only tells a spent quota (`insufficient_quota`) from a plain rate limit, and the
+//! rate-limit headers say how long a key should cool. Before any of that, `cause.rs` picks out
+//! the error answers the client's request caused (passed through, the key untouched). Pure
+//! functions: no I/O, no clock of their own.
 
 use std::time::{Duration, SystemTime};
 
@@ -11,6 +13,9 @@ use serde::Deserialize;
 
 use super::headers::read_hints;
 use super::Outcome;
+
+mod cause;
+pub use cause::{client_cause, is_inference_path, ClientCause};
 
 /// The error code (or type) with which providers say a key's quota or credit is spent.
 const INSUFFICIENT_QUOTA: &str = "insufficient_quota";

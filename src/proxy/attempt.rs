@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -14,12 +15,13 @@ use super::report::{report_in_background, report_success, Reported};
 use super::{forward, Call};
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::pool::classify::{classify, is_model_not_found};
-use crate::pool::{KeyId, Outcome};
+use crate::pool::classify::{classify, client_cause, is_model_not_found, Verdict};
+use crate::pool::{KeyId, KeyState, Outcome};
 use crate::store::{random_draw, Chosen, Report, SelectRequest, Selection, Unavailable};
 use crate::usage::Usage;
 
-/// Error bodies are read whole to classify them (quota, model not found); at most this much.
+/// Error bodies are read whole to classify them (quota, model not found, the client's own
+/// doing); at most this much.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// Seconds until the earliest recovery (at least 1), on the store's clock.
@@ -190,6 +192,26 @@ fn stream_end(
     )
 }
 
+/// What an error answer means for its key: nothing when the client's request caused it (passed
+/// through as the upstream sent it, no other key tried), else its classification.
+fn blame(
+    call: &Call,
+    key: &KeyId,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Verdict {
+    let Some(cause) = client_cause(status, body, call.inference) else {
+        return classify(status, headers, Some(body), SystemTime::now());
+    };
+    tracing::info!(request_id = %call.request_id, client = %call.client, key = %key,
+        status = status.as_u16(), cause = cause.as_str(), "upstream answer blamed on the request");
+    Verdict {
+        outcome: Outcome::ClientError,
+        cooldown: None,
+    }
+}
+
 async fn answered_error(
     call: &mut Call,
     chosen: Chosen,
@@ -206,7 +228,7 @@ async fn answered_error(
         Ok(Ok(b)) => b.to_bytes(),
         _ => Bytes::new(),
     };
-    let verdict = classify(status, &headers, Some(&body), SystemTime::now());
+    let verdict = blame(call, &chosen.key, status, &headers, &body);
     // What may reach the client (a passed-through 4xx) never carries the key it was sent with.
     let mut headers = headers;
     let secret = (call.pool.auth.get(&chosen.key))
@@ -282,35 +304,7 @@ async fn failed(
     call.state
         .metrics
         .record_attempt(&pool, chosen.key.as_str(), &chosen.group, outcome, started);
-    let r = Report {
-        key: &chosen.key,
-        outcome,
-        cooldown_ms: hint,
-        http_status: status,
-        probe: chosen.probe,
-        now_ms: None,
-    };
-    let mut retry_after_s = None;
-    match call.state.store.report(&pool, &r).await {
-        Ok(rc) => {
-            if rc.changed {
-                call.state
-                    .metrics
-                    .record_cooldown(&pool, chosen.key.as_str(), rc.state, outcome);
-            }
-            if rc.cooldown_until_ms > 0 {
-                retry_after_s = Some(
-                    rc.cooldown_until_ms
-                        .saturating_sub(rc.now_ms)
-                        .div_ceil(1000)
-                        .max(1),
-                );
-            }
-        }
-        Err(e) => {
-            tracing::warn!(request_id = %call.request_id, pool = %pool, error = %e, "store report failed")
-        }
-    }
+    let retry_after_s = report_failure(call, &chosen, outcome, status, hint).await;
     tracing::info!(request_id = %call.request_id, pool = %pool, key = %chosen.key, outcome = outcome.as_str(),
         status, attempt = call.attempts, "attempt failed; trying another key");
     let broke = matches!(
@@ -327,5 +321,49 @@ async fn failed(
         keys_refused: !broke,
         retry_after_s,
         ..Failure::default()
+    })
+}
+
+/// Reports a failed attempt to the store; returns the seconds until the key's new deadline, for
+/// the client's `Retry-After`. A 401/403 may be the client's doing in a way no classifier knows:
+/// the key is benched, not disabled, and keygate's own probe confirms (probe.rs).
+async fn report_failure(
+    call: &Call,
+    chosen: &Chosen,
+    outcome: Outcome,
+    status: u16,
+    hint: Option<u64>,
+) -> Option<u64> {
+    let pool = call.pool.config.name.as_str();
+    let hint = match outcome {
+        Outcome::Unauthorized => Some(call.pool.config.policy.auth_bench_s.saturating_mul(1000)),
+        _ => hint,
+    };
+    let r = Report {
+        key: &chosen.key,
+        outcome,
+        cooldown_ms: hint,
+        http_status: status,
+        probe: chosen.probe,
+        now_ms: None,
+    };
+    let rc = match call.state.store.report(pool, &r).await {
+        Ok(rc) => rc,
+        Err(e) => {
+            tracing::warn!(request_id = %call.request_id, pool = %pool, error = %e, "store report failed");
+            return None;
+        }
+    };
+    if rc.changed {
+        (call.state.metrics).record_cooldown(pool, chosen.key.as_str(), rc.state, outcome);
+    }
+    if outcome == Outcome::Unauthorized && rc.changed && rc.state == KeyState::Cooling {
+        let (pool, key) = (call.pool.clone(), chosen.key.clone());
+        super::probe::confirm_in_background(&call.state, pool, key, call.client.clone());
+    }
+    (rc.cooldown_until_ms > 0).then(|| {
+        (rc.cooldown_until_ms.saturating_sub(rc.now_ms))
+            .div_ceil(1000)
+            .max(1)
     })
 }

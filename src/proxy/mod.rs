@@ -5,8 +5,11 @@
 mod attempt;
 pub mod auth;
 pub mod body;
+pub mod circuit;
 pub mod forward;
+pub mod models;
 mod outcome;
+mod probe;
 mod report;
 pub mod request;
 pub mod route;
@@ -37,6 +40,10 @@ pub(crate) struct Call {
     /// The upstream URI (`forward::upstream_uri`, built once for every attempt).
     pub uri: http::Uri,
     pub headers: HeaderMap,
+    /// The client's name (from its token), for the per-client circuit.
+    pub client: String,
+    /// The path is an inference endpoint (`classify::is_inference_path`).
+    pub inference: bool,
     pub route: Route,
     pub started: Instant,
     pub deadline: tokio::time::Instant,
@@ -110,18 +117,9 @@ async fn prepare_and_run(
     let inspected = request::inspect(&parts.method, &parts.headers, &bytes, |m| {
         fallbacks.contains_key(m)
     })?;
-    if let Some(m) = &inspected.model {
-        let allowed = &pool.config.models;
-        if !allowed.is_empty() && !allowed.contains(m) {
-            return Err(ApiError::bad_request(
-                "model_not_allowed",
-                format!(
-                    "The model `{m}` is not allowed on this pool. Allowed models: {}.",
-                    allowed.join(", ")
-                ),
-            ));
-        }
-    }
+    let inference = crate::pool::classify::is_inference_path(&path);
+    let (method, headers) = (&parts.method, &parts.headers);
+    models::check_allowed(method, headers, &bytes, &pool.config.models, inference)?;
     let route = route::route_for(&parts.headers, &client.name, remote);
     let total = Duration::from_millis(pool.config.timeouts.total_ms);
     let mut call = Call {
@@ -131,6 +129,8 @@ async fn prepare_and_run(
         method: parts.method,
         uri,
         headers: parts.headers,
+        client: client.name.clone(),
+        inference,
         route,
         started: Instant::now(),
         deadline: tokio::time::Instant::now() + total,
@@ -184,6 +184,9 @@ async fn run_keys(call: &mut Call, body: &Bytes, model: Option<&str>) -> Step {
             failure.timed_out = true;
             break;
         }
+        if let Some(refused) = circuit_refusal(call) {
+            return Step::NoKey(refused);
+        }
         let attempt = Attempt {
             body,
             model,
@@ -217,4 +220,16 @@ async fn run_keys(call: &mut Call, body: &Bytes, model: Option<&str>) -> Step {
         }
     }
     Step::Failed(failure)
+}
+
+/// The 429 for a client whose circuit is open on this pool (counted), if it is.
+fn circuit_refusal(call: &Call) -> Option<ApiError> {
+    let pool = call.pool.config.name.as_str();
+    let left = (call.state.circuits).open_for(pool, &call.client, Instant::now())?;
+    (call.state.metrics.client_rejections)
+        .with_label_values(&[call.client.as_str(), circuit::CIRCUIT_OPEN])
+        .inc();
+    tracing::warn!(request_id = %call.request_id, pool = %pool, client = %call.client,
+        "request refused: the client's circuit is open");
+    Some(circuit::refusal(left))
 }

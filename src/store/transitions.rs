@@ -8,6 +8,14 @@ use super::{
 };
 use crate::pool::{KeyState, Outcome};
 
+/// The reason of a key benched by a 401/403 until keygate's own probe confirms it.
+pub(crate) const AUTH_UNCONFIRMED: &str = "auth_unconfirmed";
+
+/// Whether the key waits for the confirmation probe of a 401/403 (`benched` in report.lua).
+fn benched(k: &KeyRow) -> bool {
+    k.status == KeyState::Cooling && k.reason == AUTH_UNCONFIRMED
+}
+
 fn selectable(status: KeyState, weight: u32) -> bool {
     status == KeyState::Active && weight > 0
 }
@@ -138,7 +146,7 @@ impl PoolState {
             k.successes += 1;
             k.errors = 0;
             k.strikes = 0;
-            if k.status == KeyState::HalfOpen && r.probe {
+            if r.probe && (k.status == KeyState::HalfOpen || benched(&k)) {
                 k.open_ms = 0;
                 self.set_status(id, &mut k, KeyState::Active, "", None);
             }
@@ -218,9 +226,26 @@ impl PoolState {
                 }
                 self.set_status(id, k, KeyState::Disabled, "quota", Some(deadline));
             }
-            Outcome::Unauthorized => {
-                self.set_status(id, k, KeyState::Disabled, "unauthorized", None)
-            }
+            Outcome::Unauthorized => match r.cooldown_ms.filter(|h| *h > 0) {
+                // May be the key's fault: benched until the probe answers or the deadline passes.
+                Some(bench)
+                    if matches!(
+                        k.status,
+                        KeyState::Active | KeyState::Cooling | KeyState::HalfOpen
+                    ) =>
+                {
+                    let mut deadline = now + bench;
+                    if k.status == KeyState::Cooling && k.cooldown_until_ms > deadline {
+                        deadline = k.cooldown_until_ms;
+                    }
+                    self.set_status(id, k, KeyState::Cooling, AUTH_UNCONFIRMED, Some(deadline));
+                }
+                Some(_) => {}
+                None if benched(k) || !r.probe => {
+                    self.set_status(id, k, KeyState::Disabled, "unauthorized", None)
+                }
+                None => {}
+            },
             _ if k.status == KeyState::Active => {
                 if now.saturating_sub(k.window_start_ms) >= p.breaker_window_ms {
                     k.errors = 0;

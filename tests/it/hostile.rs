@@ -8,7 +8,9 @@
 //! or other tests. A second mock plays the "evil" host: it must never receive a request.
 
 mod admin;
+mod blame;
 mod bodies;
+mod model_allowlist;
 mod raw;
 mod smuggling;
 mod steering;
@@ -29,7 +31,7 @@ use tokio::net::TcpStream;
 use crate::harness::gateway::{
     chat, config_toml, http, key, post_chat, TestGateway, TestKey, CLIENT_TOKEN,
 };
-use crate::harness::RedisServer;
+use crate::harness::{wait_until, RedisServer};
 use raw::{chat_body, raw, raw_all, raw_post, read_reply, WAIT};
 
 const KEYS: [TestKey; 2] = [

@@ -94,7 +94,7 @@ async fn a_429_seen_by_one_replica_stops_every_replica_using_that_key_until_retr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_key_is_disabled_cluster_wide_after_its_first_401() {
+async fn a_revoked_key_is_disabled_cluster_wide_once_keygate_s_probe_confirms_its_401() {
     let redis = RedisServer::start();
     let mock = MockUpstream::start().await;
     mock.set_steady("sk-test-one-1111", Behavior::Unauthorized);
@@ -109,9 +109,10 @@ async fn a_revoked_key_is_disabled_cluster_wide_after_its_first_401() {
         let r = post_chat(&c, gw, &chat("m", false), &[]).await;
         assert_eq!(r.status(), 200, "the client must not see the revoked key");
     }
+    // The 401 that benched it, and keygate's own probe that confirmed it; never traffic again.
     assert_eq!(
         mock.requests("sk-test-one-1111"),
-        1,
+        2,
         "the revoked key was tried again"
     );
     let h = key_hash(&redis, "k1");
@@ -119,22 +120,28 @@ async fn a_revoked_key_is_disabled_cluster_wide_after_its_first_401() {
         (h["status"].as_str(), h["reason"].as_str()),
         ("disabled", "unauthorized")
     );
-    // Every key revoked: a clear error at once, not a hang.
+    // Every key revoked: a clear error at once, not a hang. While the probes run the keys are
+    // benched (429, retry later); once they confirm, no key will recover by itself (503).
     mock.set_steady("sk-test-two-2222", Behavior::Unauthorized);
     mock.set_steady("sk-test-three-3333", Behavior::Unauthorized);
     let started = Instant::now();
-    let mut last = None;
-    for _ in 0..3 {
+    loop {
         let r = post_chat(&c, &a, &chat("m", false), &[]).await;
-        last = Some((
-            r.status().as_u16(),
-            r.json::<serde_json::Value>().await.unwrap(),
-        ));
+        let status = r.status().as_u16();
+        let body = r.json::<serde_json::Value>().await.unwrap();
+        if status == 503 {
+            assert_eq!(body["error"]["code"], "no_key_available");
+            break;
+        }
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (429, &"all_keys_cooling".into())
+        );
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "the probes never confirmed"
+        );
     }
-    let (status, body) = last.unwrap();
-    assert_eq!(status, 503);
-    assert_eq!(body["error"]["code"], "no_key_available");
-    assert!(started.elapsed().as_secs() < 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

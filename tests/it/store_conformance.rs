@@ -1,4 +1,4 @@
-//! One conformance suite, run against both stores: every transition of DESIGN section 2.
+//! One conformance suite, run against both stores: every transition of README.md's Key states.
 //! Time is virtual (`now_ms` passed in), so deadlines are exact and nothing sleeps.
 
 use std::collections::HashMap;
@@ -174,6 +174,89 @@ pub async fn unauthorized_disables_until_an_operator_enables(s: &Subject) {
         KeyState::Active
     );
     assert_eq!(selectable(st, T0 + 10_000_000).await, ["a", "b", "c"]);
+}
+
+pub async fn an_unconfirmed_401_benches_and_the_probes_401_disables(s: &Subject) {
+    setup(s, ABC).await;
+    let st = &*s.store;
+    assert_eq!(
+        report(st, "a", Outcome::Unauthorized, Some(30_000), T0).await,
+        KeyState::Cooling
+    );
+    assert_eq!(
+        state_of(st, "a", T0).await,
+        (KeyState::Cooling, "auth_unconfirmed".into(), T0 + 30_000)
+    );
+    assert_eq!(selectable(st, T0 + 1).await, ["b", "c"]);
+    // Another replica's late 401 neither disables nor shortens the bench.
+    report(st, "a", Outcome::Unauthorized, Some(1_000), T0 + 2).await;
+    assert_eq!(state_of(st, "a", T0 + 2).await.2, T0 + 30_000);
+    assert_eq!(
+        probe_report(st, "a", Outcome::Unauthorized, T0 + 3).await,
+        KeyState::Disabled
+    );
+    assert_eq!(
+        state_of(st, "a", T0 + 3).await,
+        (KeyState::Disabled, "unauthorized".into(), 0)
+    );
+    assert_eq!(selectable(st, T0 + 10_000_000).await, ["b", "c"]);
+}
+
+pub async fn a_benched_key_whose_probe_succeeds_is_active_again(s: &Subject) {
+    setup(s, ABC).await;
+    let st = &*s.store;
+    report(st, "b", Outcome::Unauthorized, Some(30_000), T0).await;
+    assert_eq!(
+        probe_report(st, "b", Outcome::Success, T0 + 5).await,
+        KeyState::Active
+    );
+    assert_eq!(
+        state_of(st, "b", T0 + 5).await,
+        (KeyState::Active, "".into(), 0)
+    );
+    assert_eq!(selectable(st, T0 + 5).await, ["a", "b", "c"]);
+    // Without an answer from its probe, the bench ends by its deadline.
+    report(st, "c", Outcome::Unauthorized, Some(30_000), T0).await;
+    assert_eq!(selectable(st, T0 + 29_999).await, ["a", "b"]);
+    assert_eq!(selectable(st, T0 + 30_000).await, ["a", "b", "c"]);
+}
+
+pub async fn a_probe_answer_never_touches_a_key_that_is_no_longer_benched(s: &Subject) {
+    setup(s, ABC).await;
+    let st = &*s.store;
+    // Benched, then an operator disables (a) or drains (b) it: the probe's answer is late.
+    for (key, admin) in [("a", AdminState::Disable), ("b", AdminState::Drain)] {
+        report(st, key, Outcome::Unauthorized, Some(30_000), T0).await;
+        st.set_state("p", &kid(key), admin).await.unwrap();
+        probe_report(st, key, Outcome::Success, T0 + 1).await;
+        probe_report(st, key, Outcome::Unauthorized, T0 + 1).await;
+    }
+    assert_eq!(
+        state_of(st, "a", T0 + 2).await,
+        (KeyState::Disabled, "admin".into(), 0)
+    );
+    assert_eq!(
+        state_of(st, "b", T0 + 2).await,
+        (KeyState::Draining, "admin".into(), 0)
+    );
+    // An active key (its bench over, or never benched) is not disabled by a probe's 401, and a
+    // rate-limited key is not re-activated by a probe's success.
+    assert_eq!(
+        probe_report(st, "c", Outcome::Unauthorized, T0).await,
+        KeyState::Active
+    );
+    report(st, "c", Outcome::RateLimited, Some(5_000), T0).await;
+    assert_eq!(
+        probe_report(st, "c", Outcome::Success, T0 + 1).await,
+        KeyState::Cooling
+    );
+    // A 401 on a key out of rotation for its quota leaves it there.
+    st.set_state("p", &kid("a"), AdminState::Enable)
+        .await
+        .unwrap();
+    report(st, "a", Outcome::QuotaExhausted, None, T0).await;
+    report(st, "a", Outcome::Unauthorized, Some(30_000), T0 + 1).await;
+    assert_eq!(state_of(st, "a", T0 + 1).await.1, "quota");
 }
 
 pub async fn server_errors_open_the_breaker_at_the_threshold_within_the_window(s: &Subject) {
@@ -588,6 +671,9 @@ conformance!(
     retry_after_is_clamped_to_the_pool_max,
     quota_exhaustion_disables_until_the_quota_cooldown,
     unauthorized_disables_until_an_operator_enables,
+    an_unconfirmed_401_benches_and_the_probes_401_disables,
+    a_benched_key_whose_probe_succeeds_is_active_again,
+    a_probe_answer_never_touches_a_key_that_is_no_longer_benched,
     server_errors_open_the_breaker_at_the_threshold_within_the_window,
     a_success_resets_the_error_count,
     half_open_allows_one_probe_at_a_time_and_success_reactivates,

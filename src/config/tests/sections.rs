@@ -157,3 +157,46 @@ fn store_problems_name_their_exact_paths() {
     let config = parse(&with_store("redis_url = \"\""), &[]).expect("empty url is no url");
     assert_eq!(config.store.redis_url, None);
 }
+
+#[test]
+fn the_auth_probe_and_client_circuit_settings_are_checked() {
+    let key = "id = \"k1\"\nsecret = \"sk-test-secret-1\"";
+    for (policy, expected) in [
+        (
+            "auth_bench_s = 0",
+            "pools[0].policy.auth_bench_s: must be at least 1",
+        ),
+        (
+            "client_circuit_open_s = 0",
+            "pools[0].policy.client_circuit_open_s: must be at least 1",
+        ),
+        (
+            "client_circuit_window_s = 0",
+            "pools[0].policy.client_circuit_window_s: must be at least 1",
+        ),
+    ] {
+        assert_problem(
+            &pool_with(&format!("[pools.policy]\n{policy}"), &[key]),
+            expected,
+        );
+    }
+    for path in ["/models", "../admin", "models?x=1", "a//b", ""] {
+        let text = pool_with(
+            &format!("[pools.policy]\nauth_probe_path = {path:?}"),
+            &[key],
+        );
+        let found = problems(&text, &[]);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("pools[0].policy.auth_probe_path:")),
+            "{path:?}: {found:?}"
+        );
+    }
+    let text = pool_with(
+        "[pools.policy]\nauth_probe_path = \"dashboard/billing/subscription\"\nclient_circuit_threshold = 0",
+        &[key],
+    );
+    let policy = parse(&text, &[]).map(|c| c.pools[0].policy.clone());
+    assert!(policy.is_ok_and(|p| p.client_circuit_threshold == 0));
+}

@@ -66,10 +66,12 @@ pub(crate) fn system_now_ms() -> u64 {
 }
 
 /// Outcomes that leave something to remember.
-fn worth_keeping(r: &Report<'_>) -> bool {
+fn worth_keeping(r: &Report<'_>, receipt: &ReportReceipt) -> bool {
     match r.outcome {
         Outcome::ClientError => false,
         Outcome::Success => r.cooldown_ms.is_some(),
+        // A bench, or the probe's confirmation; a 401 that changed nothing teaches nothing.
+        Outcome::Unauthorized => receipt.changed,
         _ => true,
     }
 }
@@ -77,7 +79,7 @@ fn worth_keeping(r: &Report<'_>) -> bool {
 impl Learned {
     /// The journal entry for a report memory applied, if it taught anything.
     pub fn from_report(pool: &str, r: &Report<'_>, receipt: &ReportReceipt) -> Option<Learned> {
-        if !worth_keeping(r) {
+        if !worth_keeping(r, receipt) {
             return None;
         }
         let timed = matches!(receipt.state, KeyState::Cooling | KeyState::Disabled);
@@ -106,7 +108,11 @@ impl Learned {
                 let cooldown_ms = match (outcome, until_ms) {
                     (_, Some(until)) if *until <= now_ms => return Ok(()),
                     (Outcome::RateLimited | Outcome::Success, None) => return Ok(()),
-                    (Outcome::RateLimited | Outcome::Success, Some(until)) => Some(until - now_ms),
+                    // For a 401 a deadline is its bench; without one it was confirmed.
+                    (
+                        Outcome::RateLimited | Outcome::Success | Outcome::Unauthorized,
+                        Some(until),
+                    ) => Some(until - now_ms),
                     _ => None,
                 };
                 let r = Report {

@@ -105,8 +105,9 @@ impl Run<'_> {
         let storms = [
             ("429", rate_limited, 429),
             ("5xx", Behavior::ServerError(503), 502),
-            ("401", Behavior::Unauthorized, 503),
-            ("403", forbidden, 503),
+            // Benched until keygate's probe confirms: every key cooling, retry later.
+            ("401", Behavior::Unauthorized, 429),
+            ("403", forbidden, 429),
             ("quota", Behavior::Quota, 429),
             ("timeout", slow, 504),
         ];
@@ -121,6 +122,7 @@ impl Run<'_> {
             }
             self.enable_all().await;
         }
+        self.every_key_revoked().await;
         for (_, secret) in KEYS {
             let drop = Behavior::StreamThenDrop { events: 2 };
             self.mock.script(secret, vec![drop]);
@@ -130,6 +132,30 @@ impl Run<'_> {
         for (_, secret) in KEYS {
             self.mock.script(secret, vec![]);
         }
+    }
+
+    /// Every key revoked: benched at first (429), then, once keygate's probes confirm, no key
+    /// will recover by itself (503).
+    async fn every_key_revoked(&mut self) {
+        for (_, secret) in KEYS {
+            self.mock.set_steady(secret, Behavior::Unauthorized);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let s = self.send("revoked", self.post(chat("m", false))).await;
+            if s == 503 {
+                break;
+            }
+            assert_eq!(s, 429, "revoked keys");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the probes never confirmed"
+            );
+        }
+        for (_, secret) in KEYS {
+            self.mock.set_steady(secret, Behavior::Ok);
+        }
+        self.enable_all().await;
     }
 
     /// Bad client input, including credentials presented in the wrong place.
