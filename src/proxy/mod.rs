@@ -10,6 +10,7 @@ mod outcome;
 mod report;
 pub mod request;
 pub mod route;
+pub mod scrub;
 pub mod successes;
 
 use std::net::SocketAddr;
