@@ -12,6 +12,7 @@ mod bodies;
 mod raw;
 mod smuggling;
 mod steering;
+mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
