@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, PoolConfig};
 use crate::metrics::Metrics;
 use crate::pool::KeyId;
+use crate::proxy::scrub::Scrubber;
 use crate::store::{KeyStore, PoolSpec};
 
 /// One pool as the proxy uses it: config, store spec, the upstream and the keys' secrets.
@@ -25,8 +26,10 @@ pub struct PoolRuntime {
     pub spec: PoolSpec,
     /// The configured base URL, parsed; requests only ever go to its scheme, host and port.
     pub base_url: url::Url,
-    /// Per key id: what an attempt sends and what an error answer is scrubbed of.
+    /// Per key id: what an attempt sends.
     pub auth: HashMap<KeyId, KeyAuth>,
+    /// Every secret of the pool, found and masked in whatever an upstream answers.
+    pub scrubber: Arc<Scrubber>,
     /// The upstream HTTP client (connection pool), with this pool's connect timeout.
     pub http: UpstreamClient,
 }
@@ -35,10 +38,9 @@ pub struct PoolRuntime {
 pub struct KeyAuth {
     /// `Bearer <secret>`, marked sensitive (never logged by http/hyper).
     pub header: HeaderValue,
-    /// Where the key is in the pool's `config.keys` (its secret: an upstream error answer that
-    /// echoes it is redacted before the client sees it). An index, not a second copy of the
-    /// secret: 10,000 keys stay 10,000 secrets in memory.
-    pub index: usize,
+    /// `OpenAI-Organization` / `OpenAI-Project`: the key's own, else the pool's, else none.
+    pub organization: Option<HeaderValue>,
+    pub project: Option<HeaderValue>,
 }
 
 /// A client token's owner and the pools it may use.
@@ -108,7 +110,10 @@ impl Gateway {
             let base_url = url::Url::parse(&p.base_url)
                 .map_err(|e| format!("pools.{}.base_url: {e}", p.name))?;
             let mut auth = HashMap::new();
-            for (index, k) in p.keys.iter().enumerate() {
+            let account = |key: &Option<String>, pool: &Option<String>| {
+                (key.as_ref().or(pool.as_ref())).and_then(|v| HeaderValue::from_str(v).ok())
+            };
+            for k in &p.keys {
                 let id =
                     KeyId::new(&k.id).ok_or_else(|| format!("pools.{}: bad key id", p.name))?;
                 let mut v = HeaderValue::from_str(&format!("Bearer {}", k.secret.expose()))
@@ -119,13 +124,19 @@ impl Gateway {
                         )
                     })?;
                 v.set_sensitive(true);
-                auth.insert(id, KeyAuth { header: v, index });
+                let key_auth = KeyAuth {
+                    header: v,
+                    organization: account(&k.organization, &p.organization),
+                    project: account(&k.project, &p.project),
+                };
+                auth.insert(id, key_auth);
             }
             let rt = PoolRuntime {
                 config: p.clone(),
                 spec: PoolSpec::from_config(p),
                 base_url,
                 auth,
+                scrubber: Arc::new(Scrubber::new(p.keys.iter().map(|k| &k.secret))),
                 http: http_client(p),
             };
             pools.insert(p.name.clone(), Arc::new(rt));

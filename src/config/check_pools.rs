@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::check::{required_id, FirstSeen, ID_RULE};
 use super::decode::{Ctx, RawCanary, RawKey, RawPool};
+use super::wire::{check_account_id, check_header_lists, check_paths, HeaderLists, DEFAULT_PATHS};
 use super::{CanaryConfig, KeyConfig, Policy, PoolConfig, Secret, Timeouts, STABLE_GROUP};
 use crate::pool::is_valid_id;
 
@@ -82,6 +83,16 @@ fn check_pool(
         .and_then(|raw| check_canary(raw, &canary_path, ctx));
     let canary_group = canary.as_ref().map(|c| c.group.as_str());
     let keys = check_keys(raw.keys, path, canary_group, env, base_dir, ctx);
+    let paths =
+        (raw.paths).unwrap_or_else(|| DEFAULT_PATHS.iter().map(|p| p.to_string()).collect());
+    check_paths(&paths, path, ctx);
+    let headers =
+        ctx.decode::<HeaderLists>(toml::Value::Table(raw.headers), &format!("{path}.headers"));
+    if let Some(headers) = &headers {
+        check_header_lists(headers, path, ctx);
+    }
+    check_account_id(&raw.organization, format!("{path}.organization"), ctx);
+    check_account_id(&raw.project, format!("{path}.project"), ctx);
     Some(PoolConfig {
         name: name?,
         base_url: base_url?,
@@ -92,6 +103,10 @@ fn check_pool(
         timeouts: timeouts?,
         canary: canary?,
         keys,
+        paths,
+        headers: headers?,
+        organization: raw.organization,
+        project: raw.project,
     })
 }
 
@@ -253,6 +268,8 @@ fn check_keys(
             ctx.problem(format!("{path}.weight"), "must be 0..=1000");
         }
         let group = check_key_group(raw.group.clone(), &path, canary_group, ctx);
+        check_account_id(&raw.organization, format!("{path}.organization"), ctx);
+        check_account_id(&raw.project, format!("{path}.project"), ctx);
         let secret = resolve_secret(&raw, &path, env, base_dir, ctx);
         if let (Some(id), Some(weight), Some(group), Some((secret, secret_file))) =
             (id, weight, group, secret)
@@ -265,6 +282,8 @@ fn check_keys(
                 secret_file,
                 weight,
                 group,
+                organization: raw.organization,
+                project: raw.project,
             });
         }
     }

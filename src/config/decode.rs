@@ -307,6 +307,11 @@ pub(super) struct RawPool {
     pub(super) canary: toml::Table,
     #[serde(default)]
     pub(super) keys: Vec<toml::Table>,
+    pub(super) paths: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) headers: toml::Table,
+    pub(super) organization: Option<String>,
+    pub(super) project: Option<String>,
 }
 
 fn default_max_attempts() -> i64 {
@@ -343,6 +348,8 @@ pub(super) struct RawKey {
     #[serde(default = "default_weight")]
     pub(super) weight: i64,
     pub(super) group: Option<String>,
+    pub(super) organization: Option<String>,
+    pub(super) project: Option<String>,
 }
 
 fn default_weight() -> i64 {

@@ -47,6 +47,7 @@ mod env;
 mod secret;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -60,6 +61,8 @@ use check_pools::check_pools;
 use decode::{split_sections, syntax_error, Ctx, RawAdmin};
 use env::{apply_env_overrides, stray_overrides};
 pub use secret::{hash_token, redact_url, Secret};
+pub use wire::{name_matches, path_matches, HeaderLists};
+pub use wire::{DEFAULT_EXPOSED, DEFAULT_FORWARDED, DEFAULT_PATHS, NEVER_EXPOSED, NEVER_FORWARDED};
 
 /// The group every key belongs to unless it names the pool's canary group.
 pub const STABLE_GROUP: &str = "stable";
@@ -217,6 +220,13 @@ pub struct PoolConfig {
     pub timeouts: Timeouts,
     pub canary: CanaryConfig,
     pub keys: Vec<KeyConfig>,
+    /// Paths after `/v1/` the pool serves (`prefix/*` matches under a prefix); others get 404.
+    pub paths: Vec<String>,
+    /// `[pools.headers]`: headers let through each way besides the defaults (`wire.rs`).
+    pub headers: HeaderLists,
+    /// `OpenAI-Organization` / `OpenAI-Project` sent upstream for keys that set none.
+    pub organization: Option<String>,
+    pub project: Option<String>,
 }
 
 /// `[pools.policy]`: how the key state machine (README.md, "Key states") reacts to outcomes.
@@ -319,6 +329,9 @@ pub struct KeyConfig {
     pub weight: u32,
     /// `stable` or the pool's canary group.
     pub group: String,
+    /// This key's `OpenAI-Organization` / `OpenAI-Project`, instead of the pool's.
+    pub organization: Option<String>,
+    pub project: Option<String>,
 }
 
 impl Config {

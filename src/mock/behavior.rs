@@ -3,6 +3,8 @@
 
 use std::str::FromStr;
 
+pub use super::leak::LeakForm;
+
 /// What the mock does with one request for a key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Behavior {
@@ -36,6 +38,9 @@ pub enum Behavior {
     /// A normal answer with `x-ratelimit-remaining-requests: 0` and
     /// `x-ratelimit-reset-requests: <reset>`.
     RemainingZero { reset: String },
+    /// This status (200 unless given) with the key echoed in headers and body, in `form`
+    /// (see `leak.rs`).
+    Leak { form: LeakForm, status: u16 },
 }
 
 /// Why a behaviour or a `--key` flag could not be read.
@@ -45,7 +50,7 @@ pub struct ParseBehaviorError(String);
 
 /// The behaviours the text form knows, for error messages.
 const EXPECTED: &str = "expected ok, 429, 429:SECS, 401, quota, 4xx, 5xx, delay:MS[:BEHAVIOR], \
-                        remaining0:RESET, slow:MS, drop:EVENTS or hang";
+                        remaining0:RESET, slow:MS, drop:EVENTS, leak:FORM[:STATUS] or hang";
 
 impl FromStr for Behavior {
     type Err = ParseBehaviorError;
@@ -73,6 +78,7 @@ impl FromStr for Behavior {
             ("drop", Some(events)) => Ok(Behavior::StreamThenDrop {
                 events: number(events, text)?,
             }),
+            ("leak", Some(arg)) => parse_leak(arg, text),
             ("remaining0", Some(reset)) => Ok(Behavior::RemainingZero {
                 reset: non_empty(reset, text)?,
             }),
@@ -96,6 +102,25 @@ fn parse_delay(arg: &str, text: &str) -> Result<Behavior, ParseBehaviorError> {
         ms: number(ms, text)?,
         then: Box::new(then),
     })
+}
+
+/// `leak:FORM` (200) or `leak:FORM:STATUS`; FORM is plain, escaped, sse or gzip.
+fn parse_leak(arg: &str, text: &str) -> Result<Behavior, ParseBehaviorError> {
+    let (form, status) = match arg.split_once(':') {
+        Some((form, status)) => (form, number(status, text)?),
+        None => (arg, 200),
+    };
+    let form = LeakForm::parse(form).ok_or_else(|| {
+        ParseBehaviorError(format!(
+            "unknown leak form in {text:?} (plain, escaped, sse or gzip)"
+        ))
+    })?;
+    if !(200..=599).contains(&status) {
+        return Err(ParseBehaviorError(format!(
+            "unsupported status in {text:?}"
+        )));
+    }
+    Ok(Behavior::Leak { form, status })
 }
 
 /// A bare status code: 200 is ok, 401 and 5xx have their own variants, other 4xx are generic.

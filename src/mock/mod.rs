@@ -37,6 +37,7 @@
 //! | `slow:100` | [`Behavior::SlowStream`] |
 //! | `drop:3` | [`Behavior::StreamThenDrop`] |
 //! | `hang` | [`Behavior::Hang`] |
+//! | `leak:sse`, `leak:gzip:400` | [`Behavior::Leak`] (forms: plain, escaped, sse, gzip) |
 //!
 //! Control API, for other processes: `POST /_mock/keys/{secret}` with
 //! `{"steady": "429:5", "once": ["401", "ok"]}` (either field), `GET /_mock/stats` →
@@ -52,6 +53,7 @@
 mod behavior;
 mod control;
 mod handle;
+mod leak;
 mod openai;
 mod pace;
 mod responses;
@@ -69,7 +71,7 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 
-pub use behavior::{parse_sequence, Behavior, KeyFlag, ParseBehaviorError};
+pub use behavior::{parse_sequence, Behavior, KeyFlag, LeakForm, ParseBehaviorError};
 pub use handle::MockUpstream;
 pub use rules::ProviderRules;
 pub use state::{MockState, RecordedRequest};

@@ -139,6 +139,7 @@ fn respond(call: &Call, behavior: Behavior) -> Response {
         Behavior::StreamThenDrop { events } => endpoint_answer(call, Pace::DropAfter(events)),
         Behavior::SlowStream { interval_ms } => endpoint_answer(call, Pace::Every(interval_ms)),
         Behavior::RemainingZero { reset } => remaining_zero(call, &reset),
+        Behavior::Leak { form, status } => super::leak::leak_response(&call.secret, form, status),
         Behavior::Status {
             status,
             headers,

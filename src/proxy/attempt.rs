@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use super::body::{Ending, ObservedBody, UpstreamResponse};
 use super::outcome::{keygate_headers, Failure, Step};
 use super::report::{report_in_background, report_success, Reported};
+use super::scrub::StreamScrub;
 use super::{forward, Call};
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -62,7 +63,7 @@ impl Attempt<'_> {
                 return Step::NoKey(ApiError::store_unavailable());
             }
         };
-        let Some(auth) = call.pool.auth.get(&chosen.key).map(|a| a.header.clone()) else {
+        let Some(key_auth) = pool.auth.get(&chosen.key) else {
             // Another replica's newer config added this key; this replica has no secret for it.
             return Step::Failed(Failure {
                 key: Some(chosen.key),
@@ -87,7 +88,8 @@ impl Attempt<'_> {
         let mut upstream = http::Request::new(http_body_util::Full::new(self.body.clone()));
         *upstream.method_mut() = call.method.clone();
         *upstream.uri_mut() = call.uri.clone();
-        *upstream.headers_mut() = forward::upstream_headers(&call.headers, &auth);
+        *upstream.headers_mut() =
+            forward::upstream_headers(&call.headers, &pool.config.headers, key_auth);
         let send = call.pool.http.request(upstream);
         let started = Instant::now();
         match tokio::time::timeout(first_byte, send).await {
@@ -103,6 +105,7 @@ impl Attempt<'_> {
                 tracing::debug!(request_id = %call.request_id, error = %e, "upstream transport error");
                 failed(call, chosen, outcome, 0, None, started).await
             }
+            Ok(Ok(resp)) if forward::is_encoded(resp.headers()) => encoded(call, chosen, &resp),
             Ok(Ok(resp)) if resp.status().is_success() => {
                 succeeded(call, chosen, resp, started, self.model)
             }
@@ -136,7 +139,8 @@ fn succeeded(
         resp.status().as_u16(),
     );
     let status = resp.status();
-    let mut headers = forward::downstream_headers(resp.headers());
+    let mut headers = forward::downstream_headers(resp.headers(), &call.pool.config.headers);
+    call.pool.scrubber.scrub_headers(&mut headers);
     keygate_headers(
         &mut headers,
         Some(&chosen.key),
@@ -153,7 +157,8 @@ fn succeeded(
         model.map(|m| m.chars().take(64).collect()),
         reported,
     );
-    let body = ObservedBody::new(resp, call.deadline, on_end);
+    let scrub = StreamScrub::new(call.pool.scrubber.clone());
+    let body = ObservedBody::new(resp, call.deadline, scrub, on_end);
     let mut out = Response::new(Body::from_stream(body));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
@@ -229,15 +234,10 @@ async fn answered_error(
         _ => Bytes::new(),
     };
     let verdict = blame(call, &chosen.key, status, &headers, &body);
-    // What may reach the client (a passed-through 4xx) never carries the key it was sent with.
+    // What may reach the client (a passed-through 4xx) never carries a key of the pool.
     let mut headers = headers;
-    let secret = (call.pool.auth.get(&chosen.key))
-        .and_then(|a| call.pool.config.keys.get(a.index))
-        .map(|k| &k.secret);
-    let body = match secret {
-        Some(secret) => forward::redact_secret(&mut headers, body, secret),
-        None => body,
-    };
+    call.pool.scrubber.scrub_headers(&mut headers);
+    let body = call.pool.scrubber.scrub_whole(body);
     if verdict.outcome != Outcome::ClientError {
         let hint = verdict.cooldown.map(|d| d.as_millis() as u64);
         return failed(
@@ -280,7 +280,7 @@ async fn answered_error(
         });
     }
     let mut out = (status, body).into_response();
-    let mut h = forward::downstream_headers(&headers);
+    let mut h = forward::downstream_headers(&headers, &call.pool.config.headers);
     h.remove(http::header::CONTENT_LENGTH);
     keygate_headers(
         &mut h,
@@ -289,6 +289,30 @@ async fn answered_error(
         call.attempts,
     );
     out.headers_mut().extend(h);
+    Step::Done(out)
+}
+
+/// An answer encoded although keygate asked for `identity`: keygate cannot scrub it, so the
+/// client gets a 502 instead; the key is not blamed (the encoding is the upstream's doing).
+fn encoded(call: &Call, chosen: Chosen, resp: &UpstreamResponse) -> Step {
+    tracing::warn!(request_id = %call.request_id, pool = %call.pool.config.name, key = %chosen.key,
+        status = resp.status().as_u16(), "upstream sent an encoded answer; refused, keygate passes on only what it can scrub");
+    let message = "The upstream answered with a Content-Encoding; keygate passes on only \
+                   unencoded answers, which it can check for secrets.";
+    let error = ApiError::new(
+        http::StatusCode::BAD_GATEWAY,
+        "upstream_error",
+        "upstream_encoding_unsupported",
+        message,
+    );
+    let mut out = error.into_response();
+    let attempts = call.attempts;
+    keygate_headers(
+        out.headers_mut(),
+        Some(&chosen.key),
+        Some(&chosen.group),
+        attempts,
+    );
     Step::Done(out)
 }
 

@@ -1,7 +1,8 @@
-//! The response body on its way to the client: passed through chunk by chunk, unchanged and
-//! unbuffered, while usage is read off it (SSE events or the JSON body) and the request's
-//! overall deadline is enforced. Its end (complete, failed, or dropped because the client went
-//! away) is reported once through a callback.
+//! The response body on its way to the client: passed through chunk by chunk, unbuffered, with
+//! the pool's secrets masked (`scrub.rs`: only a tail that may start a secret waits for the next
+//! chunk), while usage is read off it (SSE events or the JSON body) and the request's overall
+//! deadline is enforced. Its end (complete, failed, or dropped because the client went away) is
+//! reported once through a callback.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use futures::Stream;
 use http_body_util::{BodyDataStream, BodyExt};
 use tokio::time::{Instant, Sleep};
 
+use super::scrub::StreamScrub;
 use crate::usage::{model_from_json_body, usage_from_json_body, SseUsageScanner, Usage};
 
 /// JSON bodies longer than this are passed through without usage accounting.
@@ -45,11 +47,19 @@ pub struct ObservedBody {
     inner: BodyDataStream<hyper::body::Incoming>,
     watcher: Watcher,
     deadline: Pin<Box<Sleep>>,
+    scrub: StreamScrub,
+    /// The upstream body has ended; what the scrubber held back is still to be sent.
+    upstream_done: bool,
     on_end: Option<OnEnd>,
 }
 
 impl ObservedBody {
-    pub fn new(resp: UpstreamResponse, deadline: Instant, on_end: OnEnd) -> ObservedBody {
+    pub fn new(
+        resp: UpstreamResponse,
+        deadline: Instant,
+        scrub: StreamScrub,
+        on_end: OnEnd,
+    ) -> ObservedBody {
         let ct = resp
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -67,6 +77,8 @@ impl ObservedBody {
             inner: resp.into_body().into_data_stream(),
             watcher,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            scrub,
+            upstream_done: false,
             on_end: Some(on_end),
         }
     }
@@ -121,19 +133,31 @@ impl Stream for ObservedBody {
             self.finish(Ending::Deadline);
             return Poll::Ready(Some(Err(std::io::Error::other("request deadline passed"))));
         }
-        match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => {
-                self.observe(&chunk);
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.finish(Ending::UpstreamError);
-                Poll::Ready(Some(Err(std::io::Error::other(e))))
-            }
-            Poll::Ready(None) => {
+        loop {
+            if self.upstream_done {
                 self.finish(Ending::Complete);
-                Poll::Ready(None)
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.observe(&chunk);
+                    let out = self.scrub.feed(chunk);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.finish(Ending::UpstreamError);
+                    return Poll::Ready(Some(Err(std::io::Error::other(e))));
+                }
+                Poll::Ready(None) => {
+                    self.upstream_done = true;
+                    let rest = self.scrub.finish();
+                    if !rest.is_empty() {
+                        return Poll::Ready(Some(Ok(rest)));
+                    }
+                }
             }
         }
     }

@@ -1,49 +1,14 @@
-//! What crosses the proxy: the upstream URL (always the pool's configured scheme, host and port)
-//! and the headers each way (no client credentials up, no hop-by-hop either way, never a secret
-//! down).
+//! What crosses the proxy: the upstream URL (always the pool's configured scheme, host and port,
+//! and only the paths the pool serves) and the headers each way, from allowlists (no client
+//! credential up, no hop-by-hop either way, no provider account header down). Secrets in what
+//! comes down are masked by `scrub.rs`.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use bytes::Bytes;
 
-use crate::config::Secret;
+use crate::app::KeyAuth;
+use crate::config::{name_matches, path_matches, HeaderLists};
+use crate::config::{DEFAULT_EXPOSED, DEFAULT_FORWARDED, NEVER_EXPOSED, NEVER_FORWARDED};
 use crate::error::ApiError;
-
-/// Hop-by-hop headers (RFC 9110 section 7.6.1) plus the ones keygate owns or replaces.
-const NOT_FORWARDED_UP: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "accept-encoding",
-    "x-keygate-pool",
-    "x-gray-group",
-    "x-user-id",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
-    "cookie",
-];
-
-const NOT_FORWARDED_DOWN: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "set-cookie",
-];
 
 /// Headers named in `Connection:` are hop-by-hop too.
 fn connection_listed(headers: &HeaderMap) -> Vec<String> {
@@ -57,36 +22,74 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// The client's headers as sent upstream, with the pool key as the only credential.
-pub fn upstream_headers(client: &HeaderMap, auth: &HeaderValue) -> HeaderMap {
+/// The headers sent upstream: the client's that the pool's allowlist names (never a credential,
+/// a hop-by-hop or routing header, whatever the list says), then the key's credential and
+/// account headers, and a request for an unencoded answer (keygate must read it to scrub it).
+pub fn upstream_headers(client: &HeaderMap, lists: &HeaderLists, key: &KeyAuth) -> HeaderMap {
     let listed = connection_listed(client);
-    let mut out = HeaderMap::with_capacity(client.len() + 1);
+    let mut out = HeaderMap::with_capacity(DEFAULT_FORWARDED.len() + 5);
     for (name, value) in client {
         let n = name.as_str();
-        if NOT_FORWARDED_UP.contains(&n)
-            || listed.iter().any(|l| l == n)
-            || n.starts_with("x-keygate-")
+        if allowed(n, DEFAULT_FORWARDED, &lists.forward, NEVER_FORWARDED)
+            && !listed.iter().any(|l| l == n)
         {
-            continue;
+            out.append(name.clone(), value.clone());
         }
-        out.append(name.clone(), value.clone());
     }
-    out.insert(http::header::AUTHORIZATION, auth.clone());
+    out.insert(http::header::AUTHORIZATION, key.header.clone());
+    out.insert(
+        http::header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    if let Some(org) = &key.organization {
+        out.insert(HeaderName::from_static("openai-organization"), org.clone());
+    }
+    if let Some(project) = &key.project {
+        out.insert(HeaderName::from_static("openai-project"), project.clone());
+    }
     out
 }
 
-/// The upstream's headers as sent to the client.
-pub fn downstream_headers(upstream: &HeaderMap) -> HeaderMap {
+/// The upstream's headers the pool's allowlist names, as sent to the client (before keygate's
+/// own `x-keygate-*` headers are added, and before scrubbing).
+pub fn downstream_headers(upstream: &HeaderMap, lists: &HeaderLists) -> HeaderMap {
     let listed = connection_listed(upstream);
-    let mut out = HeaderMap::with_capacity(upstream.len() + 6);
+    let mut out = HeaderMap::with_capacity(DEFAULT_EXPOSED.len() + 6);
     for (name, value) in upstream {
         let n = name.as_str();
-        if NOT_FORWARDED_DOWN.contains(&n) || listed.iter().any(|l| l == n) {
-            continue;
+        if allowed(n, DEFAULT_EXPOSED, &lists.expose, NEVER_EXPOSED)
+            && !listed.iter().any(|l| l == n)
+        {
+            out.append(name.clone(), value.clone());
         }
-        out.append(name.clone(), value.clone());
     }
     out
+}
+
+/// In the defaults or the pool's additions, and never in the list of what is never let through.
+fn allowed(name: &str, defaults: &[&str], added: &[String], never: &[&str]) -> bool {
+    let listed = defaults.contains(&name) || added.iter().any(|p| name_matches(p, name));
+    listed && !never.contains(&name)
+}
+
+/// An upstream answer keygate cannot read: encoded although keygate asked for `identity`.
+/// keygate does not decode; it refuses to pass on what it could not scrub.
+pub fn is_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// Whether the pool serves `path` (after `/v1/`, without the query): a 404 before any key is
+/// chosen when it does not.
+pub fn check_path(paths: &[String], path: &str) -> Result<(), ApiError> {
+    if paths.iter().any(|p| path_matches(p, path)) {
+        return Ok(());
+    }
+    Err(ApiError::not_found(
+        "Unknown path: this keygate pool does not serve it.",
+    ))
 }
 
 fn invalid_path() -> ApiError {
@@ -137,58 +140,6 @@ pub fn upstream_url(
     Ok(url)
 }
 
-/// Replaces every occurrence of `secret` in an upstream answer (some providers quote the key
-/// they were sent in their error messages and headers) with its fingerprint, so a passed-through
-/// answer never hands a pool key to the client. A header value that cannot be rewritten is
-/// dropped.
-pub fn redact_secret(headers: &mut HeaderMap, body: Bytes, secret: &Secret) -> Bytes {
-    let needle = secret.expose().as_bytes();
-    if needle.is_empty() {
-        return body;
-    }
-    let fingerprint = secret.fingerprint();
-    let leaked: Vec<HeaderName> = (headers.iter())
-        .filter(|(_, v)| contains(v.as_bytes(), needle))
-        .map(|(n, _)| n.clone())
-        .collect();
-    for name in leaked {
-        let values: Vec<HeaderValue> = (headers.get_all(&name).iter())
-            .filter_map(|v| {
-                let replaced = replace_all(v.as_bytes(), needle, fingerprint.as_bytes());
-                HeaderValue::from_bytes(&replaced).ok()
-            })
-            .collect();
-        headers.remove(&name);
-        for v in values {
-            headers.append(name.clone(), v);
-        }
-    }
-    if contains(&body, needle) {
-        Bytes::from(replace_all(&body, needle, fingerprint.as_bytes()))
-    } else {
-        body
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn replace_all(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hay.len());
-    let mut i = 0;
-    while i < hay.len() {
-        if hay[i..].starts_with(needle) {
-            out.extend_from_slice(with);
-            i += needle.len();
-        } else {
-            out.push(hay[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 /// Sets a response header from a string, skipping values that are not valid header text.
 pub fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
@@ -229,41 +180,99 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_upstream_answer_quoting_the_key_reaches_the_client_redacted() {
-        let secret = Secret::new("sk-abcdefghijk9f3a");
-        let mut h = HeaderMap::new();
-        h.insert(
-            "x-debug",
-            "key=sk-abcdefghijk9f3a; again sk-abcdefghijk9f3a"
-                .parse()
-                .unwrap(),
-        );
-        h.insert("content-type", "application/json".parse().unwrap());
-        let body = Bytes::from_static(b"{\"message\":\"Bad key sk-abcdefghijk9f3a.\"}");
-        let body = redact_secret(&mut h, body, &secret);
-        assert_eq!(&body[..], "{\"message\":\"Bad key sk-…9f3a.\"}".as_bytes());
-        assert_eq!(h["x-debug"], "key=sk-…9f3a; again sk-…9f3a");
-        assert_eq!(h["content-type"], "application/json");
-        let clean = Bytes::from_static(b"nothing here");
-        assert_eq!(redact_secret(&mut h, clean.clone(), &secret), clean);
+    fn key(org: Option<&'static str>) -> KeyAuth {
+        KeyAuth {
+            header: HeaderValue::from_static("Bearer sk-pool"),
+            organization: org.map(HeaderValue::from_static),
+            project: None,
+        }
     }
 
     #[test]
-    fn client_credentials_and_hop_by_hop_headers_never_go_up() {
+    fn only_allowlisted_request_headers_go_up_with_the_configured_account() {
         let mut h = HeaderMap::new();
-        h.insert("authorization", "Bearer client-token".parse().unwrap());
-        h.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
-        h.insert("x-secret-hop", "1".parse().unwrap());
-        h.insert("host", "evil.com".parse().unwrap());
-        h.insert("x-keygate-pool", "prod".parse().unwrap());
-        h.insert("content-type", "application/json".parse().unwrap());
-        let up = upstream_headers(&h, &HeaderValue::from_static("Bearer sk-pool"));
-        assert_eq!(up.get("authorization").unwrap(), "Bearer sk-pool");
-        assert_eq!(up.get_all("authorization").iter().count(), 1);
-        for gone in ["connection", "x-secret-hop", "host", "x-keygate-pool"] {
-            assert!(up.get(gone).is_none(), "{gone} forwarded");
+        for (name, value) in [
+            ("authorization", "Bearer client-token"),
+            ("x-api-key", "client-token"),
+            ("api-key", "client-token"),
+            ("connection", "keep-alive, idempotency-key"),
+            ("idempotency-key", "hop"),
+            ("host", "evil.com"),
+            ("x-keygate-pool", "prod"),
+            ("true-client-ip", "10.0.0.1"),
+            ("openai-organization", "org-someone-else"),
+            ("accept-encoding", "gzip"),
+            ("x-stainless-lang", "python"),
+            ("x-custom", "1"),
+            ("content-type", "application/json"),
+            ("openai-beta", "assistants=v2"),
+        ] {
+            h.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
         }
-        assert_eq!(up.get("content-type").unwrap(), "application/json");
+        let lists = HeaderLists {
+            forward: vec!["x-stainless-*".into()],
+            expose: Vec::new(),
+        };
+        let up = upstream_headers(&h, &lists, &key(Some("org-pool")));
+        assert_eq!(up["authorization"], "Bearer sk-pool");
+        assert_eq!(up.get_all("authorization").iter().count(), 1);
+        assert_eq!(up["openai-organization"], "org-pool");
+        assert_eq!(up["accept-encoding"], "identity");
+        let names: Vec<&str> = up.keys().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "x-stainless-lang",
+                "content-type",
+                "openai-beta",
+                "authorization",
+                "accept-encoding",
+                "openai-organization"
+            ]
+        );
+        let up = upstream_headers(&h, &HeaderLists::default(), &key(None));
+        assert!(up.get("openai-organization").is_none());
+        assert!(up.get("x-stainless-lang").is_none());
+    }
+
+    #[test]
+    fn only_allowlisted_response_headers_come_down() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("openai-organization", "org-provider"),
+            ("openai-project", "proj-provider"),
+            ("set-cookie", "a=b"),
+            ("x-ratelimit-remaining-requests", "9"),
+            ("x-keygate-key", "spoofed"),
+            ("retry-after", "3"),
+            ("x-request-id", "req-upstream"),
+        ] {
+            h.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let down = downstream_headers(&h, &HeaderLists::default());
+        let names: Vec<&str> = down.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "retry-after"]);
+        let lists = HeaderLists {
+            forward: Vec::new(),
+            expose: vec!["x-ratelimit-*".into()],
+        };
+        assert!(downstream_headers(&h, &lists).contains_key("x-ratelimit-remaining-requests"));
+    }
+
+    #[test]
+    fn an_encoded_answer_is_recognised() {
+        let mut h = HeaderMap::new();
+        assert!(!is_encoded(&h));
+        h.insert("content-encoding", HeaderValue::from_static("identity"));
+        assert!(!is_encoded(&h));
+        h.append("content-encoding", HeaderValue::from_static("gzip"));
+        assert!(is_encoded(&h));
     }
 }

@@ -13,6 +13,7 @@ mod probe;
 mod report;
 pub mod request;
 pub mod route;
+pub mod scrub;
 pub mod successes;
 
 use std::net::SocketAddr;
@@ -105,6 +106,7 @@ async fn prepare_and_run(
     let client = auth::authenticate(&gw, &parts.headers).ok_or_else(ApiError::unauthorized)?;
     let pool = auth::choose_pool(&gw, client, &parts.headers)?;
     let uri = forward::upstream_uri(&pool.base_url, &path, parts.uri.query())?;
+    forward::check_path(&pool.config.paths, &path)?;
     let server = &gw.config.server;
     let bytes = request::read_body(
         body,

@@ -63,7 +63,7 @@ impl Failure {
         let mut resp =
             if let (true, Some((status, headers, body))) = (self.model_missing, self.passthrough) {
                 let mut r = (status, body).into_response();
-                *r.headers_mut() = forward::downstream_headers(&headers);
+                *r.headers_mut() = forward::downstream_headers(&headers, &call.pool.config.headers);
                 r
             } else if self.timed_out {
                 ApiError::upstream_failed(true, call.attempts).into_response()

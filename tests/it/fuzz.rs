@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use keygate::config::Config;
+use keygate::app::KeyAuth;
+use keygate::config::{name_matches, Config, HeaderLists, DEFAULT_EXPOSED, DEFAULT_FORWARDED};
 use keygate::proxy::forward::{downstream_headers, upstream_headers, upstream_uri, upstream_url};
 use keygate::proxy::request::inspect;
 use keygate::proxy::route::request_id;
@@ -232,8 +233,8 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Header filters: the pool key is the only credential going up; no hop-by-hop header, nothing
-// keygate owns, no cookie either way.
+// Header filters: only allowlisted headers either way; the pool key is the only credential going
+// up; no hop-by-hop header, nothing keygate owns, no cookie, no provider account header.
 
 const UP_NEVER: &[&str] = &[
     "proxy-authorization",
@@ -252,6 +253,10 @@ const UP_NEVER: &[&str] = &[
     "x-forwarded-proto",
     "x-real-ip",
     "cookie",
+    "x-api-key",
+    "api-key",
+    "true-client-ip",
+    "x-original-url",
 ];
 
 const DOWN_NEVER: &[&str] = &[
@@ -264,6 +269,9 @@ const DOWN_NEVER: &[&str] = &[
     "transfer-encoding",
     "upgrade",
     "set-cookie",
+    "openai-organization",
+    "openai-project",
+    "content-encoding",
 ];
 
 fn header_name() -> impl Strategy<Value = String> {
@@ -282,6 +290,13 @@ fn header_name() -> impl Strategy<Value = String> {
         Just("x-custom".to_string()),
         Just("keep-alive".to_string()),
         Just("upgrade".to_string()),
+        Just("x-api-key".to_string()),
+        Just("True-Client-IP".to_string()),
+        Just("OpenAI-Organization".to_string()),
+        Just("openai-beta".to_string()),
+        Just("x-stainless-os".to_string()),
+        Just("accept-encoding".to_string()),
+        Just("content-encoding".to_string()),
         "[a-zA-Z0-9-]{1,12}",
     ]
 }
@@ -310,6 +325,18 @@ fn header_map(pairs: &[(String, Vec<u8>)]) -> HeaderMap {
     h
 }
 
+/// The pool's additions to the header allowlists in these tests.
+fn lists() -> HeaderLists {
+    HeaderLists {
+        forward: vec!["x-stainless-*".into(), "x-custom".into()],
+        expose: vec!["x-custom".into()],
+    }
+}
+
+fn allowed_up(name: &str) -> bool {
+    DEFAULT_FORWARDED.contains(&name) || lists().forward.iter().any(|p| name_matches(p, name))
+}
+
 /// Names listed in the `Connection` headers of `h`.
 fn listed(h: &HeaderMap) -> Vec<String> {
     h.get_all("connection")
@@ -325,30 +352,40 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
-    fn only_the_pool_key_and_end_to_end_headers_go_upstream(
+    fn only_allowlisted_headers_and_the_pool_key_go_upstream(
         pairs in proptest::collection::vec((header_name(), header_value()), 0..12),
     ) {
         let client = header_map(&pairs);
         let mut auth = HeaderValue::from_static("Bearer sk-pool-key");
         auth.set_sensitive(true);
-        let up = upstream_headers(&client, &auth);
+        let key = KeyAuth {
+            header: auth.clone(),
+            organization: Some(HeaderValue::from_static("org-pool")),
+            project: None,
+        };
+        let up = upstream_headers(&client, &lists(), &key);
         let auths: Vec<_> = up.get_all("authorization").iter().collect();
         prop_assert_eq!(auths, vec![&auth]);
         prop_assert!(up.get("authorization").is_some_and(HeaderValue::is_sensitive));
+        let orgs: Vec<_> = up.get_all("openai-organization").iter().collect();
+        prop_assert_eq!(orgs, vec!["org-pool"]);
+        let encodings: Vec<_> = up.get_all("accept-encoding").iter().collect();
+        prop_assert_eq!(encodings, vec!["identity"]);
+        let set_by_keygate = ["authorization", "openai-organization", "accept-encoding"];
         let hop = listed(&client);
         for name in up.keys() {
             let n = name.as_str();
+            if set_by_keygate.contains(&n) {
+                continue;
+            }
+            prop_assert!(allowed_up(n), "{} is not in the allowlist", n);
             prop_assert!(!UP_NEVER.contains(&n), "{} went up", n);
-            prop_assert!(!n.starts_with("x-keygate-") && n != "x-gray-group" && n != "x-user-id");
-            prop_assert!(n == "authorization" || !hop.iter().any(|l| l == n), "{} is hop-by-hop", n);
+            prop_assert!(!hop.iter().any(|l| l == n), "{} is hop-by-hop", n);
         }
-        // Everything else is forwarded whole, every value, in order.
+        // Everything the list allows is forwarded whole, every value, in order.
         for name in client.keys() {
             let n = name.as_str();
-            let dropped = n == "authorization" || UP_NEVER.contains(&n) || n.starts_with("x-keygate-")
-                || ["accept-encoding", "x-gray-group", "x-user-id"].contains(&n)
-                || hop.iter().any(|l| l == n);
-            if !dropped {
+            if allowed_up(n) && !set_by_keygate.contains(&n) && !hop.iter().any(|l| l == n) {
                 let a: Vec<_> = client.get_all(name).iter().collect();
                 let b: Vec<_> = up.get_all(name).iter().collect();
                 prop_assert_eq!(a, b);
@@ -357,14 +394,16 @@ proptest! {
     }
 
     #[test]
-    fn no_hop_by_hop_header_or_cookie_comes_down(
+    fn only_allowlisted_headers_come_down(
         pairs in proptest::collection::vec((header_name(), header_value()), 0..12),
     ) {
         let upstream = header_map(&pairs);
-        let down = downstream_headers(&upstream);
+        let down = downstream_headers(&upstream, &lists());
         let hop = listed(&upstream);
         for name in down.keys() {
             let n = name.as_str();
+            let allowed = DEFAULT_EXPOSED.contains(&n) || lists().expose.iter().any(|p| name_matches(p, n));
+            prop_assert!(allowed, "{} is not in the allowlist", n);
             prop_assert!(!DOWN_NEVER.contains(&n), "{} came down", n);
             prop_assert!(!hop.iter().any(|l| l == n), "{} is hop-by-hop", n);
         }

@@ -14,6 +14,7 @@ mod model_allowlist;
 mod raw;
 mod smuggling;
 mod steering;
+mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -12,6 +12,7 @@
 //! provider, not keygate) stay out of the capture. Dependencies that log through the `log`
 //! crate rather than `tracing` (reqwest, redis-rs) are not captured.
 
+mod answers;
 mod capture;
 mod exercise;
 
