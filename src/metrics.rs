@@ -8,6 +8,7 @@
 //! few per-pool and per-operation families use the `prometheus` crate's registry.
 
 mod keys;
+mod limits;
 
 use std::time::Instant;
 
@@ -18,6 +19,7 @@ use prometheus::{
 use crate::pool::{KeyState, Outcome};
 use crate::store::PoolSnapshot;
 pub use keys::{KeySeries, MODELS_PER_KEY, UPSTREAM_BUCKETS};
+pub use limits::LimitMetrics;
 
 /// Every metric keygate exports, registered once.
 pub struct Metrics {
@@ -31,6 +33,8 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     pub store_degraded: IntGauge,
     pub canary_requests: IntCounterVec,
+    /// Connections, buffer budgets and admin refusals.
+    pub limits: LimitMetrics,
 }
 
 fn counter(
@@ -101,6 +105,7 @@ impl Metrics {
                 "Requests by traffic group; fallback=true when canary traffic went to stable",
                 &["pool", "group", "fallback"],
             )?,
+            limits: LimitMetrics::register(&r)?,
             registry: r,
         })
     }
