@@ -38,7 +38,7 @@ const KEYS: [TestKey; 2] = [
 ];
 
 /// The admin API is on in every hostile test: its token check is part of the surface.
-const ADMIN_TOKEN: &str = "hostile-admin-token";
+const ADMIN_TOKEN: &str = "hostile-admin-token-7c1e5a9b3d2f4e60";
 
 /// Short protocol timeouts so slow clients are cut quickly.
 const HEADER_READ_TIMEOUT_MS: u64 = 500;
