@@ -156,8 +156,16 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
     let side_stop = tokio_util::sync::CancellationToken::new();
     let mut side_listeners = Vec::new();
     let sides = [
-        ("server.metrics_listen", server.metrics_listen, crate::app::metrics_router(state.clone())),
-        ("admin.listen", gateway.config.admin.listen, crate::app::admin_router(state.clone())),
+        (
+            "server.metrics_listen",
+            server.metrics_listen,
+            crate::app::metrics_router(state.clone()),
+        ),
+        (
+            "admin.listen",
+            gateway.config.admin.listen,
+            crate::app::admin_router(state.clone()),
+        ),
     ];
     for (what, addr, router) in sides {
         let Some(addr) = addr else { continue };

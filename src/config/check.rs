@@ -32,7 +32,10 @@ pub(super) fn check_server(server: &ServerConfig, ctx: &mut Ctx) {
     // A budget below one whole body would refuse the largest request the server accepts.
     for (field, value) in [
         ("max_buffered_bytes", server.max_buffered_bytes),
-        ("client_max_buffered_bytes", server.client_max_buffered_bytes),
+        (
+            "client_max_buffered_bytes",
+            server.client_max_buffered_bytes,
+        ),
     ] {
         if value < server.max_body_bytes {
             let message = format!(

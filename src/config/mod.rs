@@ -47,9 +47,9 @@ mod check_pools;
 mod decode;
 mod env;
 mod secret;
-mod warnings;
 #[cfg(test)]
 mod tests;
+mod warnings;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;

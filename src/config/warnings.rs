@@ -36,6 +36,8 @@ fn file_warning(at: &str, file: &Path) -> Option<String> {
     }
     let mode = link.permissions().mode() & 0o777;
     (mode & 0o077 != 0).then(|| {
-        format!("{at}: secret_file {shown} has mode {mode:o}; group and others can read it (chmod 600)")
+        format!(
+            "{at}: secret_file {shown} has mode {mode:o}; group and others can read it (chmod 600)"
+        )
     })
 }

@@ -56,7 +56,10 @@ impl Budgets {
         };
         let max_concurrent = client.max_concurrent.unwrap_or(usize::MAX);
         if !try_add(&usage.in_flight, 1, max_concurrent) {
-            metrics.1.with_label_values(&["client_concurrency_exceeded"]).inc();
+            metrics
+                .1
+                .with_label_values(&["client_concurrency_exceeded"])
+                .inc();
             return Err(busy(
                 StatusCode::TOO_MANY_REQUESTS,
                 "client_concurrency_exceeded",
@@ -177,7 +180,16 @@ mod tests {
         let e = a.reserve(101).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (429, "client_busy"));
         let other = client(100, None);
-        let mut b = budgets.admit(&ClientAuth { name: "d".into(), ..other }, 150, (&g, &c)).unwrap();
+        let mut b = budgets
+            .admit(
+                &ClientAuth {
+                    name: "d".into(),
+                    ..other
+                },
+                150,
+                (&g, &c),
+            )
+            .unwrap();
         b.reserve(80).unwrap();
         let e = b.reserve(91).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (503, "server_busy"));
@@ -197,7 +209,10 @@ mod tests {
         let first = budgets.admit(&limited, 100, (&g, &c)).unwrap();
         let _second = budgets.admit(&limited, 100, (&g, &c)).unwrap();
         let e = budgets.admit(&limited, 100, (&g, &c)).err().unwrap();
-        assert_eq!((e.status.as_u16(), e.code), (429, "client_concurrency_exceeded"));
+        assert_eq!(
+            (e.status.as_u16(), e.code),
+            (429, "client_concurrency_exceeded")
+        );
         drop(first);
         assert!(budgets.admit(&limited, 100, (&g, &c)).is_ok());
     }

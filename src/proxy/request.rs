@@ -95,7 +95,9 @@ async fn collect_within(
             let grown = needed.max(buf.capacity() * 2).min(limit);
             admission.reserve(grown).map_err(ReadError::Budget)?;
             buf.reserve(grown - buf.len());
-            admission.reserve(buf.capacity()).map_err(ReadError::Budget)?;
+            admission
+                .reserve(buf.capacity())
+                .map_err(ReadError::Budget)?;
         }
         buf.extend_from_slice(&data);
     }
@@ -104,7 +106,9 @@ async fn collect_within(
 
 /// Reads and discards up to `max` bytes of `body` within `timeout`, holding none of them.
 async fn drain(body: Body, max: usize, timeout: Duration) {
-    let discard = Limited::new(body, max).into_data_stream().for_each(|_| async {});
+    let discard = Limited::new(body, max)
+        .into_data_stream()
+        .for_each(|_| async {});
     let _ = tokio::time::timeout(timeout, discard).await;
 }
 

@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -37,6 +38,8 @@ struct Activity {
     requests: AtomicU64,
     /// Milliseconds after `opened` when the last request ended.
     idle_since_ms: AtomicU64,
+    /// Wakes the watchdog when a request begins or ends, so it recomputes its deadline.
+    changed: Notify,
 }
 
 impl Activity {
@@ -46,12 +49,14 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
+            changed: Notify::new(),
         })
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
         InFlight(self.clone())
     }
 
@@ -77,6 +82,7 @@ impl Drop for InFlight {
         let since = self.0.opened.elapsed().as_millis() as u64;
         self.0.idle_since_ms.store(since, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }
 
@@ -161,6 +167,7 @@ pub(super) async fn serve_connection(
                 closing = Some(None);
             }
             _ = hard_stop.cancelled() => return,
+            _ = activity.changed.notified() => {}
             _ = tokio::time::sleep_until(wake) => match closing {
                 Some(Some(_)) if activity.deadline(&limits).is_some() => {
                     tracing::debug!(%remote, "connection dropped: it did not close when asked");
@@ -169,6 +176,12 @@ pub(super) async fn serve_connection(
                 // A request came in before the close took effect: it gets to finish.
                 Some(Some(_)) => closing = Some(Some(Instant::now() + CLOSE_GRACE)),
                 Some(None) => {}
+                // Not one request yet (an HTTP/2 preface alone, an unfinished request head):
+                // there is nothing to finish gracefully.
+                None if activity.requests.load(Ordering::Relaxed) == 0 => {
+                    tracing::debug!(%remote, "connection closed: no request within the header timeout");
+                    return;
+                }
                 None => {
                     if activity.deadline(&limits).is_some_and(|at| at <= Instant::now()) {
                         tracing::debug!(%remote, "closing an idle connection");

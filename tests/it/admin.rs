@@ -210,7 +210,12 @@ async fn a_missing_wrong_or_empty_admin_token_gets_401_and_changes_nothing() {
         ("active", "1", "stable")
     );
     // This address is throttled now, even with the right token; another one is not.
-    let r = c.get(gw.url("/admin/pools")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let r = c
+        .get(gw.url("/admin/pools"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 429);
     let elsewhere = reqwest::Client::builder()
         .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())

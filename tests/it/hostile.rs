@@ -9,11 +9,13 @@
 
 mod admin;
 mod bodies;
+mod budgets;
+mod connections;
 mod raw;
 mod smuggling;
 mod steering;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +31,7 @@ use tokio::net::TcpStream;
 use crate::harness::gateway::{
     chat, config_toml, http, key, post_chat, TestGateway, TestKey, CLIENT_TOKEN,
 };
-use crate::harness::RedisServer;
+use crate::harness::{wait_until, RedisServer};
 use raw::{chat_body, raw, raw_all, raw_post, read_reply, WAIT};
 
 const KEYS: [TestKey; 2] = [

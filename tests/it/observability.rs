@@ -404,7 +404,10 @@ fn the_compose_demo_config_passes_check_config_with_the_compose_environment() {
         .args(["check-config", "deploy/keygate.compose.toml"])
         .current_dir(repo_root())
         .envs([
-            ("KEYGATE_ADMIN_TOKEN", "demo-admin-token-change-me-0123456789"),
+            (
+                "KEYGATE_ADMIN_TOKEN",
+                "demo-admin-token-change-me-0123456789",
+            ),
             ("DEMO_KEY_1", "sk-demo-aaaa1111"),
             ("DEMO_KEY_2", "sk-demo-bbbb2222"),
             ("DEMO_KEY_3", "sk-demo-cccc3333"),
@@ -528,7 +531,11 @@ async fn metrics_are_served_only_on_the_separate_metrics_listener_when_it_is_set
         .unwrap();
     assert_eq!(r.status(), 404);
     let public = http().get(gw.url("/metrics")).send().await.unwrap();
-    assert_eq!(public.status(), 404, "/metrics must not be on the public port");
+    assert_eq!(
+        public.status(),
+        404,
+        "/metrics must not be on the public port"
+    );
     let body = public.text().await.unwrap();
     assert!(!body.contains("keygate_"), "{body}");
 }
