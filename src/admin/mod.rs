@@ -103,7 +103,8 @@ async fn require_admin_token(
     }
     state.metrics.limits.admin_auth_failures.inc();
     let failures = peer_ip.map_or(0, |ip| throttle.failed(ip));
-    tracing::warn!(peer = ?peer, failures_in_window = failures, method = %request.method(),
+    let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+    tracing::warn!(%peer, failures_in_window = failures, method = %request.method(),
         path = %request.uri().path(), "admin request refused: bad or missing admin token");
     ApiError::new(
         StatusCode::UNAUTHORIZED,

@@ -14,6 +14,7 @@ mod connections;
 mod raw;
 mod smuggling;
 mod steering;
+mod surfaces;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
