@@ -108,10 +108,7 @@ async fn at_the_connection_cap_new_connections_are_refused_and_open_ones_keep_be
     ))
     .await;
     let limits = &env.gw().state.metrics.limits;
-    let request = raw_post("/v1/chat/completions", "", &chat_body())
-        .iter()
-        .copied()
-        .collect::<Vec<u8>>();
+    let request = raw_post("/v1/chat/completions", "", &chat_body());
     let keep_alive = String::from_utf8(request)
         .unwrap()
         .replace("Connection: close\r\n", "");
