@@ -222,3 +222,9 @@ fn states(keys: &[KeyRecord]) -> Vec<String> {
         })
         .collect()
 }
+
+/// The text of a `/metrics` page.
+async fn scrape(c: &reqwest::Client, url: &str) -> String {
+    let r = c.get(url).send().await.expect("metrics request");
+    r.text().await.expect("metrics text")
+}

@@ -152,14 +152,7 @@ async fn forty_concurrent_15_mb_bodies_from_one_client_stay_within_the_buffer_bu
         CLIENT_BUDGET / MB,
         MARGIN / MB
     );
-    let metrics = c
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&c, &gw.url("/metrics")).await;
     assert!(
         metrics.contains("keygate_budget_refusals_total{reason=\"client_busy\"}"),
         "{metrics}"

@@ -73,14 +73,7 @@ async fn an_admin_refusal_is_logged_with_the_peer_and_counted_never_with_the_tok
         !log.contains(guess) && !log.contains(PROCESS_ADMIN_TOKEN),
         "{log}"
     );
-    let metrics = c
-        .get(kp.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&c, &kp.url("/metrics")).await;
     assert!(
         metrics.contains("keygate_admin_auth_failures_total 1"),
         "{metrics}"
