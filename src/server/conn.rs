@@ -5,6 +5,7 @@
 //! for HTTP/1.1 keep-alive and HTTP/2 alike. A request counts as in flight from the moment
 //! hyper hands it over until its response body has ended or been dropped.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -121,6 +122,17 @@ impl<G: Unpin> http_body::Body for Guarded<G> {
     }
 }
 
+/// Where a connection is in being closed.
+#[derive(Clone, Copy)]
+enum Closing {
+    No,
+    /// The server is shutting down: in-flight requests finish within the grace period.
+    Draining,
+    /// Idle, told to close (HTTP/2: GOAWAY); dropped at this instant if it has not closed and
+    /// no request came in meanwhile.
+    Idle(Instant),
+}
+
 /// Serves one accepted connection until it ends, idles out, or `hard_stop` fires; `shutdown`
 /// asks it to finish its requests and close.
 pub(super) async fn serve_connection(
@@ -133,27 +145,16 @@ pub(super) async fn serve_connection(
     hard_stop: CancellationToken,
 ) {
     let activity = Activity::new();
-    let tracked = activity.clone();
-    let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        req.extensions_mut()
-            .insert(ConnectInfo::<SocketAddr>(remote));
-        let in_flight = tracked.begin();
-        let router = router.clone();
-        async move {
-            let resp = router.oneshot(req).await?;
-            Ok::<_, std::convert::Infallible>(resp.map(|body| Guarded::wrap(body, in_flight)))
-        }
-    });
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+    let svc = TowerToHyperService::new(tracked_service(router, remote, activity.clone()));
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    // Set once the connection was asked to close: by the server's shutdown (no deadline but the
-    // grace period) or for idling (then dropped after CLOSE_GRACE if it has not closed).
-    let mut closing: Option<Option<Instant>> = None;
+    let mut closing = Closing::No;
     loop {
-        let wake = match closing {
-            Some(Some(at)) => at,
-            Some(None) => Instant::now() + limits.idle_timeout,
-            None => (activity.deadline(&limits)).unwrap_or(Instant::now() + limits.idle_timeout),
+        let deadline = activity.deadline(&limits);
+        let wake = match (closing, deadline) {
+            (Closing::Idle(at), _) => at,
+            (Closing::No, Some(at)) => at,
+            _ => Instant::now() + limits.idle_timeout,
         };
         tokio::select! {
             ended = conn.as_mut() => {
@@ -162,34 +163,59 @@ pub(super) async fn serve_connection(
                 }
                 return;
             }
-            _ = shutdown.cancelled(), if closing.is_none() => {
+            _ = shutdown.cancelled(), if matches!(closing, Closing::No) => {
                 conn.as_mut().graceful_shutdown();
-                closing = Some(None);
+                closing = Closing::Draining;
             }
             _ = hard_stop.cancelled() => return,
             _ = activity.changed.notified() => {}
-            _ = tokio::time::sleep_until(wake) => match closing {
-                Some(Some(_)) if activity.deadline(&limits).is_some() => {
-                    tracing::debug!(%remote, "connection dropped: it did not close when asked");
-                    return;
-                }
-                // A request came in before the close took effect: it gets to finish.
-                Some(Some(_)) => closing = Some(Some(Instant::now() + CLOSE_GRACE)),
-                Some(None) => {}
-                // Not one request yet (an HTTP/2 preface alone, an unfinished request head):
-                // there is nothing to finish gracefully.
-                None if activity.requests.load(Ordering::Relaxed) == 0 => {
-                    tracing::debug!(%remote, "connection closed: no request within the header timeout");
-                    return;
-                }
-                None => {
-                    if activity.deadline(&limits).is_some_and(|at| at <= Instant::now()) {
+            _ = tokio::time::sleep_until(wake) => {
+                let idle = activity.deadline(&limits).is_some_and(|at| at <= Instant::now());
+                match closing {
+                    Closing::Idle(_) if idle => {
+                        tracing::debug!(%remote, "connection dropped: it did not close when asked");
+                        return;
+                    }
+                    // A request came in before the close took effect: it gets to finish.
+                    Closing::Idle(_) => closing = Closing::Idle(Instant::now() + CLOSE_GRACE),
+                    // Not one request yet (an HTTP/2 preface alone, an unfinished request
+                    // head): there is nothing to finish gracefully.
+                    Closing::No if idle && activity.requests.load(Ordering::Relaxed) == 0 => {
+                        tracing::debug!(%remote, "connection closed: no request within the header timeout");
+                        return;
+                    }
+                    Closing::No if idle => {
                         tracing::debug!(%remote, "closing an idle connection");
                         conn.as_mut().graceful_shutdown();
-                        closing = Some(Some(Instant::now() + CLOSE_GRACE));
+                        closing = Closing::Idle(Instant::now() + CLOSE_GRACE);
                     }
+                    Closing::No | Closing::Draining => {}
                 }
-            },
+            }
         }
     }
+}
+
+/// `router` as hyper's service, each request carrying the peer address and counted in flight
+/// until its response body has ended.
+fn tracked_service(
+    router: Router,
+    remote: SocketAddr,
+    activity: Arc<Activity>,
+) -> impl tower::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<http::Response<Body>, std::convert::Infallible>> + Send,
+> + Clone {
+    tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(remote));
+        let in_flight = activity.begin();
+        let router = router.clone();
+        async move {
+            let resp = router.oneshot(req).await?;
+            Ok(resp.map(|body| Guarded::wrap(body, in_flight)))
+        }
+    })
 }
