@@ -168,8 +168,8 @@ async fn with_http2_off_an_h2c_client_gets_no_http2_and_http11_still_works() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_http2_on_an_h2c_client_is_served() {
-    let env = Isolated::start(|toml| toml).await;
+async fn an_h2c_client_is_served_and_its_connection_closed_once_idle() {
+    let env = Isolated::start(with_server_lines("idle_timeout_ms = 300\n")).await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -179,4 +179,12 @@ async fn with_http2_on_an_h2c_client_is_served() {
         (r.status().as_u16(), r.version()),
         (200, reqwest::Version::HTTP_2)
     );
+    // The client keeps its connection pooled; the gateway closes it once idle.
+    let open = &env.gw().state.metrics.limits.connections_open;
+    wait_until(WAIT, "the idle h2 connection closed", || async {
+        open.get() == 0
+    })
+    .await;
+    let again = h2.get(env.gw().url("/healthz")).send().await.unwrap();
+    assert_eq!(again.status(), 200, "a new connection is served");
 }
