@@ -48,6 +48,10 @@ pub struct ClientAuth {
     pub name: String,
     pub token_sha256: [u8; 32],
     pub pools: Vec<String>,
+    /// Request bytes it may have buffered at once (its own setting or the server's default).
+    pub max_buffered_bytes: usize,
+    /// Requests it may have in flight at once; `None`: no limit.
+    pub max_concurrent: Option<usize>,
 }
 
 /// Everything derived from one config version; immutable, replaced whole on reload.
@@ -148,6 +152,9 @@ impl Gateway {
                 name: c.name.clone(),
                 token_sha256: c.token_sha256,
                 pools: c.pools.clone(),
+                max_buffered_bytes: (c.max_buffered_bytes)
+                    .unwrap_or(config.server.client_max_buffered_bytes),
+                max_concurrent: c.max_concurrent,
             })
             .collect();
         Ok(Gateway {
@@ -173,6 +180,8 @@ pub struct AppState {
     pub health: crate::health::Health,
     /// Per (pool, client): key-damaging answers counted on this replica, and who is refused.
     pub circuits: crate::proxy::circuit::ClientCircuits,
+    /// Request bytes buffered and requests in flight, against the configured budgets.
+    pub budgets: crate::proxy::budget::Budgets,
 }
 
 impl AppState {
@@ -181,23 +190,37 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface: `/v1/*` proxy, health, metrics, admin.
+/// The whole public HTTP surface: `/v1/*` proxy, health, and `/metrics` and `/admin` unless
+/// `server.metrics_listen` / `admin.listen` give them listeners of their own.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let config = state.gateway().config.clone();
+    let mut router = Router::new()
         .route("/v1/{*path}", any(crate::proxy::handle))
         .route("/v1", any(crate::proxy::handle_root))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(crate::health::readyz))
-        .route("/metrics", get(metrics))
-        .nest("/admin", crate::admin::router(state.clone()))
-        .fallback(not_found)
-        .with_state(state)
+        .route("/readyz", get(crate::health::readyz));
+    if config.server.metrics_listen.is_none() {
+        router = router.route("/metrics", get(metrics));
+    }
+    if config.admin.listen.is_none() {
+        router = router.nest("/admin", crate::admin::router(state.clone()));
+    }
+    router.fallback(not_found).with_state(state)
 }
 
 /// Only `/metrics` (for `server.metrics_listen`).
 pub fn metrics_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Only `/admin` (for `admin.listen`).
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .nest("/admin", crate::admin::router(state.clone()))
+        .fallback(not_found)
         .with_state(state)
 }
 

@@ -14,7 +14,7 @@ use crate::app::{AppState, Gateway};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::successes::SuccessBatcher;
-use crate::server::{serve, ConnLimits};
+use crate::server::{serve, ConnCap, ConnLimits};
 use crate::store::failover::{FailoverOptions, FailoverStore};
 use crate::store::instrumented::InstrumentedStore;
 use crate::store::memory::MemoryStore;
@@ -85,6 +85,7 @@ pub async fn build_state(
         config_path,
         health: Default::default(),
         circuits: Default::default(),
+        budgets: Default::default(),
     }))
 }
 
@@ -125,15 +126,26 @@ pub fn release_free_memory() {
     }
 }
 
-/// Serves until `shutdown`, then drains, writes the buffered successes and flushes background
-/// reports. A gateway started from a config file also reloads it on SIGHUP until then.
-pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let server = &state.gateway().config.server;
-    let limits = ConnLimits {
+/// Connections each side listener (`metrics_listen`, `admin.listen`) holds at once: scrapes and
+/// operators need few, and these ports stay reachable when the public one is at its cap.
+const SIDE_LISTENER_CONNECTIONS: usize = 256;
+
+fn conn_limits(server: &crate::config::ServerConfig) -> ConnLimits {
+    ConnLimits {
         header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
         max_header_bytes: server.max_header_bytes,
         grace: Duration::from_secs(server.shutdown_grace_s),
-    };
+        idle_timeout: Duration::from_millis(server.idle_timeout_ms),
+        http2: server.http2,
+    }
+}
+
+/// Serves until `shutdown`, then drains, writes the buffered successes and flushes background
+/// reports. A gateway started from a config file also reloads it on SIGHUP until then.
+pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let gateway = state.gateway();
+    let server = &gateway.config.server;
+    let limits = conn_limits(server);
     let (stop_reloads, reloads_stopped) = tokio::sync::oneshot::channel::<()>();
     let reloader = match state.config_path {
         Some(_) => crate::reload::spawn_sighup_reloader(state.clone(), async move {
@@ -150,22 +162,44 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
             release_free_memory();
         }
     });
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_server = spawn_metrics_listener(&state, limits, async move {
-        let _ = metrics_stopped.await;
-    })
-    .await;
+    let side_stop = tokio_util::sync::CancellationToken::new();
+    let mut side_listeners = Vec::new();
+    let sides = [
+        (
+            "server.metrics_listen",
+            server.metrics_listen,
+            crate::app::metrics_router(state.clone()),
+        ),
+        (
+            "admin.listen",
+            gateway.config.admin.listen,
+            crate::app::admin_router(state.clone()),
+        ),
+    ];
+    for (what, addr, router) in sides {
+        let Some(addr) = addr else { continue };
+        let stop = side_stop.clone().cancelled_owned();
+        side_listeners.extend(spawn_side_listener(what, addr, router, limits, stop).await);
+    }
+    let metrics = &state.metrics.limits;
+    let cap = ConnCap::counted(
+        server.max_connections,
+        metrics.connections_open.clone(),
+        metrics.connections_rejected.clone(),
+    );
+    drop(gateway);
     serve(
         listener,
         crate::app::router(state.clone()),
         limits,
+        cap,
         shutdown,
     )
     .await;
     trimmer.abort();
-    let _ = stop_metrics.send(());
-    if let Some(m) = metrics_server {
-        let _ = m.await;
+    side_stop.cancel();
+    for side in side_listeners {
+        let _ = side.await;
     }
     let _ = stop_reloads.send(());
     if let Some(reloader) = reloader {
@@ -178,22 +212,24 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
     let _ = tokio::time::timeout(Duration::from_secs(5), state.tasks.wait()).await;
 }
 
-/// Serves `/metrics` alone on `server.metrics_listen`, when configured (a scrape port that is not
-/// exposed with the API). A port that cannot be bound is logged, not fatal.
-async fn spawn_metrics_listener(
-    state: &Arc<AppState>,
+/// Serves `router` alone on `addr` (`/metrics` on `server.metrics_listen`, `/admin` on
+/// `admin.listen`): a port that is not exposed with the API. A port that cannot be bound is
+/// logged, not fatal; that surface is then not served at all.
+async fn spawn_side_listener(
+    what: &'static str,
+    addr: std::net::SocketAddr,
+    router: axum::Router,
     limits: ConnLimits,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let addr = state.gateway().config.server.metrics_listen?;
     match TcpListener::bind(addr).await {
         Ok(l) => {
-            tracing::info!(%addr, "metrics listener");
-            let router = crate::app::metrics_router(state.clone());
-            Some(tokio::spawn(serve(l, router, limits, stop)))
+            tracing::info!(%addr, "{what} listener");
+            let cap = ConnCap::new(SIDE_LISTENER_CONNECTIONS);
+            Some(tokio::spawn(serve(l, router, limits, cap, stop)))
         }
         Err(e) => {
-            tracing::error!(%addr, error = %e, "cannot bind server.metrics_listen; /metrics stays on the main port only");
+            tracing::error!(%addr, error = %e, "cannot bind {what}; what it serves is not served");
             None
         }
     }

@@ -8,6 +8,7 @@
 //! few per-pool and per-operation families use the `prometheus` crate's registry.
 
 mod keys;
+mod limits;
 
 use std::time::Instant;
 
@@ -18,6 +19,7 @@ use prometheus::{
 use crate::pool::{KeyState, Outcome};
 use crate::store::PoolSnapshot;
 pub use keys::{KeySeries, MODELS_PER_KEY, UPSTREAM_BUCKETS};
+pub use limits::LimitMetrics;
 
 /// Every metric keygate exports, registered once.
 pub struct Metrics {
@@ -34,6 +36,8 @@ pub struct Metrics {
     /// `keygate_client_rejections_total{client,reason}`: requests refused because of what
     /// their client did before (`client_circuit_open`).
     pub client_rejections: IntCounterVec,
+    /// Connections, buffer budgets and admin refusals.
+    pub limits: LimitMetrics,
 }
 
 fn counter(
@@ -110,6 +114,7 @@ impl Metrics {
                 "Requests refused because of what their client did before, by reason",
                 &["client", "reason"],
             )?,
+            limits: LimitMetrics::register(&r)?,
             registry: r,
         })
     }

@@ -139,6 +139,25 @@ fn keep_restart_only_settings(new: &mut Config, running: &Config) -> Vec<String>
         r.shutdown_grace_s,
         &mut changed,
     );
+    keep(
+        "server.idle_timeout_ms",
+        &mut n.idle_timeout_ms,
+        r.idle_timeout_ms,
+        &mut changed,
+    );
+    keep("server.http2", &mut n.http2, r.http2, &mut changed);
+    keep(
+        "server.max_connections",
+        &mut n.max_connections,
+        r.max_connections,
+        &mut changed,
+    );
+    keep(
+        "admin.listen",
+        &mut new.admin.listen,
+        running.admin.listen,
+        &mut changed,
+    );
     if new.store != running.store {
         new.store = running.store.clone();
         changed.push("store".to_string());

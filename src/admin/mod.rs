@@ -3,7 +3,9 @@
 //! answers 404 `admin_disabled`, whose message names the variable to set on `keygate serve`.
 //!
 //! Every request carries `Authorization: Bearer <admin token>`, compared in constant time on
-//! SHA-256 digests (so neither a matching prefix nor the token's length leaks). Path ids are
+//! SHA-256 digests (so neither a matching prefix nor the token's length leaks). A refusal is
+//! logged with the peer address and counted (`keygate_admin_auth_failures_total`); a peer with
+//! too many refusals gets 429 for a while (`throttle`). Path ids are
 //! checked with [`is_valid_id`] before anything else sees them, so `..`, `%2F`, `{`, `*` or `:`
 //! never reach a Redis key name. Every change is one store call (one Lua script on Redis), so it
 //! holds for every replica at once; each is logged at info level with pool, key and action.
@@ -26,12 +28,14 @@
 //! listings and their JSON shapes (shared with the CLI); `actions` the changes.
 
 mod actions;
+mod throttle;
 pub mod views;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +48,7 @@ use crate::app::{AppState, PoolRuntime};
 use crate::error::ApiError;
 use crate::pool::{is_valid_id, KeyId};
 use crate::store::StoreError;
+use throttle::AdminThrottle;
 
 pub use views::{KeyView, PoolList, PoolView};
 
@@ -62,7 +67,10 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/pools/{pool}/canary", put(actions::set_canary))
         .route("/reload", post(actions::reload))
         // `layer`, not `route_layer`: a wrong method must not reveal a route to a stranger.
-        .layer(from_fn_with_state(state, require_admin_token))
+        .layer(from_fn_with_state(
+            (state, Arc::new(AdminThrottle::default())),
+            require_admin_token,
+        ))
 }
 
 /// 404 `admin_disabled`: this replica was started without an admin token, and says how to give
@@ -81,8 +89,9 @@ fn admin_disabled(token_env: Option<&str>) -> Response {
 /// Lets a request through only with the configured admin token; 404 `admin_disabled` when
 /// there is none.
 /// The token is read from the current config on every request, so a reload applies to it.
+/// Refusals are logged with the peer address (never what it sent), counted, and throttled.
 async fn require_admin_token(
-    State(state): State<Arc<AppState>>,
+    State((state, throttle)): State<(Arc<AppState>, Arc<AdminThrottle>)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -90,18 +99,48 @@ async fn require_admin_token(
     let Some(token) = &gateway.config.admin.token else {
         return admin_disabled(gateway.config.admin.token_env.as_deref());
     };
-    match bearer(request.headers()) {
-        Some(presented) if token_matches(presented, token.expose()) => next.run(request).await,
-        _ => {
-            tracing::info!(method = %request.method(), path = %request.uri().path(), "admin request refused: bad or missing admin token");
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                "invalid_admin_token",
-                "Invalid or missing admin token (Authorization: Bearer <admin token>).",
-            )
-            .into_response()
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let peer_ip = peer.map(|p| p.ip());
+    if let Some(retry_after_s) = peer_ip.and_then(|ip| throttle.blocked_for(ip)) {
+        return too_many_failures(retry_after_s).into_response();
+    }
+    if let Some(presented) = bearer(request.headers()) {
+        if token_matches(presented, token.expose()) {
+            if let Some(ip) = peer_ip {
+                throttle.succeeded(ip);
+            }
+            return next.run(request).await;
         }
+    }
+    state.metrics.limits.admin_auth_failures.inc();
+    let failures = peer_ip.map_or(0, |ip| throttle.failed(ip));
+    let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+    tracing::warn!(%peer, failures_in_window = failures, method = %request.method(),
+        path = %request.uri().path(), "admin request refused: bad or missing admin token");
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_request_error",
+        "invalid_admin_token",
+        "Invalid or missing admin token (Authorization: Bearer <admin token>).",
+    )
+    .into_response()
+}
+
+fn too_many_failures(retry_after_s: u64) -> ApiError {
+    let message = format!(
+        "Too many admin requests with a wrong token from this address; retry in {retry_after_s} s."
+    );
+    ApiError {
+        retry_after_s: Some(retry_after_s),
+        ..ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "admin_auth_throttled",
+            message,
+        )
     }
 }
 

@@ -139,6 +139,9 @@ pub async fn run_serve(
             return ExitCode::from(2);
         }
     };
+    for warning in crate::config::warnings(&cfg) {
+        tracing::warn!("config: {warning}");
+    }
     let listen = cfg.server.listen;
     let state = match crate::gateway::build_state(cfg, Some(config)).await {
         Ok(s) => s,
@@ -167,6 +170,9 @@ pub async fn run_serve(
 pub fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
         Ok(c) => {
+            for warning in crate::config::warnings(&c) {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} pools, {} clients)",
                 file.display(),

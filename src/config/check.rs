@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 use super::decode::{Ctx, RawAdmin, RawClient};
-use super::{AdminConfig, ClientConfig, Secret, ServerConfig, StoreConfig};
+use super::{AdminConfig, ClientConfig, Secret, ServerConfig, StoreConfig, MIN_ADMIN_TOKEN_CHARS};
 use crate::pool::is_valid_id;
 
 pub(super) const ID_RULE: &str =
@@ -18,6 +18,8 @@ pub(super) fn check_server(server: &ServerConfig, ctx: &mut Ctx) {
         ("header_read_timeout_ms", server.header_read_timeout_ms),
         ("body_read_timeout_ms", server.body_read_timeout_ms),
         ("max_header_bytes", server.max_header_bytes as u64),
+        ("idle_timeout_ms", server.idle_timeout_ms),
+        ("max_connections", server.max_connections as u64),
     ];
     for (field, value) in at_least_one {
         if value == 0 {
@@ -26,6 +28,22 @@ pub(super) fn check_server(server: &ServerConfig, ctx: &mut Ctx) {
     }
     if server.metrics_listen == Some(server.listen) {
         ctx.problem("server.metrics_listen", "must differ from server.listen");
+    }
+    // A budget below one whole body would refuse the largest request the server accepts.
+    for (field, value) in [
+        ("max_buffered_bytes", server.max_buffered_bytes),
+        (
+            "client_max_buffered_bytes",
+            server.client_max_buffered_bytes,
+        ),
+    ] {
+        if value < server.max_body_bytes {
+            let message = format!(
+                "must be at least server.max_body_bytes ({})",
+                server.max_body_bytes
+            );
+            ctx.problem(format!("server.{field}"), message);
+        }
     }
 }
 
@@ -134,14 +152,34 @@ fn is_node_address(node: &str) -> bool {
     }
 }
 
-pub(super) fn resolve_admin(raw: RawAdmin, env: &dyn Fn(&str) -> Option<String>) -> AdminConfig {
+/// The admin section with its token read from the environment; a token shorter than
+/// [`MIN_ADMIN_TOKEN_CHARS`] is a problem naming the variable (never the token).
+pub(super) fn resolve_admin(
+    raw: RawAdmin,
+    env: &dyn Fn(&str) -> Option<String>,
+    ctx: &mut Ctx,
+) -> AdminConfig {
     let token_env = Some(raw.token_env).filter(|name| !name.is_empty());
     let token = (token_env.as_deref())
         .and_then(env)
         .map(|token| token.trim().to_string())
         .filter(|token| !token.is_empty())
         .map(Secret::new);
-    AdminConfig { token_env, token }
+    if let (Some(var), Some(token)) = (&token_env, &token) {
+        let chars = token.expose().chars().count();
+        if chars < MIN_ADMIN_TOKEN_CHARS {
+            let message = format!(
+                "the admin token in {var} is {chars} characters; at least {MIN_ADMIN_TOKEN_CHARS} \
+                 are required (e.g. `openssl rand -hex 24`)"
+            );
+            ctx.problem("admin.token_env", message);
+        }
+    }
+    AdminConfig {
+        token_env,
+        token,
+        listen: raw.listen,
+    }
 }
 
 /// Remembers where each name was first seen, to report a duplicate with both places.
@@ -211,12 +249,21 @@ pub(super) fn check_clients(
                 );
             }
         }
+        for (field, value) in [
+            ("max_buffered_bytes", raw.max_buffered_bytes),
+            ("max_concurrent", raw.max_concurrent),
+        ] {
+            if value == Some(0) {
+                ctx.problem(format!("{path}.{field}"), "must be at least 1");
+            }
+        }
         if let (Some(name), Some(token_sha256)) = (name, token) {
-            let pools = raw.pools;
             clients.push(ClientConfig {
                 name,
                 token_sha256,
-                pools,
+                pools: raw.pools,
+                max_buffered_bytes: raw.max_buffered_bytes,
+                max_concurrent: raw.max_concurrent,
             });
         }
     }

@@ -268,12 +268,14 @@ pub(super) fn split_sections(root: toml::Table, ctx: &mut Ctx) -> Sections {
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub(super) token_env: String,
+    pub(super) listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin {
             token_env: DEFAULT_ADMIN_TOKEN_ENV.to_string(),
+            listen: None,
         }
     }
 }
@@ -285,6 +287,8 @@ pub(super) struct RawClient {
     pub(super) token_sha256: Option<String>,
     #[serde(default)]
     pub(super) pools: Vec<String>,
+    pub(super) max_buffered_bytes: Option<usize>,
+    pub(super) max_concurrent: Option<usize>,
 }
 
 /// Sub-tables and keys stay TOML values so each decodes, and reports, on its own.

@@ -16,10 +16,12 @@ enum Kind {
     OptionalText,
     /// Comma-separated text.
     List,
+    /// `true` or `false`.
+    Bool,
 }
 
 /// Every `(section, field)` that `KEYGATE_<SECTION>__<FIELD>` may override.
-const ENV_OVERRIDES: [(&str, &str, Kind); 20] = [
+const ENV_OVERRIDES: [(&str, &str, Kind); 26] = [
     ("server", "listen", Kind::Text),
     ("server", "metrics_listen", Kind::OptionalText),
     ("server", "max_body_bytes", Kind::Integer),
@@ -27,6 +29,11 @@ const ENV_OVERRIDES: [(&str, &str, Kind); 20] = [
     ("server", "header_read_timeout_ms", Kind::Integer),
     ("server", "body_read_timeout_ms", Kind::Integer),
     ("server", "max_header_bytes", Kind::Integer),
+    ("server", "idle_timeout_ms", Kind::Integer),
+    ("server", "http2", Kind::Bool),
+    ("server", "max_connections", Kind::Integer),
+    ("server", "max_buffered_bytes", Kind::Integer),
+    ("server", "client_max_buffered_bytes", Kind::Integer),
     ("store", "redis_url", Kind::OptionalText),
     ("store", "sentinels", Kind::List),
     ("store", "sentinel_master", Kind::OptionalText),
@@ -40,6 +47,7 @@ const ENV_OVERRIDES: [(&str, &str, Kind); 20] = [
     ("store", "snapshot_cache_ms", Kind::Integer),
     ("store", "report_flush_ms", Kind::Integer),
     ("admin", "token_env", Kind::Text),
+    ("admin", "listen", Kind::OptionalText),
 ];
 
 const OVERRIDE_SECTIONS: [&str; 3] = ["KEYGATE_SERVER__", "KEYGATE_STORE__", "KEYGATE_ADMIN__"];
@@ -62,7 +70,11 @@ pub(super) fn apply_env_overrides(
         let Some(text) = env(&var) else { continue };
         let path = format!("{section}.{field}");
         let Some(value) = parse_override(kind, &text) else {
-            let message = format!("{var}={text:?} is not a non-negative integer");
+            let expected = match kind {
+                Kind::Bool => "true or false",
+                _ => "a non-negative integer",
+            };
+            let message = format!("{var}={text:?} is not {expected}");
             ctx.problems.push(Problem::new(path, message));
             continue;
         };
@@ -95,6 +107,7 @@ fn parse_override(kind: Kind, text: &str) -> Option<Override> {
             let n = text.trim().parse::<i64>().ok().filter(|n| *n >= 0)?;
             toml::Value::Integer(n)
         }
+        Kind::Bool => toml::Value::Boolean(text.trim().parse::<bool>().ok()?),
         Kind::Text => toml::Value::String(text.to_string()),
         Kind::OptionalText if text.trim().is_empty() => return Some(Override::Clear),
         Kind::OptionalText => toml::Value::String(text.trim().to_string()),

@@ -19,7 +19,8 @@
 //! `KEYGATE_ADMIN__TOKEN_ENV=MY_ADMIN_TOKEN`. Every field of those three sections is covered
 //! (see `ENV_OVERRIDES`). Numeric fields must parse as non-negative integers. An empty value
 //! clears an optional field: `KEYGATE_STORE__REDIS_URL=""` selects the embedded store, and
-//! likewise `KEYGATE_SERVER__METRICS_LISTEN` and `KEYGATE_STORE__SENTINEL_MASTER`. The list
+//! likewise `KEYGATE_SERVER__METRICS_LISTEN`, `KEYGATE_ADMIN__LISTEN` and
+//! `KEYGATE_STORE__SENTINEL_MASTER`. `KEYGATE_SERVER__HTTP2` takes `true` or `false`. The list
 //! fields `store.sentinels` and `store.cluster_nodes` take comma-separated values. A problem
 //! about an overridden field names the variable that set it. [`Config::load`] also rejects
 //! `KEYGATE_SERVER__*`, `KEYGATE_STORE__*` and `KEYGATE_ADMIN__*` variables that match no
@@ -38,7 +39,8 @@
 //! - `secret`: [`Secret`], [`redact_url`] and [`hash_token`];
 //! - `env`: the environment overrides;
 //! - `decode`: TOML decoding, error paths and line numbers, the raw section shapes;
-//! - `check` and `check_pools`: validation, section by section.
+//! - `check` and `check_pools`: validation, section by section;
+//! - `warnings`: what is valid but unsafe (inline secrets, readable or symlinked secret files).
 
 mod check;
 mod check_pools;
@@ -48,6 +50,7 @@ mod secret;
 #[cfg(test)]
 mod tests;
 mod wire;
+mod warnings;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -63,11 +66,14 @@ use env::{apply_env_overrides, stray_overrides};
 pub use secret::{hash_token, redact_url, Secret};
 pub use wire::{name_matches, path_matches, HeaderLists};
 pub use wire::{DEFAULT_EXPOSED, DEFAULT_FORWARDED, DEFAULT_PATHS, NEVER_EXPOSED, NEVER_FORWARDED};
+pub use warnings::warnings;
 
 /// The group every key belongs to unless it names the pool's canary group.
 pub const STABLE_GROUP: &str = "stable";
 /// The variable read for the admin token when `admin.token_env` is not configured.
 pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "KEYGATE_ADMIN_TOKEN";
+/// The shortest admin token accepted (`openssl rand -hex 24` gives 48 characters).
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
 /// The whole validated configuration. Built only by [`Config::load`] / [`Config::from_toml_str`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,7 +90,7 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    /// A separate listener for `/metrics`; `None` serves it on `listen`.
+    /// A separate listener for `/metrics`, then served there only; `None` serves it on `listen`.
     pub metrics_listen: Option<SocketAddr>,
     pub max_body_bytes: usize,
     /// How long in-flight requests may run after SIGTERM.
@@ -92,6 +98,19 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
     pub max_header_bytes: usize,
+    /// A connection with no request in flight is closed after this long (HTTP/1.1 keep-alive
+    /// and HTTP/2 alike). A new connection has `header_read_timeout_ms` for its first request.
+    pub idle_timeout_ms: u64,
+    /// Serve HTTP/2 cleartext (h2c) next to HTTP/1.1; `false` speaks HTTP/1.1 only.
+    pub http2: bool,
+    /// Open connections on `listen`; past it new connections are accepted and closed at once.
+    pub max_connections: usize,
+    /// Request bytes buffered in flight across the process; past it requests get 503
+    /// `server_busy`.
+    pub max_buffered_bytes: usize,
+    /// The same per client, unless its `[[clients]] max_buffered_bytes` says otherwise; past it
+    /// that client's requests get 429 `client_busy`.
+    pub client_max_buffered_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +123,11 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             max_header_bytes: 65_536,
+            idle_timeout_ms: 60_000,
+            http2: true,
+            max_connections: 10_000,
+            max_buffered_bytes: 256 << 20,
+            client_max_buffered_bytes: 64 << 20,
         }
     }
 }
@@ -184,6 +208,8 @@ pub struct AdminConfig {
     /// The variable the token was read from; `None` when configured as `""`.
     pub token_env: Option<String>,
     pub token: Option<Secret>,
+    /// A listener of its own for `/admin`; when set, the public port does not serve `/admin`.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for AdminConfig {
@@ -191,6 +217,7 @@ impl Default for AdminConfig {
         AdminConfig {
             token_env: Some(DEFAULT_ADMIN_TOKEN_ENV.to_string()),
             token: None,
+            listen: None,
         }
     }
 }
@@ -202,6 +229,11 @@ pub struct ClientConfig {
     pub token_sha256: [u8; 32],
     /// The pools this client may use, in preference order (at least one).
     pub pools: Vec<String>,
+    /// Request bytes this client may have buffered at once; `None`: the server's
+    /// `client_max_buffered_bytes`.
+    pub max_buffered_bytes: Option<usize>,
+    /// Requests this client may have in flight at once; `None`: no limit.
+    pub max_concurrent: Option<usize>,
 }
 
 /// `[[pools]]`: one upstream provider and the keys that call it.
@@ -380,7 +412,7 @@ impl Config {
             .map(|store| check_store(store, &mut ctx));
         let admin = ctx
             .decode::<RawAdmin>(sections.admin, "admin")
-            .map(|raw| resolve_admin(raw, env));
+            .map(|raw| resolve_admin(raw, env, &mut ctx));
         let pool_names: HashSet<String> = (sections.pools.iter().flatten())
             .filter_map(|t| t.get("name").and_then(toml::Value::as_str))
             .map(str::to_string)

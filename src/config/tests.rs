@@ -18,7 +18,7 @@ const DESIGN_EXAMPLE: &str = include_str!("../../tests/fixtures/design-example.t
 const DESIGN_ENV: [(&str, &str); 3] = [
     ("HS_KEY_001", "sk-abcdefghijk0001"),
     ("HS_KEY_004", "sk-abcdefghijk0004"),
-    ("KEYGATE_ADMIN_TOKEN", "admin-token-0123456789"),
+    ("KEYGATE_ADMIN_TOKEN", "admin-token-0123456789abcdef012345"),
 ];
 
 const MINIMAL: &str = r#"

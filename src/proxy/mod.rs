@@ -6,6 +6,7 @@ mod attempt;
 pub mod auth;
 pub mod body;
 pub mod circuit;
+pub mod budget;
 pub mod forward;
 pub mod models;
 mod outcome;
@@ -108,11 +109,15 @@ async fn prepare_and_run(
     let uri = forward::upstream_uri(&pool.base_url, &path, parts.uri.query())?;
     forward::check_path(&pool.config.paths, &path)?;
     let server = &gw.config.server;
+    let limits = &state.metrics.limits;
+    let metrics = (&limits.buffered_bytes, &limits.budget_refusals);
+    let mut admission = (state.budgets).admit(client, server.max_buffered_bytes, metrics)?;
     let bytes = request::read_body(
         body,
         &parts.headers,
         server.max_body_bytes,
         Duration::from_millis(server.body_read_timeout_ms),
+        &mut admission,
     )
     .await?;
     let fallbacks = &pool.config.fallbacks;
@@ -139,7 +144,10 @@ async fn prepare_and_run(
         attempts: 0,
         canary_counted: false,
     };
-    Ok(run_models(&mut call, bytes, inspected).await)
+    let resp = run_models(&mut call, bytes, inspected).await;
+    // The body is no longer held; the client's place is, until the answer has been sent.
+    admission.release_bytes();
+    Ok(resp.map(|body| crate::server::Guarded::wrap(body, admission)))
 }
 
 /// Runs the requested model, then its fallbacks while the upstream says the model is missing

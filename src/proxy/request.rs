@@ -1,25 +1,40 @@
-//! The client's request body: read whole (it is replayed on retries) within the size limit and
-//! the body timeout, then inspected for `model` and `stream` when it is JSON.
+//! The client's request body: read whole (it is replayed on retries) within the size limit, the
+//! body timeout and the buffer budgets, then inspected for `model` and `stream` when it is JSON.
 
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use http_body_util::{BodyExt, Limited};
 
+use super::budget::Admission;
 use crate::error::ApiError;
 
 /// Bodies declared over the limit by at most this much are drained before the 413.
 const DRAIN_MAX: u64 = 4 << 20;
 
+/// Why a body was not read.
+enum ReadError {
+    TooLarge,
+    Unreadable,
+    /// A buffer budget is full (the answer is already worded).
+    Budget(ApiError),
+}
+
 /// Reads the body: 413 past `limit` (at once when Content-Length says so), 408 when the client
-/// sends too slowly.
+/// sends too slowly, 429/503 when `admission` cannot reserve the bytes (see `budget`). Bytes
+/// are reserved before they are buffered: the whole declared length up front, else each
+/// growth of the buffer. A body refused while the client is still sending is read and thrown
+/// away first (up to the size limit, within the timeout), so the client gets the answer
+/// instead of a broken pipe.
 pub async fn read_body(
-    body: Body,
+    mut body: Body,
     headers: &HeaderMap,
     limit: usize,
     timeout: Duration,
+    admission: &mut Admission,
 ) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
@@ -29,27 +44,72 @@ pub async fn read_body(
         // A modest overshoot is read and thrown away first, so the client (still sending) gets
         // the 413 instead of a broken pipe; a huge one is refused at once.
         if n <= limit as u64 + DRAIN_MAX {
-            let drain = Limited::new(body, limit + DRAIN_MAX as usize).collect();
-            let _ = tokio::time::timeout(timeout, drain).await;
+            drain(body, limit + DRAIN_MAX as usize, timeout).await;
         }
         return Err(ApiError::payload_too_large(limit));
     }
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+    let declared = declared.map(|n| n as usize);
+    if let Some(Err(e)) = declared.map(|n| admission.reserve(n)) {
+        drain(body, limit, timeout).await;
+        return Err(e);
+    }
+    let read = collect_within(&mut body, limit, declared, admission);
+    match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(ApiError::new(
             http::StatusCode::REQUEST_TIMEOUT,
             "invalid_request_error",
             "request_timeout",
             "The request body did not arrive in time.",
         )),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::payload_too_large(limit))
+        Ok(Err(ReadError::TooLarge)) => Err(ApiError::payload_too_large(limit)),
+        Ok(Err(ReadError::Budget(e))) => {
+            drain(body, limit, timeout).await;
+            Err(e)
         }
-        Ok(Err(_)) => Err(ApiError::bad_request(
+        Ok(Err(ReadError::Unreadable)) => Err(ApiError::bad_request(
             "invalid_body",
             "The request body could not be read.",
         )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Ok(collected)) => Ok(collected),
     }
+}
+
+/// The body's bytes, at most `limit`, each growth of the buffer reserved first.
+async fn collect_within(
+    body: &mut Body,
+    limit: usize,
+    declared: Option<usize>,
+    admission: &mut Admission,
+) -> Result<Bytes, ReadError> {
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ReadError::Unreadable)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let needed = buf.len() + data.len();
+        if needed > limit {
+            return Err(ReadError::TooLarge);
+        }
+        if needed > buf.capacity() {
+            let grown = needed.max(buf.capacity() * 2).min(limit);
+            admission.reserve(grown).map_err(ReadError::Budget)?;
+            buf.reserve(grown - buf.len());
+            admission
+                .reserve(buf.capacity())
+                .map_err(ReadError::Budget)?;
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads and discards up to `max` bytes of `body` within `timeout`, holding none of them.
+async fn drain(body: Body, max: usize, timeout: Duration) {
+    let discard = Limited::new(body, max)
+        .into_data_stream()
+        .for_each(|_| async {});
+    let _ = tokio::time::timeout(timeout, discard).await;
 }
 
 /// What keygate needs to know of a JSON request.

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::gateway::{chat, config_toml, http, key, post_chat, TestGateway, TestKey};
 use crate::harness::{wait_until, RedisServer};
 
-pub const ADMIN_TOKEN: &str = "test-admin-token-5e1d0c";
+pub const ADMIN_TOKEN: &str = "test-admin-token-5e1d0c9a8b7f6e5d4c3b";
 
 pub const K3: [TestKey; 3] = [
     key("k1", "sk-test-one-1111"),
@@ -188,6 +188,8 @@ async fn a_missing_wrong_or_empty_admin_token_gets_401_and_changes_nothing() {
         (Method::GET, "/admin/pools", json!({})),
         (Method::POST, "/admin/reload", json!({})),
     ];
+    // Ten refusals from one address within a minute: that address then gets 429 for a while.
+    let mut refused = 0;
     for auth in &authorizations {
         for (method, path, body) in &changes {
             let mut rb = c.request(method.clone(), gw.url(path)).json(body);
@@ -195,8 +197,13 @@ async fn a_missing_wrong_or_empty_admin_token_gets_401_and_changes_nothing() {
                 rb = rb.header("authorization", a);
             }
             let r = rb.send().await.unwrap();
-            assert_eq!(r.status(), 401, "{method} {path} with {auth:?}");
-            assert_openai_error(&r.json().await.unwrap(), "invalid_admin_token");
+            let (status, code) = match refused {
+                0..10 => (401, "invalid_admin_token"),
+                _ => (429, "admin_auth_throttled"),
+            };
+            refused += 1;
+            assert_eq!(r.status(), status, "{method} {path} with {auth:?}");
+            assert_openai_error(&r.json().await.unwrap(), code);
         }
     }
     let k1: std::collections::HashMap<String, String> =
@@ -209,9 +216,23 @@ async fn a_missing_wrong_or_empty_admin_token_gets_401_and_changes_nothing() {
         ),
         ("active", "1", "stable")
     );
-    let view = pool_view(&c, &gw).await;
+    // This address is throttled now, even with the right token; another one is not.
+    let r = c
+        .get(gw.url("/admin/pools"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let elsewhere = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let view = pool_view(&elsewhere, &gw).await;
     assert_eq!(view.canary_percent, 0);
     assert_eq!(view.counts.active, 3);
+    // Counted: the ten refused tokens; the throttled requests were not checked at all.
+    assert_eq!(gw.state.metrics.limits.admin_auth_failures.get(), 10);
 }
 #[tokio::test]
 async fn listings_show_masked_fingerprints_and_never_a_secret() {

@@ -40,7 +40,7 @@ static FULL: LazyLock<String> =
 fn env(name: &str) -> Option<String> {
     match name {
         "HS_KEY_001" => Some("sk-from-env-0001".into()),
-        "KEYGATE_ADMIN_TOKEN" => Some("admin-token".into()),
+        "KEYGATE_ADMIN_TOKEN" => Some("fuzz-admin-token-0123456789abcdef".into()),
         _ => None,
     }
 }

@@ -15,8 +15,11 @@ mod raw;
 mod smuggling;
 mod steering;
 mod wire;
+mod budgets;
+mod connections;
+mod surfaces;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +44,7 @@ const KEYS: [TestKey; 2] = [
 ];
 
 /// The admin API is on in every hostile test: its token check is part of the surface.
-const ADMIN_TOKEN: &str = "hostile-admin-token";
+const ADMIN_TOKEN: &str = "hostile-admin-token-7c1e5a9b3d2f4e60";
 
 /// Short protocol timeouts so slow clients are cut quickly.
 const HEADER_READ_TIMEOUT_MS: u64 = 500;
@@ -221,4 +224,10 @@ fn states(keys: &[KeyRecord]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The text of a `/metrics` page.
+async fn scrape(c: &reqwest::Client, url: &str) -> String {
+    let r = c.get(url).send().await.expect("metrics request");
+    r.text().await.expect("metrics text")
 }

@@ -404,7 +404,10 @@ fn the_compose_demo_config_passes_check_config_with_the_compose_environment() {
         .args(["check-config", "deploy/keygate.compose.toml"])
         .current_dir(repo_root())
         .envs([
-            ("KEYGATE_ADMIN_TOKEN", "demo-admin-token"),
+            (
+                "KEYGATE_ADMIN_TOKEN",
+                "demo-admin-token-change-me-0123456789",
+            ),
             ("DEMO_KEY_1", "sk-demo-aaaa1111"),
             ("DEMO_KEY_2", "sk-demo-bbbb2222"),
             ("DEMO_KEY_3", "sk-demo-cccc3333"),
@@ -493,7 +496,7 @@ fn check_matchers(sel: &Selector, family: &str, scene: &Scene, source: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_are_also_served_on_the_separate_metrics_listener() {
+async fn metrics_are_served_only_on_the_separate_metrics_listener_when_it_is_set() {
     let mock = MockUpstream::start().await;
     let port = free_port();
     let toml = crate::harness::gateway::config_toml(
@@ -520,11 +523,19 @@ async fn metrics_are_also_served_on_the_separate_metrics_listener() {
     .await;
     let text = http().get(&url).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("keygate_requests_total{"), "{text}");
-    // Only /metrics there: the API stays on the main port.
+    // Only /metrics there: the API stays on the main port, and /metrics is not on it.
     let r = http()
         .get(format!("http://127.0.0.1:{port}/v1/models"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    let public = http().get(gw.url("/metrics")).send().await.unwrap();
+    assert_eq!(
+        public.status(),
+        404,
+        "/metrics must not be on the public port"
+    );
+    let body = public.text().await.unwrap();
+    assert!(!body.contains("keygate_"), "{body}");
 }

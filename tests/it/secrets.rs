@@ -29,7 +29,7 @@ pub(super) const SECRET_B: &str = "sk-Jd5GsW9cFe2TuQy6VaR8"; // secret_env
 pub(super) const SECRET_C: &str = "sk-Hn3MbX7kLp1ZwE4rYt9U"; // secret_file
 pub(super) const SECRET_D: &str = "Qw7Er5Ty3Ui1Op9As6Df4Gh"; // inline, no known prefix
 pub(super) const CLIENT_TOKEN: &str = "kgc-Vb8Nm2Kj6Hg4Fd1Sa9Lp";
-pub(super) const ADMIN_TOKEN: &str = "kga-Xc5Zr8Tq2Wy7Ue3Io6Pm";
+pub(super) const ADMIN_TOKEN: &str = "kga-Xc5Zr8Tq2Wy7Ue3Io6Pm4Lk9Jh1Gf";
 pub(super) const REDIS_PASSWORD: &str = "rpw-Gt4Hy9Ju2Ki7Lo3Ne8Bv";
 
 const SECRETS: [&str; 7] = [

@@ -18,7 +18,7 @@ fn design_example_parses_with_its_values() {
     assert_eq!(config.store.timeout_ms, 50);
     assert_eq!(
         config.admin.token,
-        Some(Secret::new("admin-token-0123456789"))
+        Some(Secret::new("admin-token-0123456789abcdef012345"))
     );
     assert_eq!(config.clients[0].name, "support-bot");
     assert_eq!(

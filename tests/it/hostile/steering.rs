@@ -221,7 +221,11 @@ async fn missing_wrong_or_empty_tokens_get_401_on_the_proxy_and_nothing_on_admin
                 }
                 let r = rb.send().await.unwrap();
                 let s = r.status().as_u16();
-                assert!([401, 404, 405].contains(&s), "{path} with {token:?}: {s}");
+                // 429: this address made too many admin attempts with a wrong token.
+                assert!(
+                    [401, 404, 405, 429].contains(&s),
+                    "{path} with {token:?}: {s}"
+                );
             }
         }
     }
