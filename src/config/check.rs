@@ -18,6 +18,7 @@ pub(super) fn check_server(server: &ServerConfig, ctx: &mut Ctx) {
         ("header_read_timeout_ms", server.header_read_timeout_ms),
         ("body_read_timeout_ms", server.body_read_timeout_ms),
         ("max_header_bytes", server.max_header_bytes as u64),
+        ("max_retry_after_s", server.max_retry_after_s),
     ];
     for (field, value) in at_least_one {
         if value == 0 {

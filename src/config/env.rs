@@ -19,7 +19,7 @@ enum Kind {
 }
 
 /// Every `(section, field)` that `KEYGATE_<SECTION>__<FIELD>` may override.
-const ENV_OVERRIDES: [(&str, &str, Kind); 20] = [
+const ENV_OVERRIDES: [(&str, &str, Kind); 22] = [
     ("server", "listen", Kind::Text),
     ("server", "metrics_listen", Kind::OptionalText),
     ("server", "max_body_bytes", Kind::Integer),
@@ -27,6 +27,8 @@ const ENV_OVERRIDES: [(&str, &str, Kind); 20] = [
     ("server", "header_read_timeout_ms", Kind::Integer),
     ("server", "body_read_timeout_ms", Kind::Integer),
     ("server", "max_header_bytes", Kind::Integer),
+    ("server", "max_retry_after_s", Kind::Integer),
+    ("server", "config_watch_ms", Kind::Integer),
     ("store", "redis_url", Kind::OptionalText),
     ("store", "sentinels", Kind::List),
     ("store", "sentinel_master", Kind::OptionalText),
