@@ -6,6 +6,7 @@ mod attempt;
 pub mod auth;
 pub mod body;
 pub mod forward;
+mod models;
 mod outcome;
 mod report;
 pub mod request;
@@ -40,6 +41,11 @@ pub(crate) struct Call {
     pub route: Route,
     pub started: Instant,
     pub deadline: tokio::time::Instant,
+    /// Until the response head of some attempt must have arrived (`first_byte_total_ms`): a
+    /// hung upstream fails the request once, not once per attempt.
+    pub first_byte_deadline: tokio::time::Instant,
+    /// The longest `Retry-After` keygate announces (`server.max_retry_after_s`).
+    pub max_retry_after_s: u64,
     /// Upstream attempts made so far (all models).
     pub attempts: u32,
     pub canary_counted: bool,
@@ -97,6 +103,9 @@ async fn prepare_and_run(
     let (parts, body) = req.into_parts();
     let client = auth::authenticate(&gw, &parts.headers).ok_or_else(ApiError::unauthorized)?;
     let pool = auth::choose_pool(&gw, client, &parts.headers)?;
+    if let Some(list) = models::allowlist_answer(&parts.method, &path, &pool.config) {
+        return Ok(list);
+    }
     let uri = forward::upstream_uri(&pool.base_url, &path, parts.uri.query())?;
     let server = &gw.config.server;
     let bytes = request::read_body(
@@ -122,8 +131,16 @@ async fn prepare_and_run(
             ));
         }
     }
-    let route = route::route_for(&parts.headers, &client.name, remote);
+    let who = route::Identity {
+        headers: &parts.headers,
+        client: &client.name,
+        body_user: inspected.user.as_deref(),
+        remote,
+    };
+    let route = route::route_for(&who, pool.config.canary.sticky_by);
     let total = Duration::from_millis(pool.config.timeouts.total_ms);
+    let first_byte = Duration::from_millis(pool.config.timeouts.first_byte_budget_ms());
+    let now = tokio::time::Instant::now();
     let mut call = Call {
         state: state.clone(),
         pool,
@@ -133,7 +150,9 @@ async fn prepare_and_run(
         headers: parts.headers,
         route,
         started: Instant::now(),
-        deadline: tokio::time::Instant::now() + total,
+        deadline: now + total,
+        first_byte_deadline: now + first_byte,
+        max_retry_after_s: server.max_retry_after_s,
         attempts: 0,
         canary_counted: false,
     };
@@ -180,7 +199,8 @@ async fn run_keys(call: &mut Call, body: &Bytes, model: Option<&str>) -> Step {
     let mut failure = Failure::default();
     let mut model_attempts = 0;
     while model_attempts < call.pool.config.max_attempts {
-        if tokio::time::Instant::now() >= call.deadline {
+        let now = tokio::time::Instant::now();
+        if now >= call.deadline || now >= call.first_byte_deadline {
             failure.timed_out = true;
             break;
         }
