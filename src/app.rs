@@ -160,6 +160,8 @@ pub struct AppState {
     /// The file `reload` re-reads; `None` when the config did not come from a file.
     pub config_path: Option<PathBuf>,
     pub health: crate::health::Health,
+    /// The way to the other replicas for a cluster-wide reload; `None` without `redis_url`.
+    pub reload_bus: Option<crate::reload::cluster::ReloadBus>,
 }
 
 impl AppState {
