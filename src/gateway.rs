@@ -47,12 +47,15 @@ pub fn build_store(
     build_store_and_redis(config, metrics).map(|(store, _)| store)
 }
 
+/// The store, and the Redis behind its failover layer when there is one.
+type StoreAndRedis = (Arc<dyn KeyStore>, Option<Arc<RedisStore>>);
+
 /// [`build_store`], and the Redis behind its failover layer (readiness asks it directly: the
 /// failover layer answers for it while it is down).
 fn build_store_and_redis(
     config: &Config,
     metrics: Option<Arc<Metrics>>,
-) -> Result<(Arc<dyn KeyStore>, Option<Arc<RedisStore>>), String> {
+) -> Result<StoreAndRedis, String> {
     let s = &config.store;
     let Some(endpoint) = redis_endpoint(s) else {
         return Ok((Arc::new(MemoryStore::new()), None));
