@@ -152,7 +152,10 @@ fn a_key_exports_every_cooldown_reason_at_zero_before_its_first() {
     let text = render(&t, 1 << 20).concat();
     for o in Outcome::ALL.into_iter().filter(|o| o.is_failure()) {
         let n = if o == Outcome::Timeout { 1 } else { 0 };
-        let line = format!("keygate_cooldowns_total{{pool=\"p\",key=\"k1\",reason=\"{}\"}} {n}\n", o.as_str());
+        let line = format!(
+            "keygate_cooldowns_total{{pool=\"p\",key=\"k1\",reason=\"{}\"}} {n}\n",
+            o.as_str()
+        );
         assert!(text.contains(&line), "{line} in {text}");
     }
     assert!(!text.contains("reason=\"success\""), "{text}");
