@@ -27,6 +27,8 @@ pub const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
 const ALIVE_WITHIN: Duration = Duration::from_secs(10);
 /// How long requests and answers stay in Redis.
 const KEEP_S: u64 = 60;
+/// A replica silent this long is dropped from `kg:replicas` (replicas come and go).
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// The deadline of one Redis call of this module.
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
