@@ -134,14 +134,17 @@ impl ReloadBus {
         }
     }
 
-    /// The current generation, and a heartbeat saying this replica is alive.
+    /// The current generation, and a heartbeat saying this replica is alive (forgetting the
+    /// replicas silent for [`FORGET_AFTER`]).
     pub async fn heartbeat(&self) -> Result<u64, String> {
+        let now = now_ms();
         let mut alive = redis::cmd("ZADD");
-        alive
-            .arg(self.key("replicas"))
-            .arg(now_ms())
-            .arg(&self.replica);
+        alive.arg(self.key("replicas")).arg(now).arg(&self.replica);
         self.query::<i64>(&alive).await?;
+        let before = now.saturating_sub(FORGET_AFTER.as_millis() as u64);
+        let mut forget = redis::cmd("ZREMRANGEBYSCORE");
+        forget.arg(self.key("replicas")).arg(0).arg(before);
+        self.query::<i64>(&forget).await?;
         let generation: Option<u64> = self
             .query(redis::cmd("GET").arg(self.key("reload:gen")))
             .await?;
