@@ -14,6 +14,8 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v curl >/dev/null || missing+=(curl)
 command -v jq >/dev/null || missing+=(jq)
+command -v npm >/dev/null || missing+=(npm)
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -32,3 +34,10 @@ cargo test --locked --lib --bins --tests
 # README.md's quick start, "Use Redis" and "Operate" commands, run as written on the debug
 # binary the tests above built.
 scripts/newcomer.sh
+
+# The official OpenAI SDKs (pinned), for the ignored tests of what they do with keygate's own
+# answers (README.md, "Errors keygate answers itself"): target/sdk, outside the Cargo build.
+[ -x target/sdk/venv/bin/python ] || python3 -m venv target/sdk/venv
+target/sdk/venv/bin/pip install -q openai==3.63.0
+npm install --silent --no-audit --no-fund --prefix target/sdk/node openai@6.49.0 >/dev/null
+cargo test --locked --test it honest::sdks -- --ignored

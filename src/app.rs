@@ -182,6 +182,8 @@ pub struct AppState {
     pub circuits: crate::proxy::circuit::ClientCircuits,
     /// Request bytes buffered and requests in flight, against the configured budgets.
     pub budgets: crate::proxy::budget::Budgets,
+    /// The way to the other replicas for a cluster-wide reload; `None` without `redis_url`.
+    pub reload_bus: Option<crate::reload::cluster::ReloadBus>,
 }
 
 impl AppState {

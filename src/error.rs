@@ -6,6 +6,8 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::store::StateCounts;
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -14,6 +16,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// Seconds for a `Retry-After` header (429/503).
     pub retry_after_s: Option<u64>,
+    /// `x-should-retry: false` for the SDKs (which honour it before their own status rules):
+    /// set where waiting cannot help.
+    pub dont_retry: bool,
 }
 
 impl ApiError {
@@ -29,6 +34,7 @@ impl ApiError {
             kind,
             code,
             retry_after_s: None,
+            dont_retry: false,
         }
     }
 
@@ -68,16 +74,69 @@ impl ApiError {
         )
     }
 
-    pub fn no_key(retry_after_s: Option<u64>) -> ApiError {
+    /// No key of the pool is selectable. `retry_after_s`: when the first one recovers by itself
+    /// (`None`: none will); `counts`: the pool's keys by state, which name the cause. Keys
+    /// benched only by their breakers (upstream errors, timeouts, refused connections) mean an
+    /// upstream outage, not a rate limit: 503 `upstream_unavailable`. Cooling keys (a 429, or a
+    /// rate-limit header at 0) give 429 `all_keys_cooling`.
+    pub fn no_key(retry_after_s: Option<u64>, counts: &StateCounts) -> ApiError {
         match retry_after_s {
-            Some(s) => ApiError {
-                retry_after_s: Some(s),
-                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "all_keys_cooling",
-                    format!("Every upstream key of this pool is cooling down; retry in {s} s."))
-            },
-            None => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "no_key_available",
-                "No upstream key of this pool is usable and none will recover by itself; an operator must act."),
+            Some(s) if counts.cooling == 0 && counts.open + counts.half_open > 0 => {
+                ApiError::upstream_unavailable(s, counts)
+            }
+            Some(s) => ApiError::keys_cooling(s),
+            None => ApiError::no_key_usable(),
         }
+    }
+
+    /// 503 `upstream_unavailable`: the keys are benched by breakers, the next probe in `s`.
+    pub fn upstream_unavailable(s: u64, counts: &StateCounts) -> ApiError {
+        let message = format!("The upstream is failing: every usable key of this pool has its circuit breaker open after upstream errors (server errors, timeouts or refused connections; {} open, {} half-open). The next probe is in {s} s.", counts.open, counts.half_open);
+        ApiError {
+            retry_after_s: Some(s),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "upstream_unavailable",
+                message,
+            )
+        }
+    }
+
+    /// 429 `all_keys_cooling`: rate limits benched the keys; the first recovers in `s`.
+    pub fn keys_cooling(s: u64) -> ApiError {
+        let message = format!(
+            "Every upstream key of this pool is cooling down after rate limits; retry in {s} s."
+        );
+        ApiError {
+            retry_after_s: Some(s),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "all_keys_cooling",
+                message,
+            )
+        }
+    }
+
+    /// 503 `no_key_available` with `x-should-retry: false`: only an operator can help.
+    pub fn no_key_usable() -> ApiError {
+        ApiError {
+            dont_retry: true,
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "no_key_available",
+                "No upstream key of this pool is usable and none will recover by itself; an operator must act.")
+        }
+    }
+
+    /// Announces at most `max_s` in `Retry-After`; a longer wait also says `x-should-retry:
+    /// false` (the message keeps the true wait): an SDK that waited minutes for one retry would
+    /// only hold its caller.
+    pub fn retry_after_at_most(mut self, max_s: u64) -> ApiError {
+        if self.retry_after_s.is_some_and(|s| s > max_s) {
+            self.retry_after_s = Some(max_s);
+            self.dont_retry = true;
+        }
+        self
     }
 
     pub fn upstream_failed(timeout: bool, attempts: u32) -> ApiError {
@@ -128,6 +187,10 @@ impl IntoResponse for ApiError {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
                 resp.headers_mut().insert(http::header::RETRY_AFTER, v);
             }
+        }
+        if self.dont_retry {
+            let no = HeaderValue::from_static("false");
+            resp.headers_mut().insert("x-should-retry", no);
         }
         resp
     }

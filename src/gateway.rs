@@ -44,20 +44,34 @@ pub fn build_store(
     config: &Config,
     metrics: Option<Arc<Metrics>>,
 ) -> Result<Arc<dyn KeyStore>, String> {
+    build_store_and_redis(config, metrics).map(|(store, _)| store)
+}
+
+/// The store, and the Redis behind its failover layer when there is one.
+type StoreAndRedis = (Arc<dyn KeyStore>, Option<Arc<RedisStore>>);
+
+/// [`build_store`], and the Redis behind its failover layer (readiness asks it directly: the
+/// failover layer answers for it while it is down).
+fn build_store_and_redis(
+    config: &Config,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<StoreAndRedis, String> {
     let s = &config.store;
     let Some(endpoint) = redis_endpoint(s) else {
-        return Ok(Arc::new(MemoryStore::new()));
+        return Ok((Arc::new(MemoryStore::new()), None));
     };
-    let redis = RedisStore::connect_to(
-        &endpoint,
-        &s.prefix,
-        Duration::from_millis(s.timeout_ms),
-        Duration::from_millis(s.connect_timeout_ms),
-    )
-    .map_err(|e| e.to_string())?;
-    let store = FailoverStore::new(Arc::new(redis), FailoverOptions::from_config(s), metrics)
+    let redis = Arc::new(
+        RedisStore::connect_to(
+            &endpoint,
+            &s.prefix,
+            Duration::from_millis(s.timeout_ms),
+            Duration::from_millis(s.connect_timeout_ms),
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let store = FailoverStore::new(redis.clone(), FailoverOptions::from_config(s), metrics)
         .map_err(|e| e.to_string())?;
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), Some(redis)))
 }
 
 /// Builds the shared state and syncs every pool into the store (a store that is down now is
@@ -67,13 +81,16 @@ pub async fn build_state(
     config_path: Option<PathBuf>,
 ) -> Result<Arc<AppState>, String> {
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
-    let store: Arc<dyn KeyStore> = Arc::new(InstrumentedStore::new(
-        build_store(&config, Some(metrics.clone()))?,
-        metrics.clone(),
-    ));
+    let (inner, redis) = build_store_and_redis(&config, Some(metrics.clone()))?;
+    let store: Arc<dyn KeyStore> = Arc::new(InstrumentedStore::new(inner, metrics.clone()));
+    let health = crate::health::Health::new(redis);
+    // Boxed: the start-up future is nested deep enough already (rustc's query depth).
+    Box::pin(health.check_store_at_start()).await;
     let flush = Duration::from_millis(config.store.report_flush_ms);
     let successes = SuccessBatcher::new(store.clone(), flush);
+    let reload_bus = crate::reload::cluster::ReloadBus::new(&config.store);
     let gateway = Gateway::from_config(config)?;
+    metrics.initialise_pools(&gateway.config.pools);
     sync_pools(&*store, &gateway).await;
     metrics.init_clients(gateway.clients.iter().map(|c| c.name.as_str()));
     Ok(Arc::new(AppState {
@@ -83,10 +100,32 @@ pub async fn build_state(
         tasks: TaskTracker::new(),
         successes,
         config_path,
-        health: Default::default(),
+        health,
+        reload_bus,
         circuits: Default::default(),
         budgets: Default::default(),
     }))
+}
+
+/// Warns when the bundled mock provider (`serve --mock-upstream ADDR`) listens where no pool's
+/// `base_url` points: every request would then go elsewhere, and fail with no hint.
+pub fn warn_if_mock_serves_no_pool(config: &Config, mock: std::net::SocketAddr) {
+    let served = |base_url: &str| {
+        let Ok(url) = url::Url::parse(base_url) else {
+            return false;
+        };
+        let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
+        let same_host = mock.ip().is_unspecified()
+            || host.parse::<std::net::IpAddr>().ok() == Some(mock.ip())
+            || (host == "localhost" && mock.ip().is_loopback());
+        same_host && url.port_or_known_default() == Some(mock.port())
+    };
+    if !config.pools.iter().any(|p| served(&p.base_url)) {
+        let urls: Vec<String> = (config.pools.iter())
+            .map(|p| format!("{} → {}", p.name, p.base_url))
+            .collect();
+        tracing::warn!(mock = %mock, pools = %urls.join(", "), "--mock-upstream serves no pool: no pool's base_url names its host and port, so no request reaches the mock");
+    }
 }
 
 /// Creates or updates every pool of `gateway` in the store.
@@ -153,6 +192,10 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
         }),
         None => None,
     };
+    let (stop_watcher, watcher_stopped) = tokio::sync::oneshot::channel::<()>();
+    let watcher = crate::reload::watch::spawn_reload_watcher(state.clone(), async move {
+        let _ = watcher_stopped.await;
+    });
     release_free_memory();
     let trimmer = tokio::spawn(async {
         let mut every = tokio::time::interval(TRIM_INTERVAL);
@@ -202,8 +245,9 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
         let _ = side.await;
     }
     let _ = stop_reloads.send(());
-    if let Some(reloader) = reloader {
-        let _ = reloader.await;
+    let _ = stop_watcher.send(());
+    for task in [reloader, watcher].into_iter().flatten() {
+        let _ = task.await;
     }
     // Requests are done: write the buffered successes (later ones, from connections past the
     // grace period, are reported at once), then wait for the reports still running.

@@ -1,6 +1,7 @@
 //! Readiness and the key-state gauges: both read the store, so both are bounded and cached.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,17 +10,63 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
+use crate::store::redis::RedisStore;
 
-/// When the key gauges were last filled from store snapshots.
+/// Whether the configured Redis was ever reached, and when the key gauges were last filled
+/// from store snapshots.
 #[derive(Default)]
 pub struct Health {
+    /// The configured Redis, asked directly until it first answers; `None`: the embedded store.
+    redis: Option<Arc<RedisStore>>,
+    /// Redis answered at least once since start (always true for the embedded store).
+    store_reached: AtomicBool,
     gauges_at: Mutex<Option<Instant>>,
     /// Serialises refreshes so a burst of scrapes costs one round of snapshots.
     refresh: tokio::sync::Mutex<()>,
 }
 
-/// `GET /readyz`: 200 when the store answers (or the replica serves in degraded mode).
+impl Health {
+    pub fn new(redis: Option<Arc<RedisStore>>) -> Health {
+        Health {
+            store_reached: AtomicBool::new(redis.is_none()),
+            redis,
+            ..Health::default()
+        }
+    }
+
+    /// Asks the configured Redis once at start-up; a Redis that does not answer is logged
+    /// as a warning (the failover layer would otherwise serve from memory in silence).
+    pub async fn check_store_at_start(&self) {
+        if !self.reach_store().await {
+            tracing::warn!("the configured Redis (store section) does not answer at start-up; this replica serves from its in-process store, shares no key state with other replicas, and /readyz answers 503 until Redis answers once");
+        }
+    }
+
+    /// Whether the configured Redis has answered since start, asking it now if it has not.
+    async fn reach_store(&self) -> bool {
+        if self.store_reached.load(Ordering::Acquire) {
+            return true;
+        }
+        let Some(redis) = &self.redis else {
+            return true;
+        };
+        let reached = redis.ping_redis().await.is_ok();
+        if reached {
+            self.store_reached.store(true, Ordering::Release);
+            tracing::info!("the configured Redis answered");
+        }
+        reached
+    }
+}
+
+/// `GET /readyz`: 503 until the configured Redis answered once since start (a replica that never
+/// reached it shares nothing with the others); then 200 when the store answers, or while the
+/// replica serves in degraded mode.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if !state.health.reach_store().await {
+        let message = "not ready: the configured Redis has not been reached since start\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    }
     if state.store.degraded() {
         return (
             StatusCode::OK,

@@ -8,7 +8,8 @@
 //! - `proxy`: the `/v1/*` handler: auth, canary routing, select → forward → report → retry.
 //! - `app`: the config-derived runtime, shared state and the router; `gateway`: start-up;
 //!   `server`: the accept loop and graceful shutdown; `health`: readiness and key gauges.
-//! - `reload`: hot reload of the config file (SIGHUP, `POST /admin/reload`).
+//! - `reload`: hot reload of the config file (SIGHUP, `POST /admin/reload` reaching every
+//!   replica through Redis, a change of the file itself).
 //! - `metrics`, `error`, `usage`, `admin`, `mock` (the OpenAI-compatible mock provider), `cli`.
 #![cfg_attr(
     not(test),

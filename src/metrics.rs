@@ -16,10 +16,27 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
+use crate::config::{PoolConfig, STABLE_GROUP};
 use crate::pool::{KeyState, Outcome};
 use crate::store::PoolSnapshot;
 pub use keys::{KeySeries, MODELS_PER_KEY, UPSTREAM_BUCKETS};
 pub use limits::LimitMetrics;
+
+/// The `op` label values of `keygate_store_duration_seconds` and `keygate_store_errors_total`:
+/// the store operations `src/store/instrumented.rs` times.
+pub const STORE_OPS: [&str; 11] = [
+    "select",
+    "report",
+    "report_batch",
+    "set_state",
+    "set_weight",
+    "set_group",
+    "set_canary",
+    "reset",
+    "snapshot",
+    "sync",
+    "ping",
+];
 
 /// Every metric keygate exports, registered once.
 pub struct Metrics {
@@ -74,7 +91,7 @@ impl Metrics {
             "1 while this replica serves from its in-process store because Redis is unreachable",
         )?;
         r.register(Box::new(store_degraded.clone()))?;
-        Ok(Metrics {
+        let metrics = Metrics {
             keys: keys::KeyTable::default(),
             retries: counter(
                 &r,
@@ -116,7 +133,34 @@ impl Metrics {
             )?,
             limits: LimitMetrics::register(&r)?,
             registry: r,
-        })
+        };
+        for op in STORE_OPS {
+            metrics.store_errors.with_label_values(&[op]);
+            metrics.store_duration.with_label_values(&[op]);
+        }
+        Ok(metrics)
+    }
+
+    /// Exports every per-pool series of `pools` whose label values are known in advance, at 0,
+    /// so an alert on `increase(...)` sees the first event and a dashboard shows 0, not "no
+    /// data". Called at start-up and on every reload (a removed pool keeps its series).
+    pub fn initialise_pools(&self, pools: &[PoolConfig]) {
+        for pool in pools {
+            let name = pool.name.as_str();
+            self.no_key_available.with_label_values(&[name]);
+            for reason in Outcome::ALL.into_iter().filter(|o| o.is_failure()) {
+                self.retries.with_label_values(&[name, reason.as_str()]);
+            }
+            let canary = pool.canary.group.as_str();
+            for (group, fallback) in [
+                (STABLE_GROUP, "false"),
+                (STABLE_GROUP, "true"),
+                (canary, "false"),
+            ] {
+                self.canary_requests
+                    .with_label_values(&[name, group, fallback]);
+            }
+        }
     }
 
     /// Shows every configured client's rejection counters at 0 before its first refusal (so

@@ -1,6 +1,8 @@
 //! Hot reload: re-read the config file and swap the running [`Gateway`] whole, without a restart
-//! and without dropping a request. Triggered by SIGHUP ([`reload_on_sighup`], started by
-//! `gateway::run`) and by `POST /admin/reload`.
+//! and without dropping a request. Triggered by SIGHUP ([`spawn_sighup_reloader`], started by
+//! `gateway::run`), by a change of the file itself (`watch.rs`), by `POST /admin/reload` on this
+//! replica, which reaches every replica sharing its Redis ([`reload_cluster`], `cluster.rs`),
+//! and by such a reload asked of another replica.
 //!
 //! 1. `Config::load` re-reads `AppState::config_path`; an invalid file is rejected with every
 //!    problem logged and returned, and the running config stays.
@@ -20,6 +22,10 @@ use tokio::task::JoinHandle;
 
 use crate::app::{AppState, Gateway};
 use crate::config::Config;
+pub use cluster::ReplicaAnswer;
+
+pub mod cluster;
+pub mod watch;
 
 /// One reload at a time (SIGHUP and the admin API may race): otherwise an older config could be
 /// swapped in after a newer one was synced to the store. Process-wide is fine: reloads are rare.
@@ -29,11 +35,53 @@ static RELOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadReport {
     pub config_path: String,
+    /// Short SHA-256 of the file read (replicas compare it).
+    #[serde(default)]
+    pub config_hash: String,
     pub pools: Vec<PoolChange>,
     /// Pools no longer configured (their keys stay in the store; no client can reach them).
     pub pools_removed: Vec<String>,
     /// Changed settings only a restart applies; their running values were kept.
     pub restart_needed: Vec<String>,
+    /// Every replica's answer (this one's included) when the reload went cluster-wide.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaAnswer>,
+}
+
+/// The first 16 hex digits of the SHA-256 of the file at `path`; empty when it cannot be read.
+pub fn file_hash(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    match std::fs::read(path) {
+        Ok(bytes) => hex::encode(sha2::Sha256::digest(&bytes))[..16].to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Reloads this replica, then asks every replica sharing its Redis to re-read its own file and
+/// collects their answers (`POST /admin/reload`). An invalid file here is refused before any
+/// other replica is asked. A Redis that cannot be reached leaves the others unasked; the report
+/// then lists this replica alone, with that error.
+pub async fn reload_cluster(state: &AppState) -> Result<ReloadReport, String> {
+    let mut report = reload(state).await?;
+    let Some(bus) = &state.reload_bus else {
+        return Ok(report);
+    };
+    let own = ReplicaAnswer {
+        replica: bus.replica.clone(),
+        config_hash: report.config_hash.clone(),
+        ok: true,
+        error: None,
+        differs_from_requester: false,
+    };
+    report.replicas = match bus.reload_everywhere(own.clone()).await {
+        Ok(answers) => answers,
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster-wide reload: Redis unreachable; only this replica reloaded");
+            let error = Some(format!("the other replicas were not asked: Redis: {e}"));
+            vec![ReplicaAnswer { error, ..own }]
+        }
+    };
+    Ok(report)
 }
 
 /// One pool of the new config and how its key list changed.
@@ -77,6 +125,7 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, String> {
         tracing::warn!("config reload refused: {message}");
         return Err(message.to_string());
     };
+    let config_hash = file_hash(path);
     let mut config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -98,14 +147,17 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, String> {
     };
     let report = ReloadReport {
         config_path: path.display().to_string(),
+        config_hash,
         pools: pool_changes(&old, &new),
         pools_removed: removed_pools(&old, &new),
         restart_needed,
+        replicas: Vec::new(),
     };
+    state.metrics.initialise_pools(&new.config.pools);
     crate::gateway::sync_pools(&*state.store, &new).await;
     (state.metrics).init_clients(new.clients.iter().map(|c| c.name.as_str()));
     state.gateway.store(Arc::new(new));
-    tracing::info!(path = %report.config_path, pools = report.pools.len(), changes = %change_summary(&report.pools), "config reloaded");
+    tracing::info!(path = %report.config_path, config_hash = %report.config_hash, pools = report.pools.len(), changes = %change_summary(&report.pools), "config reloaded");
     Ok(report)
 }
 

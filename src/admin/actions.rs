@@ -170,13 +170,14 @@ pub(super) async fn set_canary(
     Ok(Json(receipt))
 }
 
-/// `POST /admin/reload`: re-reads the config file; an invalid one is a 400 listing every
+/// `POST /admin/reload`: re-reads the config file, here and on every replica sharing this
+/// one's Redis, and lists each replica's answer; an invalid file here is a 400 listing every
 /// problem, and the running config stays.
 pub(super) async fn reload(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<ReloadReport>, ApiError> {
     tracing::info!(action = "reload", "admin action");
-    crate::reload::reload(&state)
+    crate::reload::reload_cluster(&state)
         .await
         .map(Json)
         .map_err(|problems| {

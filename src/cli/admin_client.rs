@@ -289,5 +289,20 @@ async fn reload(target: &AdminTarget) -> Result<String, Failure> {
             "  {s} changed: needs a restart (running value kept)\n"
         ));
     }
+    for r in &report.replicas {
+        let verdict = match &r.error {
+            Some(e) => format!("error: {e}"),
+            None => "ok".to_string(),
+        };
+        let differs = if r.differs_from_requester {
+            " (its file differs)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "  replica {} config {}: {verdict}{differs}\n",
+            r.replica, r.config_hash
+        ));
+    }
     Ok(out)
 }

@@ -142,6 +142,9 @@ pub async fn run_serve(
     for warning in crate::config::warnings(&cfg) {
         tracing::warn!("config: {warning}");
     }
+    if let Some(addr) = mock_upstream {
+        crate::gateway::warn_if_mock_serves_no_pool(&cfg, addr);
+    }
     let listen = cfg.server.listen;
     let state = match crate::gateway::build_state(cfg, Some(config)).await {
         Ok(s) => s,

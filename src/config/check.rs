@@ -20,6 +20,7 @@ pub(super) fn check_server(server: &ServerConfig, ctx: &mut Ctx) {
         ("max_header_bytes", server.max_header_bytes as u64),
         ("idle_timeout_ms", server.idle_timeout_ms),
         ("max_connections", server.max_connections as u64),
+        ("max_retry_after_s", server.max_retry_after_s),
     ];
     for (field, value) in at_least_one {
         if value == 0 {

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use super::check::{required_id, FirstSeen, ID_RULE};
 use super::decode::{Ctx, RawCanary, RawKey, RawPool};
 use super::wire::{check_account_id, check_header_lists, check_paths, HeaderLists, DEFAULT_PATHS};
-use super::{CanaryConfig, KeyConfig, Policy, PoolConfig, Secret, Timeouts, STABLE_GROUP};
+use super::{
+    CanaryConfig, KeyConfig, Policy, PoolConfig, Secret, StickyBy, Timeouts, STABLE_GROUP,
+};
 use crate::pool::is_valid_id;
 
 pub(super) const BASE_URL_RULE: &str =
@@ -208,7 +210,10 @@ fn check_timeouts(timeouts: &Timeouts, path: &str, ctx: &mut Ctx) {
         ("first_byte_ms", timeouts.first_byte_ms),
         ("total_ms", timeouts.total_ms),
     ];
-    for (field, value) in fields {
+    let total_first_byte = timeouts
+        .first_byte_total_ms
+        .map(|v| ("first_byte_total_ms", v));
+    for (field, value) in fields.into_iter().chain(total_first_byte) {
         if value == 0 {
             ctx.problem(format!("{path}.{field}"), "must be at least 1");
         } else if value > timeouts.total_ms && timeouts.total_ms > 0 {
@@ -232,11 +237,17 @@ fn check_canary(raw: RawCanary, path: &str, ctx: &mut Ctx) -> Option<CanaryConfi
     if percent.is_none() {
         ctx.problem(format!("{path}.percent"), "must be 0..=100");
     }
-    let percent = percent?;
+    let sticky_by = StickyBy::parse(&raw.sticky_by);
+    if sticky_by.is_none() {
+        let message = format!("must be one of {}", StickyBy::NAMES.join(", "));
+        ctx.problem(format!("{path}.sticky_by"), message);
+    }
+    let (percent, sticky_by) = (percent?, sticky_by?);
     group_ok.then_some(CanaryConfig {
         group: raw.group,
         percent,
         fallback: raw.fallback,
+        sticky_by,
     })
 }
 

@@ -328,6 +328,7 @@ pub(super) struct RawCanary {
     pub(super) group: String,
     pub(super) percent: i64,
     pub(super) fallback: bool,
+    pub(super) sticky_by: String,
 }
 
 impl Default for RawCanary {
@@ -337,6 +338,7 @@ impl Default for RawCanary {
             group: canary.group,
             percent: i64::from(canary.percent),
             fallback: canary.fallback,
+            sticky_by: "user".to_string(),
         }
     }
 }

@@ -21,7 +21,7 @@ enum Kind {
 }
 
 /// Every `(section, field)` that `KEYGATE_<SECTION>__<FIELD>` may override.
-const ENV_OVERRIDES: [(&str, &str, Kind); 26] = [
+const ENV_OVERRIDES: [(&str, &str, Kind); 28] = [
     ("server", "listen", Kind::Text),
     ("server", "metrics_listen", Kind::OptionalText),
     ("server", "max_body_bytes", Kind::Integer),
@@ -34,6 +34,8 @@ const ENV_OVERRIDES: [(&str, &str, Kind); 26] = [
     ("server", "max_connections", Kind::Integer),
     ("server", "max_buffered_bytes", Kind::Integer),
     ("server", "client_max_buffered_bytes", Kind::Integer),
+    ("server", "max_retry_after_s", Kind::Integer),
+    ("server", "config_watch_ms", Kind::Integer),
     ("store", "redis_url", Kind::OptionalText),
     ("store", "sentinels", Kind::List),
     ("store", "sentinel_master", Kind::OptionalText),

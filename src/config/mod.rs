@@ -111,6 +111,12 @@ pub struct ServerConfig {
     /// The same per client, unless its `[[clients]] max_buffered_bytes` says otherwise; past it
     /// that client's requests get 429 `client_busy`.
     pub client_max_buffered_bytes: usize,
+    /// The most `Retry-After` keygate's own 429/503 answers announce; a longer wait is announced
+    /// as this with `x-should-retry: false` (README.md, "Errors keygate answers itself").
+    pub max_retry_after_s: u64,
+    /// How often the config file's modification time and hash are checked for a change that
+    /// then reloads it (a ConfigMap swapped under a running pod); 0: never.
+    pub config_watch_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +134,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_buffered_bytes: 256 << 20,
             client_max_buffered_bytes: 64 << 20,
+            max_retry_after_s: 60,
+            config_watch_ms: 5000,
         }
     }
 }
@@ -316,6 +324,16 @@ pub struct Timeouts {
     /// Until the response head arrives (a streamed answer may then run up to `total_ms`).
     pub first_byte_ms: u64,
     pub total_ms: u64,
+    /// Until the response head arrives, across all attempts of a request: a hung upstream fails
+    /// the request in this time, not `max_attempts × first_byte_ms`. `None`: `first_byte_ms`.
+    pub first_byte_total_ms: Option<u64>,
+}
+
+impl Timeouts {
+    /// The first-byte budget of a whole request (see `first_byte_total_ms`).
+    pub fn first_byte_budget_ms(&self) -> u64 {
+        self.first_byte_total_ms.unwrap_or(self.first_byte_ms)
+    }
 }
 
 impl Default for Timeouts {
@@ -324,6 +342,7 @@ impl Default for Timeouts {
             connect_ms: 2000,
             first_byte_ms: 30_000,
             total_ms: 300_000,
+            first_byte_total_ms: None,
         }
     }
 }
@@ -336,6 +355,33 @@ pub struct CanaryConfig {
     pub percent: u8,
     /// When the canary group has no selectable key, serve the request from stable.
     pub fallback: bool,
+    /// Which identity keeps a request in its group.
+    pub sticky_by: StickyBy,
+}
+
+/// `[pools.canary] sticky_by`: what decides the group of a request that does not force one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StickyBy {
+    /// `X-User-Id`, else the body's `user` field, else a draw per request.
+    #[default]
+    User,
+    /// `X-User-Id`, else the client token's name (one token: one group).
+    Client,
+    /// A draw per request, whatever the request says.
+    Random,
+}
+
+impl StickyBy {
+    pub const NAMES: [&'static str; 3] = ["user", "client", "random"];
+
+    pub fn parse(s: &str) -> Option<StickyBy> {
+        match s {
+            "user" => Some(StickyBy::User),
+            "client" => Some(StickyBy::Client),
+            "random" => Some(StickyBy::Random),
+            _ => None,
+        }
+    }
 }
 
 impl Default for CanaryConfig {
@@ -344,6 +390,7 @@ impl Default for CanaryConfig {
             group: "canary".to_string(),
             percent: 0,
             fallback: true,
+            sticky_by: StickyBy::User,
         }
     }
 }

@@ -273,11 +273,10 @@ impl Family {
         }
     }
 
-    /// Writes this family's series of one key; returns whether it wrote any.
-    fn write(self, out: &mut String, e: &Entry) -> bool {
+    /// Writes this family's series of one key.
+    fn write(self, out: &mut String, e: &Entry) {
         let s = &e.series;
         let (name, _, _) = self.header();
-        let start = out.len();
         match self {
             Family::Requests => {
                 let groups = s.requests.read().unwrap_or_else(|e| e.into_inner());
@@ -339,9 +338,11 @@ impl Family {
             }
             Family::Weight => sample(out, name, e, &[], s.weight.load(Ordering::Relaxed)),
             Family::Cooldowns => {
+                // Every reason that can take a key out of rotation, at 0 before it first does,
+                // so `increase()` sees the first one.
                 for (i, o) in Outcome::ALL.iter().enumerate() {
-                    let n = s.cooldowns[i].load(Ordering::Relaxed);
-                    if n > 0 {
+                    if o.is_failure() {
+                        let n = s.cooldowns[i].load(Ordering::Relaxed);
                         sample(out, name, e, &[("reason", o.as_str())], n);
                     }
                 }
@@ -357,7 +358,6 @@ impl Family {
                 }
             }
         }
-        out.len() > start
     }
 }
 
@@ -448,6 +448,13 @@ impl Iterator for Renderer {
         let mut out = String::with_capacity(self.chunk_bytes.min(1 << 16) + 1024);
         while self.family < FAMILIES.len() && out.len() < self.chunk_bytes {
             let family = FAMILIES[self.family];
+            // Every family says what it is even before its first sample (a dashboard then
+            // shows 0, not "no data").
+            if !self.header_written {
+                let (name, kind, help) = family.header();
+                let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+                self.header_written = true;
+            }
             let Some(e) = self.entries.get(self.pos) else {
                 self.family += 1;
                 self.pos = 0;
@@ -455,17 +462,7 @@ impl Iterator for Renderer {
                 continue;
             };
             self.pos += 1;
-            let mark = out.len();
-            if !self.header_written {
-                let (name, kind, help) = family.header();
-                let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-            }
-            let header_end = out.len();
-            if family.write(&mut out, e) {
-                self.header_written = true;
-            } else if header_end > mark {
-                out.truncate(mark);
-            }
+            family.write(&mut out, e);
         }
         (!out.is_empty()).then_some(out)
     }

@@ -135,6 +135,12 @@ impl Outcome {
         }
     }
 
+    /// An outcome that counts against its key (the reasons of retries and cooldowns): neither
+    /// a success nor the caller's own fault.
+    pub fn is_failure(self) -> bool {
+        !matches!(self, Outcome::Success | Outcome::ClientError)
+    }
+
     pub fn parse(s: &str) -> Option<Outcome> {
         Outcome::ALL.into_iter().find(|o| o.as_str() == s)
     }

@@ -56,7 +56,10 @@ impl Attempt<'_> {
                     .no_key_available
                     .with_label_values(&[pool_name])
                     .inc();
-                return Step::NoKey(ApiError::no_key(retry_after_s(&u)));
+                let e = ApiError::no_key(retry_after_s(&u), &u.counts);
+                tracing::info!(request_id = %call.request_id, pool = %pool_name, code = e.code,
+                    counts = ?u.counts, "no key selectable");
+                return Step::NoKey(e.retry_after_at_most(call.max_retry_after_s));
             }
             Err(e) => {
                 tracing::error!(request_id = %call.request_id, pool = %pool_name, error = %e, "store select failed");
@@ -80,9 +83,9 @@ impl Attempt<'_> {
                 .inc();
         }
         call.attempts += 1;
-        let remaining = call
-            .deadline
-            .saturating_duration_since(tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        let remaining =
+            (call.deadline.min(call.first_byte_deadline)).saturating_duration_since(now);
         let first_byte =
             Duration::from_millis(call.pool.config.timeouts.first_byte_ms).min(remaining);
         let mut upstream = http::Request::new(http_body_util::Full::new(self.body.clone()));

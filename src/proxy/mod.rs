@@ -8,6 +8,7 @@ pub mod body;
 pub mod circuit;
 pub mod budget;
 pub mod forward;
+mod model_list;
 pub mod models;
 mod outcome;
 mod probe;
@@ -49,6 +50,11 @@ pub(crate) struct Call {
     pub route: Route,
     pub started: Instant,
     pub deadline: tokio::time::Instant,
+    /// Until the response head of some attempt must have arrived (`first_byte_total_ms`): a
+    /// hung upstream fails the request once, not once per attempt.
+    pub first_byte_deadline: tokio::time::Instant,
+    /// The longest `Retry-After` keygate announces (`server.max_retry_after_s`).
+    pub max_retry_after_s: u64,
     /// Upstream attempts made so far (all models).
     pub attempts: u32,
     pub canary_counted: bool,
@@ -106,6 +112,9 @@ async fn prepare_and_run(
     let (parts, body) = req.into_parts();
     let client = auth::authenticate(&gw, &parts.headers).ok_or_else(ApiError::unauthorized)?;
     let pool = auth::choose_pool(&gw, client, &parts.headers)?;
+    if let Some(list) = model_list::allowlist_answer(&parts.method, &path, &pool.config) {
+        return Ok(list);
+    }
     let uri = forward::upstream_uri(&pool.base_url, &path, parts.uri.query())?;
     forward::check_path(&pool.config.paths, &path)?;
     let server = &gw.config.server;
@@ -127,8 +136,16 @@ async fn prepare_and_run(
     let inference = crate::pool::classify::is_inference_path(&path);
     let (method, headers) = (&parts.method, &parts.headers);
     models::check_allowed(method, headers, &bytes, &pool.config.models, inference)?;
-    let route = route::route_for(&parts.headers, &client.name, remote);
+    let who = route::Identity {
+        headers: &parts.headers,
+        client: &client.name,
+        body_user: inspected.user.as_deref(),
+        remote,
+    };
+    let route = route::route_for(&who, pool.config.canary.sticky_by);
     let total = Duration::from_millis(pool.config.timeouts.total_ms);
+    let first_byte = Duration::from_millis(pool.config.timeouts.first_byte_budget_ms());
+    let now = tokio::time::Instant::now();
     let mut call = Call {
         state: state.clone(),
         pool,
@@ -140,7 +157,9 @@ async fn prepare_and_run(
         inference,
         route,
         started: Instant::now(),
-        deadline: tokio::time::Instant::now() + total,
+        deadline: now + total,
+        first_byte_deadline: now + first_byte,
+        max_retry_after_s: server.max_retry_after_s,
         attempts: 0,
         canary_counted: false,
     };
@@ -190,7 +209,8 @@ async fn run_keys(call: &mut Call, body: &Bytes, model: Option<&str>) -> Step {
     let mut failure = Failure::default();
     let mut model_attempts = 0;
     while model_attempts < call.pool.config.max_attempts {
-        if tokio::time::Instant::now() >= call.deadline {
+        let now = tokio::time::Instant::now();
+        if now >= call.deadline || now >= call.first_byte_deadline {
             failure.timed_out = true;
             break;
         }

@@ -72,7 +72,13 @@ impl Failure {
             } else if let Some(e) = self.no_key {
                 e.into_response()
             } else if self.keys_refused {
-                ApiError::no_key(self.retry_after_s).into_response()
+                // This request's own attempts were refused by rate limits, quota or revocation.
+                let e = match self.retry_after_s {
+                    Some(s) => ApiError::keys_cooling(s),
+                    None => ApiError::no_key_usable(),
+                };
+                e.retry_after_at_most(call.max_retry_after_s)
+                    .into_response()
             } else {
                 ApiError::upstream_failed(false, call.attempts).into_response()
             };

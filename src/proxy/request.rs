@@ -117,6 +117,8 @@ async fn drain(body: Body, max: usize, timeout: Duration) {
 pub struct Inspected {
     pub model: Option<String>,
     pub stream: bool,
+    /// The body's `user` field, when a non-empty string.
+    pub user: Option<String>,
     /// The parsed body, kept only when a fallback may rewrite its `model`.
     pub json: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -132,13 +134,23 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     )
 }
 
-/// The two fields of a JSON body the gateway reads.
+/// The fields of a JSON body the gateway reads.
 #[derive(serde::Deserialize)]
 struct Head {
     #[serde(default, deserialize_with = "present")]
     model: Option<serde_json::Value>,
     #[serde(default, deserialize_with = "present")]
     stream: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    user: Option<serde_json::Value>,
+}
+
+/// The body's `user` (OpenAI's end-user identifier) when it is a non-empty string: the canary
+/// identity of a request without `X-User-Id` (src/proxy/route.rs).
+fn end_user(user: Option<&serde_json::Value>) -> Option<String> {
+    user.and_then(serde_json::Value::as_str)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
 }
 
 /// `Some` whenever the field is there, `null` included (plain `Option` maps `null` to `None`).
@@ -195,6 +207,7 @@ pub fn inspect(
             return Ok(Inspected {
                 model,
                 stream,
+                user: end_user(head.user.as_ref()),
                 json,
             });
         }
@@ -225,10 +238,12 @@ pub fn inspect(
         .get("stream")
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);
+    let user = end_user(map.get("user"));
     let json = model.as_deref().filter(|m| keep_json(m)).map(|_| map);
     Ok(Inspected {
         model,
         stream,
+        user,
         json,
     })
 }

@@ -1,9 +1,12 @@
-//! Canary routing (DESIGN section 4) and request ids.
+//! Canary routing and request ids. A request forced by `X-Gray-Group` goes to its group;
+//! otherwise the bucket (0..100) of its identity decides, the identity chosen by the pool's
+//! `canary.sticky_by` (README.md, "Canary routing").
 
 use std::net::SocketAddr;
 
 use axum::http::HeaderMap;
 
+use crate::config::StickyBy;
 use crate::store::Route;
 
 /// FNV-1a (64-bit) of the identity, mod 100: a fixed, seedless function, so every replica and
@@ -25,10 +28,22 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
-/// `X-Gray-Group: treatment|control` forces a group; otherwise the identity's bucket decides
-/// (identity: `X-User-Id`, else the client's name, else the remote address).
-pub fn route_for(headers: &HeaderMap, client: &str, remote: Option<SocketAddr>) -> Route {
-    match header(headers, "x-gray-group")
+/// Who sent a request, as far as canary routing cares.
+pub struct Identity<'a> {
+    pub headers: &'a HeaderMap,
+    /// The client token's name.
+    pub client: &'a str,
+    /// The JSON body's `user` field.
+    pub body_user: Option<&'a str>,
+    pub remote: Option<SocketAddr>,
+}
+
+/// `X-Gray-Group: treatment|control` forces a group; otherwise the bucket of the identity
+/// `sticky` names: `user`: `X-User-Id`, else the body's `user`, else a draw per request (so an
+/// application with one token splits by percent); `client`: `X-User-Id`, else the client's name,
+/// else the remote address; `random`: a draw per request.
+pub fn route_for(who: &Identity<'_>, sticky: StickyBy) -> Route {
+    match header(who.headers, "x-gray-group")
         .map(str::to_ascii_lowercase)
         .as_deref()
     {
@@ -36,14 +51,22 @@ pub fn route_for(headers: &HeaderMap, client: &str, remote: Option<SocketAddr>) 
         Some("control") => return Route::Stable,
         _ => {}
     }
-    if let Some(user) = header(headers, "x-user-id") {
-        return Route::Bucket(bucket(user));
+    let user_id = header(who.headers, "x-user-id");
+    let body_user = who.body_user.filter(|u| !u.is_empty());
+    let remote = || who.remote.map(|r| r.ip().to_string()).unwrap_or_default();
+    let identity: Option<String> = match sticky {
+        StickyBy::Random => None,
+        StickyBy::User => user_id.or(body_user).map(str::to_string),
+        StickyBy::Client => Some(match user_id {
+            Some(user) => user.to_string(),
+            None if !who.client.is_empty() => who.client.to_string(),
+            None => remote(),
+        }),
+    };
+    match identity {
+        Some(id) => Route::Bucket(bucket(&id)),
+        None => Route::Bucket((rand::random::<u32>() % 100) as u8),
     }
-    if !client.is_empty() {
-        return Route::Bucket(bucket(client));
-    }
-    let ip = remote.map(|r| r.ip().to_string()).unwrap_or_default();
-    Route::Bucket(bucket(&ip))
 }
 
 /// The caller's `X-Request-Id` when it is short and plain, else a fresh UUID.
@@ -74,20 +97,46 @@ mod tests {
         assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
     }
 
+    fn route(h: &HeaderMap, body_user: Option<&str>, sticky: StickyBy) -> Route {
+        let who = Identity {
+            headers: h,
+            client: "bot",
+            body_user,
+            remote: None,
+        };
+        route_for(&who, sticky)
+    }
+
     #[test]
     fn headers_force_groups_and_pick_identities() {
         let mut h = HeaderMap::new();
         h.insert("x-gray-group", "Treatment".parse().unwrap());
-        assert_eq!(route_for(&h, "c", None), Route::Canary);
+        assert_eq!(route(&h, None, StickyBy::Random), Route::Canary);
         h.insert("x-gray-group", "control".parse().unwrap());
-        assert_eq!(route_for(&h, "c", None), Route::Stable);
+        assert_eq!(route(&h, None, StickyBy::User), Route::Stable);
         let mut h = HeaderMap::new();
         h.insert("x-user-id", "alice".parse().unwrap());
-        assert_eq!(route_for(&h, "c", None), Route::Bucket(bucket("alice")));
-        assert_eq!(
-            route_for(&HeaderMap::new(), "bot", None),
-            Route::Bucket(bucket("bot"))
-        );
+        for sticky in [StickyBy::User, StickyBy::Client] {
+            let got = route(&h, Some("bob"), sticky);
+            assert_eq!(got, Route::Bucket(bucket("alice")));
+        }
+        let none = HeaderMap::new();
+        let by_user = route(&none, Some("bob"), StickyBy::User);
+        assert_eq!(by_user, Route::Bucket(bucket("bob")));
+        let by_client = route(&none, Some("bob"), StickyBy::Client);
+        assert_eq!(by_client, Route::Bucket(bucket("bot")));
+    }
+
+    #[test]
+    fn without_an_identity_each_request_draws_its_bucket() {
+        let none = HeaderMap::new();
+        let buckets: std::collections::HashSet<u8> = (0..200)
+            .filter_map(|_| match route(&none, None, StickyBy::User) {
+                Route::Bucket(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        assert!(buckets.len() > 20, "{buckets:?}");
     }
 
     #[test]

@@ -83,10 +83,13 @@ fn assert_clean(r: &KeyRecord, served: u64) {
     assert_eq!(r.cooldown_until_ms, 0, "{r:?}");
 }
 
+/// Timeouts per attempt (`first_byte_total_ms = total_ms`: every attempt may wait its own
+/// `first_byte_ms`, so a slow key fails over to the next) and the breaker threshold.
 fn pool_extra(first_byte_ms: u64, total_ms: u64, breaker_errors: u32) -> String {
     let connect_ms = first_byte_ms.min(total_ms);
     format!(
         "[pools.timeouts]\nconnect_ms = {connect_ms}\nfirst_byte_ms = {first_byte_ms}\ntotal_ms = {total_ms}\n\
+         first_byte_total_ms = {total_ms}\n\
          [pools.policy]\nbreaker_errors = {breaker_errors}\n"
     )
 }

@@ -21,6 +21,7 @@ mod fuzz;
 #[allow(dead_code)] // helpers serve many test modules; not every one uses each
 mod harness;
 mod harness_processes;
+mod honest;
 mod hostile;
 mod observability;
 mod proxy;

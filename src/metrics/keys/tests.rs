@@ -81,12 +81,10 @@ fn chunked_rendering_equals_one_piece_and_keeps_families_together() {
     assert!(chunks.len() > 10, "{} chunks", chunks.len());
     assert!(chunks.iter().all(|c| c.len() < 4096 + 2048));
     assert_eq!(chunks.concat(), whole);
-    // Each family's header appears once, before all of its samples.
+    // Each family's header appears once, before all of its samples (with or without any).
     for (name, _, _) in FAMILIES.map(Family::header) {
         let headers = whole.matches(&format!("# TYPE {name} ")).count();
-        let expect =
-            usize::from(name != "keygate_tokens_total" && name != "keygate_cooldowns_total");
-        assert_eq!(headers, expect, "{name}");
+        assert_eq!(headers, 1, "{name}");
     }
     let state_lines: Vec<&str> = whole
         .lines()
@@ -107,8 +105,8 @@ fn hidden_gauges_are_not_rendered_but_counters_stay() {
     s.set_gauges(KeyState::Active, 0, 1);
     s.hide_gauges();
     let text = render(&t, 1 << 20).concat();
-    assert!(!text.contains("keygate_key_state"), "{text}");
-    assert!(!text.contains("keygate_key_weight"), "{text}");
+    assert!(!text.contains("keygate_key_state{"), "{text}");
+    assert!(!text.contains("keygate_key_weight{"), "{text}");
     assert!(text.contains(
         "keygate_requests_total{pool=\"p\",key=\"gone\",group=\"stable\",outcome=\"rate_limited\"} 1\n"
     ));
@@ -138,6 +136,27 @@ fn retain_gauges_hides_only_the_refused_keys() {
 }
 
 #[test]
-fn an_empty_table_renders_nothing() {
-    assert!(render(&KeyTable::default(), 1024).is_empty());
+fn an_empty_table_renders_every_family_header_and_no_sample() {
+    let text = render(&KeyTable::default(), 1024).concat();
+    for (name, kind, _) in FAMILIES.map(Family::header) {
+        assert!(text.contains(&format!("# HELP {name} ")), "{text}");
+        assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{text}");
+    }
+    assert!(text.lines().all(|l| l.starts_with('#')), "{text}");
+}
+
+#[test]
+fn a_key_exports_every_cooldown_reason_at_zero_before_its_first() {
+    let t = KeyTable::default();
+    t.get("p", "k1").count_cooldown(Outcome::Timeout);
+    let text = render(&t, 1 << 20).concat();
+    for o in Outcome::ALL.into_iter().filter(|o| o.is_failure()) {
+        let n = if o == Outcome::Timeout { 1 } else { 0 };
+        let line = format!(
+            "keygate_cooldowns_total{{pool=\"p\",key=\"k1\",reason=\"{}\"}} {n}\n",
+            o.as_str()
+        );
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+    assert!(!text.contains("reason=\"success\""), "{text}");
 }

@@ -190,6 +190,15 @@ impl KeygateProcess {
     /// Writes `config` to a temp dir and serves it. The listen address comes from
     /// `KEYGATE_SERVER__LISTEN` (whatever `config` says), secrets from `env`.
     pub async fn start(config: &str, env: &[(&str, &str)]) -> KeygateProcess {
+        KeygateProcess::start_with_args(config, env, &[]).await
+    }
+
+    /// [`KeygateProcess::start`] with more `serve` arguments (e.g. `--mock-upstream ADDR`).
+    pub async fn start_with_args(
+        config: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> KeygateProcess {
         let (addr, proc) = start_on_free_port("keygate", "/healthz", None, |addr, dir| {
             let file = dir.join("keygate.toml");
             std::fs::write(&file, config).expect("write config");
@@ -197,6 +206,7 @@ impl KeygateProcess {
             cmd.arg("serve")
                 .arg("--config")
                 .arg(&file)
+                .args(args)
                 .env("KEYGATE_SERVER__LISTEN", addr.to_string())
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
