@@ -252,6 +252,7 @@ fn select_req() -> SelectRequest<'static> {
         exclude: &[],
         rand: random_draw(),
         now_ms: None,
+        tokens: 0,
     }
 }
 
@@ -443,8 +444,10 @@ fn spec(name: &str, n: usize) -> PoolSpec {
                 id: KeyId::new(&format!("k{i:05}")).expect("valid key id"),
                 weight: (i % 10) as u32 + 1,
                 group: "stable".into(),
+                limits: Default::default(),
             })
             .collect(),
+        budget: Default::default(),
     }
 }
 

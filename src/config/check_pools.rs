@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use super::check::{required_id, FirstSeen, ID_RULE};
 use super::decode::{Ctx, RawCanary, RawKey, RawPool};
-use super::{CanaryConfig, KeyConfig, Policy, PoolConfig, Secret, Timeouts, STABLE_GROUP};
+use super::limits::{check_pool_limits, check_token_room, RawKeyLimits};
+use super::{
+    CanaryConfig, KeyConfig, Limits, Policy, PoolConfig, PoolLimits, Secret, Timeouts, STABLE_GROUP,
+};
 use crate::pool::is_valid_id;
 
 pub(super) const BASE_URL_RULE: &str =
@@ -81,7 +84,10 @@ fn check_pool(
     let canary = (ctx.decode::<RawCanary>(toml::Value::Table(raw.canary), &canary_path))
         .and_then(|raw| check_canary(raw, &canary_path, ctx));
     let canary_group = canary.as_ref().map(|c| c.group.as_str());
-    let keys = check_keys(raw.keys, path, canary_group, env, base_dir, ctx);
+    let limits_path = format!("{path}.limits");
+    let limits = check_pool_limits(raw.limits, &limits_path, ctx);
+    check_token_room(&limits.keys, &limits, &limits_path, ctx);
+    let keys = check_keys(raw.keys, path, canary_group, &limits, env, base_dir, ctx);
     Some(PoolConfig {
         name: name?,
         base_url: base_url?,
@@ -92,6 +98,7 @@ fn check_pool(
         timeouts: timeouts?,
         canary: canary?,
         keys,
+        limits,
     })
 }
 
@@ -208,6 +215,7 @@ fn check_keys(
     tables: Vec<toml::Table>,
     pool_path: &str,
     canary_group: Option<&str>,
+    pool_limits: &PoolLimits,
     env: &dyn Fn(&str) -> Option<String>,
     base_dir: &Path,
     ctx: &mut Ctx,
@@ -233,6 +241,7 @@ fn check_keys(
         }
         let group = check_key_group(raw.group.clone(), &path, canary_group, ctx);
         let secret = resolve_secret(&raw, &path, env, base_dir, ctx);
+        let limits = check_key_limits(raw.limits.clone(), &path, pool_limits, ctx);
         if let (Some(id), Some(weight), Some(group), Some((secret, secret_file))) =
             (id, weight, group, secret)
         {
@@ -244,10 +253,30 @@ fn check_keys(
                 secret_file,
                 weight,
                 group,
+                limits,
             });
         }
     }
     keys
+}
+
+/// The key's own `limits = {...}`; the budgets it ends up with must hold one reservation.
+fn check_key_limits(
+    table: Option<toml::Table>,
+    key_path: &str,
+    pool: &PoolLimits,
+    ctx: &mut Ctx,
+) -> Limits {
+    let Some(table) = table else {
+        return Limits::default();
+    };
+    let path = format!("{key_path}.limits");
+    let Some(raw) = ctx.decode::<RawKeyLimits>(toml::Value::Table(table), &path) else {
+        return Limits::default();
+    };
+    let limits = raw.check(&path, ctx);
+    check_token_room(&limits, pool, &path, ctx);
+    limits
 }
 
 /// The key's group: `stable` unless given; given, it must be `stable` or the canary group

@@ -306,6 +306,8 @@ pub(super) struct RawPool {
     #[serde(default)]
     pub(super) canary: toml::Table,
     #[serde(default)]
+    pub(super) limits: toml::Table,
+    #[serde(default)]
     pub(super) keys: Vec<toml::Table>,
 }
 
@@ -343,6 +345,7 @@ pub(super) struct RawKey {
     #[serde(default = "default_weight")]
     pub(super) weight: i64,
     pub(super) group: Option<String>,
+    pub(super) limits: Option<toml::Table>,
 }
 
 fn default_weight() -> i64 {

@@ -44,6 +44,7 @@ mod check;
 mod check_pools;
 mod decode;
 mod env;
+mod limits;
 mod secret;
 #[cfg(test)]
 mod tests;
@@ -59,6 +60,7 @@ use check::{check_clients, check_server, check_store, resolve_admin};
 use check_pools::check_pools;
 use decode::{split_sections, syntax_error, Ctx, RawAdmin};
 use env::{apply_env_overrides, stray_overrides};
+pub use limits::{Limits, PoolLimits};
 pub use secret::{hash_token, redact_url, Secret};
 
 /// The group every key belongs to unless it names the pool's canary group.
@@ -217,6 +219,8 @@ pub struct PoolConfig {
     pub timeouts: Timeouts,
     pub canary: CanaryConfig,
     pub keys: Vec<KeyConfig>,
+    /// `[pools.limits]`: per-key budgets (README "Budgets").
+    pub limits: PoolLimits,
 }
 
 /// `[pools.policy]`: how the key state machine of DESIGN section 2 reacts to outcomes.
@@ -303,6 +307,8 @@ pub struct KeyConfig {
     pub weight: u32,
     /// `stable` or the pool's canary group.
     pub group: String,
+    /// The key's own budgets (`limits = {...}`), overriding the pool's field by field.
+    pub limits: Limits,
 }
 
 impl Config {

@@ -44,6 +44,7 @@ impl Attempt<'_> {
             exclude: self.tried,
             rand: random_draw(),
             now_ms: None,
+            tokens: 0,
         };
         let chosen = match call.state.store.select(pool_name, &req).await {
             Ok(Selection::Key(c)) => c,

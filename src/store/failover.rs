@@ -41,7 +41,7 @@ use super::memory::MemoryStore;
 use super::redis::RedisStore;
 use super::{
     AdminState, BatchReceipt, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt,
-    SelectRequest, Selection, StoreError, SuccessBatch, SyncReceipt,
+    SelectRequest, Selection, Settlement, StoreError, SuccessBatch, SyncReceipt,
 };
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
@@ -330,6 +330,14 @@ impl KeyStore for FailoverStore {
             return r;
         }
         s.memory_for(pool).report_successes(pool, batch).await
+    }
+
+    async fn settle(&self, pool: &str, st: &Settlement<'_>) -> Result<(), StoreError> {
+        let s = &self.shared;
+        if let Some(r) = s.on_redis("settle", s.redis.settle(pool, st)).await {
+            return r;
+        }
+        s.memory_for(pool).settle(pool, st).await
     }
 
     async fn set_state(

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{
     AdminState, BatchReceipt, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt,
-    SelectRequest, Selection, StoreError, SuccessBatch, SyncReceipt,
+    SelectRequest, Selection, Settlement, StoreError, SuccessBatch, SyncReceipt,
 };
 use crate::metrics::Metrics;
 use crate::pool::{KeyId, KeyState};
@@ -61,6 +61,10 @@ impl KeyStore for InstrumentedStore {
     ) -> Result<BatchReceipt, StoreError> {
         self.timed("report_batch", self.inner.report_successes(pool, batch))
             .await
+    }
+
+    async fn settle(&self, pool: &str, s: &Settlement<'_>) -> Result<(), StoreError> {
+        self.timed("settle", self.inner.settle(pool, s)).await
     }
 
     async fn set_state(

@@ -9,10 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+use super::budget::KeyBudget;
 use super::tree::WeightClasses;
 use super::{
     AdminState, BatchReceipt, Chosen, KeyRecord, KeyStore, PoolSnapshot, PoolSpec, Report,
-    ReportReceipt, Route, SelectRequest, Selection, StateCounts, StoreError, StorePolicy,
+    ReportReceipt, Route, SelectRequest, Selection, Settlement, StateCounts, StoreError, StorePolicy,
     SuccessBatch, SyncReceipt, Unavailable,
 };
 use crate::pool::{KeyId, KeyState};
@@ -37,6 +38,8 @@ pub(crate) struct KeyRow {
     pub cfg_group: String,
     /// When the last failure was reported (`failed_at_ms`; see `lua/report_batch.lua`).
     pub failed_at_ms: u64,
+    /// The key's budget (README "Budgets"): limits, schedules and in-flight leases.
+    pub budget: KeyBudget,
 }
 
 /// One pool: the meta hash plus the indexes of `lua/lib.lua`.
@@ -62,6 +65,18 @@ pub(crate) struct PoolState {
     pub probes: BTreeMap<String, BTreeSet<(u64, String)>>,
     /// id -> its lease in `probes`.
     pub probe_at: HashMap<String, u64>,
+    /// The budget settings of the meta hash (`budgets max_wait_ms lease_ms mrt lease_seq`).
+    pub budgets: BudgetMeta,
+}
+
+/// The pool-wide budget fields of the meta hash.
+#[derive(Debug, Default)]
+pub(crate) struct BudgetMeta {
+    pub on: bool,
+    pub max_wait_ms: u64,
+    pub lease_ms: u64,
+    pub max_request_tokens: u64,
+    pub lease_seq: u64,
 }
 
 /// The embedded store.
@@ -193,7 +208,7 @@ impl PoolState {
             .map(str::to_string)
     }
 
-    fn try_group(
+    pub(super) fn try_group(
         &mut self,
         group: &str,
         req: &SelectRequest<'_>,
@@ -219,20 +234,31 @@ impl PoolState {
             "stable".to_string()
         };
         let mut found = self
-            .try_group(&primary, req, now)
-            .map(|(id, p)| (id, p, primary.clone(), false));
-        if found.is_none() && primary != "stable" && self.canary_fallback {
+            .try_budgeted(&primary, req, now)
+            .map(|(id, p, lease)| (id, primary.clone(), p, 0, lease));
+        let may_fall_back = primary != "stable" && self.canary_fallback;
+        if found.is_none() && may_fall_back {
             found = self
-                .try_group("stable", req, now)
-                .map(|(id, p)| (id, p, "stable".to_string(), true));
+                .try_budgeted("stable", req, now)
+                .map(|(id, p, lease)| (id, "stable".to_string(), p, 0, lease));
         }
-        if let Some((id, probe, group, fallback)) = found {
+        if found.is_none() {
+            let groups: &[&str] = if may_fall_back {
+                &[primary.as_str(), "stable"]
+            } else {
+                &[primary.as_str()]
+            };
+            found = self.try_wait(groups, req, now);
+        }
+        if let Some((id, group, probe, wait_ms, lease)) = found {
             if let Some(key) = KeyId::new(&id) {
                 return Selection::Key(Chosen {
                     key,
+                    fallback: group != primary,
                     group,
-                    fallback,
                     probe,
+                    wait_ms,
+                    lease,
                 });
             }
         }
@@ -298,6 +324,14 @@ impl KeyStore for MemoryStore {
     ) -> Result<BatchReceipt, StoreError> {
         let now = batch.now_ms.unwrap_or_else(system_now_ms);
         self.with_pool(pool, |p| Ok(p.report_successes(batch.keys, now)))
+    }
+
+    async fn settle(&self, pool: &str, s: &Settlement<'_>) -> Result<(), StoreError> {
+        let now = s.now_ms.unwrap_or_else(system_now_ms);
+        self.with_pool(pool, |p| {
+            p.settle(s, now);
+            Ok(())
+        })
     }
 
     async fn set_state(

@@ -7,16 +7,20 @@
 //! - `tree.rs`: weight classes and the rejection sampler that make selection cost the same
 //!   handful of Redis calls at any pool size.
 //! - `spec.rs`: what a pool looks like to the store, derived from config.
+//! - `budget.rs`: per-key budgets (README "Budgets"), the arithmetic both stores share;
+//!   `memory_budget.rs` applies it in the memory store as `lua/lib.lua` does in Redis.
 //! - `failover.rs`: degraded mode, Redis with the memory store standing in while Redis is
 //!   unreachable, and the write-back of what memory learned when it returns.
 //! - `connection.rs`, `sentinel.rs`, `cluster.rs`: how the Redis store reaches one server, a
 //!   Sentinel-managed master, or a Cluster.
 
+pub mod budget;
 mod cluster;
 mod connection;
 pub mod failover;
 pub mod instrumented;
 pub mod memory;
+mod memory_budget;
 pub mod redis;
 mod scripts;
 mod sentinel;
@@ -53,6 +57,9 @@ pub struct SelectRequest<'a> {
     pub rand: u64,
     /// A virtual clock for tests; `None` uses the store's clock (Redis `TIME`).
     pub now_ms: Option<u64>,
+    /// The tokens this request reserves on a key with a token budget (capped at the pool's
+    /// `max_request_tokens`); ignored in a pool without budgets.
+    pub tokens: u64,
 }
 
 /// A uniform draw in `[0, 2^53)` for [`SelectRequest::rand`].
@@ -74,6 +81,10 @@ pub struct Chosen {
     pub fallback: bool,
     /// This attempt is the key's half-open probe; pass it back in [`Report::probe`].
     pub probe: bool,
+    /// A reserved future slot: send not before this many ms from now (0: at once).
+    pub wait_ms: u64,
+    /// The in-flight lease to end with [`KeyStore::settle`] (0: the key limits no concurrency).
+    pub lease: u64,
 }
 
 /// No key is selectable now.
@@ -152,6 +163,26 @@ pub struct KeySuccesses {
 #[derive(Clone, Debug)]
 pub struct SuccessBatch<'a> {
     pub keys: &'a [KeySuccesses],
+    pub now_ms: Option<u64>,
+}
+
+/// One request on a budgeted key that ended: its lease is freed, its token reservation
+/// replaced by real usage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseEnd {
+    pub key: KeyId,
+    /// 0: the request held no lease.
+    pub lease: u64,
+    /// Real tokens minus reserved tokens.
+    pub tokens_delta: i64,
+}
+
+/// Ended requests and live leases of one pool, applied in one atomic step.
+#[derive(Clone, Debug)]
+pub struct Settlement<'a> {
+    pub ended: &'a [LeaseEnd],
+    /// (key, lease) of requests still in flight: their leases live another `lease_ms`.
+    pub renew: &'a [(KeyId, u64)],
     pub now_ms: Option<u64>,
 }
 
@@ -261,6 +292,8 @@ pub trait KeyStore: Send + Sync {
         pool: &str,
         batch: &SuccessBatch<'_>,
     ) -> Result<BatchReceipt, StoreError>;
+    /// Ends requests on budgeted keys and renews live leases (README "Budgets").
+    async fn settle(&self, pool: &str, s: &Settlement<'_>) -> Result<(), StoreError>;
     async fn set_state(
         &self,
         pool: &str,

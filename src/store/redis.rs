@@ -31,7 +31,7 @@ use super::connection::{Conn, Endpoint, Timeouts};
 use super::scripts::Scripts;
 use super::{
     AdminState, BatchReceipt, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, Route,
-    SelectRequest, Selection, StoreError, SuccessBatch, SyncReceipt,
+    SelectRequest, Selection, Settlement, StoreError, SuccessBatch, SyncReceipt,
 };
 use crate::pool::{KeyId, KeyState};
 use coalesce::Coalescer;
@@ -171,11 +171,12 @@ impl KeyStore for RedisStore {
             Route::Stable => ("stable", 0),
         };
         let now = now_arg(req.now_ms);
-        let mut args = Vec::with_capacity(4 + req.exclude.len());
+        let mut args = Vec::with_capacity(5 + req.exclude.len());
         args.extend([
             req.rand.to_string(),
             route.to_string(),
             bucket.to_string(),
+            req.tokens.to_string(),
             req.exclude.len().to_string(),
         ]);
         args.extend(req.exclude.iter().map(|k| k.as_str().to_string()));
@@ -246,6 +247,28 @@ impl KeyStore for RedisStore {
                 held: num(&w, 2)?,
                 now_ms: num(&w, 3)?,
             }),
+            _ => Err(StoreError::Script(format!("unexpected reply {w:?}"))),
+        }
+    }
+
+    async fn settle(&self, pool: &str, s: &Settlement<'_>) -> Result<(), StoreError> {
+        let mut args = vec![now_arg(s.now_ms), s.ended.len().to_string()];
+        for e in s.ended {
+            args.extend([
+                e.key.to_string(),
+                e.lease.to_string(),
+                e.tokens_delta.to_string(),
+            ]);
+        }
+        for (key, lease) in s.renew {
+            args.extend([key.to_string(), lease.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let w = self
+            .eval_pool(&self.core.scripts.settle, pool, &args)
+            .await?;
+        match w.first().map(String::as_str) {
+            Some("ok") => Ok(()),
             _ => Err(StoreError::Script(format!("unexpected reply {w:?}"))),
         }
     }

@@ -18,6 +18,7 @@ pub(crate) struct Scripts {
     pub set_group: Script,
     pub set_canary: Script,
     pub reset: Script,
+    pub settle: Script,
     pub snapshot: Script,
     pub sync: Script,
 }
@@ -33,12 +34,13 @@ impl Scripts {
             set_group: build(include_str!("../../lua/set_group.lua")),
             set_canary: build(include_str!("../../lua/set_canary.lua")),
             reset: build(include_str!("../../lua/reset.lua")),
+            settle: build(include_str!("../../lua/settle.lua")),
             snapshot: build(include_str!("../../lua/snapshot.lua")),
             sync: build(include_str!("../../lua/sync.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 10] {
+    pub fn all(&self) -> [&Script; 11] {
         [
             &self.select,
             &self.report,
@@ -48,6 +50,7 @@ impl Scripts {
             &self.set_group,
             &self.set_canary,
             &self.reset,
+            &self.settle,
             &self.snapshot,
             &self.sync,
         ]

@@ -21,11 +21,11 @@ fn unknown_key(id: &str) -> StoreError {
 }
 
 impl PoolState {
-    fn row(&self, id: &str) -> Result<KeyRow, StoreError> {
+    pub(super) fn row(&self, id: &str) -> Result<KeyRow, StoreError> {
         self.keys.get(id).cloned().ok_or_else(|| unknown_key(id))
     }
 
-    fn put(&mut self, id: &str, row: KeyRow) {
+    pub(super) fn put(&mut self, id: &str, row: KeyRow) {
         self.keys.insert(id.to_string(), row);
     }
 
@@ -57,7 +57,7 @@ impl PoolState {
     }
 
     /// `set_status` of lib.lua: class sets, probe sets, the due index and counters follow the status.
-    fn set_status(
+    pub(super) fn set_status(
         &mut self,
         id: &str,
         k: &mut KeyRow,
@@ -343,6 +343,7 @@ impl PoolState {
             cfg_weight: w,
             cfg_group: g.to_string(),
             failed_at_ms: 0,
+            budget: Default::default(),
         };
         self.put(id, row);
     }
@@ -400,6 +401,7 @@ impl PoolState {
             }
             self.put(&id, k);
         }
+        self.sync_budgets(spec);
         self.config_hash = hash;
         self.ver += 1;
         SyncReceipt::Synced {

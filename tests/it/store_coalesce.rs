@@ -73,6 +73,7 @@ fn select_req(r: &(Route, Vec<KeyId>, u64), now: u64) -> SelectRequest<'_> {
         exclude: &r.1,
         rand: r.2,
         now_ms: Some(now),
+        tokens: 0,
     }
 }
 

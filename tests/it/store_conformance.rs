@@ -18,6 +18,7 @@ fn req(rand: u64, route: Route, exclude: &[KeyId], now: u64) -> SelectRequest<'_
         exclude,
         rand,
         now_ms: Some(now),
+        tokens: 0,
     }
 }
 

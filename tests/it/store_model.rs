@@ -110,6 +110,7 @@ async fn apply(s: &dyn KeyStore, pool: &str, op: &Op, now: &mut u64) -> String {
                 exclude: &ex,
                 rand: *rand,
                 now_ms: Some(*now),
+                tokens: 0,
             };
             format!("{:?}", s.select(pool, &req).await.unwrap())
         }
@@ -232,6 +233,7 @@ async fn chi_square(s: &dyn KeyStore, weights: &[u32], draws: usize) -> f64 {
             exclude: &[],
             rand: rng.gen::<u64>() >> 11,
             now_ms: Some(1),
+            tokens: 0,
         };
         match s.select("chi", &req).await.unwrap() {
             Selection::Key(c) => {
@@ -287,6 +289,7 @@ async fn concurrent_updates_are_never_lost(store: Arc<dyn KeyStore>) {
                     exclude: &[],
                     rand: t * 1000 + i,
                     now_ms: None,
+                    tokens: 0,
                 };
                 assert!(matches!(
                     store.select("p", &req).await.unwrap(),

@@ -17,6 +17,7 @@ async fn selectable(s: &dyn KeyStore, pool: &str) -> Vec<String> {
             exclude: &[],
             rand: i * ((1u64 << 53) / 48),
             now_ms: None,
+            tokens: 0,
         };
         if let Selection::Key(c) = s.select(pool, &req).await.unwrap() {
             if !seen.contains(&c.key.to_string()) {
@@ -141,6 +142,7 @@ async fn a_pool_lost_to_flushall_or_a_restart_is_recreated_without_failing_the_c
             exclude: &[],
             rand: 1,
             now_ms: None,
+            tokens: 0,
         };
         if let Ok(Selection::Key(_)) = store.select("p", &req).await {
             ok = true;
@@ -201,6 +203,7 @@ async fn requests_that_find_their_pool_lost_at_once_recreate_it_with_one_sync() 
                 exclude: &[],
                 rand: i,
                 now_ms: None,
+                tokens: 0,
             };
             store.select("p", &req).await
         }

@@ -224,6 +224,7 @@ async fn select_once(store: &FailoverStore) {
         exclude: &[],
         rand: 1,
         now_ms: None,
+        tokens: 0,
     };
     store.select("p", &req).await.unwrap();
 }

@@ -166,6 +166,7 @@ async fn every_operation(store: &RedisStore, pool: &str) {
         exclude: &[],
         rand: 7,
         now_ms: None,
+        tokens: 0,
     };
     assert!(matches!(
         store.select(pool, &req).await.unwrap(),
@@ -255,6 +256,7 @@ async fn on_a_three_master_cluster_pools_spread_over_slots_and_every_operation_r
         exclude: &[],
         rand: 1,
         now_ms: None,
+        tokens: 0,
     };
     for p in &pools {
         assert!(matches!(

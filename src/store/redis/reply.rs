@@ -54,6 +54,8 @@ pub(super) fn parse_selection(w: &[String]) -> Result<Selection, StoreError> {
             group: w.get(2).cloned().unwrap_or_default(),
             fallback: w.get(3).map(String::as_str) == Some("1"),
             probe: w.get(4).map(String::as_str) == Some("1"),
+            wait_ms: w.get(5).and_then(|s| s.parse().ok()).unwrap_or(0),
+            lease: w.get(6).and_then(|s| s.parse().ok()).unwrap_or(0),
         })),
         Some("none") => {
             let earliest: i64 = num(w, 1)?;
