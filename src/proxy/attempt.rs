@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 
 use super::body::{Ending, ObservedBody, UpstreamResponse};
+use super::budget::BudgetTicket;
 use super::outcome::{keygate_headers, Failure, Step};
 use super::report::{report_in_background, report_success, Reported};
 use super::{forward, Call};
@@ -44,7 +45,7 @@ impl Attempt<'_> {
             exclude: self.tried,
             rand: random_draw(),
             now_ms: None,
-            tokens: 0,
+            tokens: call.tokens,
         };
         let chosen = match call.state.store.select(pool_name, &req).await {
             Ok(Selection::Key(c)) => c,
@@ -61,6 +62,14 @@ impl Attempt<'_> {
                 return Step::NoKey(ApiError::store_unavailable());
             }
         };
+        // Ends the request's lease and settles its tokens when dropped (on every path).
+        let mut ticket = BudgetTicket::new(&call.state, pool_name, &chosen, call.tokens);
+        if chosen.wait_ms > 0 {
+            // A reserved future slot: the key's budget has room from then on.
+            let wait = Duration::from_millis(chosen.wait_ms);
+            let until = (tokio::time::Instant::now() + wait).min(call.deadline);
+            tokio::time::sleep_until(until).await;
+        }
         let Some(auth) = call.pool.auth.get(&chosen.key).map(|a| a.header.clone()) else {
             // Another replica's newer config added this key; this replica has no secret for it.
             return Step::Failed(Failure {
@@ -103,7 +112,7 @@ impl Attempt<'_> {
                 failed(call, chosen, outcome, 0, None, started).await
             }
             Ok(Ok(resp)) if resp.status().is_success() => {
-                succeeded(call, chosen, resp, started, self.model)
+                succeeded(call, chosen, resp, started, self.model, ticket.take())
             }
             Ok(Ok(resp)) => answered_error(call, chosen, resp, started).await,
         }
@@ -116,6 +125,7 @@ fn succeeded(
     resp: UpstreamResponse,
     started: Instant,
     model: Option<&str>,
+    ticket: Option<BudgetTicket>,
 ) -> Step {
     let pool = call.pool.config.name.clone();
     let verdict = classify(resp.status(), resp.headers(), None, SystemTime::now());
@@ -151,6 +161,7 @@ fn succeeded(
         chosen,
         model.map(|m| m.chars().take(64).collect()),
         reported,
+        ticket,
     );
     let body = ObservedBody::new(resp, call.deadline, on_end);
     let mut out = Response::new(Body::from_stream(body));
@@ -166,9 +177,14 @@ fn stream_end(
     chosen: Chosen,
     model: Option<String>,
     success_report: Reported,
+    mut ticket: Option<BudgetTicket>,
 ) -> super::body::OnEnd {
     Box::new(
         move |ending: Ending, usage: Option<Usage>, answered: Option<String>| {
+            if let (Some(t), Some(u)) = (ticket.as_mut(), &usage) {
+                t.set_usage(u.total_tokens.max(u.prompt_tokens + u.completion_tokens));
+            }
+            drop(ticket);
             if let Some(u) = usage {
                 // The requested model (allowlisted when the pool has a list), else the one the
                 // upstream named; bounded in length either way.

@@ -5,6 +5,7 @@
 mod attempt;
 pub mod auth;
 pub mod body;
+pub mod budget;
 pub mod forward;
 mod outcome;
 mod report;
@@ -43,6 +44,8 @@ pub(crate) struct Call {
     /// Upstream attempts made so far (all models).
     pub attempts: u32,
     pub canary_counted: bool,
+    /// The tokens each attempt reserves on a key with a token budget (0: the pool has none).
+    pub tokens: u64,
 }
 
 /// `ANY /v1/{*path}`. The path is taken from the request as sent, still percent-encoded, not
@@ -122,6 +125,10 @@ async fn prepare_and_run(
             ));
         }
     }
+    let tokens = match pool.spec.budget.token_budgets {
+        true => budget::reservation(&bytes, &pool.spec, pool.config.limits.default_completion_tokens)?,
+        false => 0,
+    };
     let route = route::route_for(&parts.headers, &client.name, remote);
     let total = Duration::from_millis(pool.config.timeouts.total_ms);
     let mut call = Call {
@@ -136,6 +143,7 @@ async fn prepare_and_run(
         deadline: tokio::time::Instant::now() + total,
         attempts: 0,
         canary_counted: false,
+        tokens,
     };
     Ok(run_models(&mut call, bytes, inspected).await)
 }

@@ -49,6 +49,8 @@ pub struct BudgetSpec {
     pub max_wait_ms: u64,
     pub lease_ms: u64,
     pub max_request_tokens: u64,
+    /// Some key has a token budget: requests estimate their reservation.
+    pub token_budgets: bool,
 }
 
 impl Default for BudgetSpec {
@@ -57,6 +59,7 @@ impl Default for BudgetSpec {
             max_wait_ms: 0,
             lease_ms: 10_000,
             max_request_tokens: 8192,
+            token_budgets: false,
         }
     }
 }
@@ -117,6 +120,7 @@ impl PoolSpec {
                 max_wait_ms: pool.limits.max_wait_ms,
                 lease_ms: pool.limits.lease_s.saturating_mul(1000),
                 max_request_tokens: pool.limits.max_request_tokens,
+                token_budgets: (pool.keys.iter()).any(|k| k.limits.over(pool.limits.keys).has_tokens()),
             },
         }
     }
