@@ -29,6 +29,7 @@ mod proxy_lifecycle;
 mod reload;
 mod secrets;
 mod store_batch;
+mod store_budgets;
 mod store_coalesce;
 mod store_conformance;
 mod store_failover;
