@@ -15,6 +15,7 @@ macro_rules! conformance {
 }
 
 mod admin;
+mod budget_accuracy;
 mod e2e;
 mod faults;
 mod fuzz;
