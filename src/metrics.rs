@@ -31,6 +31,8 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     pub store_degraded: IntGauge,
     pub canary_requests: IntCounterVec,
+    /// How long requests waited for a key's budget (README "Budgets"), per pool.
+    pub budget_wait: HistogramVec,
 }
 
 fn counter(
@@ -100,6 +102,13 @@ impl Metrics {
                 "keygate_canary_requests_total",
                 "Requests by traffic group; fallback=true when canary traffic went to stable",
                 &["pool", "group", "fallback"],
+            )?,
+            budget_wait: histogram(
+                &r,
+                "keygate_budget_wait_seconds",
+                "How long requests waited for a reserved slot of a key's budget",
+                &["pool"],
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
             )?,
             registry: r,
         })

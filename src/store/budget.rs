@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 /// Rate windows, stretched by 1% (`GUARD`) so the spacing survives a little network and timer
 /// jitter between keygate's clock and the provider's count.
 pub const MINUTE_MS: u64 = 60_600;
@@ -14,10 +16,11 @@ pub const DAY_MS: u64 = 87_264_000;
 
 /// A key's configured limits, 0 meaning none (the key hash fields `b_rpm b_tpm b_conc b_rpd
 /// b_tpd`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyLimits {
     pub rpm: u64,
     pub tpm: u64,
+    #[serde(rename = "max_concurrent")]
     pub conc: u64,
     pub rpd: u64,
     pub tpd: u64,
@@ -40,6 +43,44 @@ pub struct KeyBudget {
     pub tat_td: u64,
     /// lease id -> expiry ms.
     pub inflight: BTreeMap<u64, u64>,
+}
+
+/// A key's budget as snapshots show it (the admin listing, `keygate keys list`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetRecord {
+    pub limits: KeyLimits,
+    /// When the key's next request may start on its request schedules (ms; past: now).
+    pub next_request_ms: u64,
+    /// When its token schedules allow the next reservation (ms; past: now).
+    pub next_tokens_ms: u64,
+    /// Leases in flight (unexpired).
+    pub in_flight: u64,
+}
+
+impl KeyBudget {
+    /// What a snapshot at `now` shows; `None` for a key without limits.
+    pub fn record(&self, now: u64) -> Option<BudgetRecord> {
+        let l = self.limits;
+        if l.is_empty() {
+            return None;
+        }
+        let pick = |pairs: [(u64, u64); 2]| {
+            (pairs.iter().filter(|(lim, _)| *lim > 0))
+                .map(|(_, tat)| *tat)
+                .max()
+                .unwrap_or(0)
+        };
+        Some(BudgetRecord {
+            limits: l,
+            next_request_ms: pick([(l.rpm, self.tat_r), (l.rpd, self.tat_rd)]),
+            next_tokens_ms: pick([(l.tpm, self.tat_t), (l.tpd, self.tat_td)]),
+            in_flight: if l.conc > 0 {
+                self.inflight.values().filter(|e| **e > now).count() as u64
+            } else {
+                0
+            },
+        })
+    }
 }
 
 /// `ceil(a / b)`, 0 when `b` is 0.

@@ -281,13 +281,13 @@ impl PoolState {
             now_ms: now,
             canary_group: self.canary_group.clone(),
             canary_percent: self.canary_percent,
-            keys: self.keys.iter().map(|(id, k)| k.record(id)).collect(),
+            keys: self.keys.iter().map(|(id, k)| k.record(id, now)).collect(),
         }
     }
 }
 
 impl KeyRow {
-    fn record(&self, id: &str) -> KeyRecord {
+    fn record(&self, id: &str, now: u64) -> KeyRecord {
         KeyRecord {
             id: id.to_string(),
             status: self.status,
@@ -301,6 +301,7 @@ impl KeyRow {
             last_used_ms: self.last_used_ms,
             successes: self.successes,
             failures: self.failures,
+            budget: self.budget.record(now),
         }
     }
 }

@@ -230,6 +230,9 @@ pub struct KeyRecord {
     pub last_used_ms: u64,
     pub successes: u64,
     pub failures: u64,
+    /// Its budget (README "Budgets"); absent for a key without limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<budget::BudgetRecord>,
 }
 
 /// Every key of a pool, read at one moment of the store's clock.
