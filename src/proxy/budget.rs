@@ -176,3 +176,41 @@ impl Leases {
         self.tasks.wait().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(max_request_tokens: u64) -> PoolSpec {
+        let mut s = PoolSpec {
+            name: "p".into(),
+            policy: Default::default(),
+            canary_group: "canary".into(),
+            canary_percent: 0,
+            canary_fallback: true,
+            keys: Vec::new(),
+            budget: Default::default(),
+        };
+        s.budget.max_request_tokens = max_request_tokens;
+        s
+    }
+
+    #[test]
+    fn a_reservation_is_the_body_quarter_plus_the_asked_completion() {
+        let body = br#"{"model":"m","max_tokens":100,"messages":[]}"#;
+        let quarter = (body.len() as u64).div_ceil(4);
+        assert_eq!(reservation(body, &spec(1000), 7).unwrap(), quarter + 100);
+        let body = br#"{"max_completion_tokens":50,"max_tokens":100}"#;
+        let quarter = (body.len() as u64).div_ceil(4);
+        assert_eq!(reservation(body, &spec(1000), 7).unwrap(), quarter + 50);
+        assert_eq!(reservation(b"{}", &spec(1000), 7).unwrap(), 1 + 7);
+        assert_eq!(reservation(b"not json", &spec(1000), 7).unwrap(), 2 + 7);
+    }
+
+    #[test]
+    fn a_reservation_above_max_request_tokens_is_refused() {
+        let body = br#"{"max_tokens":5000}"#;
+        let err = reservation(body, &spec(1000), 7).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (400, "request_too_large"));
+    }
+}
