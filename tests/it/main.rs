@@ -26,6 +26,7 @@ mod hostile;
 mod observability;
 mod proxy;
 mod proxy_batch;
+mod proxy_budgets;
 mod proxy_lifecycle;
 mod reload;
 mod secrets;
