@@ -81,6 +81,10 @@ pub async fn build_state(
     let leases = Arc::new(crate::proxy::budget::Leases::default());
     leases.start(store.clone(), renew_every);
     let gateway = Gateway::from_config(config)?;
+    for pool in gateway.pools.values().filter(|p| p.spec.has_budgets()) {
+        // Exported from the start (zero), so dashboards see the family before the first wait.
+        metrics.budget_wait.with_label_values(&[&pool.spec.name]);
+    }
     sync_pools(&*store, &gateway).await;
     Ok(Arc::new(AppState {
         gateway: ArcSwap::from_pointee(gateway),

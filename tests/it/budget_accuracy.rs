@@ -275,11 +275,11 @@ async fn three_replicas_under_saturating_demand_never_exceed_rpm_tpm_or_concurre
     let secs = started.elapsed().as_secs_f64();
     let counts = up.counts.lock().unwrap();
     let get = |k: &str| counts.get(&format!("sk-{k}")).expect("key used");
-    println!("budgets over {secs:.1} s, 3 replicas; clients (ok, keygate 429, other): {clients:?}");
+    println!("FIGURES budgets over {secs:.1} s, 3 replicas; clients (ok, keygate 429, other): {clients:?}");
     for k in ["r1", "r2", "t1", "t2", "c1", "c2"] {
         let c = get(k);
         println!(
-            "key {k}: accepted {} refused {} max requests/60s {} max tokens/60s {} max in flight {}",
+            "FIGURES key {k}: accepted {} refused {} max requests/60s {} max tokens/60s {} max in flight {}",
             c.accepted, c.refused, c.max_requests_60s, c.max_tokens_60s, c.max_inflight
         );
     }
@@ -297,12 +297,12 @@ async fn three_replicas_under_saturating_demand_never_exceed_rpm_tpm_or_concurre
     }
     let delivered = (get("r1").accepted + get("r2").accepted) as f64;
     let capacity = 2.0 * RPM as f64 * secs / 60.0;
-    println!("rpm pool delivered {delivered} of {capacity:.0} ({:.1}%)", 100.0 * delivered / capacity);
+    println!("FIGURES rpm pool delivered {delivered} of {capacity:.0} ({:.1}%)", 100.0 * delivered / capacity);
     assert!(delivered >= 0.95 * capacity, "rpm pool delivered {delivered} of {capacity:.0}");
     let tokens: u64 = (get("t1").arrivals.iter().chain(get("t2").arrivals.iter()))
         .map(|(_, n)| n)
         .sum();
-    println!("tpm pool: {tokens} tokens in the last 60 s of 2 x {TPM}");
+    println!("FIGURES tpm pool: {tokens} tokens in the last 60 s of 2 x {TPM}");
     assert_eq!(clients["r"][2] + clients["t"][2] + clients["c"][2], 0);
 }
 
@@ -367,7 +367,7 @@ async fn a_replica_killed_with_sigkill_gives_its_in_flight_slots_back_within_the
         assert!(kill_time.elapsed() < Duration::from_secs(10), "the slot never came back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    println!("the killed replica's slot came back {back:?} after SIGKILL (lease 2 s)");
+    println!("FIGURES the killed replica's slot came back {back:?} after SIGKILL (lease 2 s)");
     // A lease, plus the renewal that may have happened just before the kill, plus polling.
     assert!(back <= Duration::from_millis(2_500), "slot back after {back:?}");
     held.abort();
