@@ -70,11 +70,16 @@ pub fn keys_table(keys: &[KeyView]) -> String {
 /// A key's limits and its current use, e.g. `rpm=60 tpm=6000 in_flight=1/2`.
 fn budget_cell(b: &crate::store::budget::BudgetRecord) -> String {
     let l = &b.limits;
-    let mut parts: Vec<String> = [("rpm", l.rpm), ("tpm", l.tpm), ("rpd", l.rpd), ("tpd", l.tpd)]
-        .iter()
-        .filter(|(_, v)| *v > 0)
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect();
+    let mut parts: Vec<String> = [
+        ("rpm", l.rpm),
+        ("tpm", l.tpm),
+        ("rpd", l.rpd),
+        ("tpd", l.tpd),
+    ]
+    .iter()
+    .filter(|(_, v)| *v > 0)
+    .map(|(n, v)| format!("{n}={v}"))
+    .collect();
     if l.conc > 0 {
         parts.push(format!("in_flight={}/{}", b.in_flight, l.conc));
     }

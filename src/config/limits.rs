@@ -135,9 +135,13 @@ pub(super) fn check_pool_limits(table: toml::Table, path: &str, ctx: &mut Ctx) -
         }
     };
     let lease_s = positive(raw.lease_s, path, "lease_s", ctx).unwrap_or(d.lease_s);
-    let default_completion_tokens =
-        positive(raw.default_completion_tokens, path, "default_completion_tokens", ctx)
-            .unwrap_or(d.default_completion_tokens);
+    let default_completion_tokens = positive(
+        raw.default_completion_tokens,
+        path,
+        "default_completion_tokens",
+        ctx,
+    )
+    .unwrap_or(d.default_completion_tokens);
     let max_request_tokens = positive(raw.max_request_tokens, path, "max_request_tokens", ctx)
         .unwrap_or(d.max_request_tokens);
     if default_completion_tokens > max_request_tokens {

@@ -69,8 +69,12 @@ impl Attempt<'_> {
             let wait = Duration::from_millis(chosen.wait_ms);
             let until = (tokio::time::Instant::now() + wait).min(call.deadline);
             tokio::time::sleep_until(until).await;
-            (call.state.metrics.budget_wait.with_label_values(&[pool_name]))
-                .observe(wait.as_secs_f64());
+            (call
+                .state
+                .metrics
+                .budget_wait
+                .with_label_values(&[pool_name]))
+            .observe(wait.as_secs_f64());
         }
         let Some(auth) = call.pool.auth.get(&chosen.key).map(|a| a.header.clone()) else {
             // Another replica's newer config added this key; this replica has no secret for it.

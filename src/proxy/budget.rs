@@ -141,7 +141,12 @@ impl Leases {
     async fn renew_all(&self, store: &dyn KeyStore) {
         let pools: Vec<(String, Vec<(KeyId, u64)>)> = (self.lock().iter())
             .filter(|(_, l)| !l.is_empty())
-            .map(|(p, l)| (p.clone(), l.iter().map(|(id, k)| (k.clone(), *id)).collect()))
+            .map(|(p, l)| {
+                (
+                    p.clone(),
+                    l.iter().map(|(id, k)| (k.clone(), *id)).collect(),
+                )
+            })
             .collect();
         for (pool, renew) in pools {
             let s = Settlement {

@@ -126,7 +126,11 @@ async fn prepare_and_run(
         }
     }
     let tokens = match pool.spec.budget.token_budgets {
-        true => budget::reservation(&bytes, &pool.spec, pool.config.limits.default_completion_tokens)?,
+        true => budget::reservation(
+            &bytes,
+            &pool.spec,
+            pool.config.limits.default_completion_tokens,
+        )?,
         false => 0,
     };
     let route = route::route_for(&parts.headers, &client.name, remote);

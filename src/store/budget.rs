@@ -98,7 +98,10 @@ pub fn token_step(tokens: u64, limit: u64, max_request: u64, window: u64) -> u64
     if limit == 0 {
         return 0;
     }
-    div_ceil(tokens.saturating_mul(window), limit.saturating_sub(max_request).max(1))
+    div_ceil(
+        tokens.saturating_mul(window),
+        limit.saturating_sub(max_request).max(1),
+    )
 }
 
 /// What a key's budget allows now.

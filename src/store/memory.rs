@@ -13,8 +13,8 @@ use super::budget::KeyBudget;
 use super::tree::WeightClasses;
 use super::{
     AdminState, BatchReceipt, Chosen, KeyRecord, KeyStore, PoolSnapshot, PoolSpec, Report,
-    ReportReceipt, Route, SelectRequest, Selection, Settlement, StateCounts, StoreError, StorePolicy,
-    SuccessBatch, SyncReceipt, Unavailable,
+    ReportReceipt, Route, SelectRequest, Selection, Settlement, StateCounts, StoreError,
+    StorePolicy, SuccessBatch, SyncReceipt, Unavailable,
 };
 use crate::pool::{KeyId, KeyState};
 

@@ -26,8 +26,7 @@ impl PoolState {
     /// `budget_place` of lib.lua: benches a key without headroom, brings back a benched key
     /// that has it again; answers whether the key is benched by its budget.
     pub(super) fn budget_place(&mut self, id: &str, k: &mut KeyRow, now: u64) -> bool {
-        let benched =
-            k.status == KeyState::Cooling && (k.reason == "budget" || k.reason == "busy");
+        let benched = k.status == KeyState::Cooling && (k.reason == "budget" || k.reason == "busy");
         if k.status != KeyState::Active && !benched {
             return false;
         }

@@ -120,7 +120,8 @@ impl PoolSpec {
                 max_wait_ms: pool.limits.max_wait_ms,
                 lease_ms: pool.limits.lease_s.saturating_mul(1000),
                 max_request_tokens: pool.limits.max_request_tokens,
-                token_budgets: (pool.keys.iter()).any(|k| k.limits.over(pool.limits.keys).has_tokens()),
+                token_budgets: (pool.keys.iter())
+                    .any(|k| k.limits.over(pool.limits.keys).has_tokens()),
             },
         }
     }

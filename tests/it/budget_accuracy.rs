@@ -216,13 +216,16 @@ async fn three_replicas_under_saturating_demand_never_exceed_rpm_tpm_or_concurre
     const CONC: u64 = 2;
     let mut up = Upstream::default();
     for k in ["r1", "r2"] {
-        up.rules.insert(format!("sk-{k}"), rule(Some(RPM), None, None, 50));
+        up.rules
+            .insert(format!("sk-{k}"), rule(Some(RPM), None, None, 50));
     }
     for k in ["t1", "t2"] {
-        up.rules.insert(format!("sk-{k}"), rule(None, Some(TPM), None, 50));
+        up.rules
+            .insert(format!("sk-{k}"), rule(None, Some(TPM), None, 50));
     }
     for k in ["c1", "c2"] {
-        up.rules.insert(format!("sk-{k}"), rule(None, None, Some(CONC), 300));
+        up.rules
+            .insert(format!("sk-{k}"), rule(None, None, Some(CONC), 300));
     }
     let up = Arc::new(up);
     let upstream = start_upstream(up.clone()).await;
@@ -293,12 +296,22 @@ async fn three_replicas_under_saturating_demand_never_exceed_rpm_tpm_or_concurre
         assert!(get(k).max_tokens_60s <= TPM, "{k} over tpm");
     }
     for k in ["c1", "c2"] {
-        assert_eq!(get(k).max_inflight, CONC, "{k}: concurrency never exceeded, and reached");
+        assert_eq!(
+            get(k).max_inflight,
+            CONC,
+            "{k}: concurrency never exceeded, and reached"
+        );
     }
     let delivered = (get("r1").accepted + get("r2").accepted) as f64;
     let capacity = 2.0 * RPM as f64 * secs / 60.0;
-    println!("FIGURES rpm pool delivered {delivered} of {capacity:.0} ({:.1}%)", 100.0 * delivered / capacity);
-    assert!(delivered >= 0.95 * capacity, "rpm pool delivered {delivered} of {capacity:.0}");
+    println!(
+        "FIGURES rpm pool delivered {delivered} of {capacity:.0} ({:.1}%)",
+        100.0 * delivered / capacity
+    );
+    assert!(
+        delivered >= 0.95 * capacity,
+        "rpm pool delivered {delivered} of {capacity:.0}"
+    );
     let tokens: u64 = (get("t1").arrivals.iter().chain(get("t2").arrivals.iter()))
         .map(|(_, n)| n)
         .sum();
@@ -343,8 +356,18 @@ async fn a_replica_killed_with_sigkill_gives_its_in_flight_slots_back_within_the
     // The doomed replica's request holds k1's only slot at the upstream.
     let held = tokio::spawn(send(doomed.url("/v1/chat/completions")));
     let t0 = Instant::now();
-    while up.counts.lock().unwrap().get("sk-k1").map_or(0, |c| c.inflight) == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the held request never arrived");
+    while up
+        .counts
+        .lock()
+        .unwrap()
+        .get("sk-k1")
+        .map_or(0, |c| c.inflight)
+        == 0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the held request never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Two leases later the slot is still held: the live replica renews it.
@@ -354,7 +377,9 @@ async fn a_replica_killed_with_sigkill_gives_its_in_flight_slots_back_within_the
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let pid = doomed.proc.pid().to_string();
-    let killed = std::process::Command::new("kill").args(["-9", &pid]).status();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status();
     assert!(killed.unwrap().success());
     let kill_time = Instant::now();
     while doomed.proc.exited().is_none() {
@@ -364,11 +389,17 @@ async fn a_replica_killed_with_sigkill_gives_its_in_flight_slots_back_within_the
         if send(survivor.url("/v1/chat/completions")).await == 200 {
             break kill_time.elapsed();
         }
-        assert!(kill_time.elapsed() < Duration::from_secs(10), "the slot never came back");
+        assert!(
+            kill_time.elapsed() < Duration::from_secs(10),
+            "the slot never came back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     println!("FIGURES the killed replica's slot came back {back:?} after SIGKILL (lease 2 s)");
     // A lease, plus the renewal that may have happened just before the kill, plus polling.
-    assert!(back <= Duration::from_millis(2_500), "slot back after {back:?}");
+    assert!(
+        back <= Duration::from_millis(2_500),
+        "slot back after {back:?}"
+    );
     held.abort();
 }

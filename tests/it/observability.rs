@@ -105,7 +105,12 @@ fn config(redis_url: &str, upstream: &str) -> String {
             "[pools.canary]\ngroup = \"canary\"\npercent = 0\n",
         ),
         // Budgets that never bind, so the budget families are exported.
-        pool_toml("dead", upstream, &[DEAD], "[pools.limits]\nrpm = 100000\ntpm = 100000000\n"),
+        pool_toml(
+            "dead",
+            upstream,
+            &[DEAD],
+            "[pools.limits]\nrpm = 100000\ntpm = 100000000\n"
+        ),
     )
 }
 

@@ -113,14 +113,21 @@ pub async fn max_concurrent_holds_slots_until_the_request_ends(s: &Subject) {
     let second = select(st, T0 + 1, 0).await.unwrap();
     assert!(first.lease != 0 && second.lease != 0 && first.lease != second.lease);
     let none = select(st, T0 + 2, 0).await.unwrap_err();
-    assert_eq!(none.retry_at_ms, Some(T0 + 5_000), "the earliest lease expiry");
+    assert_eq!(
+        none.retry_at_ms,
+        Some(T0 + 5_000),
+        "the earliest lease expiry"
+    );
     let end = LeaseEnd {
         key: kid("a"),
         lease: first.lease,
         tokens_delta: 0,
     };
     settle(st, &[end], &[], T0 + 10).await;
-    assert!(select(st, T0 + 10, 0).await.is_ok(), "the freed slot is back at once");
+    assert!(
+        select(st, T0 + 10, 0).await.is_ok(),
+        "the freed slot is back at once"
+    );
     assert!(select(st, T0 + 11, 0).await.is_err());
 }
 

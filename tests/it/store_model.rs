@@ -117,8 +117,20 @@ fn budget_op() -> impl Strategy<Value = Op> {
 fn budget_spec(name: &str) -> keygate::store::PoolSpec {
     use keygate::store::budget::KeyLimits;
     let mut s = pool_spec(name, false, 1);
-    let l = |rpm, tpm, conc, rpd| KeyLimits { rpm, tpm, conc, rpd, tpd: 0 };
-    let limits = [l(30, 0, 0, 0), l(0, 0, 2, 0), l(0, 20_000, 0, 0), l(60, 0, 1, 0), l(120, 50_000, 3, 500)];
+    let l = |rpm, tpm, conc, rpd| KeyLimits {
+        rpm,
+        tpm,
+        conc,
+        rpd,
+        tpd: 0,
+    };
+    let limits = [
+        l(30, 0, 0, 0),
+        l(0, 0, 2, 0),
+        l(0, 20_000, 0, 0),
+        l(60, 0, 1, 0),
+        l(120, 50_000, 3, 500),
+    ];
     for (k, lim) in s.keys.iter_mut().zip(limits) {
         k.limits = lim;
     }
@@ -145,7 +157,11 @@ async fn apply(
             let Some((key, lease)) = leases.get(pick % leases.len().max(1)).cloned() else {
                 return String::new();
             };
-            let end = [LeaseEnd { key: key.clone(), lease, tokens_delta: *delta }];
+            let end = [LeaseEnd {
+                key: key.clone(),
+                lease,
+                tokens_delta: *delta,
+            }];
             let renewal = [(key, lease)];
             let st = Settlement {
                 ended: if *renew { &[] } else { &end },
