@@ -7,7 +7,8 @@ use std::sync::Arc;
 use keygate::pool::{KeyId, Outcome};
 use keygate::store::memory::MemoryStore;
 use keygate::store::{
-    AdminState, KeyStore, KeySuccesses, Report, Route, SelectRequest, Selection, SuccessBatch,
+    AdminState, KeyStore, KeyStoreExt, KeySuccesses, Report, Route, SelectRequest, Selection,
+    SuccessBatch,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
