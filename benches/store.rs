@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use keygate::pool::{KeyId, Outcome};
 use keygate::store::redis::{RedisOptions, RedisStore};
 use keygate::store::spec::{PoolSpec, SpecKey, StorePolicy};
-use keygate::store::{random_draw, KeyStore, Report, Route, SelectRequest, Selection};
+use keygate::store::{random_draw, KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection};
 use redis::aio::MultiplexedConnection;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

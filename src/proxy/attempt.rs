@@ -17,6 +17,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::pool::classify::{classify, is_model_not_found};
 use crate::pool::{KeyId, Outcome};
+use crate::store::KeyStoreExt;
 use crate::store::{random_draw, Chosen, Report, SelectRequest, Selection, Unavailable};
 use crate::usage::Usage;
 

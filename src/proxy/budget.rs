@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::pool::KeyId;
-use crate::store::{Chosen, KeyStore, LeaseEnd, PoolSpec, Settlement};
+use crate::store::{Chosen, KeyStore, KeyStoreExt, LeaseEnd, PoolSpec, Settlement};
 
 #[derive(serde::Deserialize)]
 struct Completion {

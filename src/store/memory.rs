@@ -1,7 +1,8 @@
 //! The in-process store: the semantics of `lua/*.lua`, step for step, behind a std `Mutex`
 //! (every operation is a short critical section with no `.await` inside, which is what makes it
 //! atomic like a script). Used as the embedded store of a single replica and as the fallback
-//! while Redis is unreachable. `transitions.rs` holds the per-key state machine.
+//! while Redis is unreachable. `transitions.rs` holds the per-key state machine (one branch per
+//! [`Op`]), `memory_sync.rs` what `sync.lua` does.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -12,9 +13,8 @@ use async_trait::async_trait;
 use super::budget::KeyBudget;
 use super::tree::WeightClasses;
 use super::{
-    AdminState, BatchReceipt, Chosen, KeyRecord, KeyStore, PoolSnapshot, PoolSpec, Report,
-    ReportReceipt, Route, SelectRequest, Selection, Settlement, StateCounts, StoreError,
-    StorePolicy, SuccessBatch, SyncReceipt, Unavailable,
+    Chosen, KeyRecord, KeyStore, Op, PoolSnapshot, PoolSpec, Receipt, Route, SelectRequest,
+    Selection, StateCounts, StoreError, StorePolicy, SyncReceipt, Unavailable,
 };
 use crate::pool::{KeyId, KeyState};
 
@@ -313,65 +313,10 @@ impl KeyStore for MemoryStore {
         self.with_pool(pool, |p| Ok(p.select(req, now)))
     }
 
-    async fn report(&self, pool: &str, report: &Report<'_>) -> Result<ReportReceipt, StoreError> {
-        let now = report.now_ms.unwrap_or_else(system_now_ms);
-        self.with_pool(pool, |p| p.report(report, now))
-    }
-
-    async fn report_successes(
-        &self,
-        pool: &str,
-        batch: &SuccessBatch<'_>,
-    ) -> Result<BatchReceipt, StoreError> {
-        let now = batch.now_ms.unwrap_or_else(system_now_ms);
-        self.with_pool(pool, |p| Ok(p.report_successes(batch.keys, now)))
-    }
-
-    async fn settle(&self, pool: &str, s: &Settlement<'_>) -> Result<(), StoreError> {
-        let now = s.now_ms.unwrap_or_else(system_now_ms);
-        self.with_pool(pool, |p| {
-            p.settle(s, now);
-            Ok(())
-        })
-    }
-
-    async fn set_state(
-        &self,
-        pool: &str,
-        key: &KeyId,
-        state: AdminState,
-    ) -> Result<KeyState, StoreError> {
-        self.with_pool(pool, |p| p.set_admin_state(key.as_str(), state))
-    }
-
-    async fn set_weight(&self, pool: &str, key: &KeyId, weight: u32) -> Result<(), StoreError> {
-        if weight > 1000 {
-            return Err(StoreError::InvalidArgument(
-                "weight must be 0..=1000".into(),
-            ));
-        }
-        self.with_pool(pool, |p| p.set_weight(key.as_str(), weight))
-    }
-
-    async fn set_group(&self, pool: &str, key: &KeyId, group: &str) -> Result<(), StoreError> {
-        self.with_pool(pool, |p| p.set_group(key.as_str(), group))
-    }
-
-    async fn set_canary(&self, pool: &str, percent: u8) -> Result<(), StoreError> {
-        if percent > 100 {
-            return Err(StoreError::InvalidArgument(
-                "percent must be 0..=100".into(),
-            ));
-        }
-        self.with_pool(pool, |p| {
-            p.canary_percent = percent;
-            p.ver += 1;
-            Ok(())
-        })
-    }
-
-    async fn reset_counters(&self, pool: &str, key: &KeyId) -> Result<(), StoreError> {
-        self.with_pool(pool, |p| p.reset_counters(key.as_str()))
+    async fn apply(&self, pool: &str, op: Op<'_>) -> Result<Receipt, StoreError> {
+        op.validate()?;
+        let now = op.now_ms().unwrap_or_else(system_now_ms);
+        self.with_pool(pool, |p| p.apply(&op, now))
     }
 
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError> {

@@ -2,6 +2,8 @@
 
 use redis::Script;
 
+use super::Op;
+
 const LIB: &str = include_str!("../../lua/lib.lua");
 
 fn build(body: &str) -> Script {
@@ -37,6 +39,21 @@ impl Scripts {
             settle: build(include_str!("../../lua/settle.lua")),
             snapshot: build(include_str!("../../lua/snapshot.lua")),
             sync: build(include_str!("../../lua/sync.lua")),
+        }
+    }
+
+    /// The one script that applies `op` (its ARGV in `redis/ops.rs`, its reply in
+    /// `redis/reply.rs`).
+    pub fn for_op(&self, op: &Op<'_>) -> &Script {
+        match op {
+            Op::Report(_) => &self.report,
+            Op::Successes(_) => &self.report_batch,
+            Op::SetState { .. } => &self.set_state,
+            Op::SetWeight { .. } => &self.set_weight,
+            Op::SetGroup { .. } => &self.set_group,
+            Op::SetCanary { .. } => &self.set_canary,
+            Op::Reset { .. } => &self.reset,
+            Op::Settle(_) => &self.settle,
         }
     }
 

@@ -5,8 +5,8 @@
 
 use keygate::pool::{KeyId, KeyState, Outcome};
 use keygate::store::{
-    BatchReceipt, KeyRecord, KeyStore, KeySuccesses, Report, Route, SelectRequest, Selection,
-    StoreError, SuccessBatch,
+    BatchReceipt, KeyRecord, KeyStore, KeyStoreExt, KeySuccesses, Report, Route, SelectRequest,
+    Selection, StoreError, SuccessBatch,
 };
 
 use crate::harness::{kid, redis_store, spec, RedisServer, Subject};

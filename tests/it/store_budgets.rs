@@ -5,7 +5,8 @@ use keygate::pool::{KeyId, KeyState};
 use keygate::store::budget::KeyLimits;
 use keygate::store::spec::BudgetSpec;
 use keygate::store::{
-    Chosen, KeyStore, LeaseEnd, Route, SelectRequest, Selection, Settlement, Unavailable,
+    Chosen, KeyStore, KeyStoreExt, LeaseEnd, Route, SelectRequest, Selection, Settlement,
+    Unavailable,
 };
 
 use crate::harness::{kid, spec, Subject};

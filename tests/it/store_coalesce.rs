@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use keygate::pool::{KeyId, Outcome};
 use keygate::store::memory::MemoryStore;
 use keygate::store::redis::RedisStore;
-use keygate::store::{KeyStore, Report, Route, SelectRequest, Selection, StoreError};
+use keygate::store::{KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection, StoreError};
 
 use crate::harness::{kid, redis_store, spec, RedisServer};
 use crate::store_batch::evalsha_calls;

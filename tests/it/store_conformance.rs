@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use keygate::pool::{KeyId, KeyState, Outcome};
 use keygate::store::{
-    AdminState, KeyStore, Report, Route, SelectRequest, Selection, StoreError, SyncReceipt,
+    AdminState, KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection, StoreError,
+    SyncReceipt,
 };
 
 use crate::harness::{kid, spec, Subject};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use keygate::pool::{KeyId, Outcome};
 use keygate::store::memory::MemoryStore;
 use keygate::store::{
-    AdminState, KeyStore, KeySuccesses, LeaseEnd, Report, Route, SelectRequest, Selection,
-    Settlement, SuccessBatch,
+    AdminState, KeyStore, KeyStoreExt, KeySuccesses, LeaseEnd, Report, Route, SelectRequest,
+    Selection, Settlement, SuccessBatch,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};

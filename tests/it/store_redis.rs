@@ -2,9 +2,10 @@
 //! and surviving a Redis that lost its data or its script cache.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use keygate::pool::{KeyState, Outcome};
-use keygate::store::{KeyStore, Report, Route, SelectRequest, Selection};
+use keygate::store::{KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection};
 use redis::Commands;
 
 use crate::harness::{kid, redis_store, spec, RedisServer};
@@ -151,6 +152,36 @@ async fn a_pool_lost_to_flushall_or_a_restart_is_recreated_without_failing_the_c
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(ok, "store did not recover after an empty restart");
+}
+
+#[tokio::test]
+async fn the_store_tells_its_one_listener_of_each_pool_it_creates_or_recreates() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, "kg");
+    let told = Arc::new(Mutex::new(Vec::<String>::new()));
+    let listener = told.clone();
+    store
+        .on_recreated(Box::new(move |pool| {
+            listener.lock().unwrap().push(pool.to_string())
+        }))
+        .unwrap();
+    assert!(
+        store.on_recreated(Box::new(|_| {})).is_err(),
+        "a second listener is refused"
+    );
+    let sp = spec("p", &[("k1", 1, "stable")]);
+    store.sync(&sp).await.unwrap();
+    assert_eq!(*told.lock().unwrap(), ["p"], "created on the first start");
+    store.sync(&sp).await.unwrap();
+    assert_eq!(selectable(&store, "p").await, ["k1"]);
+    assert_eq!(*told.lock().unwrap(), ["p"], "nothing lost, nothing told");
+    server.flushall();
+    assert_eq!(selectable(&store, "p").await, ["k1"]);
+    assert_eq!(
+        *told.lock().unwrap(),
+        ["p", "p"],
+        "re-created after FLUSHALL"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

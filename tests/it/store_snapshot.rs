@@ -9,7 +9,7 @@ use keygate::pool::{KeyState, Outcome};
 use keygate::store::failover::{FailoverOptions, FailoverStore};
 use keygate::store::memory::MemoryStore;
 use keygate::store::redis::{RedisOptions, RedisStore};
-use keygate::store::{AdminState, KeyStore, PoolSpec, Report, Route, SelectRequest};
+use keygate::store::{AdminState, KeyStore, KeyStoreExt, PoolSpec, Report, Route, SelectRequest};
 
 use crate::harness::{kid, spec, wait_until, RedisServer};
 

@@ -10,7 +10,8 @@ use keygate::mock::{Behavior, MockUpstream};
 use keygate::pool::{KeyState, Outcome};
 use keygate::store::redis::RedisStore;
 use keygate::store::{
-    AdminState, Endpoint, KeyStore, Report, Route, SelectRequest, Selection, SyncReceipt,
+    AdminState, Endpoint, KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection,
+    SyncReceipt,
 };
 use tokio::task::block_in_place;
 
