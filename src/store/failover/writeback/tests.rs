@@ -121,6 +121,7 @@ fn a_lost_pool_gets_back_its_disables_cooldowns_weights_and_groups() {
         last_used_ms: 0,
         successes: 0,
         failures: 0,
+        budget: None,
     };
     let names = |ops: Vec<OwnedOp>| -> Vec<String> {
         ops.iter()
