@@ -28,11 +28,16 @@ if redis.call('EXISTS', META) == 0 then return {'nopool'} end
 local now = clock(ARGV[1])
 local scan = redis.call('SSCAN', B .. ':keys', ARGV[2], 'COUNT', tonumber(ARGV[3]) or 256)
 local F = {'status', 'reason', 'weight', 'group', 'errors', 'strikes', 'cooldown_until_ms',
-  'last_status', 'last_used_ms', 'successes', 'failures', 'b_rpm', 'b_tpm', 'b_conc', 'b_rpd',
-  'b_tpd', 'tat_r', 'tat_rd', 'tat_t', 'tat_td'}
+  'last_status', 'last_used_ms', 'successes', 'failures'}
+-- Budget fields are read only in a pool with budgets (a pool without costs what it did before).
+if redis.call('HGET', META, 'budgets') == '1' then
+  for _, f in ipairs({'b_rpm', 'b_tpm', 'b_conc', 'b_rpd', 'b_tpd', 'tat_r', 'tat_rd', 'tat_t',
+    'tat_td'}) do F[#F + 1] = f end
+end
 
 -- The key's budget record, nil without limits (src/store/budget.rs KeyBudget::record).
 local function budget_record(id, v)
+  if not v[12] then return nil end
   local rpm, tpm, conc, rpd, tpd = num(v[12]), num(v[13]), num(v[14]), num(v[15]), num(v[16])
   if rpm + tpm + conc + rpd + tpd == 0 then return nil end
   local function pick(l1, t1, l2, t2)
