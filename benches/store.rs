@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use keygate::pool::{KeyId, Outcome};
 use keygate::store::redis::{RedisOptions, RedisStore};
 use keygate::store::spec::{PoolSpec, SpecKey, StorePolicy};
-use keygate::store::{random_draw, KeyStore, Report, Route, SelectRequest, Selection};
+use keygate::store::{random_draw, KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection};
 use redis::aio::MultiplexedConnection;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -252,6 +252,7 @@ fn select_req() -> SelectRequest<'static> {
         exclude: &[],
         rand: random_draw(),
         now_ms: None,
+        tokens: 0,
     }
 }
 
@@ -443,8 +444,10 @@ fn spec(name: &str, n: usize) -> PoolSpec {
                 id: KeyId::new(&format!("k{i:05}")).expect("valid key id"),
                 weight: (i % 10) as u32 + 1,
                 group: "stable".into(),
+                limits: Default::default(),
             })
             .collect(),
+        budget: Default::default(),
     }
 }
 

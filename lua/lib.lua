@@ -153,3 +153,110 @@ local function set_weight(k, w)
   redis.call('HSET', kkey(k.id), 'weight', w)
   bump()
 end
+
+-- Budgets (README "Budgets"; src/store/budget.rs does the same integer steps). Key hash fields:
+--   b_rpm b_tpm b_conc b_rpd b_tpd   the key's limits (0: none)
+--   tat_r tat_rd tat_t tat_td        theoretical arrival times (ms) of its GCRA schedules
+-- kg:{P}:inflight:<id>  zset  lease id -> expiry ms, the key's requests in flight
+-- meta fields: budgets (1: some key has limits), max_wait_ms, lease_ms, mrt (max request
+-- tokens), lease_seq. A key without headroom is 'cooling' with reason 'budget' (rate) or
+-- 'busy' (every slot taken) and sits in the due index until its headroom returns.
+local MINUTE, DAY = 60600, 87264000
+local BFIELDS = {'b_rpm', 'b_tpm', 'b_conc', 'b_rpd', 'b_tpd', 'tat_r', 'tat_rd', 'tat_t',
+  'tat_td'}
+
+local function inflight_key(id) return B .. ':inflight:' .. id end
+local function ceil_div(a, b)
+  if b <= 0 then return 0 end
+  return math.floor((a + b - 1) / b)
+end
+
+local function budget_load(id)
+  local v = redis.call('HMGET', kkey(id), unpack(BFIELDS))
+  return {rpm = num(v[1]), tpm = num(v[2]), conc = num(v[3]), rpd = num(v[4]), tpd = num(v[5]),
+    tat_r = num(v[6]), tat_rd = num(v[7]), tat_t = num(v[8]), tat_td = num(v[9])}
+end
+
+local function token_step(tokens, limit, mrt, window)
+  if limit <= 0 then return 0 end
+  return ceil_div(tokens * window, math.max(limit - mrt, 1))
+end
+
+-- The earliest start the rate schedules allow, and the earliest lease expiry when every
+-- in-flight slot is taken (nil otherwise). Expired leases are dropped first.
+local function budget_headroom(id, b, now)
+  local at = 0
+  if b.rpm > 0 and b.tat_r > at then at = b.tat_r end
+  if b.rpd > 0 and b.tat_rd > at then at = b.tat_rd end
+  if b.tpm > 0 and b.tat_t > at then at = b.tat_t end
+  if b.tpd > 0 and b.tat_td > at then at = b.tat_td end
+  if b.conc > 0 then
+    local ik = inflight_key(id)
+    redis.call('ZREMRANGEBYSCORE', ik, '-inf', now)
+    if redis.call('ZCARD', ik) >= b.conc then
+      local first = redis.call('ZRANGE', ik, 0, 0, 'WITHSCORES')
+      return at, tonumber(first[2])
+    end
+  end
+  return at, nil
+end
+
+-- Spends one request of `tokens` starting at `start`; answers its lease id (0: none).
+local function budget_spend(id, b, start, tokens, mrt, lease_ms)
+  local f = {}
+  local function move(field, tat, step)
+    local v = math.max(start, tat) + step
+    f[#f + 1] = field
+    f[#f + 1] = v
+    return v
+  end
+  if b.rpm > 0 then b.tat_r = move('tat_r', b.tat_r, ceil_div(MINUTE, b.rpm)) end
+  if b.rpd > 0 then b.tat_rd = move('tat_rd', b.tat_rd, ceil_div(DAY, b.rpd)) end
+  if b.tpm > 0 then b.tat_t = move('tat_t', b.tat_t, token_step(tokens, b.tpm, mrt, MINUTE)) end
+  if b.tpd > 0 then b.tat_td = move('tat_td', b.tat_td, token_step(tokens, b.tpd, mrt, DAY)) end
+  if #f > 0 then redis.call('HSET', kkey(id), unpack(f)) end
+  if b.conc <= 0 then return 0 end
+  local lease = redis.call('HINCRBY', META, 'lease_seq', 1)
+  redis.call('ZADD', inflight_key(id), start + lease_ms, lease)
+  return lease
+end
+
+-- Replaces a reservation by real usage: delta = real - reserved tokens.
+local function budget_settle(id, b, delta, mrt, now)
+  if delta == 0 then return end
+  for _, s in ipairs({{b.tpm, MINUTE, 'tat_t'}, {b.tpd, DAY, 'tat_td'}}) do
+    local limit, window, field = s[1], s[2], s[3]
+    if limit > 0 then
+      local room = math.max(limit - mrt, 1)
+      local tat = num(b[field])
+      if delta > 0 then
+        tat = math.max(tat, now) + ceil_div(delta * window, room)
+      else
+        tat = math.max(tat - math.floor(-delta * window / room), now)
+      end
+      b[field] = tat
+      redis.call('HSET', kkey(id), field, tat)
+    end
+  end
+end
+
+-- Puts a key where its budget says: benched ('cooling' 'budget'/'busy' until its headroom) or,
+-- if it was benched by its budget and has headroom again, active. Keys in any other state are
+-- left alone. Answers whether the key is now benched by its budget.
+local function budget_place(k, b, now)
+  local benched = k.status == 'cooling' and (k.reason == 'budget' or k.reason == 'busy')
+  if k.status ~= 'active' and not benched then return false end
+  local at, busy = budget_headroom(k.id, b, now)
+  local reason, deadline = nil, nil
+  if busy then reason, deadline = 'busy', math.max(at, busy)
+  elseif at > now then reason, deadline = 'budget', at end
+  if reason then
+    if not benched or k.reason ~= reason or k.cooldown_until_ms ~= deadline then
+      set_status(k, 'cooling', reason, deadline)
+      k.cooldown_until_ms = deadline
+    end
+    return true
+  end
+  if benched then set_status(k, 'active', '', nil) end
+  return false
+end

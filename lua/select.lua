@@ -7,12 +7,15 @@
 -- ARGV[2..], for each request of the batch:
 --          rand (integer in [0, 2^53), drawn by the replica: the weighted choice is
 --          deterministic here), route ("bucket": canary by percent, "canary", "stable": forced),
---          the request's hash bucket 0..99 (used with route "bucket"), n = how many key ids
---          follow, then n key ids the request already tried (excluded)
+--          the request's hash bucket 0..99 (used with route "bucket"), the request's token
+--          reservation (used when the pool has budgets), n = how many key ids follow, then n
+--          key ids the request already tried (excluded)
 --
 -- Reply: {"nopool"} (the pool is not in Redis (lost): the caller syncs it from config and
 -- retries), or one reply per request, in order, each one of:
---   {"key", id, group, fallback 0|1, probe 0|1}
+--   {"key", id, group, fallback 0|1, probe 0|1, wait_ms, lease}  (wait_ms: send not before
+--    this many ms from now, a reserved future slot; lease: the in-flight lease to release, 0:
+--    none; both 0 in a pool without budgets)
 --   {"none", earliest_recovery_ms or -1, now_ms, n_active, n_cooling, n_open, n_half_open,
 --    n_disabled, n_draining}
 --
@@ -23,24 +26,32 @@
 -- A half-open key whose probe lease is free is chosen first (one probe at a time, cluster-wide,
 -- also within a batch: the lease is taken before the next request of the batch looks);
 -- the lease expires after probe_lease_ms so a dead replica cannot wedge the key.
+-- Budgets (meta budgets = 1; README "Budgets"): the chosen key's budget is spent in this call;
+-- a drawn key without headroom is benched (lib.lua budget_place) and the draw repeats, at most
+-- 8 times; with no key at hand, the earliest budget-benched key due within max_wait_ms is
+-- reserved for its future slot. Without budgets none of this runs.
 
 local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'canary_fallback',
-  'config_hash', 'probe_lease_ms', 'cnt:half_open')
+  'config_hash', 'probe_lease_ms', 'cnt:half_open', 'budgets', 'max_wait_ms', 'lease_ms', 'mrt')
 if not meta[4] then return {'nopool'} end
 local now = clock(ARGV[1])
 
--- The requests of the batch: {rand, route, bucket, excluded set}. Requests that exclude nothing
--- share one empty set (nothing writes to a set once parsed).
+local BUDGET = meta[7] == '1'
+local max_wait, lease_ms, mrt = num(meta[8]), num(meta[9]), num(meta[10])
+
+-- The requests of the batch: {rand, route, bucket, excluded set, tokens}. Requests that exclude
+-- nothing share one empty set (nothing writes to a set once parsed).
 local reqs = {}
 do
   local none = {}
   local i = 2
-  while i + 3 <= #ARGV do
-    local ex, n = none, tonumber(ARGV[i + 3]) or 0
+  while i + 4 <= #ARGV do
+    local ex, n = none, tonumber(ARGV[i + 4]) or 0
     if n > 0 then ex = {} end
-    for j = i + 4, i + 3 + n do ex[ARGV[j]] = true end
-    reqs[#reqs + 1] = {tonumber(ARGV[i]) or 0, ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, ex}
-    i = i + 4 + n
+    for j = i + 5, i + 4 + n do ex[ARGV[j]] = true end
+    reqs[#reqs + 1] = {tonumber(ARGV[i]) or 0, ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, ex,
+      math.min(tonumber(ARGV[i + 3]) or 0, mrt)}
+    i = i + 5 + n
   end
 end
 
@@ -96,7 +107,8 @@ local function draw()
   return u
 end
 
--- Each group's class counts, read once per batch (selection changes no class set):
+-- Each group's class counts, read once per batch (selection changes no class set, except a
+-- budget benching a key, which clears this and the copies below):
 -- {total weight, member count per class, summed upper-bound mass}.
 local classes = {}
 local function class_counts(g)
@@ -193,18 +205,71 @@ local function try_group(g)
   return nil
 end
 
+-- try_group with the budget check: a drawn key without headroom is benched and the draw
+-- repeats (reseeded, as the memory store's sampler is). Answers id, probe, lease.
+local function try_budgeted(g, rand, tokens)
+  if not BUDGET then
+    local id, probe = try_group(g)
+    return id, probe, 0
+  end
+  for _ = 1, 8 do
+    seed(rand)
+    local id, probe = try_group(g)
+    if not id then return nil end
+    local k, b = load_key(id), budget_load(id)
+    if probe == 1 then return id, probe, budget_spend(id, b, now, tokens, mrt, lease_ms) end
+    if not budget_place(k, b, now) then
+      local lease = budget_spend(id, b, now, tokens, mrt, lease_ms)
+      if budget_place(k, b, now) then classes, copies = {}, {} end
+      return id, probe, lease
+    end
+    classes, copies = {}, {}
+  end
+  return nil
+end
+
+-- No key has headroom now: reserve the earliest budget-benched key of `groups` whose rate
+-- headroom comes within max_wait_ms (one not busy). Answers key, wait_ms, lease.
+local function try_wait(groups, tokens)
+  if not BUDGET or max_wait <= 0 then return nil end
+  local due = redis.call('ZRANGEBYSCORE', DUE, '-inf', now + max_wait, 'WITHSCORES', 'LIMIT', 0, 8)
+  for j = 1, #due, 2 do
+    local id = due[j]
+    local k = load_key(id)
+    if k and k.status == 'cooling' and k.reason == 'budget' and groups[k.group]
+      and not excluded[id] then
+      local b = budget_load(id)
+      local at, busy = budget_headroom(id, b, now)
+      if not busy and at <= now + max_wait then
+        local start = math.max(at, now)
+        local lease = budget_spend(id, b, start, tokens, mrt, lease_ms)
+        budget_place(k, b, now)
+        return k, start - now, lease
+      end
+    end
+  end
+  return nil
+end
+
 -- One request's reply (see the top).
-local function select_one(rand, route, bucket)
+local function select_one(rand, route, bucket, tokens)
   seed(rand)
   local primary = 'stable'
   if route == 'canary' or (route == 'bucket' and bucket < percent) then primary = canary_group end
-  local id, probe = try_group(primary)
+  local id, probe, lease = try_budgeted(primary, rand, tokens)
   local group, fb = primary, 0
-  if not id and primary ~= 'stable' and fallback_ok then
-    id, probe = try_group('stable')
+  local may_fall_back = primary ~= 'stable' and fallback_ok
+  if not id and may_fall_back then
+    id, probe, lease = try_budgeted('stable', rand, tokens)
     group, fb = 'stable', 1
   end
-  if id then return {'key', id, group, fb, probe} end
+  if id then return {'key', id, group, fb, probe, 0, lease} end
+  local groups = {[primary] = true}
+  if may_fall_back then groups.stable = true end
+  local k, wait_ms, wlease = try_wait(groups, tokens)
+  if k then
+    return {'key', k.id, k.group, k.group ~= primary and 1 or 0, 0, wait_ms, wlease}
+  end
 
   local earliest = -1
   local first = redis.call('ZRANGE', DUE, 0, 0, 'WITHSCORES')
@@ -221,6 +286,6 @@ end
 local replies = {}
 for i, r in ipairs(reqs) do
   excluded = r[4]
-  replies[i] = select_one(r[1], r[2], r[3])
+  replies[i] = select_one(r[1], r[2], r[3], r[5])
 end
 return replies

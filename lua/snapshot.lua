@@ -11,7 +11,9 @@
 --
 -- Reply: {next_cursor, json} with json {"now_ms", "ver", "canary_group", "canary_percent",
 --   "keys": [{id, status, reason, weight, group, errors, strikes, cooldown_until_ms,
---   last_status, last_used_ms, successes, failures}]}, or {"nopool"}. next_cursor "0": done.
+--   last_status, last_used_ms, successes, failures, budget?}]}, or {"nopool"}. next_cursor "0":
+--   done. budget (keys with limits only): {limits: {rpm, tpm, max_concurrent, rpd, tpd},
+--   next_request_ms, next_tokens_ms, in_flight} (README "Budgets").
 --   SSCAN may return an id on more than one page; the caller keeps one and sorts by id.
 --
 -- Consistency: each key is read whole and atomically, but a paged snapshot is not one atomic
@@ -27,6 +29,29 @@ local now = clock(ARGV[1])
 local scan = redis.call('SSCAN', B .. ':keys', ARGV[2], 'COUNT', tonumber(ARGV[3]) or 256)
 local F = {'status', 'reason', 'weight', 'group', 'errors', 'strikes', 'cooldown_until_ms',
   'last_status', 'last_used_ms', 'successes', 'failures'}
+-- Budget fields are read only in a pool with budgets (a pool without costs what it did before).
+if redis.call('HGET', META, 'budgets') == '1' then
+  for _, f in ipairs({'b_rpm', 'b_tpm', 'b_conc', 'b_rpd', 'b_tpd', 'tat_r', 'tat_rd', 'tat_t',
+    'tat_td'}) do F[#F + 1] = f end
+end
+
+-- The key's budget record, nil without limits (src/store/budget.rs KeyBudget::record).
+local function budget_record(id, v)
+  if not v[12] then return nil end
+  local rpm, tpm, conc, rpd, tpd = num(v[12]), num(v[13]), num(v[14]), num(v[15]), num(v[16])
+  if rpm + tpm + conc + rpd + tpd == 0 then return nil end
+  local function pick(l1, t1, l2, t2)
+    local m = 0
+    if l1 > 0 and t1 > m then m = t1 end
+    if l2 > 0 and t2 > m then m = t2 end
+    return m
+  end
+  local inflight = 0
+  if conc > 0 then inflight = redis.call('ZCOUNT', inflight_key(id), '(' .. now, '+inf') end
+  return {limits = {rpm = rpm, tpm = tpm, max_concurrent = conc, rpd = rpd, tpd = tpd},
+    next_request_ms = pick(rpm, num(v[17]), rpd, num(v[18])),
+    next_tokens_ms = pick(tpm, num(v[19]), tpd, num(v[20])), in_flight = inflight}
+end
 local keys = {}
 for _, id in ipairs(scan[2]) do
   local due = redis.call('ZSCORE', DUE, id)
@@ -36,7 +61,7 @@ for _, id in ipairs(scan[2]) do
     keys[#keys + 1] = {id = id, status = v[1], reason = v[2] or '', weight = num(v[3]),
       group = v[4] or 'stable', errors = num(v[5]), strikes = num(v[6]),
       cooldown_until_ms = num(v[7]), last_status = num(v[8]), last_used_ms = num(v[9]),
-      successes = num(v[10]), failures = num(v[11])}
+      successes = num(v[10]), failures = num(v[11]), budget = budget_record(id, v)}
   end
 end
 local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'ver')

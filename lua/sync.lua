@@ -5,7 +5,9 @@
 -- ARGV[2..8]  cooldown_default_ms cooldown_max_ms breaker_errors breaker_window_ms
 --             breaker_open_ms quota_cooldown_ms probe_lease_ms
 -- ARGV[9]  canary group   ARGV[10] canary percent from config   ARGV[11] canary fallback 0|1
--- ARGV[12..] triples: key id, weight, group — every key of the pool's config, in config order
+-- ARGV[12..15]  budgets 0|1, max_wait_ms, lease_ms, max request tokens (README "Budgets")
+-- ARGV[16..] groups of 8: key id, weight, group, rpm, tpm, max_concurrent, rpd, tpd (0: no
+--            limit) — every key of the pool's config, in config order
 --
 -- Reply: {"unchanged"} or {"synced", created, updated, removed}.
 --
@@ -42,15 +44,18 @@ redis.call('HSET', META, 'layout', LAYOUT)
 redis.call('HSET', META, 'cooldown_default_ms', ARGV[2], 'cooldown_max_ms', ARGV[3],
   'breaker_errors', ARGV[4], 'breaker_window_ms', ARGV[5], 'breaker_open_ms', ARGV[6],
   'quota_cooldown_ms', ARGV[7], 'probe_lease_ms', ARGV[8], 'canary_group', ARGV[9],
-  'canary_fallback', ARGV[11])
+  'canary_fallback', ARGV[11], 'budgets', ARGV[12], 'max_wait_ms', ARGV[13],
+  'lease_ms', ARGV[14], 'mrt', ARGV[15])
 if redis.call('HGET', META, 'canary_percent_cfg') ~= ARGV[10] then
   redis.call('HSET', META, 'canary_percent', ARGV[10], 'canary_percent_cfg', ARGV[10])
 end
 
 local in_config = {}
-for i = 12, #ARGV, 3 do
+for i = 16, #ARGV, 8 do
   local id, w, g = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   in_config[id] = true
+  local limits = {'b_rpm', ARGV[i + 3], 'b_tpm', ARGV[i + 4], 'b_conc', ARGV[i + 5],
+    'b_rpd', ARGV[i + 6], 'b_tpd', ARGV[i + 7]}
   local k = load_key(id)
   if not k then
     redis.call('HSET', kkey(id), 'status', 'active', 'reason', '', 'weight', w, 'group', g,
@@ -60,10 +65,12 @@ for i = 12, #ARGV, 3 do
     redis.call('SADD', B .. ':keys', id)
     redis.call('HINCRBY', META, 'cnt:active', 1)
     cls_move(g, id, w, 1)
+    redis.call('HSET', kkey(id), unpack(limits))
     created = created + 1
   else
     local cfg = redis.call('HMGET', kkey(id), 'cfg_weight', 'cfg_group')
     local touched = false
+    redis.call('HSET', kkey(id), unpack(limits))
     if tonumber(cfg[1]) ~= w then
       set_weight(k, w)
       redis.call('HSET', kkey(id), 'cfg_weight', w)

@@ -175,6 +175,8 @@ pub struct AppState {
     /// Plain successes, buffered and written in batches (`store.report_flush_ms`); flushed on
     /// shutdown.
     pub successes: crate::proxy::successes::SuccessBatcher,
+    /// This replica's in-flight leases on budgeted keys, renewed in the background.
+    pub leases: Arc<crate::proxy::key_budget::Leases>,
     /// The file `reload` re-reads; `None` when the config did not come from a file.
     pub config_path: Option<PathBuf>,
     pub health: crate::health::Health,

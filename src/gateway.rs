@@ -89,8 +89,19 @@ pub async fn build_state(
     let flush = Duration::from_millis(config.store.report_flush_ms);
     let successes = SuccessBatcher::new(store.clone(), flush);
     let reload_bus = crate::reload::cluster::ReloadBus::new(&config.store);
+    let renew_every = (config.pools.iter())
+        .map(|p| Duration::from_millis(p.limits.lease_s.saturating_mul(1000) / 3))
+        .min()
+        .unwrap_or(Duration::from_secs(3))
+        .max(Duration::from_millis(100));
+    let leases = Arc::new(crate::proxy::key_budget::Leases::default());
+    leases.start(store.clone(), renew_every);
     let gateway = Gateway::from_config(config)?;
     metrics.initialise_pools(&gateway.config.pools);
+    for pool in gateway.pools.values().filter(|p| p.spec.has_budgets()) {
+        // Exported from the start (zero), so dashboards see the family before the first wait.
+        metrics.budget_wait.with_label_values(&[&pool.spec.name]);
+    }
     sync_pools(&*store, &gateway).await;
     metrics.init_clients(gateway.clients.iter().map(|c| c.name.as_str()));
     Ok(Arc::new(AppState {
@@ -99,6 +110,7 @@ pub async fn build_state(
         metrics,
         tasks: TaskTracker::new(),
         successes,
+        leases,
         config_path,
         health,
         reload_bus,
@@ -252,6 +264,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
     // Requests are done: write the buffered successes (later ones, from connections past the
     // grace period, are reported at once), then wait for the reports still running.
     let _ = tokio::time::timeout(Duration::from_secs(5), state.successes.shutdown()).await;
+    state.leases.shutdown().await;
     state.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), state.tasks.wait()).await;
 }

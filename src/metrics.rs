@@ -13,11 +13,13 @@ mod limits;
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::config::{PoolConfig, STABLE_GROUP};
 use crate::pool::{KeyState, Outcome};
+use crate::store::budget::BudgetRecord;
 use crate::store::PoolSnapshot;
 pub use keys::{KeySeries, MODELS_PER_KEY, UPSTREAM_BUCKETS};
 pub use limits::LimitMetrics;
@@ -55,6 +57,10 @@ pub struct Metrics {
     pub client_rejections: IntCounterVec,
     /// Connections, buffer budgets and admin refusals.
     pub limits: LimitMetrics,
+    /// How long requests waited for a key's budget (README "Budgets"), per pool.
+    pub budget_wait: HistogramVec,
+    /// Budgeted keys' headroom over the next minute, from snapshots (`kind`: requests, tokens).
+    pub budget_remaining: IntGaugeVec,
 }
 
 fn counter(
@@ -91,6 +97,14 @@ impl Metrics {
             "1 while this replica serves from its in-process store because Redis is unreachable",
         )?;
         r.register(Box::new(store_degraded.clone()))?;
+        let budget_remaining = IntGaugeVec::new(
+            Opts::new(
+                "keygate_key_budget_remaining",
+                "A budgeted key's headroom over the next minute: requests or tokens it may still start",
+            ),
+            &["pool", "key", "kind"],
+        )?;
+        r.register(Box::new(budget_remaining.clone()))?;
         let metrics = Metrics {
             keys: keys::KeyTable::default(),
             retries: counter(
@@ -132,6 +146,14 @@ impl Metrics {
                 &["client", "reason"],
             )?,
             limits: LimitMetrics::register(&r)?,
+            budget_wait: histogram(
+                &r,
+                "keygate_budget_wait_seconds",
+                "How long requests waited for a reserved slot of a key's budget",
+                &["pool"],
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            )?,
+            budget_remaining,
             registry: r,
         };
         for op in STORE_OPS {
@@ -220,6 +242,31 @@ impl Metrics {
             self.keys
                 .get(pool, &k.id)
                 .set_gauges(k.status, remaining, k.weight);
+            if let Some(b) = &k.budget {
+                self.set_budget_remaining(pool, &k.id, b, snap.now_ms);
+            }
+        }
+    }
+
+    /// `keygate_key_budget_remaining` of one key: what its schedules let start within the next
+    /// minute (the time already booked ahead of now is taken off the minute).
+    fn set_budget_remaining(&self, pool: &str, key: &str, b: &BudgetRecord, now: u64) {
+        let window = crate::store::budget::MINUTE_MS;
+        let free = |next: u64| window.saturating_sub(next.saturating_sub(now));
+        let l = &b.limits;
+        if l.rpm > 0 {
+            let n = free(b.next_request_ms) / window.div_ceil(l.rpm);
+            let v = i64::try_from(n.min(l.rpm)).unwrap_or(i64::MAX);
+            self.budget_remaining
+                .with_label_values(&[pool, key, "requests"])
+                .set(v);
+        }
+        if l.tpm > 0 {
+            let n = (free(b.next_tokens_ms) as u128 * l.tpm as u128 / window as u128) as u64;
+            let v = i64::try_from(n).unwrap_or(i64::MAX);
+            self.budget_remaining
+                .with_label_values(&[pool, key, "tokens"])
+                .set(v);
         }
     }
 

@@ -15,7 +15,7 @@ use crate::config::STABLE_GROUP;
 use crate::error::ApiError;
 use crate::pool::KeyId;
 use crate::reload::ReloadReport;
-use crate::store::AdminState;
+use crate::store::{AdminState, KeyStoreExt};
 
 /// The highest weight a key may have (the store enforces the same bound).
 const MAX_WEIGHT: i64 = 1000;

@@ -53,6 +53,9 @@ pub struct KeyView {
     pub last_used_ms: u64,
     /// `sk-…9f3a`; `null` when this replica's config has no such key (e.g. removed, draining).
     pub fingerprint: Option<String>,
+    /// Its budget: limits, next slots and leases in flight (README "Budgets"); absent without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::store::budget::BudgetRecord>,
 }
 
 /// `GET /admin/pools`: every pool of this replica's config, by name.
@@ -142,6 +145,7 @@ fn key_view(k: &KeyRecord, fingerprint: Option<&String>, now_ms: u64) -> KeyView
         last_status: k.last_status,
         last_used_ms: k.last_used_ms,
         fingerprint: fingerprint.cloned(),
+        budget: k.budget.clone(),
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::admin::{KeyView, PoolView};
 
 /// The columns of `keygate keys list`.
-pub const KEY_COLUMNS: [&str; 9] = [
+pub const KEY_COLUMNS: [&str; 10] = [
     "ID",
     "STATE",
     "REASON",
@@ -14,6 +14,7 @@ pub const KEY_COLUMNS: [&str; 9] = [
     "COOLDOWN",
     "LAST",
     "FINGERPRINT",
+    "BUDGET",
 ];
 
 /// `header` and `rows` as aligned text, one line each, ending in a newline.
@@ -59,10 +60,30 @@ pub fn keys_table(keys: &[KeyView]) -> String {
                     s => s.to_string(),
                 },
                 dash(k.fingerprint.clone().unwrap_or_default()),
+                k.budget.as_ref().map_or("-".to_string(), budget_cell),
             ]
         })
         .collect();
     render(&KEY_COLUMNS, &rows)
+}
+
+/// A key's limits and its current use, e.g. `rpm=60 tpm=6000 in_flight=1/2`.
+fn budget_cell(b: &crate::store::budget::BudgetRecord) -> String {
+    let l = &b.limits;
+    let mut parts: Vec<String> = [
+        ("rpm", l.rpm),
+        ("tpm", l.tpm),
+        ("rpd", l.rpd),
+        ("tpd", l.tpd),
+    ]
+    .iter()
+    .filter(|(_, v)| *v > 0)
+    .map(|(n, v)| format!("{n}={v}"))
+    .collect();
+    if l.conc > 0 {
+        parts.push(format!("in_flight={}/{}", b.in_flight, l.conc));
+    }
+    parts.join(" ")
 }
 
 /// A pool's heading line, then its key table.
@@ -103,6 +124,7 @@ mod tests {
             last_status: 200,
             last_used_ms: 0,
             fingerprint: fingerprint.map(str::to_string),
+            budget: None,
         }
     }
 
@@ -112,6 +134,16 @@ mod tests {
         long.reason = "removed".into();
         long.state = "draining".into();
         long.cooldown_remaining_s = 12;
+        long.budget = Some(crate::store::budget::BudgetRecord {
+            limits: crate::store::budget::KeyLimits {
+                rpm: 60,
+                conc: 2,
+                ..Default::default()
+            },
+            next_request_ms: 0,
+            next_tokens_ms: 0,
+            in_flight: 1,
+        });
         let out = keys_table(&[key("k1", Some("sk-…9f3a")), long]);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3);
@@ -124,7 +156,9 @@ mod tests {
         assert!(col(lines[2], "STATE").starts_with("draining "));
         assert!(col(lines[2], "COOLDOWN").starts_with("12s "));
         assert!(col(lines[1], "FINGERPRINT").starts_with("sk-…9f3a"));
-        assert_eq!(col(lines[2], "FINGERPRINT"), "-");
+        assert!(col(lines[2], "FINGERPRINT").starts_with("- "));
+        assert_eq!(col(lines[2], "BUDGET"), "rpm=60 in_flight=1/2");
+        assert_eq!(col(lines[1], "BUDGET"), "-");
         assert!(col(lines[1], "REASON").starts_with("- "));
         assert!(out.lines().all(|l| !l.ends_with(' ')));
     }

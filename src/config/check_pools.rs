@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 
 use super::check::{required_id, FirstSeen, ID_RULE};
 use super::decode::{Ctx, RawCanary, RawKey, RawPool};
+use super::limits::{check_pool_limits, check_token_room, RawKeyLimits};
 use super::wire::{check_account_id, check_header_lists, check_paths, HeaderLists, DEFAULT_PATHS};
 use super::{
-    CanaryConfig, KeyConfig, Policy, PoolConfig, Secret, StickyBy, Timeouts, STABLE_GROUP,
+    CanaryConfig, KeyConfig, Limits, Policy, PoolConfig, PoolLimits, Secret, StickyBy, Timeouts,
+    STABLE_GROUP,
 };
 use crate::pool::is_valid_id;
 
@@ -84,7 +86,10 @@ fn check_pool(
     let canary = (ctx.decode::<RawCanary>(toml::Value::Table(raw.canary), &canary_path))
         .and_then(|raw| check_canary(raw, &canary_path, ctx));
     let canary_group = canary.as_ref().map(|c| c.group.as_str());
-    let keys = check_keys(raw.keys, path, canary_group, env, base_dir, ctx);
+    let limits_path = format!("{path}.limits");
+    let limits = check_pool_limits(raw.limits, &limits_path, ctx);
+    check_token_room(&limits.keys, &limits, &limits_path, ctx);
+    let keys = check_keys(raw.keys, path, canary_group, &limits, env, base_dir, ctx);
     let paths =
         (raw.paths).unwrap_or_else(|| DEFAULT_PATHS.iter().map(|p| p.to_string()).collect());
     check_paths(&paths, path, ctx);
@@ -109,6 +114,7 @@ fn check_pool(
         headers: headers?,
         organization: raw.organization,
         project: raw.project,
+        limits,
     })
 }
 
@@ -255,6 +261,7 @@ fn check_keys(
     tables: Vec<toml::Table>,
     pool_path: &str,
     canary_group: Option<&str>,
+    pool_limits: &PoolLimits,
     env: &dyn Fn(&str) -> Option<String>,
     base_dir: &Path,
     ctx: &mut Ctx,
@@ -282,6 +289,7 @@ fn check_keys(
         check_account_id(&raw.organization, format!("{path}.organization"), ctx);
         check_account_id(&raw.project, format!("{path}.project"), ctx);
         let secret = resolve_secret(&raw, &path, env, base_dir, ctx);
+        let limits = check_key_limits(raw.limits.clone(), &path, pool_limits, ctx);
         if let (Some(id), Some(weight), Some(group), Some((secret, secret_file))) =
             (id, weight, group, secret)
         {
@@ -295,10 +303,30 @@ fn check_keys(
                 group,
                 organization: raw.organization,
                 project: raw.project,
+                limits,
             });
         }
     }
     keys
+}
+
+/// The key's own `limits = {...}`; the budgets it ends up with must hold one reservation.
+fn check_key_limits(
+    table: Option<toml::Table>,
+    key_path: &str,
+    pool: &PoolLimits,
+    ctx: &mut Ctx,
+) -> Limits {
+    let Some(table) = table else {
+        return Limits::default();
+    };
+    let path = format!("{key_path}.limits");
+    let Some(raw) = ctx.decode::<RawKeyLimits>(toml::Value::Table(table), &path) else {
+        return Limits::default();
+    };
+    let limits = raw.check(&path, ctx);
+    check_token_room(&limits, pool, &path, ctx);
+    limits
 }
 
 /// The key's group: `stable` unless given; given, it must be `stable` or the canary group

@@ -310,6 +310,8 @@ pub(super) struct RawPool {
     #[serde(default)]
     pub(super) canary: toml::Table,
     #[serde(default)]
+    pub(super) limits: toml::Table,
+    #[serde(default)]
     pub(super) keys: Vec<toml::Table>,
     pub(super) paths: Option<Vec<String>>,
     #[serde(default)]
@@ -356,6 +358,7 @@ pub(super) struct RawKey {
     pub(super) group: Option<String>,
     pub(super) organization: Option<String>,
     pub(super) project: Option<String>,
+    pub(super) limits: Option<toml::Table>,
 }
 
 fn default_weight() -> i64 {

@@ -46,6 +46,7 @@ mod check;
 mod check_pools;
 mod decode;
 mod env;
+mod limits;
 mod secret;
 #[cfg(test)]
 mod tests;
@@ -63,6 +64,7 @@ use check::{check_clients, check_server, check_store, resolve_admin};
 use check_pools::check_pools;
 use decode::{split_sections, syntax_error, Ctx, RawAdmin};
 use env::{apply_env_overrides, stray_overrides};
+pub use limits::{Limits, PoolLimits};
 pub use secret::{hash_token, redact_url, Secret};
 pub use wire::{name_matches, path_matches, HeaderLists};
 pub use wire::{DEFAULT_EXPOSED, DEFAULT_FORWARDED, DEFAULT_PATHS, NEVER_EXPOSED, NEVER_FORWARDED};
@@ -267,6 +269,8 @@ pub struct PoolConfig {
     /// `OpenAI-Organization` / `OpenAI-Project` sent upstream for keys that set none.
     pub organization: Option<String>,
     pub project: Option<String>,
+    /// `[pools.limits]`: per-key budgets (README "Budgets").
+    pub limits: PoolLimits,
 }
 
 /// `[pools.policy]`: how the key state machine (README.md, "Key states") reacts to outcomes.
@@ -411,6 +415,8 @@ pub struct KeyConfig {
     /// This key's `OpenAI-Organization` / `OpenAI-Project`, instead of the pool's.
     pub organization: Option<String>,
     pub project: Option<String>,
+    /// The key's own budgets (`limits = {...}`), overriding the pool's field by field.
+    pub limits: Limits,
 }
 
 impl Config {

@@ -1,6 +1,7 @@
 //! Tests of config loading, split by topic; this file holds the shared fixtures and helpers.
 
 mod keys;
+mod limits;
 mod loading;
 mod overrides;
 mod secrets;

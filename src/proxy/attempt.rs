@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 
 use super::body::{Ending, ObservedBody, UpstreamResponse};
+use super::key_budget::BudgetTicket;
 use super::outcome::{keygate_headers, Failure, Step};
 use super::report::{report_in_background, report_success, Reported};
 use super::scrub::StreamScrub;
@@ -18,6 +19,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::pool::classify::{classify, client_cause, is_model_not_found, Verdict};
 use crate::pool::{KeyId, KeyState, Outcome};
+use crate::store::KeyStoreExt;
 use crate::store::{random_draw, Chosen, Report, SelectRequest, Selection, Unavailable};
 use crate::usage::Usage;
 
@@ -47,6 +49,7 @@ impl Attempt<'_> {
             exclude: self.tried,
             rand: random_draw(),
             now_ms: None,
+            tokens: call.tokens,
         };
         let chosen = match call.state.store.select(pool_name, &req).await {
             Ok(Selection::Key(c)) => c,
@@ -66,6 +69,20 @@ impl Attempt<'_> {
                 return Step::NoKey(ApiError::store_unavailable());
             }
         };
+        // Ends the request's lease and settles its tokens when dropped (on every path).
+        let mut ticket = BudgetTicket::new(&call.state, pool_name, &chosen, call.tokens);
+        if chosen.wait_ms > 0 {
+            // A reserved future slot: the key's budget has room from then on.
+            let wait = Duration::from_millis(chosen.wait_ms);
+            let until = (tokio::time::Instant::now() + wait).min(call.deadline);
+            tokio::time::sleep_until(until).await;
+            (call
+                .state
+                .metrics
+                .budget_wait
+                .with_label_values(&[pool_name]))
+            .observe(wait.as_secs_f64());
+        }
         let Some(key_auth) = pool.auth.get(&chosen.key) else {
             // Another replica's newer config added this key; this replica has no secret for it.
             return Step::Failed(Failure {
@@ -110,7 +127,7 @@ impl Attempt<'_> {
             }
             Ok(Ok(resp)) if forward::is_encoded(resp.headers()) => encoded(call, chosen, &resp),
             Ok(Ok(resp)) if resp.status().is_success() => {
-                succeeded(call, chosen, resp, started, self.model)
+                succeeded(call, chosen, resp, started, self.model, ticket.take())
             }
             Ok(Ok(resp)) => answered_error(call, chosen, resp, started).await,
         }
@@ -123,6 +140,7 @@ fn succeeded(
     resp: UpstreamResponse,
     started: Instant,
     model: Option<&str>,
+    ticket: Option<BudgetTicket>,
 ) -> Step {
     let pool = call.pool.config.name.clone();
     let verdict = classify(resp.status(), resp.headers(), None, SystemTime::now());
@@ -159,6 +177,7 @@ fn succeeded(
         chosen,
         model.map(|m| m.chars().take(64).collect()),
         reported,
+        ticket,
     );
     let scrub = StreamScrub::new(call.pool.scrubber.clone());
     let body = ObservedBody::new(resp, call.deadline, scrub, on_end);
@@ -175,9 +194,14 @@ fn stream_end(
     chosen: Chosen,
     model: Option<String>,
     success_report: Reported,
+    mut ticket: Option<BudgetTicket>,
 ) -> super::body::OnEnd {
     Box::new(
         move |ending: Ending, usage: Option<Usage>, answered: Option<String>| {
+            if let (Some(t), Some(u)) = (ticket.as_mut(), &usage) {
+                t.set_usage(u.total_tokens.max(u.prompt_tokens + u.completion_tokens));
+            }
+            drop(ticket);
             if let Some(u) = usage {
                 // The requested model (allowlisted when the pool has a list), else the one the
                 // upstream named; bounded in length either way.

@@ -6,6 +6,7 @@ mod attempt;
 pub mod auth;
 pub mod body;
 pub mod circuit;
+pub mod key_budget;
 pub mod budget;
 pub mod forward;
 mod model_list;
@@ -58,6 +59,8 @@ pub(crate) struct Call {
     /// Upstream attempts made so far (all models).
     pub attempts: u32,
     pub canary_counted: bool,
+    /// The tokens each attempt reserves on a key with a token budget (0: the pool has none).
+    pub tokens: u64,
 }
 
 /// `ANY /v1/{*path}`. The path is taken from the request as sent, still percent-encoded, not
@@ -136,6 +139,14 @@ async fn prepare_and_run(
     let inference = crate::pool::classify::is_inference_path(&path);
     let (method, headers) = (&parts.method, &parts.headers);
     models::check_allowed(method, headers, &bytes, &pool.config.models, inference)?;
+    let tokens = match pool.spec.budget.token_budgets {
+        true => key_budget::reservation(
+            &bytes,
+            &pool.spec,
+            pool.config.limits.default_completion_tokens,
+        )?,
+        false => 0,
+    };
     let who = route::Identity {
         headers: &parts.headers,
         client: &client.name,
@@ -162,6 +173,7 @@ async fn prepare_and_run(
         max_retry_after_s: server.max_retry_after_s,
         attempts: 0,
         canary_counted: false,
+        tokens,
     };
     let resp = run_models(&mut call, bytes, inspected).await;
     // The body is no longer held; the client's place is, until the answer has been sent.

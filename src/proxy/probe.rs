@@ -15,7 +15,7 @@ use super::forward;
 use crate::app::{AppState, PoolRuntime};
 use crate::pool::classify::client_cause;
 use crate::pool::{KeyId, KeyState, Outcome};
-use crate::store::Report;
+use crate::store::{KeyStoreExt, Report};
 
 /// A probe's error body is read this far, to tell a revoked key from a restricted one.
 const MAX_PROBE_BODY: usize = 16 * 1024;

@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 use super::successes::Ticket;
 use crate::app::AppState;
 use crate::pool::Outcome;
+use crate::store::KeyStoreExt;
 use crate::store::{Chosen, Report};
 
 /// Where a success report stands: sent by its own background task, or buffered in a batch.

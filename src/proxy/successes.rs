@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::pool::KeyId;
-use crate::store::{KeyStore, KeySuccesses, SuccessBatch};
+use crate::store::{KeyStore, KeyStoreExt, KeySuccesses, SuccessBatch};
 
 /// A pool's buffer is written once it holds this many distinct keys, whatever its age.
 pub const MAX_KEYS: usize = 256;

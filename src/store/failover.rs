@@ -13,7 +13,10 @@
 //!   `snapshot` call and refreshed in the background while healthy: every 2 s the pool's change
 //!   counter is read, and a new paged snapshot taken only when it moved, or when the kept one is
 //!   older than `snapshot_max_age`), so the cooldowns and disables it knew stay in force.
-//!   Reports and admin changes memory answered go into a journal (`writeback.rs`).
+//!   Every [`Op`] memory answered that taught it something goes into a journal, in owned form
+//!   (`writeback.rs`).
+//! - The Redis store tells this layer at once of every pool it re-creates (`on_recreated`): the
+//!   replica's last view of it is written back, and no snapshot of it is kept until then.
 //! - A background task probes Redis every `probe_interval_ms` while degraded (`PING`, then the
 //!   `sync` script of every pool, which also re-creates pools Redis lost). When both answer it
 //!   replays the journal, writes back its view of any pool Redis lost, takes fresh snapshots and
@@ -40,14 +43,13 @@ use tokio_util::task::TaskTracker;
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
 use super::{
-    AdminState, BatchReceipt, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt,
-    SelectRequest, Selection, StoreError, SuccessBatch, SyncReceipt,
+    KeyStore, Op, PoolSnapshot, PoolSpec, Receipt, SelectRequest, Selection, StoreError,
+    SyncReceipt,
 };
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
-use crate::pool::{KeyId, KeyState};
 use recovery::background;
-use writeback::Learned;
+use writeback::OwnedOp;
 
 /// The most journal entries kept; older ones are dropped first (a long outage under heavy
 /// failure traffic must not grow memory without bound).
@@ -111,9 +113,13 @@ struct Shared {
     kept_version: Mutex<HashMap<String, (u64, Instant)>>,
     /// Pools whose memory copy is older than `last_seen`: seeded again before memory answers.
     stale: Mutex<HashSet<String>>,
-    journal: Mutex<VecDeque<Learned>>,
+    /// What memory learned while Redis was away, in order: each pool with an op to replay.
+    journal: Mutex<VecDeque<(String, OwnedOp)>>,
     /// Entries dropped because the journal was full (logged every thousand).
     journal_dropped: AtomicU64,
+    /// Pools the Redis store re-created (it tells [`Shared::recreated`] at once) whose last known
+    /// state waits to be written back.
+    recreated: Arc<Mutex<HashSet<String>>>,
     /// Wakes the background task early: a pool was re-created and waits for its write-back.
     wake: Arc<Notify>,
 }
@@ -150,8 +156,14 @@ impl FailoverStore {
             stale: Mutex::new(HashSet::new()),
             journal: Mutex::new(VecDeque::new()),
             journal_dropped: AtomicU64::new(0),
+            recreated: Arc::new(Mutex::new(HashSet::new())),
             wake: Arc::new(Notify::new()),
         });
+        let (recreated, wake) = (shared.recreated.clone(), shared.wake.clone());
+        shared.redis.on_recreated(Box::new(move |pool| {
+            lock(&recreated).insert(pool.to_string());
+            wake.notify_one();
+        }))?;
         let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
         let wake = shared.wake.clone();
         tasks.spawn_on(
@@ -231,9 +243,6 @@ impl Shared {
                     self.failing_since.store(0, Ordering::Release);
                     self.pinged.store(false, Ordering::Release);
                 }
-                if self.redis.has_recreated() {
-                    self.wake.notify_one();
-                }
                 Some(r)
             }
         }
@@ -256,7 +265,7 @@ impl Shared {
         &self.memory
     }
 
-    fn journal(&self, entry: Learned) {
+    fn journal(&self, pool: &str, op: OwnedOp) {
         let mut j = lock(&self.journal);
         if j.len() >= JOURNAL_LIMIT {
             j.pop_front();
@@ -269,7 +278,7 @@ impl Shared {
                 );
             }
         }
-        j.push_back(entry);
+        j.push_back((pool.to_string(), op));
     }
 
     /// Keeps `snapshot` and the change counter `ver` its first page saw.
@@ -284,7 +293,9 @@ impl Shared {
     /// Whether a snapshot Redis returned for `pool` is worth keeping: not when memory knows more
     /// than it (entries not written back yet) or it shows a pool just re-created empty.
     fn keeps(&self, pool: &str) -> bool {
-        !(self.is_degraded() || !lock(&self.journal).is_empty() || self.redis.is_recreated(pool))
+        !(self.is_degraded()
+            || !lock(&self.journal).is_empty()
+            || lock(&self.recreated).contains(pool))
     }
 
     /// Keeps a snapshot Redis returned, when [`Shared::keeps`] says so.
@@ -305,116 +316,18 @@ impl KeyStore for FailoverStore {
         s.memory_for(pool).select(pool, req).await
     }
 
-    async fn report(&self, pool: &str, report: &Report<'_>) -> Result<ReportReceipt, StoreError> {
+    /// Redis answers unless it is away; then memory does, and the journal keeps what memory
+    /// learned, to be replayed into Redis (`writeback.rs`).
+    async fn apply(&self, pool: &str, op: Op<'_>) -> Result<Receipt, StoreError> {
         let s = &self.shared;
-        if let Some(r) = s.on_redis("report", s.redis.report(pool, report)).await {
+        if let Some(r) = s.on_redis(op.name(), s.redis.apply(pool, op.clone())).await {
             return r;
         }
-        let receipt = s.memory_for(pool).report(pool, report).await?;
-        if let Some(entry) = Learned::from_report(pool, report, &receipt) {
-            s.journal(entry);
+        let receipt = s.memory_for(pool).apply(pool, op.clone()).await?;
+        if let Some(learned) = OwnedOp::learned(&op, &receipt) {
+            s.journal(pool, learned);
         }
         Ok(receipt)
-    }
-
-    /// Like a success without a cooldown hint, a batch teaches nothing worth writing back:
-    /// memory applies it while Redis is away and the journal keeps nothing.
-    async fn report_successes(
-        &self,
-        pool: &str,
-        batch: &SuccessBatch<'_>,
-    ) -> Result<BatchReceipt, StoreError> {
-        let s = &self.shared;
-        let on_redis = s.redis.report_successes(pool, batch);
-        if let Some(r) = s.on_redis("report_batch", on_redis).await {
-            return r;
-        }
-        s.memory_for(pool).report_successes(pool, batch).await
-    }
-
-    async fn set_state(
-        &self,
-        pool: &str,
-        key: &KeyId,
-        state: AdminState,
-    ) -> Result<KeyState, StoreError> {
-        let s = &self.shared;
-        if let Some(r) = s
-            .on_redis("set_state", s.redis.set_state(pool, key, state))
-            .await
-        {
-            return r;
-        }
-        let r = s.memory_for(pool).set_state(pool, key, state).await?;
-        s.journal(Learned::State {
-            pool: pool.to_string(),
-            key: key.clone(),
-            state,
-        });
-        Ok(r)
-    }
-
-    async fn set_weight(&self, pool: &str, key: &KeyId, weight: u32) -> Result<(), StoreError> {
-        let s = &self.shared;
-        if let Some(r) = s
-            .on_redis("set_weight", s.redis.set_weight(pool, key, weight))
-            .await
-        {
-            return r;
-        }
-        s.memory_for(pool).set_weight(pool, key, weight).await?;
-        s.journal(Learned::Weight {
-            pool: pool.to_string(),
-            key: key.clone(),
-            weight,
-        });
-        Ok(())
-    }
-
-    async fn set_group(&self, pool: &str, key: &KeyId, group: &str) -> Result<(), StoreError> {
-        let s = &self.shared;
-        if let Some(r) = s
-            .on_redis("set_group", s.redis.set_group(pool, key, group))
-            .await
-        {
-            return r;
-        }
-        s.memory_for(pool).set_group(pool, key, group).await?;
-        s.journal(Learned::Group {
-            pool: pool.to_string(),
-            key: key.clone(),
-            group: group.to_string(),
-        });
-        Ok(())
-    }
-
-    async fn set_canary(&self, pool: &str, percent: u8) -> Result<(), StoreError> {
-        let s = &self.shared;
-        if let Some(r) = s
-            .on_redis("set_canary", s.redis.set_canary(pool, percent))
-            .await
-        {
-            return r;
-        }
-        s.memory_for(pool).set_canary(pool, percent).await?;
-        s.journal(Learned::Canary {
-            pool: pool.to_string(),
-            percent,
-        });
-        Ok(())
-    }
-
-    async fn reset_counters(&self, pool: &str, key: &KeyId) -> Result<(), StoreError> {
-        let s = &self.shared;
-        if let Some(r) = s.on_redis("reset", s.redis.reset_counters(pool, key)).await {
-            return r;
-        }
-        s.memory_for(pool).reset_counters(pool, key).await?;
-        s.journal(Learned::Reset {
-            pool: pool.to_string(),
-            key: key.clone(),
-        });
-        Ok(())
     }
 
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError> {

@@ -1,5 +1,5 @@
 //! A [`KeyStore`] decorator that times every call into `keygate_store_duration_seconds{op}` and
-//! counts failures in `keygate_store_errors_total{op}`.
+//! counts failures in `keygate_store_errors_total{op}`; an operation's label is [`Op::name`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,11 +8,10 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    AdminState, BatchReceipt, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt,
-    SelectRequest, Selection, StoreError, SuccessBatch, SyncReceipt,
+    KeyStore, Op, PoolSnapshot, PoolSpec, Receipt, SelectRequest, Selection, StoreError,
+    SyncReceipt,
 };
 use crate::metrics::Metrics;
-use crate::pool::{KeyId, KeyState};
 
 pub struct InstrumentedStore {
     inner: Arc<dyn KeyStore>,
@@ -50,47 +49,9 @@ impl KeyStore for InstrumentedStore {
         self.timed("select", self.inner.select(pool, req)).await
     }
 
-    async fn report(&self, pool: &str, report: &Report<'_>) -> Result<ReportReceipt, StoreError> {
-        self.timed("report", self.inner.report(pool, report)).await
-    }
-
-    async fn report_successes(
-        &self,
-        pool: &str,
-        batch: &SuccessBatch<'_>,
-    ) -> Result<BatchReceipt, StoreError> {
-        self.timed("report_batch", self.inner.report_successes(pool, batch))
-            .await
-    }
-
-    async fn set_state(
-        &self,
-        pool: &str,
-        key: &KeyId,
-        state: AdminState,
-    ) -> Result<KeyState, StoreError> {
-        self.timed("set_state", self.inner.set_state(pool, key, state))
-            .await
-    }
-
-    async fn set_weight(&self, pool: &str, key: &KeyId, weight: u32) -> Result<(), StoreError> {
-        self.timed("set_weight", self.inner.set_weight(pool, key, weight))
-            .await
-    }
-
-    async fn set_group(&self, pool: &str, key: &KeyId, group: &str) -> Result<(), StoreError> {
-        self.timed("set_group", self.inner.set_group(pool, key, group))
-            .await
-    }
-
-    async fn set_canary(&self, pool: &str, percent: u8) -> Result<(), StoreError> {
-        self.timed("set_canary", self.inner.set_canary(pool, percent))
-            .await
-    }
-
-    async fn reset_counters(&self, pool: &str, key: &KeyId) -> Result<(), StoreError> {
-        self.timed("reset", self.inner.reset_counters(pool, key))
-            .await
+    async fn apply(&self, pool: &str, op: Op<'_>) -> Result<Receipt, StoreError> {
+        let name = op.name();
+        self.timed(name, self.inner.apply(pool, op)).await
     }
 
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError> {

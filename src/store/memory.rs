@@ -1,7 +1,8 @@
 //! The in-process store: the semantics of `lua/*.lua`, step for step, behind a std `Mutex`
 //! (every operation is a short critical section with no `.await` inside, which is what makes it
 //! atomic like a script). Used as the embedded store of a single replica and as the fallback
-//! while Redis is unreachable. `transitions.rs` holds the per-key state machine.
+//! while Redis is unreachable. `transitions.rs` holds the per-key state machine (one branch per
+//! [`Op`]), `memory_sync.rs` what `sync.lua` does.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -9,11 +10,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+use super::budget::KeyBudget;
 use super::tree::WeightClasses;
 use super::{
-    AdminState, BatchReceipt, Chosen, KeyRecord, KeyStore, PoolSnapshot, PoolSpec, Report,
-    ReportReceipt, Route, SelectRequest, Selection, StateCounts, StoreError, StorePolicy,
-    SuccessBatch, SyncReceipt, Unavailable,
+    Chosen, KeyRecord, KeyStore, Op, PoolSnapshot, PoolSpec, Receipt, Route, SelectRequest,
+    Selection, StateCounts, StoreError, StorePolicy, SyncReceipt, Unavailable,
 };
 use crate::pool::{KeyId, KeyState};
 
@@ -37,6 +38,8 @@ pub(crate) struct KeyRow {
     pub cfg_group: String,
     /// When the last failure was reported (`failed_at_ms`; see `lua/report_batch.lua`).
     pub failed_at_ms: u64,
+    /// The key's budget (README "Budgets"): limits, schedules and in-flight leases.
+    pub budget: KeyBudget,
 }
 
 /// One pool: the meta hash plus the indexes of `lua/lib.lua`.
@@ -62,6 +65,18 @@ pub(crate) struct PoolState {
     pub probes: BTreeMap<String, BTreeSet<(u64, String)>>,
     /// id -> its lease in `probes`.
     pub probe_at: HashMap<String, u64>,
+    /// The budget settings of the meta hash (`budgets max_wait_ms lease_ms mrt lease_seq`).
+    pub budgets: BudgetMeta,
+}
+
+/// The pool-wide budget fields of the meta hash.
+#[derive(Debug, Default)]
+pub(crate) struct BudgetMeta {
+    pub on: bool,
+    pub max_wait_ms: u64,
+    pub lease_ms: u64,
+    pub max_request_tokens: u64,
+    pub lease_seq: u64,
 }
 
 /// The embedded store.
@@ -193,7 +208,7 @@ impl PoolState {
             .map(str::to_string)
     }
 
-    fn try_group(
+    pub(super) fn try_group(
         &mut self,
         group: &str,
         req: &SelectRequest<'_>,
@@ -219,20 +234,31 @@ impl PoolState {
             "stable".to_string()
         };
         let mut found = self
-            .try_group(&primary, req, now)
-            .map(|(id, p)| (id, p, primary.clone(), false));
-        if found.is_none() && primary != "stable" && self.canary_fallback {
+            .try_budgeted(&primary, req, now)
+            .map(|(id, p, lease)| (id, primary.clone(), p, 0, lease));
+        let may_fall_back = primary != "stable" && self.canary_fallback;
+        if found.is_none() && may_fall_back {
             found = self
-                .try_group("stable", req, now)
-                .map(|(id, p)| (id, p, "stable".to_string(), true));
+                .try_budgeted("stable", req, now)
+                .map(|(id, p, lease)| (id, "stable".to_string(), p, 0, lease));
         }
-        if let Some((id, probe, group, fallback)) = found {
+        if found.is_none() {
+            let groups: &[&str] = if may_fall_back {
+                &[primary.as_str(), "stable"]
+            } else {
+                &[primary.as_str()]
+            };
+            found = self.try_wait(groups, req, now);
+        }
+        if let Some((id, group, probe, wait_ms, lease)) = found {
             if let Some(key) = KeyId::new(&id) {
                 return Selection::Key(Chosen {
                     key,
+                    fallback: group != primary,
                     group,
-                    fallback,
                     probe,
+                    wait_ms,
+                    lease,
                 });
             }
         }
@@ -255,13 +281,13 @@ impl PoolState {
             now_ms: now,
             canary_group: self.canary_group.clone(),
             canary_percent: self.canary_percent,
-            keys: self.keys.iter().map(|(id, k)| k.record(id)).collect(),
+            keys: self.keys.iter().map(|(id, k)| k.record(id, now)).collect(),
         }
     }
 }
 
 impl KeyRow {
-    fn record(&self, id: &str) -> KeyRecord {
+    fn record(&self, id: &str, now: u64) -> KeyRecord {
         KeyRecord {
             id: id.to_string(),
             status: self.status,
@@ -275,6 +301,7 @@ impl KeyRow {
             last_used_ms: self.last_used_ms,
             successes: self.successes,
             failures: self.failures,
+            budget: self.budget.record(now),
         }
     }
 }
@@ -286,57 +313,10 @@ impl KeyStore for MemoryStore {
         self.with_pool(pool, |p| Ok(p.select(req, now)))
     }
 
-    async fn report(&self, pool: &str, report: &Report<'_>) -> Result<ReportReceipt, StoreError> {
-        let now = report.now_ms.unwrap_or_else(system_now_ms);
-        self.with_pool(pool, |p| p.report(report, now))
-    }
-
-    async fn report_successes(
-        &self,
-        pool: &str,
-        batch: &SuccessBatch<'_>,
-    ) -> Result<BatchReceipt, StoreError> {
-        let now = batch.now_ms.unwrap_or_else(system_now_ms);
-        self.with_pool(pool, |p| Ok(p.report_successes(batch.keys, now)))
-    }
-
-    async fn set_state(
-        &self,
-        pool: &str,
-        key: &KeyId,
-        state: AdminState,
-    ) -> Result<KeyState, StoreError> {
-        self.with_pool(pool, |p| p.set_admin_state(key.as_str(), state))
-    }
-
-    async fn set_weight(&self, pool: &str, key: &KeyId, weight: u32) -> Result<(), StoreError> {
-        if weight > 1000 {
-            return Err(StoreError::InvalidArgument(
-                "weight must be 0..=1000".into(),
-            ));
-        }
-        self.with_pool(pool, |p| p.set_weight(key.as_str(), weight))
-    }
-
-    async fn set_group(&self, pool: &str, key: &KeyId, group: &str) -> Result<(), StoreError> {
-        self.with_pool(pool, |p| p.set_group(key.as_str(), group))
-    }
-
-    async fn set_canary(&self, pool: &str, percent: u8) -> Result<(), StoreError> {
-        if percent > 100 {
-            return Err(StoreError::InvalidArgument(
-                "percent must be 0..=100".into(),
-            ));
-        }
-        self.with_pool(pool, |p| {
-            p.canary_percent = percent;
-            p.ver += 1;
-            Ok(())
-        })
-    }
-
-    async fn reset_counters(&self, pool: &str, key: &KeyId) -> Result<(), StoreError> {
-        self.with_pool(pool, |p| p.reset_counters(key.as_str()))
+    async fn apply(&self, pool: &str, op: Op<'_>) -> Result<Receipt, StoreError> {
+        op.validate()?;
+        let now = op.now_ms().unwrap_or_else(system_now_ms);
+        self.with_pool(pool, |p| p.apply(&op, now))
     }
 
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError> {

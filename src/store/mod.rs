@@ -1,22 +1,32 @@
-//! The shared key state behind one [`KeyStore`] trait (DESIGN sections 2 and 5).
+//! The shared key state behind one [`KeyStore`] trait: a command interpreter that selects keys
+//! and applies [`Op`]s (`op.rs`), each one atomic step.
 //!
+//! - `op.rs`: every state-changing operation as one [`Op`] variant, answered by a [`Receipt`].
 //! - `redis.rs`: the cluster-wide store; every transition is one Lua script from `lua/`.
 //! - `memory.rs`: the same semantics in process (the embedded store of a single replica, and the
 //!   fallback while Redis is unreachable). It mirrors the scripts step by step, weight classes
 //!   and random stream included, so both stores give the same answer for the same inputs.
+//!   `transitions.rs` applies each `Op` (one branch each), `memory_sync.rs` syncs a pool.
 //! - `tree.rs`: weight classes and the rejection sampler that make selection cost the same
 //!   handful of Redis calls at any pool size.
 //! - `spec.rs`: what a pool looks like to the store, derived from config.
+//! - `budget.rs`: per-key budgets (README "Budgets"), the arithmetic both stores share;
+//!   `memory_budget.rs` applies it in the memory store as `lua/lib.lua` does in Redis.
+//! - `instrumented.rs`: store call durations and errors in metrics, by operation name.
 //! - `failover.rs`: degraded mode, Redis with the memory store standing in while Redis is
 //!   unreachable, and the write-back of what memory learned when it returns.
 //! - `connection.rs`, `sentinel.rs`, `cluster.rs`: how the Redis store reaches one server, a
 //!   Sentinel-managed master, or a Cluster.
 
+pub mod budget;
 mod cluster;
 mod connection;
 pub mod failover;
 pub mod instrumented;
 pub mod memory;
+mod memory_budget;
+mod memory_sync;
+mod op;
 pub mod redis;
 mod scripts;
 mod sentinel;
@@ -25,6 +35,9 @@ mod transitions;
 pub mod tree;
 
 pub use connection::Endpoint;
+pub use op::{Op, Receipt};
+
+use std::future::Future;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -32,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::pool::{KeyId, KeyState, Outcome};
 pub use spec::{PoolSpec, StorePolicy};
 
-/// How a request is routed between the stable and the canary group (DESIGN section 4).
+/// How a request is routed between the stable and the canary group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     /// Canary when `bucket < canary percent` (the percent lives in the store).
@@ -53,6 +66,9 @@ pub struct SelectRequest<'a> {
     pub rand: u64,
     /// A virtual clock for tests; `None` uses the store's clock (Redis `TIME`).
     pub now_ms: Option<u64>,
+    /// The tokens this request reserves on a key with a token budget (capped at the pool's
+    /// `max_request_tokens`); ignored in a pool without budgets.
+    pub tokens: u64,
 }
 
 /// A uniform draw in `[0, 2^53)` for [`SelectRequest::rand`].
@@ -74,6 +90,10 @@ pub struct Chosen {
     pub fallback: bool,
     /// This attempt is the key's half-open probe; pass it back in [`Report::probe`].
     pub probe: bool,
+    /// A reserved future slot: send not before this many ms from now (0: at once).
+    pub wait_ms: u64,
+    /// The in-flight lease to end with [`KeyStore::settle`] (0: the key limits no concurrency).
+    pub lease: u64,
 }
 
 /// No key is selectable now.
@@ -134,7 +154,7 @@ pub struct ReportReceipt {
     pub now_ms: u64,
 }
 
-/// One key's successes buffered by a replica, for [`KeyStore::report_successes`].
+/// One key's successes buffered by a replica, for [`Op::Successes`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeySuccesses {
     pub key: KeyId,
@@ -152,6 +172,26 @@ pub struct KeySuccesses {
 #[derive(Clone, Debug)]
 pub struct SuccessBatch<'a> {
     pub keys: &'a [KeySuccesses],
+    pub now_ms: Option<u64>,
+}
+
+/// One request on a budgeted key that ended: its lease is freed, its token reservation
+/// replaced by real usage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseEnd {
+    pub key: KeyId,
+    /// 0: the request held no lease.
+    pub lease: u64,
+    /// Real tokens minus reserved tokens.
+    pub tokens_delta: i64,
+}
+
+/// Ended requests and live leases of one pool, applied in one atomic step.
+#[derive(Clone, Debug)]
+pub struct Settlement<'a> {
+    pub ended: &'a [LeaseEnd],
+    /// (key, lease) of requests still in flight: their leases live another `lease_ms`.
+    pub renew: &'a [(KeyId, u64)],
     pub now_ms: Option<u64>,
 }
 
@@ -184,7 +224,7 @@ impl AdminState {
     }
 }
 
-/// One key as the snapshot shows it (the fields of DESIGN section 5).
+/// One key as the snapshot shows it: the fields of its Redis hash `kg:{P}:key:<id>`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub id: String,
@@ -199,6 +239,9 @@ pub struct KeyRecord {
     pub last_used_ms: u64,
     pub successes: u64,
     pub failures: u64,
+    /// Its budget (README "Budgets"); absent for a key without limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<budget::BudgetRecord>,
 }
 
 /// Every key of a pool, read at one moment of the store's clock.
@@ -247,30 +290,15 @@ impl StoreError {
     }
 }
 
-/// The cluster-wide key state. Every method is one atomic step of the store.
+/// The cluster-wide key state: a command interpreter. Every method is one atomic step of the
+/// store; every state change is an [`Op`] given to [`KeyStore::apply`] (the methods of
+/// [`KeyStoreExt`] name them one by one).
 #[async_trait]
 pub trait KeyStore: Send + Sync {
     /// Chooses a key for one attempt, or says why none can be had.
     async fn select(&self, pool: &str, req: &SelectRequest<'_>) -> Result<Selection, StoreError>;
-    /// Applies the outcome of one attempt to its key.
-    async fn report(&self, pool: &str, report: &Report<'_>) -> Result<ReportReceipt, StoreError>;
-    /// Applies many keys' plain successes at once (no probe, no cooldown hint): counters only,
-    /// never a status change, never undoing a newer failure.
-    async fn report_successes(
-        &self,
-        pool: &str,
-        batch: &SuccessBatch<'_>,
-    ) -> Result<BatchReceipt, StoreError>;
-    async fn set_state(
-        &self,
-        pool: &str,
-        key: &KeyId,
-        state: AdminState,
-    ) -> Result<KeyState, StoreError>;
-    async fn set_weight(&self, pool: &str, key: &KeyId, weight: u32) -> Result<(), StoreError>;
-    async fn set_group(&self, pool: &str, key: &KeyId, group: &str) -> Result<(), StoreError>;
-    async fn set_canary(&self, pool: &str, percent: u8) -> Result<(), StoreError>;
-    async fn reset_counters(&self, pool: &str, key: &KeyId) -> Result<(), StoreError>;
+    /// Applies one state-changing operation; the receipt's variant matches the operation's.
+    async fn apply(&self, pool: &str, op: Op<'_>) -> Result<Receipt, StoreError>;
     /// Every key's state, for metrics and the admin API (O(pool size): cache it).
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError>;
     /// Creates the pool from config or brings it up to date, keeping live key state.
@@ -282,5 +310,107 @@ pub trait KeyStore: Send + Sync {
     /// Whether the store serves from a fallback because its backing service is unreachable.
     fn degraded(&self) -> bool {
         false
+    }
+}
+
+/// Each [`Op`] as a method of any [`KeyStore`], with its receipt unpacked: written once here as
+/// [`KeyStore::apply`] (no store implements these; none can override them).
+pub trait KeyStoreExt: KeyStore {
+    /// Applies the outcome of one attempt to its key ([`Op::Report`]).
+    fn report(
+        &self,
+        pool: &str,
+        report: &Report<'_>,
+    ) -> impl Future<Output = Result<ReportReceipt, StoreError>> + Send;
+    /// Applies many keys' plain successes at once ([`Op::Successes`]).
+    fn report_successes(
+        &self,
+        pool: &str,
+        batch: &SuccessBatch<'_>,
+    ) -> impl Future<Output = Result<BatchReceipt, StoreError>> + Send;
+    fn set_state(
+        &self,
+        pool: &str,
+        key: &KeyId,
+        state: AdminState,
+    ) -> impl Future<Output = Result<KeyState, StoreError>> + Send;
+    fn set_weight(
+        &self,
+        pool: &str,
+        key: &KeyId,
+        weight: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn set_group(
+        &self,
+        pool: &str,
+        key: &KeyId,
+        group: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn set_canary(
+        &self,
+        pool: &str,
+        percent: u8,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn reset_counters(
+        &self,
+        pool: &str,
+        key: &KeyId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Ends requests on budgeted keys and renews live leases ([`Op::Settle`]).
+    fn settle(
+        &self,
+        pool: &str,
+        s: &Settlement<'_>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl<S: KeyStore + ?Sized> KeyStoreExt for S {
+    async fn report(&self, pool: &str, report: &Report<'_>) -> Result<ReportReceipt, StoreError> {
+        let op = Op::Report(report.clone());
+        self.apply(pool, op).await?.into_report()
+    }
+
+    async fn report_successes(
+        &self,
+        pool: &str,
+        batch: &SuccessBatch<'_>,
+    ) -> Result<BatchReceipt, StoreError> {
+        let op = Op::Successes(batch.clone());
+        self.apply(pool, op).await?.into_successes()
+    }
+
+    async fn set_state(
+        &self,
+        pool: &str,
+        key: &KeyId,
+        state: AdminState,
+    ) -> Result<KeyState, StoreError> {
+        let op = Op::SetState { key, state };
+        self.apply(pool, op).await?.into_state()
+    }
+
+    async fn set_weight(&self, pool: &str, key: &KeyId, weight: u32) -> Result<(), StoreError> {
+        let op = Op::SetWeight { key, weight };
+        self.apply(pool, op).await?.into_done()
+    }
+
+    async fn set_group(&self, pool: &str, key: &KeyId, group: &str) -> Result<(), StoreError> {
+        let op = Op::SetGroup { key, group };
+        self.apply(pool, op).await?.into_done()
+    }
+
+    async fn set_canary(&self, pool: &str, percent: u8) -> Result<(), StoreError> {
+        let op = Op::SetCanary { percent };
+        self.apply(pool, op).await?.into_done()
+    }
+
+    async fn reset_counters(&self, pool: &str, key: &KeyId) -> Result<(), StoreError> {
+        let op = Op::Reset { key };
+        self.apply(pool, op).await?.into_done()
+    }
+
+    async fn settle(&self, pool: &str, s: &Settlement<'_>) -> Result<(), StoreError> {
+        let op = Op::Settle(s.clone());
+        self.apply(pool, op).await?.into_done()
     }
 }

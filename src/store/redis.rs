@@ -3,7 +3,7 @@
 //!
 //! A pool that Redis lost (restart without persistence, `FLUSHALL`) answers `nopool`; the store
 //! then re-creates it from the last spec it synced and repeats the call, so the caller never sees
-//! the loss (and notes the pool in [`RedisStore::recreated_pools`] so the failover layer can
+//! the loss (and tells the listener of [`RedisStore::on_recreated`], so the failover layer can
 //! write back what it knew). `NOSCRIPT` after a restart or `SCRIPT FLUSH` is handled by
 //! `invoke_async`, which loads the script and runs it again.
 //!
@@ -11,17 +11,18 @@
 //! hung (`SIGSTOP`) or black-holed Redis never holds a caller longer than `timeout`.
 //!
 //! Beside this file: `redis/shared.rs` (what every call needs), `coalesce.rs` (selects coalesced
-//! per pool), `recreate.rs` (a pool Redis lost), `snapshot.rs` (reading a pool back) and
-//! `reply.rs` (script replies parsed).
+//! per pool), `ops.rs` (each [`Op`] as its script's ARGV), `recreate.rs` (a pool Redis lost),
+//! `snapshot.rs` (reading a pool back) and `reply.rs` (every script reply decoded).
 
 mod coalesce;
+mod ops;
 mod recreate;
 mod reply;
 mod shared;
 mod snapshot;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,12 +31,12 @@ use tokio::time::Instant;
 use super::connection::{Conn, Endpoint, Timeouts};
 use super::scripts::Scripts;
 use super::{
-    AdminState, BatchReceipt, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, Route,
-    SelectRequest, Selection, StoreError, SuccessBatch, SyncReceipt,
+    KeyStore, Op, PoolSnapshot, PoolSpec, Receipt, Route, SelectRequest, Selection, StoreError,
+    SyncReceipt,
 };
-use crate::pool::{KeyId, KeyState};
 use coalesce::Coalescer;
-use reply::{expect_ok, now_arg, num, parse_selection};
+pub use recreate::RecreatedListener;
+use reply::{now_arg, parse_selection};
 use shared::{map_err, Core};
 
 /// How to reach Redis and how long to wait for it.
@@ -53,8 +54,8 @@ pub struct RedisStore {
     selects: Coalescer,
     /// The last spec synced per pool, to re-create a pool Redis lost.
     specs: RwLock<HashMap<String, Arc<PoolSpec>>>,
-    /// Pools this store (re-)created from their spec since the set was last cleared.
-    recreated: Mutex<HashSet<String>>,
+    /// Told each time this store creates a pool Redis did not have (see `recreate.rs`).
+    on_recreated: OnceLock<RecreatedListener>,
     /// Held while a lost pool is re-created: the requests that find it missing at the same
     /// moment wait for one `sync` instead of each sending the whole pool (at 10,000 keys one
     /// sync is a ~1 MB command and ~10 MB of client buffers).
@@ -94,7 +95,7 @@ impl RedisStore {
             selects: Coalescer::new(core.clone()),
             core,
             specs: RwLock::new(HashMap::new()),
-            recreated: Mutex::new(HashSet::new()),
+            on_recreated: OnceLock::new(),
             resync: tokio::sync::Mutex::new(()),
         })
     }
@@ -102,30 +103,6 @@ impl RedisStore {
     /// The deadline of one call: the store timeout.
     pub fn timeout(&self) -> Duration {
         self.core.timeout
-    }
-
-    /// Pools this store created in Redis from their spec because Redis did not have them
-    /// (a restart without persistence, `FLUSHALL`, or the first start), not yet cleared.
-    pub fn recreated_pools(&self) -> Vec<String> {
-        let set = self.recreated.lock().unwrap_or_else(|e| e.into_inner());
-        set.iter().cloned().collect()
-    }
-
-    /// Whether any pool waits in [`RedisStore::recreated_pools`].
-    pub fn has_recreated(&self) -> bool {
-        let set = self.recreated.lock().unwrap_or_else(|e| e.into_inner());
-        !set.is_empty()
-    }
-
-    pub fn is_recreated(&self, pool: &str) -> bool {
-        let set = self.recreated.lock().unwrap_or_else(|e| e.into_inner());
-        set.contains(pool)
-    }
-
-    /// Forgets that `pool` was re-created (its lost state was written back, or nothing was).
-    pub fn clear_recreated(&self, pool: &str) {
-        let mut set = self.recreated.lock().unwrap_or_else(|e| e.into_inner());
-        set.remove(pool);
     }
 
     pub fn pool_base(&self, pool: &str) -> String {
@@ -171,11 +148,12 @@ impl KeyStore for RedisStore {
             Route::Stable => ("stable", 0),
         };
         let now = now_arg(req.now_ms);
-        let mut args = Vec::with_capacity(4 + req.exclude.len());
+        let mut args = Vec::with_capacity(5 + req.exclude.len());
         args.extend([
             req.rand.to_string(),
             route.to_string(),
             bucket.to_string(),
+            req.tokens.to_string(),
             req.exclude.len().to_string(),
         ]);
         args.extend(req.exclude.iter().map(|k| k.as_str().to_string()));
@@ -188,133 +166,8 @@ impl KeyStore for RedisStore {
         parse_selection(&w)
     }
 
-    async fn report(&self, pool: &str, r: &Report<'_>) -> Result<ReportReceipt, StoreError> {
-        let now = now_arg(r.now_ms);
-        let hint = r
-            .cooldown_ms
-            .map_or(-1, |h| h.min(i64::MAX as u64) as i64)
-            .to_string();
-        let status = r.http_status.to_string();
-        let probe = if r.probe { "1" } else { "0" };
-        let args = [
-            now.as_str(),
-            r.key.as_str(),
-            r.outcome.as_str(),
-            &hint,
-            &status,
-            probe,
-        ];
-        let w = self
-            .eval_pool(&self.core.scripts.report, pool, &args)
-            .await?;
-        expect_ok(&w, pool, r.key)?;
-        Ok(ReportReceipt {
-            state: w
-                .get(1)
-                .and_then(|s| KeyState::parse(s))
-                .ok_or_else(|| StoreError::Script(format!("bad state in {w:?}")))?,
-            changed: w.get(2).map(String::as_str) == Some("1"),
-            cooldown_until_ms: num(&w, 3)?,
-            now_ms: num(&w, 4)?,
-        })
-    }
-
-    async fn report_successes(
-        &self,
-        pool: &str,
-        batch: &SuccessBatch<'_>,
-    ) -> Result<BatchReceipt, StoreError> {
-        let mut owned = Vec::with_capacity(1 + batch.keys.len() * 3);
-        owned.push(now_arg(batch.now_ms));
-        for k in batch.keys {
-            owned.push(k.count.to_string());
-            owned.push(k.http_status.to_string());
-            owned.push(k.age_ms.to_string());
-        }
-        let mut args: Vec<&str> = Vec::with_capacity(1 + batch.keys.len() * 4);
-        args.push(&owned[0]);
-        for (i, k) in batch.keys.iter().enumerate() {
-            args.push(k.key.as_str());
-            args.extend(owned[1 + i * 3..4 + i * 3].iter().map(String::as_str));
-        }
-        let w = self
-            .eval_pool(&self.core.scripts.report_batch, pool, &args)
-            .await?;
-        match w.first().map(String::as_str) {
-            Some("ok") => Ok(BatchReceipt {
-                applied: num(&w, 1)?,
-                held: num(&w, 2)?,
-                now_ms: num(&w, 3)?,
-            }),
-            _ => Err(StoreError::Script(format!("unexpected reply {w:?}"))),
-        }
-    }
-
-    async fn set_state(
-        &self,
-        pool: &str,
-        key: &KeyId,
-        state: AdminState,
-    ) -> Result<KeyState, StoreError> {
-        let args = ["0", key.as_str(), state.as_str()];
-        let w = self
-            .eval_pool(&self.core.scripts.set_state, pool, &args)
-            .await?;
-        expect_ok(&w, pool, key)?;
-        w.get(1)
-            .and_then(|s| KeyState::parse(s))
-            .ok_or_else(|| StoreError::Script(format!("bad state in {w:?}")))
-    }
-
-    async fn set_weight(&self, pool: &str, key: &KeyId, weight: u32) -> Result<(), StoreError> {
-        if weight > 1000 {
-            return Err(StoreError::InvalidArgument(
-                "weight must be 0..=1000".into(),
-            ));
-        }
-        let w = weight.to_string();
-        let reply = self
-            .eval_pool(
-                &self.core.scripts.set_weight,
-                pool,
-                &["0", key.as_str(), &w],
-            )
-            .await?;
-        expect_ok(&reply, pool, key)
-    }
-
-    async fn set_group(&self, pool: &str, key: &KeyId, group: &str) -> Result<(), StoreError> {
-        let reply = self
-            .eval_pool(
-                &self.core.scripts.set_group,
-                pool,
-                &["0", key.as_str(), group],
-            )
-            .await?;
-        expect_ok(&reply, pool, key)
-    }
-
-    async fn set_canary(&self, pool: &str, percent: u8) -> Result<(), StoreError> {
-        if percent > 100 {
-            return Err(StoreError::InvalidArgument(
-                "percent must be 0..=100".into(),
-            ));
-        }
-        let p = percent.to_string();
-        let w = self
-            .eval_pool(&self.core.scripts.set_canary, pool, &["0", &p])
-            .await?;
-        match w.first().map(String::as_str) {
-            Some("ok") => Ok(()),
-            _ => Err(StoreError::Script(format!("unexpected reply {w:?}"))),
-        }
-    }
-
-    async fn reset_counters(&self, pool: &str, key: &KeyId) -> Result<(), StoreError> {
-        let w = self
-            .eval_pool(&self.core.scripts.reset, pool, &["0", key.as_str()])
-            .await?;
-        expect_ok(&w, pool, key)
+    async fn apply(&self, pool: &str, op: Op<'_>) -> Result<Receipt, StoreError> {
+        self.run_op(pool, &op).await
     }
 
     /// Paged: see [`RedisStore::snapshot_versioned`] and the header of `lua/snapshot.lua`.
@@ -336,7 +189,7 @@ impl KeyStore for RedisStore {
             .await?;
         if let SyncReceipt::Synced { created, .. } = receipt {
             if created > 0 && created as usize == spec.keys.len() {
-                self.mark_recreated(&spec.name);
+                self.tell_recreated(&spec.name);
             }
         }
         Ok(receipt)

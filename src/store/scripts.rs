@@ -2,6 +2,8 @@
 
 use redis::Script;
 
+use super::Op;
+
 const LIB: &str = include_str!("../../lua/lib.lua");
 
 fn build(body: &str) -> Script {
@@ -18,6 +20,7 @@ pub(crate) struct Scripts {
     pub set_group: Script,
     pub set_canary: Script,
     pub reset: Script,
+    pub settle: Script,
     pub snapshot: Script,
     pub sync: Script,
 }
@@ -33,12 +36,28 @@ impl Scripts {
             set_group: build(include_str!("../../lua/set_group.lua")),
             set_canary: build(include_str!("../../lua/set_canary.lua")),
             reset: build(include_str!("../../lua/reset.lua")),
+            settle: build(include_str!("../../lua/settle.lua")),
             snapshot: build(include_str!("../../lua/snapshot.lua")),
             sync: build(include_str!("../../lua/sync.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 10] {
+    /// The one script that applies `op` (its ARGV in `redis/ops.rs`, its reply in
+    /// `redis/reply.rs`).
+    pub fn for_op(&self, op: &Op<'_>) -> &Script {
+        match op {
+            Op::Report(_) => &self.report,
+            Op::Successes(_) => &self.report_batch,
+            Op::SetState { .. } => &self.set_state,
+            Op::SetWeight { .. } => &self.set_weight,
+            Op::SetGroup { .. } => &self.set_group,
+            Op::SetCanary { .. } => &self.set_canary,
+            Op::Reset { .. } => &self.reset,
+            Op::Settle(_) => &self.settle,
+        }
+    }
+
+    pub fn all(&self) -> [&Script; 11] {
         [
             &self.select,
             &self.report,
@@ -48,6 +67,7 @@ impl Scripts {
             &self.set_group,
             &self.set_canary,
             &self.reset,
+            &self.settle,
             &self.snapshot,
             &self.sync,
         ]

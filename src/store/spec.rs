@@ -3,7 +3,8 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::config::PoolConfig;
+use super::budget::KeyLimits;
+use crate::config::{Limits, PoolConfig};
 use crate::pool::KeyId;
 
 /// The pool policy of DESIGN section 7, in the store's unit (ms).
@@ -38,6 +39,41 @@ pub struct SpecKey {
     pub id: KeyId,
     pub weight: u32,
     pub group: String,
+    /// The key's effective budgets (its own over the pool's); empty: none.
+    pub limits: KeyLimits,
+}
+
+/// How a pool's budgets behave (README "Budgets"); meaningful when some key has limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetSpec {
+    pub max_wait_ms: u64,
+    pub lease_ms: u64,
+    pub max_request_tokens: u64,
+    /// Some key has a token budget: requests estimate their reservation.
+    pub token_budgets: bool,
+}
+
+impl Default for BudgetSpec {
+    fn default() -> Self {
+        BudgetSpec {
+            max_wait_ms: 0,
+            lease_ms: 10_000,
+            max_request_tokens: 8192,
+            token_budgets: false,
+        }
+    }
+}
+
+impl KeyLimits {
+    pub fn from_config(l: &Limits) -> KeyLimits {
+        KeyLimits {
+            rpm: l.rpm.unwrap_or(0),
+            tpm: l.tpm.unwrap_or(0),
+            conc: l.max_concurrent.unwrap_or(0),
+            rpd: l.rpd.unwrap_or(0),
+            tpd: l.tpd.unwrap_or(0),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +84,7 @@ pub struct PoolSpec {
     pub canary_percent: u8,
     pub canary_fallback: bool,
     pub keys: Vec<SpecKey>,
+    pub budget: BudgetSpec,
 }
 
 impl PoolSpec {
@@ -75,9 +112,17 @@ impl PoolSpec {
                         id: KeyId::new(&k.id)?,
                         weight: k.weight,
                         group: k.group.clone(),
+                        limits: KeyLimits::from_config(&k.limits.over(pool.limits.keys)),
                     })
                 })
                 .collect(),
+            budget: BudgetSpec {
+                max_wait_ms: pool.limits.max_wait_ms,
+                lease_ms: pool.limits.lease_s.saturating_mul(1000),
+                max_request_tokens: pool.limits.max_request_tokens,
+                token_budgets: (pool.keys.iter())
+                    .any(|k| k.limits.over(pool.limits.keys).has_tokens()),
+            },
         }
     }
 
@@ -95,13 +140,24 @@ impl PoolSpec {
             self.canary_group.clone(),
             self.canary_percent.to_string(),
             if self.canary_fallback { "1" } else { "0" }.to_string(),
+            if self.has_budgets() { "1" } else { "0" }.to_string(),
+            self.budget.max_wait_ms.to_string(),
+            self.budget.lease_ms.to_string(),
+            self.budget.max_request_tokens.to_string(),
         ];
         for k in &self.keys {
+            let l = &k.limits;
             args.push(k.id.to_string());
             args.push(k.weight.to_string());
             args.push(k.group.clone());
+            args.extend([l.rpm, l.tpm, l.conc, l.rpd, l.tpd].map(|v| v.to_string()));
         }
         args
+    }
+
+    /// Whether any key of the pool has a budget (the meta flag `budgets` the scripts test).
+    pub fn has_budgets(&self) -> bool {
+        self.keys.iter().any(|k| !k.limits.is_empty())
     }
 
     /// A hash of everything `sync` writes: equal fingerprints mean there is nothing to do.

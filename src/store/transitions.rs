@@ -1,10 +1,10 @@
-//! The memory store's per-key state machine: `lua/lib.lua`, `report.lua`, the admin scripts
-//! and `sync.lua`, line for line (keep them in step; the model-based test compares them).
+//! The memory store's per-key state machine: `lua/lib.lua`, `report.lua`, `report_batch.lua` and
+//! the admin scripts, line for line, one [`Op`] branch each in [`PoolState::apply`] (keep them in
+//! step; the model-based test compares them). `memory_sync.rs` holds `sync.lua`.
 
 use super::memory::{KeyRow, PoolState};
 use super::{
-    AdminState, BatchReceipt, KeyRecord, KeySuccesses, PoolSpec, Report, ReportReceipt, StoreError,
-    SyncReceipt,
+    AdminState, BatchReceipt, KeySuccesses, Op, Receipt, Report, ReportReceipt, StoreError,
 };
 use crate::pool::{KeyState, Outcome};
 
@@ -20,7 +20,7 @@ fn selectable(status: KeyState, weight: u32) -> bool {
     status == KeyState::Active && weight > 0
 }
 
-fn idx(s: KeyState) -> usize {
+pub(super) fn idx(s: KeyState) -> usize {
     KeyState::ALL.iter().position(|x| *x == s).unwrap_or(0)
 }
 
@@ -29,11 +29,34 @@ fn unknown_key(id: &str) -> StoreError {
 }
 
 impl PoolState {
-    fn row(&self, id: &str) -> Result<KeyRow, StoreError> {
+    /// One [`Op`], one branch: what its script in `lua/` does, in process, at `now`.
+    pub(crate) fn apply(&mut self, op: &Op<'_>, now: u64) -> Result<Receipt, StoreError> {
+        match op {
+            Op::Report(r) => self.report(r, now).map(Receipt::Report),
+            Op::Successes(b) => Ok(Receipt::Successes(self.report_successes(b.keys, now))),
+            Op::SetState { key, state } => self
+                .set_admin_state(key.as_str(), *state)
+                .map(Receipt::State),
+            Op::SetWeight { key, weight } => self.set_weight(key.as_str(), *weight),
+            Op::SetGroup { key, group } => self.set_group(key.as_str(), group),
+            Op::SetCanary { percent } => {
+                self.canary_percent = *percent;
+                self.ver += 1;
+                Ok(Receipt::Done)
+            }
+            Op::Reset { key } => self.reset_counters(key.as_str()),
+            Op::Settle(s) => {
+                self.settle(s, now);
+                Ok(Receipt::Done)
+            }
+        }
+    }
+
+    pub(super) fn row(&self, id: &str) -> Result<KeyRow, StoreError> {
         self.keys.get(id).cloned().ok_or_else(|| unknown_key(id))
     }
 
-    fn put(&mut self, id: &str, row: KeyRow) {
+    pub(super) fn put(&mut self, id: &str, row: KeyRow) {
         self.keys.insert(id.to_string(), row);
     }
 
@@ -65,7 +88,7 @@ impl PoolState {
     }
 
     /// `set_status` of lib.lua: class sets, probe sets, the due index and counters follow the status.
-    fn set_status(
+    pub(super) fn set_status(
         &mut self,
         id: &str,
         k: &mut KeyRow,
@@ -294,7 +317,7 @@ impl PoolState {
         Ok(s)
     }
 
-    fn apply_weight(&mut self, id: &str, k: &mut KeyRow, w: u32) {
+    pub(super) fn apply_weight(&mut self, id: &str, k: &mut KeyRow, w: u32) {
         if selectable(k.status, k.weight) {
             self.cls_move(&k.group, id, k.weight, false);
         }
@@ -305,7 +328,7 @@ impl PoolState {
         self.ver += 1;
     }
 
-    fn apply_group(&mut self, id: &str, k: &mut KeyRow, g: &str) {
+    pub(super) fn apply_group(&mut self, id: &str, k: &mut KeyRow, g: &str) {
         if g == k.group {
             return;
         }
@@ -321,21 +344,21 @@ impl PoolState {
         self.ver += 1;
     }
 
-    pub(crate) fn set_weight(&mut self, id: &str, w: u32) -> Result<(), StoreError> {
+    fn set_weight(&mut self, id: &str, w: u32) -> Result<Receipt, StoreError> {
         let mut k = self.row(id)?;
         self.apply_weight(id, &mut k, w);
         self.put(id, k);
-        Ok(())
+        Ok(Receipt::Done)
     }
 
-    pub(crate) fn set_group(&mut self, id: &str, g: &str) -> Result<(), StoreError> {
+    fn set_group(&mut self, id: &str, g: &str) -> Result<Receipt, StoreError> {
         let mut k = self.row(id)?;
         self.apply_group(id, &mut k, g);
         self.put(id, k);
-        Ok(())
+        Ok(Receipt::Done)
     }
 
-    pub(crate) fn reset_counters(&mut self, id: &str) -> Result<(), StoreError> {
+    fn reset_counters(&mut self, id: &str) -> Result<Receipt, StoreError> {
         let k = self.keys.get_mut(id).ok_or_else(|| unknown_key(id))?;
         (
             k.errors,
@@ -345,105 +368,6 @@ impl PoolState {
             k.window_start_ms,
         ) = (0, 0, 0, 0, 0);
         self.ver += 1;
-        Ok(())
-    }
-
-    fn create_key(&mut self, id: &str, w: u32, g: &str) {
-        self.counts[idx(KeyState::Active)] += 1;
-        self.cls_move(g, id, w, true);
-        let row = KeyRow {
-            status: KeyState::Active,
-            reason: String::new(),
-            weight: w,
-            group: g.to_string(),
-            errors: 0,
-            strikes: 0,
-            cooldown_until_ms: 0,
-            last_status: 0,
-            last_used_ms: 0,
-            successes: 0,
-            failures: 0,
-            window_start_ms: 0,
-            open_ms: 0,
-            cfg_weight: w,
-            cfg_group: g.to_string(),
-            failed_at_ms: 0,
-        };
-        self.put(id, row);
-    }
-
-    /// `sync.lua`.
-    pub(crate) fn sync(&mut self, spec: &PoolSpec) -> SyncReceipt {
-        let hash = spec.fingerprint();
-        if self.config_hash == hash {
-            return SyncReceipt::Unchanged;
-        }
-        let (mut created, mut updated, mut removed) = (0, 0, 0);
-        self.policy = spec.policy.clone();
-        self.canary_group = spec.canary_group.clone();
-        self.canary_fallback = spec.canary_fallback;
-        if self.canary_percent_cfg != Some(spec.canary_percent) {
-            self.canary_percent = spec.canary_percent;
-            self.canary_percent_cfg = Some(spec.canary_percent);
-        }
-        for sk in &spec.keys {
-            let id = sk.id.as_str();
-            let Ok(mut k) = self.row(id) else {
-                self.create_key(id, sk.weight, &sk.group);
-                created += 1;
-                continue;
-            };
-            let mut touched = false;
-            if k.cfg_weight != sk.weight {
-                self.apply_weight(id, &mut k, sk.weight);
-                k.cfg_weight = sk.weight;
-                touched = true;
-            }
-            if k.cfg_group != sk.group {
-                self.apply_group(id, &mut k, &sk.group);
-                k.cfg_group = sk.group.clone();
-                touched = true;
-            }
-            if k.status == KeyState::Draining && k.reason == "removed" {
-                self.set_status(id, &mut k, KeyState::Active, "", None);
-                touched = true;
-            }
-            updated += touched as u64;
-            self.put(id, k);
-        }
-        let gone: Vec<String> = self
-            .keys
-            .keys()
-            .filter(|id| !spec.keys.iter().any(|k| k.id.as_str() == id.as_str()))
-            .cloned()
-            .collect();
-        for id in gone {
-            let Ok(mut k) = self.row(&id) else { continue };
-            if k.status != KeyState::Draining {
-                self.set_status(&id, &mut k, KeyState::Draining, "removed", None);
-                removed += 1;
-            }
-            self.put(&id, k);
-        }
-        self.config_hash = hash;
-        self.ver += 1;
-        SyncReceipt::Synced {
-            created,
-            updated,
-            removed,
-        }
-    }
-
-    /// Puts a key back to what a snapshot recorded (degraded mode seeding).
-    pub(crate) fn restore(&mut self, rec: &KeyRecord) {
-        let Ok(mut k) = self.row(&rec.id) else { return };
-        self.apply_weight(&rec.id, &mut k, rec.weight);
-        self.apply_group(&rec.id, &mut k, &rec.group);
-        let deadline = (rec.cooldown_until_ms > 0).then_some(rec.cooldown_until_ms);
-        self.set_status(&rec.id, &mut k, rec.status, &rec.reason, deadline);
-        (k.errors, k.strikes, k.successes, k.failures) =
-            (rec.errors, rec.strikes, rec.successes, rec.failures);
-        (k.last_status, k.last_used_ms) = (rec.last_status, rec.last_used_ms);
-        self.put(&rec.id, k);
+        Ok(Receipt::Done)
     }
 }

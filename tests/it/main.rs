@@ -15,6 +15,7 @@ macro_rules! conformance {
 }
 
 mod admin;
+mod budget_accuracy;
 mod e2e;
 mod faults;
 mod fuzz;
@@ -26,10 +27,12 @@ mod hostile;
 mod observability;
 mod proxy;
 mod proxy_batch;
+mod proxy_budgets;
 mod proxy_lifecycle;
 mod reload;
 mod secrets;
 mod store_batch;
+mod store_budgets;
 mod store_coalesce;
 mod store_conformance;
 mod store_failover;

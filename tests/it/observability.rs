@@ -104,7 +104,13 @@ fn config(redis_url: &str, upstream: &str) -> String {
             &[OK, LIMITED, REVOKED, FLAKY, CANARY],
             "[pools.canary]\ngroup = \"canary\"\npercent = 0\n",
         ),
-        pool_toml("dead", upstream, &[DEAD], ""),
+        // Budgets that never bind, so the budget families are exported.
+        pool_toml(
+            "dead",
+            upstream,
+            &[DEAD],
+            "[pools.limits]\nrpm = 100000\ntpm = 100000000\n"
+        ),
     )
 }
 

@@ -5,8 +5,8 @@
 
 use keygate::pool::{KeyId, KeyState, Outcome};
 use keygate::store::{
-    BatchReceipt, KeyRecord, KeyStore, KeySuccesses, Report, Route, SelectRequest, Selection,
-    StoreError, SuccessBatch,
+    BatchReceipt, KeyRecord, KeyStore, KeyStoreExt, KeySuccesses, Report, Route, SelectRequest,
+    Selection, StoreError, SuccessBatch,
 };
 
 use crate::harness::{kid, redis_store, spec, RedisServer, Subject};
@@ -148,6 +148,7 @@ pub async fn a_batch_never_reactivates_a_half_open_or_cooling_key(s: &Subject) {
         exclude: &[],
         rand: 0,
         now_ms: Some(t + 2),
+        tokens: 0,
     };
     match st.select("p", &req).await.unwrap() {
         Selection::Key(c) => assert_eq!((c.key.as_str(), c.probe), ("a", true)),

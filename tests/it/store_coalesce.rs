@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use keygate::pool::{KeyId, Outcome};
 use keygate::store::memory::MemoryStore;
 use keygate::store::redis::RedisStore;
-use keygate::store::{KeyStore, Report, Route, SelectRequest, Selection, StoreError};
+use keygate::store::{KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection, StoreError};
 
 use crate::harness::{kid, redis_store, spec, RedisServer};
 use crate::store_batch::evalsha_calls;
@@ -73,6 +73,7 @@ fn select_req(r: &(Route, Vec<KeyId>, u64), now: u64) -> SelectRequest<'_> {
         exclude: &r.1,
         rand: r.2,
         now_ms: Some(now),
+        tokens: 0,
     }
 }
 

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use keygate::pool::{KeyId, KeyState, Outcome};
 use keygate::store::{
-    AdminState, KeyStore, Report, Route, SelectRequest, Selection, StoreError, SyncReceipt,
+    AdminState, KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection, StoreError,
+    SyncReceipt,
 };
 
 use crate::harness::{kid, spec, Subject};
@@ -18,6 +19,7 @@ fn req(rand: u64, route: Route, exclude: &[KeyId], now: u64) -> SelectRequest<'_
         exclude,
         rand,
         now_ms: Some(now),
+        tokens: 0,
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use keygate::mock::{Behavior, MockUpstream};
 use keygate::pool::KeyState;
-use keygate::store::AdminState;
+use keygate::store::{AdminState, KeyStoreExt};
 use redis::Commands;
 
 use crate::harness::gateway::{chat, config_toml, key, TestGateway, TestKey};

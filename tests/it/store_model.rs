@@ -7,7 +7,8 @@ use std::sync::Arc;
 use keygate::pool::{KeyId, Outcome};
 use keygate::store::memory::MemoryStore;
 use keygate::store::{
-    AdminState, KeyStore, KeySuccesses, Report, Route, SelectRequest, Selection, SuccessBatch,
+    AdminState, KeyStore, KeyStoreExt, KeySuccesses, LeaseEnd, Report, Route, SelectRequest,
+    Selection, Settlement, SuccessBatch,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -23,6 +24,13 @@ enum Op {
         route: u8,
         rand: u64,
         exclude: Vec<usize>,
+        tokens: u64,
+    },
+    /// Ends the `pick`-th lease taken so far (mod their count) with a token delta, or renews it.
+    Settle {
+        pick: usize,
+        delta: i64,
+        renew: bool,
     },
     Report {
         key: usize,
@@ -62,7 +70,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0u8..104, 0u64..(1u64 << 53), proptest::collection::vec(0usize..5, 0..3))
-            .prop_map(|(route, rand, exclude)| Op::Select { route, rand, exclude }),
+            .prop_map(|(route, rand, exclude)| Op::Select { route, rand, exclude, tokens: 0 }),
         8 => (0usize..5, 0usize..8, proptest::option::of(0u64..4_000), any::<bool>())
             .prop_map(|(key, outcome, hint, probe)| Op::Report { key, outcome, hint, probe }),
         4 => proptest::collection::vec((0usize..6, 0u64..4, 0u64..3_000), 0..5)
@@ -91,13 +99,82 @@ fn pool_spec(name: &str, drop_last: bool, weight: u32) -> keygate::store::PoolSp
     s
 }
 
-/// Applies one op to a store; returns a comparable description of its answer.
-async fn apply(s: &dyn KeyStore, pool: &str, op: &Op, now: &mut u64) -> String {
+/// Budget sequences: selects with token reservations, settlements and renewals of the leases
+/// taken, reports and the clock, on a pool whose keys have budgets.
+fn budget_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0u8..104, 0u64..(1u64 << 53), proptest::collection::vec(0usize..5, 0..2), 0u64..3_000)
+            .prop_map(|(route, rand, exclude, tokens)| Op::Select { route, rand, exclude, tokens }),
+        4 => (0usize..64, -2_000i64..2_000, any::<bool>())
+            .prop_map(|(pick, delta, renew)| Op::Settle { pick, delta, renew }),
+        2 => (0usize..5, 0usize..8, proptest::option::of(0u64..4_000), any::<bool>())
+            .prop_map(|(key, outcome, hint, probe)| Op::Report { key, outcome, hint, probe }),
+        5 => (0u64..3_000).prop_map(|ms| Op::Advance { ms }),
+        1 => Just(Op::Snapshot),
+    ]
+}
+
+fn budget_spec(name: &str) -> keygate::store::PoolSpec {
+    use keygate::store::budget::KeyLimits;
+    let mut s = pool_spec(name, false, 1);
+    let l = |rpm, tpm, conc, rpd| KeyLimits {
+        rpm,
+        tpm,
+        conc,
+        rpd,
+        tpd: 0,
+    };
+    let limits = [
+        l(30, 0, 0, 0),
+        l(0, 0, 2, 0),
+        l(0, 20_000, 0, 0),
+        l(60, 0, 1, 0),
+        l(120, 50_000, 3, 500),
+    ];
+    for (k, lim) in s.keys.iter_mut().zip(limits) {
+        k.limits = lim;
+    }
+    s.budget = keygate::store::spec::BudgetSpec {
+        max_wait_ms: 1_500,
+        lease_ms: 2_000,
+        max_request_tokens: 2_000,
+        token_budgets: true,
+    };
+    s
+}
+
+/// Applies one op to a store; returns a comparable description of its answer. `leases`: the
+/// leases selections took so far.
+async fn apply(
+    s: &dyn KeyStore,
+    pool: &str,
+    op: &Op,
+    now: &mut u64,
+    leases: &mut Vec<(KeyId, u64)>,
+) -> String {
     match op {
+        Op::Settle { pick, delta, renew } => {
+            let Some((key, lease)) = leases.get(pick % leases.len().max(1)).cloned() else {
+                return String::new();
+            };
+            let end = [LeaseEnd {
+                key: key.clone(),
+                lease,
+                tokens_delta: *delta,
+            }];
+            let renewal = [(key, lease)];
+            let st = Settlement {
+                ended: if *renew { &[] } else { &end },
+                renew: if *renew { &renewal } else { &[] },
+                now_ms: Some(*now),
+            };
+            format!("{:?}", s.settle(pool, &st).await.unwrap())
+        }
         Op::Select {
             route,
             rand,
             exclude,
+            tokens,
         } => {
             let route = match route {
                 100 | 101 => Route::Canary,
@@ -110,8 +187,15 @@ async fn apply(s: &dyn KeyStore, pool: &str, op: &Op, now: &mut u64) -> String {
                 exclude: &ex,
                 rand: *rand,
                 now_ms: Some(*now),
+                tokens: *tokens,
             };
-            format!("{:?}", s.select(pool, &req).await.unwrap())
+            let sel = s.select(pool, &req).await.unwrap();
+            if let Selection::Key(c) = &sel {
+                if c.lease != 0 {
+                    leases.push((c.key.clone(), c.lease));
+                }
+            }
+            format!("{sel:?}")
         }
         Op::Report {
             key,
@@ -176,6 +260,17 @@ async fn apply(s: &dyn KeyStore, pool: &str, op: &Op, now: &mut u64) -> String {
 
 #[test]
 fn redis_and_memory_stores_agree_on_random_operation_sequences() {
+    agree(op(), |pool| pool_spec(pool, false, 1));
+}
+
+#[test]
+fn redis_and_memory_stores_agree_on_random_budget_sequences() {
+    agree(budget_op(), budget_spec);
+}
+
+/// Runs 200 random sequences of `ops` against both stores, each on a fresh pool from `spec_of`:
+/// every answer, the final snapshot and the change counter must agree.
+fn agree(ops: impl Strategy<Value = Op>, spec_of: fn(&str) -> keygate::store::PoolSpec) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _in_runtime = rt.enter();
     let server = RedisServer::start();
@@ -186,18 +281,19 @@ fn redis_and_memory_stores_agree_on_random_operation_sequences() {
     });
     let case = std::sync::atomic::AtomicU32::new(0);
     runner
-        .run(&proptest::collection::vec(op(), 1..80), |ops| {
+        .run(&proptest::collection::vec(ops, 1..80), |ops| {
             let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let pool = format!("m{n}");
             let memory = MemoryStore::new();
             rt.block_on(async {
-                let sp = pool_spec(&pool, false, 1);
+                let sp = spec_of(&pool);
                 memory.sync(&sp).await.unwrap();
                 redis.sync(&sp).await.unwrap();
                 let (mut t_mem, mut t_red) = (1_700_000_000_000u64, 1_700_000_000_000u64);
+                let (mut l_mem, mut l_red) = (Vec::new(), Vec::new());
                 for (i, op) in ops.iter().enumerate() {
-                    let a = apply(&memory, &pool, op, &mut t_mem).await;
-                    let b = apply(&redis, &pool, op, &mut t_red).await;
+                    let a = apply(&memory, &pool, op, &mut t_mem, &mut l_mem).await;
+                    let b = apply(&redis, &pool, op, &mut t_red, &mut l_red).await;
                     prop_assert_eq!(&a, &b, "op #{} {:?} diverged", i, op);
                 }
                 let a = memory.snapshot(&pool, Some(t_mem)).await.unwrap();
@@ -232,6 +328,7 @@ async fn chi_square(s: &dyn KeyStore, weights: &[u32], draws: usize) -> f64 {
             exclude: &[],
             rand: rng.gen::<u64>() >> 11,
             now_ms: Some(1),
+            tokens: 0,
         };
         match s.select("chi", &req).await.unwrap() {
             Selection::Key(c) => {
@@ -287,6 +384,7 @@ async fn concurrent_updates_are_never_lost(store: Arc<dyn KeyStore>) {
                     exclude: &[],
                     rand: t * 1000 + i,
                     now_ms: None,
+                    tokens: 0,
                 };
                 assert!(matches!(
                     store.select("p", &req).await.unwrap(),

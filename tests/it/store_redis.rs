@@ -2,9 +2,10 @@
 //! and surviving a Redis that lost its data or its script cache.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use keygate::pool::{KeyState, Outcome};
-use keygate::store::{KeyStore, Report, Route, SelectRequest, Selection};
+use keygate::store::{KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection};
 use redis::Commands;
 
 use crate::harness::{kid, redis_store, spec, RedisServer};
@@ -17,6 +18,7 @@ async fn selectable(s: &dyn KeyStore, pool: &str) -> Vec<String> {
             exclude: &[],
             rand: i * ((1u64 << 53) / 48),
             now_ms: None,
+            tokens: 0,
         };
         if let Selection::Key(c) = s.select(pool, &req).await.unwrap() {
             if !seen.contains(&c.key.to_string()) {
@@ -141,6 +143,7 @@ async fn a_pool_lost_to_flushall_or_a_restart_is_recreated_without_failing_the_c
             exclude: &[],
             rand: 1,
             now_ms: None,
+            tokens: 0,
         };
         if let Ok(Selection::Key(_)) = store.select("p", &req).await {
             ok = true;
@@ -149,6 +152,36 @@ async fn a_pool_lost_to_flushall_or_a_restart_is_recreated_without_failing_the_c
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(ok, "store did not recover after an empty restart");
+}
+
+#[tokio::test]
+async fn the_store_tells_its_one_listener_of_each_pool_it_creates_or_recreates() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, "kg");
+    let told = Arc::new(Mutex::new(Vec::<String>::new()));
+    let listener = told.clone();
+    store
+        .on_recreated(Box::new(move |pool| {
+            listener.lock().unwrap().push(pool.to_string())
+        }))
+        .unwrap();
+    assert!(
+        store.on_recreated(Box::new(|_| {})).is_err(),
+        "a second listener is refused"
+    );
+    let sp = spec("p", &[("k1", 1, "stable")]);
+    store.sync(&sp).await.unwrap();
+    assert_eq!(*told.lock().unwrap(), ["p"], "created on the first start");
+    store.sync(&sp).await.unwrap();
+    assert_eq!(selectable(&store, "p").await, ["k1"]);
+    assert_eq!(*told.lock().unwrap(), ["p"], "nothing lost, nothing told");
+    server.flushall();
+    assert_eq!(selectable(&store, "p").await, ["k1"]);
+    assert_eq!(
+        *told.lock().unwrap(),
+        ["p", "p"],
+        "re-created after FLUSHALL"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +234,7 @@ async fn requests_that_find_their_pool_lost_at_once_recreate_it_with_one_sync() 
                 exclude: &[],
                 rand: i,
                 now_ms: None,
+                tokens: 0,
             };
             store.select("p", &req).await
         }

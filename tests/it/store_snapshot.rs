@@ -9,7 +9,7 @@ use keygate::pool::{KeyState, Outcome};
 use keygate::store::failover::{FailoverOptions, FailoverStore};
 use keygate::store::memory::MemoryStore;
 use keygate::store::redis::{RedisOptions, RedisStore};
-use keygate::store::{AdminState, KeyStore, PoolSpec, Report, Route, SelectRequest};
+use keygate::store::{AdminState, KeyStore, KeyStoreExt, PoolSpec, Report, Route, SelectRequest};
 
 use crate::harness::{kid, spec, wait_until, RedisServer};
 
@@ -224,6 +224,7 @@ async fn select_once(store: &FailoverStore) {
         exclude: &[],
         rand: 1,
         now_ms: None,
+        tokens: 0,
     };
     store.select("p", &req).await.unwrap();
 }

@@ -10,7 +10,8 @@ use keygate::mock::{Behavior, MockUpstream};
 use keygate::pool::{KeyState, Outcome};
 use keygate::store::redis::RedisStore;
 use keygate::store::{
-    AdminState, Endpoint, KeyStore, Report, Route, SelectRequest, Selection, SyncReceipt,
+    AdminState, Endpoint, KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection,
+    SyncReceipt,
 };
 use tokio::task::block_in_place;
 
@@ -166,6 +167,7 @@ async fn every_operation(store: &RedisStore, pool: &str) {
         exclude: &[],
         rand: 7,
         now_ms: None,
+        tokens: 0,
     };
     assert!(matches!(
         store.select(pool, &req).await.unwrap(),
@@ -255,6 +257,7 @@ async fn on_a_three_master_cluster_pools_spread_over_slots_and_every_operation_r
         exclude: &[],
         rand: 1,
         now_ms: None,
+        tokens: 0,
     };
     for p in &pools {
         assert!(matches!(

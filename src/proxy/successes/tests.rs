@@ -26,8 +26,10 @@ async fn store_with(keys: usize) -> Arc<dyn KeyStore> {
                 id: kid(&format!("k{i}")),
                 weight: 1,
                 group: "stable".into(),
+                limits: Default::default(),
             })
             .collect(),
+        budget: Default::default(),
     };
     store.sync(&spec).await.expect("sync");
     store

@@ -98,15 +98,16 @@ impl Shared {
     async fn write_back(&self, from_memory: bool) -> Result<(), StoreError> {
         let now = system_now_ms();
         loop {
-            let Some(entry) = lock(&self.journal).pop_front() else {
+            let Some((pool, op)) = lock(&self.journal).pop_front() else {
                 break;
             };
-            if let Err(e) = entry.replay(&self.redis, now).await {
-                lock(&self.journal).push_front(entry);
+            if let Err(e) = op.replay(&self.redis, &pool, now).await {
+                lock(&self.journal).push_front((pool, op));
                 return Err(e);
             }
         }
-        for pool in self.redis.recreated_pools() {
+        let recreated: Vec<String> = lock(&self.recreated).iter().cloned().collect();
+        for pool in recreated {
             let known = if from_memory {
                 self.memory.snapshot(&pool, None).await.ok()
             } else {
@@ -116,7 +117,7 @@ impl Shared {
                 let n = writeback::restore(&self.redis, &spec, &known).await?;
                 tracing::info!(pool = %pool, writes = n, "pool re-created in Redis; wrote back its last known state");
             }
-            self.redis.clear_recreated(&pool);
+            lock(&self.recreated).remove(&pool);
         }
         Ok(())
     }

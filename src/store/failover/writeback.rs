@@ -1,11 +1,11 @@
 //! What a replica learned while it answered from memory, and how it goes back into Redis.
 //!
-//! Two sources:
-//! - the journal: every report that changed or may change a key (anything but a success
-//!   without a cooldown, a batch of such successes, and a client error) and every admin change
-//!   answered from memory, in
-//!   order. Reports are replayed with their cooldown recomputed to end at the moment memory set
-//!   (a cooldown that already ended is dropped); admin changes are replayed as they were.
+//! Two sources, both kept as [`OwnedOp`]s (an [`Op`] that owns its data) and replayed through
+//! the Redis store's `apply`:
+//! - the journal: every op answered from memory that changed or may change a key (any report but
+//!   a success without a cooldown and a client error; every admin change; never a batch of
+//!   successes), in order. Reports are replayed with their cooldown recomputed to end at the
+//!   moment memory set (a cooldown that already ended is dropped); admin changes as they were.
 //! - a pool Redis lost (restart without persistence, `FLUSHALL`) and re-created from config:
 //!   the replica's last view of it (memory in degraded mode, else its last Redis snapshot) is
 //!   written back, so disables, drains, cooldowns, weights, groups and the canary percent it knew
@@ -18,42 +18,39 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::super::redis::RedisStore;
 use super::super::{
-    AdminState, KeyStore, PoolSnapshot, PoolSpec, Report, ReportReceipt, StoreError,
+    AdminState, KeyRecord, KeyStore, Op, PoolSnapshot, PoolSpec, Receipt, Report, StoreError,
 };
 use crate::pool::{KeyId, KeyState, Outcome};
 
-/// One thing learned while Redis was not answering.
+/// An [`Op`] in owned form, as the journal keeps it: one thing learned while Redis was not
+/// answering. A report keeps the moment its cooldown ends instead of its length, so that
+/// replayed later it still ends then. A batch of successes teaches nothing worth keeping and has
+/// no owned form.
 #[derive(Clone, Debug)]
-pub(crate) enum Learned {
+pub(crate) enum OwnedOp {
     Report {
-        pool: String,
         key: KeyId,
         outcome: Outcome,
         http_status: u16,
         /// When the cooldown or quota disable memory set ends (replica clock, ms).
         until_ms: Option<u64>,
     },
-    State {
-        pool: String,
+    SetState {
         key: KeyId,
         state: AdminState,
     },
-    Weight {
-        pool: String,
+    SetWeight {
         key: KeyId,
         weight: u32,
     },
-    Group {
-        pool: String,
+    SetGroup {
         key: KeyId,
         group: String,
     },
-    Canary {
-        pool: String,
+    SetCanary {
         percent: u8,
     },
     Reset {
-        pool: String,
         key: KeyId,
     },
 }
@@ -66,7 +63,7 @@ pub(crate) fn system_now_ms() -> u64 {
 }
 
 /// Outcomes that leave something to remember.
-fn worth_keeping(r: &Report<'_>, receipt: &ReportReceipt) -> bool {
+fn worth_keeping(r: &Report<'_>, receipt: &super::super::ReportReceipt) -> bool {
     match r.outcome {
         Outcome::ClientError => false,
         Outcome::Success => r.cooldown_ms.is_some(),
@@ -76,38 +73,61 @@ fn worth_keeping(r: &Report<'_>, receipt: &ReportReceipt) -> bool {
     }
 }
 
-impl Learned {
-    /// The journal entry for a report memory applied, if it taught anything.
-    pub fn from_report(pool: &str, r: &Report<'_>, receipt: &ReportReceipt) -> Option<Learned> {
-        if !worth_keeping(r, receipt) {
-            return None;
-        }
-        let timed = matches!(receipt.state, KeyState::Cooling | KeyState::Disabled);
-        let until_ms = (timed && receipt.cooldown_until_ms > receipt.now_ms)
-            .then_some(receipt.cooldown_until_ms);
-        Some(Learned::Report {
-            pool: pool.to_string(),
-            key: r.key.clone(),
-            outcome: r.outcome,
-            http_status: r.http_status,
-            until_ms,
+impl OwnedOp {
+    /// The journal entry for `op`, which memory answered with `receipt`, if it taught anything.
+    pub fn learned(op: &Op<'_>, receipt: &Receipt) -> Option<OwnedOp> {
+        Some(match op {
+            Op::Report(r) => {
+                let Receipt::Report(receipt) = receipt else {
+                    return None;
+                };
+                if !worth_keeping(r, receipt) {
+                    return None;
+                }
+                let timed = matches!(receipt.state, KeyState::Cooling | KeyState::Disabled);
+                let until_ms = (timed && receipt.cooldown_until_ms > receipt.now_ms)
+                    .then_some(receipt.cooldown_until_ms);
+                OwnedOp::Report {
+                    key: r.key.clone(),
+                    outcome: r.outcome,
+                    http_status: r.http_status,
+                    until_ms,
+                }
+            }
+            // Leases and schedules the stand-in kept concern its own budget copy only.
+            Op::Successes(_) | Op::Settle(_) => return None,
+            Op::SetState { key, state } => OwnedOp::SetState {
+                key: (*key).clone(),
+                state: *state,
+            },
+            Op::SetWeight { key, weight } => OwnedOp::SetWeight {
+                key: (*key).clone(),
+                weight: *weight,
+            },
+            Op::SetGroup { key, group } => OwnedOp::SetGroup {
+                key: (*key).clone(),
+                group: group.to_string(),
+            },
+            Op::SetCanary { percent } => OwnedOp::SetCanary { percent: *percent },
+            Op::Reset { key } => OwnedOp::Reset {
+                key: (*key).clone(),
+            },
         })
     }
 
-    /// Writes this entry into Redis. An entry that no longer applies (a cooldown that ended, a
-    /// key or pool gone from config) counts as written; only an outage is an error.
-    pub async fn replay(&self, redis: &RedisStore, now_ms: u64) -> Result<(), StoreError> {
-        let result = match self {
-            Learned::Report {
-                pool,
+    /// The op to replay at `now_ms`; `None` when it no longer applies (a cooldown that ended,
+    /// a rate limit memory did not turn into a cooldown).
+    pub fn as_op(&self, now_ms: u64) -> Option<Op<'_>> {
+        Some(match self {
+            OwnedOp::Report {
                 key,
                 outcome,
                 http_status,
                 until_ms,
             } => {
                 let cooldown_ms = match (outcome, until_ms) {
-                    (_, Some(until)) if *until <= now_ms => return Ok(()),
-                    (Outcome::RateLimited | Outcome::Success, None) => return Ok(()),
+                    (_, Some(until)) if *until <= now_ms => return None,
+                    (Outcome::RateLimited | Outcome::Success, None) => return None,
                     // For a 401 a deadline is its bench; without one it was confirmed.
                     (
                         Outcome::RateLimited | Outcome::Success | Outcome::Unauthorized,
@@ -115,54 +135,64 @@ impl Learned {
                     ) => Some(until - now_ms),
                     _ => None,
                 };
-                let r = Report {
+                Op::Report(Report {
                     key,
                     outcome: *outcome,
                     cooldown_ms,
                     http_status: *http_status,
                     probe: false,
                     now_ms: None,
-                };
-                redis.report(pool, &r).await.map(|_| ())
+                })
             }
-            Learned::State { pool, key, state } => {
-                redis.set_state(pool, key, *state).await.map(|_| ())
-            }
-            Learned::Weight { pool, key, weight } => redis.set_weight(pool, key, *weight).await,
-            Learned::Group { pool, key, group } => redis.set_group(pool, key, group).await,
-            Learned::Canary { pool, percent } => redis.set_canary(pool, *percent).await,
-            Learned::Reset { pool, key } => redis.reset_counters(pool, key).await,
+            OwnedOp::SetState { key, state } => Op::SetState { key, state: *state },
+            OwnedOp::SetWeight { key, weight } => Op::SetWeight {
+                key,
+                weight: *weight,
+            },
+            OwnedOp::SetGroup { key, group } => Op::SetGroup { key, group },
+            OwnedOp::SetCanary { percent } => Op::SetCanary { percent: *percent },
+            OwnedOp::Reset { key } => Op::Reset { key },
+        })
+    }
+
+    /// Writes this op into `pool` in Redis. One that no longer applies (a cooldown that ended, a
+    /// key or pool gone from config) counts as written; only an outage is an error.
+    pub async fn replay(
+        &self,
+        redis: &RedisStore,
+        pool: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let Some(op) = self.as_op(now_ms) else {
+            return Ok(());
         };
-        match result {
+        match redis.apply(pool, op).await {
             Err(e) if e.is_outage() => Err(e),
             Err(e) => {
-                tracing::debug!(entry = ?self, error = %e, "journal entry no longer applies");
+                tracing::debug!(pool, entry = ?self, error = %e, "journal entry no longer applies");
                 Ok(())
             }
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
         }
     }
 }
 
-/// The writes that put one known key record into a freshly re-created pool.
+/// The ops that put one known key record into a freshly re-created pool.
 fn record_writes(
-    pool: &str,
     key: &KeyId,
-    rec: &super::super::KeyRecord,
+    rec: &KeyRecord,
     spec_weight: u32,
     spec_group: &str,
     now_ms: u64,
-) -> Vec<Learned> {
+) -> Vec<OwnedOp> {
     let mut out = Vec::new();
-    let report = |outcome, http_status, until_ms| Learned::Report {
-        pool: pool.to_string(),
+    let report = |outcome, http_status, until_ms| OwnedOp::Report {
         key: key.clone(),
         outcome,
         http_status,
         until_ms,
     };
-    let state = |state| Learned::State {
-        pool: pool.to_string(),
+    let state = |state| OwnedOp::SetState {
         key: key.clone(),
         state,
     };
@@ -184,15 +214,13 @@ fn record_writes(
         _ => {}
     }
     if rec.weight != spec_weight {
-        out.push(Learned::Weight {
-            pool: pool.to_string(),
+        out.push(OwnedOp::SetWeight {
             key: key.clone(),
             weight: rec.weight,
         });
     }
     if rec.group != spec_group {
-        out.push(Learned::Group {
-            pool: pool.to_string(),
+        out.push(OwnedOp::SetGroup {
             key: key.clone(),
             group: rec.group.clone(),
         });
@@ -213,18 +241,18 @@ pub(crate) async fn restore(
         let Some(sk) = spec.keys.iter().find(|k| k.id.as_str() == rec.id) else {
             continue;
         };
-        writes.extend(record_writes(
-            &spec.name, &sk.id, rec, sk.weight, &sk.group, now_ms,
-        ));
+        writes.extend(record_writes(&sk.id, rec, sk.weight, &sk.group, now_ms));
     }
     if known.canary_percent != spec.canary_percent {
-        writes.push(Learned::Canary {
-            pool: spec.name.clone(),
+        writes.push(OwnedOp::SetCanary {
             percent: known.canary_percent,
         });
     }
     for w in &writes {
-        w.replay(redis, now_ms).await?;
+        w.replay(redis, &spec.name, now_ms).await?;
     }
     Ok(writes.len())
 }
+
+#[cfg(test)]
+mod tests;

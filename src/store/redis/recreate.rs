@@ -1,28 +1,44 @@
 //! A pool Redis lost (a restart without persistence, `FLUSHALL`): a script answers `nopool`, and
 //! the store re-creates the pool from the last spec it synced (one `sync` for all the callers that
-//! find it lost at once), notes it for the failover layer, and makes the call again, all within
-//! the call's deadline.
+//! find it lost at once), tells its listener (the failover layer, which writes back what it knew),
+//! and makes the call again, all within the call's deadline.
 
 use redis::Script;
 use tokio::time::Instant;
 
-use super::reply::{num, words};
+use super::reply::{parse_sync, words};
 use super::RedisStore;
 use crate::store::{PoolSpec, StoreError, SyncReceipt};
 
+/// Told the name of each pool this store creates in Redis from its spec because Redis did not
+/// have it (lost to a restart or `FLUSHALL`, or never created: the first start). Called at once,
+/// on the calling task, before the re-created pool is used; it must not block.
+pub type RecreatedListener = Box<dyn Fn(&str) + Send + Sync>;
+
 impl RedisStore {
-    pub(super) fn mark_recreated(&self, pool: &str) {
-        let mut set = self.recreated.lock().unwrap_or_else(|e| e.into_inner());
-        set.insert(pool.to_string());
+    /// Sets the one listener told of every pool this store (re-)creates. A store has at most
+    /// one: a second is refused.
+    pub fn on_recreated(&self, listener: RecreatedListener) -> Result<(), StoreError> {
+        self.on_recreated.set(listener).map_err(|_| {
+            StoreError::InvalidArgument(
+                "this Redis store already has a re-creation listener".into(),
+            )
+        })
+    }
+
+    pub(super) fn tell_recreated(&self, pool: &str) {
+        if let Some(listener) = self.on_recreated.get() {
+            listener(pool);
+        }
     }
 
     /// Runs a script; if Redis lost the pool, re-creates it from config and runs it again. The
     /// whole of it shares one deadline.
-    pub(super) async fn eval_pool(
+    pub(super) async fn eval_pool<A: AsRef<str>>(
         &self,
         script: &Script,
         pool: &str,
-        args: &[&str],
+        args: &[A],
     ) -> Result<Vec<String>, StoreError> {
         let deadline = Instant::now() + self.core.timeout;
         self.on_pool(pool, deadline, || async {
@@ -67,9 +83,9 @@ impl RedisStore {
             return Ok(w);
         }
         tracing::warn!(pool, "pool missing from Redis; re-creating it from config");
-        // Marked before the pool exists again, so no snapshot of the empty pool is taken for
-        // the last known state.
-        self.mark_recreated(pool);
+        // Told before the pool exists again, so no snapshot of the empty pool is taken for the
+        // last known state.
+        self.tell_recreated(pool);
         self.run_sync(&spec, deadline).await?;
         let w = call().await?;
         if lost(&w) {
@@ -91,14 +107,6 @@ impl RedisStore {
                 .eval(&self.core.scripts.sync, &spec.name, &refs, deadline)
                 .await?,
         )?;
-        match w.first().map(String::as_str) {
-            Some("unchanged") => Ok(SyncReceipt::Unchanged),
-            Some("synced") => Ok(SyncReceipt::Synced {
-                created: num(&w, 1)?,
-                updated: num(&w, 2)?,
-                removed: num(&w, 3)?,
-            }),
-            _ => Err(StoreError::Script(format!("sync reply {w:?}"))),
-        }
+        parse_sync(&w)
     }
 }

@@ -1,10 +1,14 @@
 //! Script replies, decoded: every script answers a flat array of words (see the reply line at
-//! the top of each `lua/*.lua`).
+//! the top of each `lua/*.lua`), read here and nowhere else into typed answers: a [`Receipt`]
+//! per [`Op`], a [`Selection`], a [`SyncReceipt`], a snapshot page.
 
 use redis::Value;
 
-use crate::pool::KeyId;
-use crate::store::{Chosen, KeyRecord, Selection, StateCounts, StoreError, Unavailable};
+use crate::pool::{KeyId, KeyState};
+use crate::store::{
+    BatchReceipt, Chosen, KeyRecord, Op, Receipt, ReportReceipt, Selection, StateCounts,
+    StoreError, SyncReceipt, Unavailable,
+};
 
 /// A script reply flattened to strings (Lua numbers arrive as integers, strings as bulk).
 pub(super) fn words(v: Value) -> Result<Vec<String>, StoreError> {
@@ -25,7 +29,7 @@ pub(super) fn words(v: Value) -> Result<Vec<String>, StoreError> {
         .collect()
 }
 
-pub(super) fn num<T: std::str::FromStr>(w: &[String], i: usize) -> Result<T, StoreError> {
+fn num<T: std::str::FromStr>(w: &[String], i: usize) -> Result<T, StoreError> {
     w.get(i)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| StoreError::Script(format!("bad reply field {i}: {w:?}")))
@@ -35,15 +39,61 @@ pub(super) fn now_arg(now: Option<u64>) -> String {
     now.unwrap_or(0).to_string()
 }
 
-pub(super) fn expect_ok(w: &[String], pool: &str, key: &KeyId) -> Result<(), StoreError> {
+/// The reply of the script an [`Op`] runs, as that op's [`Receipt`]: the one place that reads
+/// the words of `report.lua`, `report_batch.lua` and the admin scripts.
+pub(super) fn receipt(op: &Op<'_>, pool: &str, w: &[String]) -> Result<Receipt, StoreError> {
+    match (w.first().map(String::as_str), op.key()) {
+        (Some("ok"), _) => {}
+        (Some("nokey"), Some(key)) => return Err(StoreError::UnknownKey(key.to_string())),
+        (Some("nopool"), _) => return Err(StoreError::UnknownPool(pool.to_string())),
+        _ => return Err(StoreError::Script(format!("unexpected reply {w:?}"))),
+    }
+    Ok(match op {
+        // {"ok", status, changed 0|1, cooldown_until_ms, now_ms}
+        Op::Report(_) => Receipt::Report(ReportReceipt {
+            state: state(w, 1)?,
+            changed: w.get(2).map(String::as_str) == Some("1"),
+            cooldown_until_ms: num(w, 3)?,
+            now_ms: num(w, 4)?,
+        }),
+        // {"ok", applied, held, now_ms}
+        Op::Successes(_) => Receipt::Successes(BatchReceipt {
+            applied: num(w, 1)?,
+            held: num(w, 2)?,
+            now_ms: num(w, 3)?,
+        }),
+        // {"ok", status}
+        Op::SetState { .. } => Receipt::State(state(w, 1)?),
+        // {"ok", ...}: the value set, which the caller already knows.
+        Op::SetWeight { .. }
+        | Op::SetGroup { .. }
+        | Op::SetCanary { .. }
+        | Op::Reset { .. }
+        | Op::Settle(_) => Receipt::Done,
+    })
+}
+
+fn state(w: &[String], i: usize) -> Result<KeyState, StoreError> {
+    w.get(i)
+        .and_then(|s| KeyState::parse(s))
+        .ok_or_else(|| StoreError::Script(format!("bad state in {w:?}")))
+}
+
+/// `sync.lua`: {"unchanged"} or {"synced", created, updated, removed}.
+pub(super) fn parse_sync(w: &[String]) -> Result<SyncReceipt, StoreError> {
     match w.first().map(String::as_str) {
-        Some("ok") => Ok(()),
-        Some("nokey") => Err(StoreError::UnknownKey(key.to_string())),
-        Some("nopool") => Err(StoreError::UnknownPool(pool.to_string())),
-        _ => Err(StoreError::Script(format!("unexpected reply {w:?}"))),
+        Some("unchanged") => Ok(SyncReceipt::Unchanged),
+        Some("synced") => Ok(SyncReceipt::Synced {
+            created: num(w, 1)?,
+            updated: num(w, 2)?,
+            removed: num(w, 3)?,
+        }),
+        _ => Err(StoreError::Script(format!("sync reply {w:?}"))),
     }
 }
 
+/// `select.lua`, one request's part: {"key", id, group, fallback 0|1, probe 0|1} or
+/// {"none", earliest_ms or -1, now_ms, six state counts}.
 pub(super) fn parse_selection(w: &[String]) -> Result<Selection, StoreError> {
     match w.first().map(String::as_str) {
         Some("key") => Ok(Selection::Key(Chosen {
@@ -54,6 +104,8 @@ pub(super) fn parse_selection(w: &[String]) -> Result<Selection, StoreError> {
             group: w.get(2).cloned().unwrap_or_default(),
             fallback: w.get(3).map(String::as_str) == Some("1"),
             probe: w.get(4).map(String::as_str) == Some("1"),
+            wait_ms: w.get(5).and_then(|s| s.parse().ok()).unwrap_or(0),
+            lease: w.get(6).and_then(|s| s.parse().ok()).unwrap_or(0),
         })),
         Some("none") => {
             let earliest: i64 = num(w, 1)?;

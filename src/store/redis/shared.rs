@@ -36,16 +36,16 @@ impl Core {
 
     /// Runs one script before `deadline`. A failure tells the connection (Sentinel then asks
     /// for the master again).
-    pub async fn eval(
+    pub async fn eval<A: AsRef<str>>(
         &self,
         script: &Script,
         pool: &str,
-        args: &[&str],
+        args: &[A],
         deadline: Instant,
     ) -> Result<Value, StoreError> {
         let mut inv = script.key(self.pool_base(pool));
         for a in args {
-            inv.arg(*a);
+            inv.arg(a.as_ref());
         }
         self.call(deadline, |mut h| async move {
             inv.invoke_async::<Value>(&mut h).await

@@ -63,6 +63,7 @@ async fn the_cli_lists_and_changes_keys_of_a_live_gateway() {
         "COOLDOWN",
         "LAST",
         "FINGERPRINT",
+        "BUDGET",
     ];
     assert_eq!(header, columns, "{out}");
     let row: Vec<&str> = lines[2].split_whitespace().collect();
@@ -77,7 +78,8 @@ async fn the_cli_lists_and_changes_keys_of_a_live_gateway() {
             "0",
             "-",
             "-",
-            "sk-…1111"
+            "sk-…1111",
+            "-"
         ],
         "{out}"
     );

@@ -57,8 +57,10 @@ pub fn spec(name: &str, keys: &[(&str, u32, &str)]) -> PoolSpec {
                 id: kid(id),
                 weight: *w,
                 group: g.to_string(),
+                limits: Default::default(),
             })
             .collect(),
+        budget: Default::default(),
     }
 }
 

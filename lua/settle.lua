@@ -1,0 +1,35 @@
+-- settle: ends requests on budgeted keys (frees their in-flight lease, replaces their token
+-- reservation by real usage) and renews the leases of a replica's live requests.
+--
+-- KEYS[1]  pool base "kg:{P}"
+-- ARGV[1]  now_ms override (0: the server's TIME)
+-- ARGV[2]  n = how many ended requests follow
+-- ARGV[3..] n triples: key id, lease id (0: none), token delta (real - reserved, signed)
+-- then pairs: key id, lease id to renew (expiry moves to now + lease_ms; a lease already
+-- gone stays gone)
+--
+-- Reply: {"ok", now_ms}. Unknown keys are skipped.
+-- Cost: per ended request one HMGET, at most one ZREM, two HSETs and, when the key was benched
+-- by its budget, the status change that brings it back; per renewal one ZADD XX.
+
+local meta = redis.call('HMGET', META, 'mrt', 'lease_ms')
+local mrt, lease_ms = num(meta[1]), num(meta[2])
+local now = clock(ARGV[1])
+local n = tonumber(ARGV[2]) or 0
+local i = 3
+for _ = 1, n do
+  local id, lease, delta = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]) or 0
+  i = i + 3
+  local k = load_key(id)
+  if k then
+    if lease ~= '0' then redis.call('ZREM', inflight_key(id), lease) end
+    local b = budget_load(id)
+    budget_settle(id, b, delta, mrt, now)
+    budget_place(k, b, now)
+  end
+end
+while i + 1 <= #ARGV do
+  redis.call('ZADD', inflight_key(ARGV[i]), 'XX', now + lease_ms, ARGV[i + 1])
+  i = i + 2
+end
+return {'ok', now}

@@ -1,0 +1,221 @@
+//! The proxy side of per-key budgets (README "Budgets"): a request's token reservation
+//! estimated from its body, the end of a budgeted request (its in-flight lease freed and its
+//! reservation settled against real usage), and the renewal of the leases a replica holds, so
+//! a replica that dies stops holding slots one lease later.
+//!
+//! [`Leases`] keeps this replica's live leases per pool; one task renews them with a single
+//! `settle` call per pool every third of the pool's lease.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::pool::KeyId;
+use crate::store::{Chosen, KeyStore, KeyStoreExt, LeaseEnd, PoolSpec, Settlement};
+
+#[derive(serde::Deserialize)]
+struct Completion {
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+}
+
+/// The tokens a request reserves: its prompt estimated as a quarter of the body's bytes (an
+/// over-estimate for JSON), plus `max_completion_tokens`, `max_tokens` or the pool's default.
+/// A reservation above the pool's `max_request_tokens` is refused: budgets could not bound it.
+pub fn reservation(body: &[u8], spec: &PoolSpec, default_completion: u64) -> Result<u64, ApiError> {
+    let asked = serde_json::from_slice::<Completion>(body)
+        .ok()
+        .and_then(|c| c.max_completion_tokens.or(c.max_tokens));
+    let total = (body.len() as u64)
+        .div_ceil(4)
+        .saturating_add(asked.unwrap_or(default_completion));
+    let max = spec.budget.max_request_tokens;
+    if total > max {
+        let message = format!(
+            "This request would reserve about {total} tokens (prompt estimated from its size, \
+             plus max_tokens); this pool accepts at most {max} per request."
+        );
+        return Err(ApiError::bad_request("request_too_large", message));
+    }
+    Ok(total)
+}
+
+/// One request on a budgeted key: ends it in the store when dropped (a stream that ends or
+/// breaks frees its slot at once), settling the reservation against the usage set with
+/// [`BudgetTicket::set_usage`].
+pub(crate) struct BudgetTicket {
+    state: Arc<AppState>,
+    pool: String,
+    key: KeyId,
+    lease: u64,
+    reserved: u64,
+    used: Option<u64>,
+}
+
+impl BudgetTicket {
+    /// `None` when the request holds nothing to end (no lease, no tokens reserved).
+    pub fn new(state: &Arc<AppState>, pool: &str, chosen: &Chosen, reserved: u64) -> Option<Self> {
+        if chosen.lease == 0 && reserved == 0 {
+            return None;
+        }
+        if chosen.lease != 0 {
+            state.leases.hold(pool, chosen.lease, &chosen.key);
+        }
+        Some(BudgetTicket {
+            state: state.clone(),
+            pool: pool.to_string(),
+            key: chosen.key.clone(),
+            lease: chosen.lease,
+            reserved,
+            used: None,
+        })
+    }
+
+    pub fn set_usage(&mut self, total_tokens: u64) {
+        self.used = Some(total_tokens);
+    }
+}
+
+impl Drop for BudgetTicket {
+    fn drop(&mut self) {
+        let delta = self.used.map_or(0, |u| u as i64 - self.reserved as i64);
+        if self.lease != 0 {
+            self.state.leases.release(&self.pool, self.lease);
+        } else if delta == 0 {
+            return;
+        }
+        let end = LeaseEnd {
+            key: self.key.clone(),
+            lease: self.lease,
+            tokens_delta: delta,
+        };
+        let (store, pool) = (self.state.store.clone(), self.pool.clone());
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        self.state.tasks.spawn(async move {
+            let s = Settlement {
+                ended: std::slice::from_ref(&end),
+                renew: &[],
+                now_ms: None,
+            };
+            if let Err(e) = store.settle(&pool, &s).await {
+                tracing::warn!(pool = %pool, key = %end.key, error = %e, "budget settle failed");
+            }
+        });
+    }
+}
+
+/// This replica's live leases, per pool: lease id -> key.
+#[derive(Default)]
+pub struct Leases {
+    live: Mutex<HashMap<String, HashMap<u64, KeyId>>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Leases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, KeyId>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn hold(&self, pool: &str, lease: u64, key: &KeyId) {
+        let mut live = self.lock();
+        live.entry(pool.to_string())
+            .or_default()
+            .insert(lease, key.clone());
+    }
+
+    fn release(&self, pool: &str, lease: u64) {
+        if let Some(p) = self.lock().get_mut(pool) {
+            p.remove(&lease);
+        }
+    }
+
+    /// Renews every live lease of every pool, one `settle` call per pool.
+    async fn renew_all(&self, store: &dyn KeyStore) {
+        let pools: Vec<(String, Vec<(KeyId, u64)>)> = (self.lock().iter())
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(p, l)| {
+                (
+                    p.clone(),
+                    l.iter().map(|(id, k)| (k.clone(), *id)).collect(),
+                )
+            })
+            .collect();
+        for (pool, renew) in pools {
+            let s = Settlement {
+                ended: &[],
+                renew: &renew,
+                now_ms: None,
+            };
+            if let Err(e) = store.settle(&pool, &s).await {
+                tracing::warn!(pool = %pool, error = %e, "lease renewal failed");
+            }
+        }
+    }
+
+    /// Starts the renewal task: every `every` (a third of the shortest lease).
+    pub fn start(self: &Arc<Self>, store: Arc<dyn KeyStore>, every: Duration) {
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = me.cancel.cancelled() => return,
+                    _ = tick.tick() => me.renew_all(&*store).await,
+                }
+            }
+        });
+    }
+
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(max_request_tokens: u64) -> PoolSpec {
+        let mut s = PoolSpec {
+            name: "p".into(),
+            policy: Default::default(),
+            canary_group: "canary".into(),
+            canary_percent: 0,
+            canary_fallback: true,
+            keys: Vec::new(),
+            budget: Default::default(),
+        };
+        s.budget.max_request_tokens = max_request_tokens;
+        s
+    }
+
+    #[test]
+    fn a_reservation_is_the_body_quarter_plus_the_asked_completion() {
+        let body = br#"{"model":"m","max_tokens":100,"messages":[]}"#;
+        let quarter = (body.len() as u64).div_ceil(4);
+        assert_eq!(reservation(body, &spec(1000), 7).unwrap(), quarter + 100);
+        let body = br#"{"max_completion_tokens":50,"max_tokens":100}"#;
+        let quarter = (body.len() as u64).div_ceil(4);
+        assert_eq!(reservation(body, &spec(1000), 7).unwrap(), quarter + 50);
+        assert_eq!(reservation(b"{}", &spec(1000), 7).unwrap(), 1 + 7);
+        assert_eq!(reservation(b"not json", &spec(1000), 7).unwrap(), 2 + 7);
+    }
+
+    #[test]
+    fn a_reservation_above_max_request_tokens_is_refused() {
+        let body = br#"{"max_tokens":5000}"#;
+        let err = reservation(body, &spec(1000), 7).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (400, "request_too_large"));
+    }
+}

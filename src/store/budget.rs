@@ -1,0 +1,235 @@
+//! Per-key budgets, the arithmetic both stores share (README "Budgets"; `lua/lib.lua` does the
+//! same in the same integer steps). A key's rate budgets are GCRA schedules with zero burst
+//! tolerance: each holds a theoretical arrival time (`tat`, ms); a request may start at
+//! `max(now, tat)`, and starting moves `tat` one emission interval later. Requests started on
+//! one schedule are therefore spaced by at least the interval, which is what bounds any
+//! window. In-flight slots are leases (id -> expiry) bounded by `max_concurrent`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Rate windows, stretched by 1% (`GUARD`) so the spacing survives a little network and timer
+/// jitter between keygate's clock and the provider's count.
+pub const MINUTE_MS: u64 = 60_600;
+pub const DAY_MS: u64 = 87_264_000;
+
+/// A key's configured limits, 0 meaning none (the key hash fields `b_rpm b_tpm b_conc b_rpd
+/// b_tpd`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimits {
+    pub rpm: u64,
+    pub tpm: u64,
+    #[serde(rename = "max_concurrent")]
+    pub conc: u64,
+    pub rpd: u64,
+    pub tpd: u64,
+}
+
+impl KeyLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == KeyLimits::default()
+    }
+}
+
+/// A key's budget state (the key hash fields `tat_r tat_rd tat_t tat_td`, and the lease set
+/// `kg:{P}:inflight:<id>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyBudget {
+    pub limits: KeyLimits,
+    pub tat_r: u64,
+    pub tat_rd: u64,
+    pub tat_t: u64,
+    pub tat_td: u64,
+    /// lease id -> expiry ms.
+    pub inflight: BTreeMap<u64, u64>,
+}
+
+/// A key's budget as snapshots show it (the admin listing, `keygate keys list`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetRecord {
+    pub limits: KeyLimits,
+    /// When the key's next request may start on its request schedules (ms; past: now).
+    pub next_request_ms: u64,
+    /// When its token schedules allow the next reservation (ms; past: now).
+    pub next_tokens_ms: u64,
+    /// Leases in flight (unexpired).
+    pub in_flight: u64,
+}
+
+impl KeyBudget {
+    /// What a snapshot at `now` shows; `None` for a key without limits.
+    pub fn record(&self, now: u64) -> Option<BudgetRecord> {
+        let l = self.limits;
+        if l.is_empty() {
+            return None;
+        }
+        let pick = |pairs: [(u64, u64); 2]| {
+            (pairs.iter().filter(|(lim, _)| *lim > 0))
+                .map(|(_, tat)| *tat)
+                .max()
+                .unwrap_or(0)
+        };
+        Some(BudgetRecord {
+            limits: l,
+            next_request_ms: pick([(l.rpm, self.tat_r), (l.rpd, self.tat_rd)]),
+            next_tokens_ms: pick([(l.tpm, self.tat_t), (l.tpd, self.tat_td)]),
+            in_flight: if l.conc > 0 {
+                self.inflight.values().filter(|e| **e > now).count() as u64
+            } else {
+                0
+            },
+        })
+    }
+}
+
+/// `ceil(a / b)`, 0 when `b` is 0.
+fn div_ceil(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        0
+    } else {
+        a.div_ceil(b)
+    }
+}
+
+/// The interval one request of `tokens` moves a token schedule of `limit` per `window`: tokens
+/// are spaced against `limit - max_request` (see `PoolLimits::max_request_tokens`).
+pub fn token_step(tokens: u64, limit: u64, max_request: u64, window: u64) -> u64 {
+    if limit == 0 {
+        return 0;
+    }
+    div_ceil(
+        tokens.saturating_mul(window),
+        limit.saturating_sub(max_request).max(1),
+    )
+}
+
+/// What a key's budget allows now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Headroom {
+    /// The earliest moment a request may start on the rate schedules.
+    pub at: u64,
+    /// Every in-flight slot is taken: the earliest lease expiry.
+    pub busy_until: Option<u64>,
+}
+
+impl KeyBudget {
+    /// Drops leases that expired by `now`.
+    pub fn expire(&mut self, now: u64) {
+        self.inflight.retain(|_, until| *until > now);
+    }
+
+    /// The key's headroom as of `now` (leases expired first).
+    pub fn headroom(&mut self, now: u64) -> Headroom {
+        self.expire(now);
+        let l = &self.limits;
+        let mut at = 0;
+        for (limit, tat) in [
+            (l.rpm, self.tat_r),
+            (l.rpd, self.tat_rd),
+            (l.tpm, self.tat_t),
+            (l.tpd, self.tat_td),
+        ] {
+            if limit > 0 {
+                at = at.max(tat);
+            }
+        }
+        let full = l.conc > 0 && self.inflight.len() as u64 >= l.conc;
+        Headroom {
+            at,
+            busy_until: full
+                .then(|| self.inflight.values().min().copied())
+                .flatten(),
+        }
+    }
+
+    /// Spends one request of `tokens` starting at `start` (>= every schedule's tat) and, when
+    /// the key limits concurrency, takes lease `lease` until `lease_until`.
+    pub fn spend(&mut self, start: u64, tokens: u64, max_request: u64, lease: Option<(u64, u64)>) {
+        let l = self.limits;
+        if l.rpm > 0 {
+            self.tat_r = start.max(self.tat_r) + div_ceil(MINUTE_MS, l.rpm);
+        }
+        if l.rpd > 0 {
+            self.tat_rd = start.max(self.tat_rd) + div_ceil(DAY_MS, l.rpd);
+        }
+        if l.tpm > 0 {
+            self.tat_t = start.max(self.tat_t) + token_step(tokens, l.tpm, max_request, MINUTE_MS);
+        }
+        if l.tpd > 0 {
+            self.tat_td = start.max(self.tat_td) + token_step(tokens, l.tpd, max_request, DAY_MS);
+        }
+        if let (true, Some((id, until))) = (l.conc > 0, lease) {
+            self.inflight.insert(id, until);
+        }
+    }
+
+    /// Replaces a reservation by the real usage: `delta = real - reserved` tokens moves the
+    /// token schedules later (ceil) or earlier (floor), never before `now`.
+    pub fn settle(&mut self, delta: i64, max_request: u64, now: u64) {
+        let l = self.limits;
+        for (limit, window, tat) in [
+            (l.tpm, MINUTE_MS, &mut self.tat_t),
+            (l.tpd, DAY_MS, &mut self.tat_td),
+        ] {
+            if limit == 0 || delta == 0 {
+                continue;
+            }
+            let room = limit.saturating_sub(max_request).max(1);
+            let mag = delta.unsigned_abs().saturating_mul(window);
+            *tat = if delta > 0 {
+                (*tat).max(now) + div_ceil(mag, room)
+            } else {
+                tat.saturating_sub(mag / room).max(now)
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rpm(n: u64) -> KeyBudget {
+        KeyBudget {
+            limits: KeyLimits {
+                rpm: n,
+                ..KeyLimits::default()
+            },
+            ..KeyBudget::default()
+        }
+    }
+
+    #[test]
+    fn rpm_spacing_bounds_every_minute_window() {
+        let mut b = rpm(60);
+        let mut starts = Vec::new();
+        let mut now = 1_000;
+        for _ in 0..200 {
+            let h = b.headroom(now);
+            let start = h.at.max(now);
+            b.spend(start, 0, 0, None);
+            starts.push(start);
+            now = start + 7;
+        }
+        for (i, s) in starts.iter().enumerate() {
+            let in_window = starts[i..].iter().take_while(|t| **t < s + 60_000).count();
+            assert!(in_window <= 60, "{in_window} starts in the minute from {s}");
+        }
+    }
+
+    #[test]
+    fn settle_credits_never_before_now() {
+        let mut b = KeyBudget {
+            limits: KeyLimits {
+                tpm: 10_000,
+                ..KeyLimits::default()
+            },
+            ..KeyBudget::default()
+        };
+        b.spend(100, 1000, 0, None);
+        assert_eq!(b.tat_t, 100 + 6060);
+        b.settle(-100_000, 0, 500);
+        assert_eq!(b.tat_t, 500);
+    }
+}

@@ -1,0 +1,73 @@
+//! Each [`Op`] as one script call: the script ([`Scripts::for_op`](super::super::scripts)), its
+//! ARGV (the contract at the top of each `lua/*.lua`), and its reply decoded into the op's
+//! [`Receipt`] (`reply.rs`).
+
+use std::borrow::Cow;
+
+use super::reply::{now_arg, receipt};
+use super::RedisStore;
+use crate::store::{Op, Receipt, StoreError};
+
+impl RedisStore {
+    /// Runs the script of `op` on `pool` (re-creating a pool Redis lost, within one deadline).
+    pub(super) async fn run_op(&self, pool: &str, op: &Op<'_>) -> Result<Receipt, StoreError> {
+        op.validate()?;
+        let args = argv(op);
+        let w = self
+            .eval_pool(self.core.scripts.for_op(op), pool, &args)
+            .await?;
+        receipt(op, pool, &w)
+    }
+}
+
+/// ARGV of the script `op` runs. ARGV[1] is the clock override in every script ("0": the
+/// server's `TIME`); key ids and group names are borrowed, numbers written out.
+fn argv<'a>(op: &'a Op<'_>) -> Vec<Cow<'a, str>> {
+    let id = |k: &'a crate::pool::KeyId| Cow::Borrowed(k.as_str());
+    let unused_clock = Cow::Borrowed("0");
+    match op {
+        Op::Report(r) => {
+            let hint = r.cooldown_ms.map_or(-1, |h| h.min(i64::MAX as u64) as i64);
+            let probe = if r.probe { "1" } else { "0" };
+            vec![
+                now_arg(r.now_ms).into(),
+                id(r.key),
+                r.outcome.as_str().into(),
+                hint.to_string().into(),
+                r.http_status.to_string().into(),
+                probe.into(),
+            ]
+        }
+        Op::Successes(b) => {
+            let mut args = Vec::with_capacity(1 + b.keys.len() * 4);
+            args.push(now_arg(b.now_ms).into());
+            for k in b.keys {
+                args.push(id(&k.key));
+                args.push(k.count.to_string().into());
+                args.push(k.http_status.to_string().into());
+                args.push(k.age_ms.to_string().into());
+            }
+            args
+        }
+        Op::SetState { key, state } => vec![unused_clock, id(key), state.as_str().into()],
+        Op::SetWeight { key, weight } => vec![unused_clock, id(key), weight.to_string().into()],
+        Op::SetGroup { key, group } => vec![unused_clock, id(key), Cow::Borrowed(*group)],
+        Op::SetCanary { percent } => vec![unused_clock, percent.to_string().into()],
+        Op::Reset { key } => vec![unused_clock, id(key)],
+        Op::Settle(s) => {
+            let mut args = Vec::with_capacity(2 + s.ended.len() * 3 + s.renew.len() * 2);
+            args.push(now_arg(s.now_ms).into());
+            args.push(s.ended.len().to_string().into());
+            for e in s.ended {
+                args.push(id(&e.key));
+                args.push(e.lease.to_string().into());
+                args.push(e.tokens_delta.to_string().into());
+            }
+            for (key, lease) in s.renew {
+                args.push(id(key));
+                args.push(lease.to_string().into());
+            }
+            args
+        }
+    }
+}

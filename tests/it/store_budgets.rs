@@ -1,0 +1,214 @@
+//! Per-key budgets (README "Budgets"), run against both stores with a virtual clock: request and
+//! token schedules, in-flight leases, settlement, waiting for a reserved slot.
+
+use keygate::pool::{KeyId, KeyState};
+use keygate::store::budget::KeyLimits;
+use keygate::store::spec::BudgetSpec;
+use keygate::store::{
+    Chosen, KeyStore, KeyStoreExt, LeaseEnd, Route, SelectRequest, Selection, Settlement,
+    Unavailable,
+};
+
+use crate::harness::{kid, spec, Subject};
+
+const T0: u64 = 1_700_000_000_000;
+
+async fn setup(s: &Subject, keys: &[&str], limits: KeyLimits, budget: BudgetSpec) {
+    let triples: Vec<(&str, u32, &str)> = keys.iter().map(|k| (*k, 1, "stable")).collect();
+    let mut sp = spec("p", &triples);
+    for k in &mut sp.keys {
+        k.limits = limits;
+    }
+    sp.budget = budget;
+    s.store.sync(&sp).await.unwrap();
+}
+
+fn budget(max_wait_ms: u64, lease_ms: u64, max_request_tokens: u64) -> BudgetSpec {
+    BudgetSpec {
+        max_wait_ms,
+        lease_ms,
+        max_request_tokens,
+        token_budgets: true,
+    }
+}
+
+async fn select(s: &dyn KeyStore, now: u64, tokens: u64) -> Result<Chosen, Unavailable> {
+    let req = SelectRequest {
+        route: Route::Stable,
+        exclude: &[],
+        rand: now.wrapping_mul(2654435761) >> 11,
+        now_ms: Some(now),
+        tokens,
+    };
+    match s.select("p", &req).await.unwrap() {
+        Selection::Key(c) => Ok(c),
+        Selection::None(u) => Err(u),
+    }
+}
+
+async fn settle(s: &dyn KeyStore, ended: &[LeaseEnd], renew: &[(KeyId, u64)], now: u64) {
+    let st = Settlement {
+        ended,
+        renew,
+        now_ms: Some(now),
+    };
+    s.settle("p", &st).await.unwrap();
+}
+
+fn rpm(n: u64) -> KeyLimits {
+    KeyLimits {
+        rpm: n,
+        ..KeyLimits::default()
+    }
+}
+
+pub async fn rpm_spaces_requests_and_benches_the_key_until_its_next_slot(s: &Subject) {
+    setup(s, &["a"], rpm(60), budget(0, 10_000, 1000)).await;
+    let st = &*s.store;
+    // 60 per minute (stretched 1%): one every ceil(60600 / 60) = 1010 ms.
+    assert_eq!(select(st, T0, 0).await.unwrap().key.as_str(), "a");
+    let none = select(st, T0, 0).await.unwrap_err();
+    assert_eq!(none.retry_at_ms, Some(T0 + 1010));
+    assert!(select(st, T0 + 1009, 0).await.is_err());
+    let snap = st.snapshot("p", Some(T0 + 1)).await.unwrap();
+    assert_eq!(
+        (snap.keys[0].status, snap.keys[0].reason.as_str()),
+        (KeyState::Cooling, "budget")
+    );
+    assert_eq!(select(st, T0 + 1010, 0).await.unwrap().wait_ms, 0);
+}
+
+pub async fn rpm_never_exceeds_the_limit_in_any_minute_and_uses_it(s: &Subject) {
+    setup(s, &["a", "b"], rpm(30), budget(0, 10_000, 1000)).await;
+    let st = &*s.store;
+    let mut starts: Vec<(String, u64)> = Vec::new();
+    let end = T0 + 300_000;
+    let mut now = T0;
+    while now < end {
+        if let Ok(c) = select(st, now, 0).await {
+            starts.push((c.key.to_string(), now));
+        }
+        now += 37;
+    }
+    for key in ["a", "b"] {
+        let t: Vec<u64> = (starts.iter().filter(|(k, _)| k == key))
+            .map(|(_, t)| *t)
+            .collect();
+        for (i, s0) in t.iter().enumerate() {
+            let n = t[i..].iter().take_while(|x| **x < s0 + 60_000).count();
+            assert!(n <= 30, "key {key}: {n} requests in the minute from {s0}");
+        }
+        // Five minutes at 30 per minute, less the guard and the 37 ms polling granularity.
+        assert!(t.len() >= 140, "key {key} served only {}", t.len());
+    }
+}
+
+pub async fn max_concurrent_holds_slots_until_the_request_ends(s: &Subject) {
+    let conc = KeyLimits {
+        conc: 2,
+        ..KeyLimits::default()
+    };
+    setup(s, &["a"], conc, budget(0, 5_000, 1000)).await;
+    let st = &*s.store;
+    let first = select(st, T0, 0).await.unwrap();
+    let second = select(st, T0 + 1, 0).await.unwrap();
+    assert!(first.lease != 0 && second.lease != 0 && first.lease != second.lease);
+    let none = select(st, T0 + 2, 0).await.unwrap_err();
+    assert_eq!(
+        none.retry_at_ms,
+        Some(T0 + 5_000),
+        "the earliest lease expiry"
+    );
+    let end = LeaseEnd {
+        key: kid("a"),
+        lease: first.lease,
+        tokens_delta: 0,
+    };
+    settle(st, &[end], &[], T0 + 10).await;
+    assert!(
+        select(st, T0 + 10, 0).await.is_ok(),
+        "the freed slot is back at once"
+    );
+    assert!(select(st, T0 + 11, 0).await.is_err());
+}
+
+pub async fn an_unrenewed_lease_expires_and_a_renewed_one_lives_on(s: &Subject) {
+    let conc = KeyLimits {
+        conc: 1,
+        ..KeyLimits::default()
+    };
+    setup(s, &["a", "b"], conc, budget(0, 1_000, 1000)).await;
+    let st = &*s.store;
+    let x = select(st, T0, 0).await.unwrap();
+    let y = select(st, T0, 0).await.unwrap();
+    assert_ne!(x.key, y.key);
+    assert!(select(st, T0 + 1, 0).await.is_err());
+    // Only x's replica is alive: it renews x's lease.
+    settle(st, &[], &[(x.key.clone(), x.lease)], T0 + 900).await;
+    let back = select(st, T0 + 1_000, 0).await.unwrap();
+    assert_eq!(back.key, y.key, "y's lease expired; x's was renewed");
+    assert!(select(st, T0 + 1_001, 0).await.is_err());
+    let again = select(st, T0 + 1_900, 0).await.unwrap();
+    assert_eq!(again.key, x.key, "x's renewed lease expired at T0 + 1900");
+}
+
+pub async fn tokens_space_requests_by_their_reservation_and_settle_to_real_usage(s: &Subject) {
+    let tpm = KeyLimits {
+        tpm: 10_000,
+        ..KeyLimits::default()
+    };
+    setup(s, &["a"], tpm, budget(0, 10_000, 1_000)).await;
+    let st = &*s.store;
+    // Spaced against tpm - max_request_tokens = 9000: 1000 tokens move the schedule by
+    // ceil(1000 * 60600 / 9000) = 6734 ms.
+    select(st, T0, 1_000).await.unwrap();
+    assert_eq!(
+        select(st, T0, 1).await.unwrap_err().retry_at_ms,
+        Some(T0 + 6_734)
+    );
+    // The answer used 100 tokens: 900 are credited (floor(900 * 60600 / 9000) = 6060 ms).
+    let end = LeaseEnd {
+        key: kid("a"),
+        lease: 0,
+        tokens_delta: -900,
+    };
+    settle(st, &[end], &[], T0 + 10).await;
+    assert!(select(st, T0 + 673, 1).await.is_err());
+    assert!(select(st, T0 + 674, 1).await.is_ok());
+    // A reservation is capped at max_request_tokens.
+    let capped = select(st, T0 + 100_000, 50_000).await.unwrap();
+    assert_eq!(capped.key.as_str(), "a");
+    assert_eq!(
+        select(st, T0 + 100_000, 1).await.unwrap_err().retry_at_ms,
+        Some(T0 + 100_000 + 6_734)
+    );
+}
+
+pub async fn a_request_waits_for_the_earliest_slot_within_max_wait(s: &Subject) {
+    setup(s, &["a"], rpm(60), budget(2_500, 10_000, 1000)).await;
+    let st = &*s.store;
+    assert_eq!(select(st, T0, 0).await.unwrap().wait_ms, 0);
+    assert_eq!(select(st, T0, 0).await.unwrap().wait_ms, 1_010);
+    assert_eq!(select(st, T0 + 10, 0).await.unwrap().wait_ms, 2_010);
+    let none = select(st, T0 + 10, 0).await.unwrap_err();
+    assert_eq!(none.retry_at_ms, Some(T0 + 3_030));
+}
+
+pub async fn a_pool_without_budgets_is_never_benched(s: &Subject) {
+    setup(s, &["a"], KeyLimits::default(), BudgetSpec::default()).await;
+    let st = &*s.store;
+    for i in 0..50 {
+        let c = select(st, T0 + i, 0).await.unwrap();
+        assert_eq!((c.wait_ms, c.lease), (0, 0));
+    }
+}
+
+conformance!(
+    rpm_spaces_requests_and_benches_the_key_until_its_next_slot,
+    rpm_never_exceeds_the_limit_in_any_minute_and_uses_it,
+    max_concurrent_holds_slots_until_the_request_ends,
+    an_unrenewed_lease_expires_and_a_renewed_one_lives_on,
+    tokens_space_requests_by_their_reservation_and_settle_to_real_usage,
+    a_request_waits_for_the_earliest_slot_within_max_wait,
+    a_pool_without_budgets_is_never_benched,
+);
