@@ -116,6 +116,12 @@ impl ApiError {
         )
     }
 
+    /// A path keygate does not serve: the router's fallback, and the admin API of a gateway
+    /// without an admin token (which must look like any other unknown path).
+    pub fn unknown_path() -> ApiError {
+        ApiError::not_found("Unknown path; keygate serves /v1/*.")
+    }
+
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {"message": self.message, "type": self.kind, "code": self.code, "param": null}})
     }

@@ -10,15 +10,15 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::app::{AppState, Gateway};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::proxy::successes::SuccessBatcher;
 use crate::server::{serve, ConnLimits};
+use crate::state::{sync_pools, AppState, Gateway};
 use crate::store::failover::{FailoverOptions, FailoverStore};
 use crate::store::instrumented::InstrumentedStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
+use crate::store::successes::SuccessBatcher;
 use crate::store::{Endpoint, KeyStore};
 
 /// Which Redis the config names, if any.
@@ -86,18 +86,6 @@ pub async fn build_state(
     }))
 }
 
-/// Creates or updates every pool of `gateway` in the store.
-pub async fn sync_pools(store: &dyn KeyStore, gateway: &Gateway) {
-    for pool in gateway.pools.values() {
-        match store.sync(&pool.spec).await {
-            Ok(r) => tracing::info!(pool = %pool.spec.name, receipt = ?r, "pool synced"),
-            Err(e) => {
-                tracing::warn!(pool = %pool.spec.name, error = %e, "pool sync failed; will retry on first use")
-            }
-        }
-    }
-}
-
 /// How often a serving replica hands freed heap pages back to the OS.
 const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -148,7 +136,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
     .await;
     serve(
         listener,
-        crate::app::router(state.clone()),
+        crate::routes::router(state.clone()),
         limits,
         shutdown,
     )
@@ -180,7 +168,7 @@ async fn spawn_metrics_listener(
     match TcpListener::bind(addr).await {
         Ok(l) => {
             tracing::info!(%addr, "metrics listener");
-            let router = crate::app::metrics_router(state.clone());
+            let router = crate::routes::metrics_router(state.clone());
             Some(tokio::spawn(serve(l, router, limits, stop)))
         }
         Err(e) => {

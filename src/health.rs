@@ -1,22 +1,14 @@
 //! Readiness and the key-state gauges: both read the store, so both are bounded and cached.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
-
-/// When the key gauges were last filled from store snapshots.
-#[derive(Default)]
-pub struct Health {
-    gauges_at: Mutex<Option<Instant>>,
-    /// Serialises refreshes so a burst of scrapes costs one round of snapshots.
-    refresh: tokio::sync::Mutex<()>,
-}
+use crate::state::{AppState, Health};
 
 /// `GET /readyz`: 200 when the store answers (or the replica serves in degraded mode).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -69,7 +61,10 @@ pub async fn refresh_key_gauges(state: &AppState) {
     // pool without its key series. A pool whose snapshot failed keeps what it showed.
     let mut seen: HashMap<&str, HashSet<&str>> = HashMap::new();
     for (name, s) in &snaps {
-        state.metrics.apply_snapshot(name, s);
+        for k in &s.keys {
+            let cooldown_ms = k.cooldown_until_ms.saturating_sub(s.now_ms);
+            (state.metrics).set_key_gauges(name, &k.id, k.status, cooldown_ms, k.weight);
+        }
         seen.insert(name, s.keys.iter().map(|k| k.id.as_str()).collect());
     }
     state

@@ -16,7 +16,6 @@ use prometheus::{
 };
 
 use crate::pool::{KeyState, Outcome};
-use crate::store::PoolSnapshot;
 pub use keys::{KeySeries, MODELS_PER_KEY, UPSTREAM_BUCKETS};
 
 /// Every metric keygate exports, registered once.
@@ -146,14 +145,19 @@ impl Metrics {
             .count_tokens(model, prompt, completion);
     }
 
-    /// Replaces one pool's key gauges with a snapshot's values.
-    pub fn apply_snapshot(&self, pool: &str, snap: &PoolSnapshot) {
-        for k in &snap.keys {
-            let remaining = k.cooldown_until_ms.saturating_sub(snap.now_ms);
-            self.keys
-                .get(pool, &k.id)
-                .set_gauges(k.status, remaining, k.weight);
-        }
+    /// Sets one key's gauges (its state, the cooldown it has left, its weight) from a store
+    /// snapshot (`health::refresh_key_gauges`).
+    pub fn set_key_gauges(
+        &self,
+        pool: &str,
+        key: &str,
+        state: KeyState,
+        cooldown_ms: u64,
+        weight: u32,
+    ) {
+        self.keys
+            .get(pool, key)
+            .set_gauges(state, cooldown_ms, weight);
     }
 
     /// Hides the key gauges `keep(pool, key)` refuses: keys that left the store or the config.

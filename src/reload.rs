@@ -18,8 +18,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use crate::app::{AppState, Gateway};
 use crate::config::Config;
+use crate::state::{AppState, Gateway};
 
 /// One reload at a time (SIGHUP and the admin API may race): otherwise an older config could be
 /// swapped in after a newer one was synced to the store. Process-wide is fine: reloads are rare.
@@ -82,7 +82,7 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, String> {
         pools_removed: removed_pools(&old, &new),
         restart_needed,
     };
-    crate::gateway::sync_pools(&*state.store, &new).await;
+    crate::state::sync_pools(&*state.store, &new).await;
     state.gateway.store(Arc::new(new));
     tracing::info!(path = %report.config_path, pools = report.pools.len(), changes = ?report.pools, "config reloaded");
     Ok(report)

@@ -1,17 +1,13 @@
-//! The running gateway: the config-derived [`Gateway`] (swapped whole on reload), the shared
-//! [`AppState`], and [`router`], the whole HTTP surface.
+//! The running gateway's state: the config-derived [`Gateway`] (swapped whole on reload) and the
+//! shared [`AppState`] every handler reads. The HTTP surface over it is `crate::routes`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
-use axum::Router;
+use axum::http::HeaderValue;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, PoolConfig};
@@ -156,10 +152,18 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// Plain successes, buffered and written in batches (`store.report_flush_ms`); flushed on
     /// shutdown.
-    pub successes: crate::proxy::successes::SuccessBatcher,
+    pub successes: crate::store::successes::SuccessBatcher,
     /// The file `reload` re-reads; `None` when the config did not come from a file.
     pub config_path: Option<PathBuf>,
-    pub health: crate::health::Health,
+    pub health: Health,
+}
+
+/// When the key gauges were last filled from store snapshots (`crate::health`).
+#[derive(Default)]
+pub struct Health {
+    pub(crate) gauges_at: Mutex<Option<Instant>>,
+    /// Serialises refreshes so a burst of scrapes costs one round of snapshots.
+    pub(crate) refresh: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -168,50 +172,16 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface: `/v1/*` proxy, health, metrics, admin.
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/{*path}", any(crate::proxy::handle))
-        .route("/v1", any(crate::proxy::handle_root))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(crate::health::readyz))
-        .route("/metrics", get(metrics))
-        .nest("/admin", crate::admin::router(state.clone()))
-        .fallback(not_found)
-        .with_state(state)
-}
-
-/// Only `/metrics` (for `server.metrics_listen`).
-pub fn metrics_router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(state)
-}
-
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-pub(crate) async fn not_found() -> Response {
-    crate::error::ApiError::not_found("Unknown path; keygate serves /v1/*.").into_response()
-}
-
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    crate::health::refresh_key_gauges(&state).await;
-    (
-        StatusCode::OK,
-        [(
-            http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        axum::body::Body::from_stream(futures::stream::iter(
-            state
-                .metrics
-                .render_chunks()
-                .map(|chunk| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(chunk))),
-        )),
-    )
-        .into_response()
+/// Creates or updates every pool of `gateway` in the store.
+pub async fn sync_pools(store: &dyn KeyStore, gateway: &Gateway) {
+    for pool in gateway.pools.values() {
+        match store.sync(&pool.spec).await {
+            Ok(r) => tracing::info!(pool = %pool.spec.name, receipt = ?r, "pool synced"),
+            Err(e) => {
+                tracing::warn!(pool = %pool.spec.name, error = %e, "pool sync failed; will retry on first use")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

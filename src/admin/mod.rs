@@ -40,9 +40,9 @@ use axum::Router;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::app::{AppState, PoolRuntime};
 use crate::error::ApiError;
 use crate::pool::{is_valid_id, KeyId};
+use crate::state::{AppState, PoolRuntime};
 use crate::store::StoreError;
 
 pub use views::{KeyView, PoolList, PoolView};
@@ -74,7 +74,7 @@ async fn require_admin_token(
 ) -> Response {
     let gateway = state.gateway();
     let Some(token) = &gateway.config.admin.token else {
-        return crate::app::not_found().await;
+        return ApiError::unknown_path().into_response();
     };
     match bearer(request.headers()) {
         Some(presented) if token_matches(presented, token.expose()) => next.run(request).await,

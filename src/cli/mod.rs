@@ -204,7 +204,7 @@ pub async fn run_serve(
         }
     };
     tracing::info!(%listen, "keygate serving");
-    let ignored = crate::app::ignored_proxy_env(|v| std::env::var(v).ok());
+    let ignored = crate::state::ignored_proxy_env(|v| std::env::var(v).ok());
     if !ignored.is_empty() {
         tracing::warn!(variables = ?ignored, "upstream requests go direct: keygate does not use proxy environment variables");
     }

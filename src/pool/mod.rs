@@ -1,10 +1,7 @@
 //! The vocabulary of a key pool: key ids, key states, and the outcome of one upstream attempt.
 //!
 //! Everything here is pure data; the store (`crate::store`) owns the transitions and
-//! `classify` turns an upstream answer into an [`Outcome`].
-
-pub mod classify;
-pub mod headers;
+//! `crate::upstream::classify` turns an upstream answer into an [`Outcome`].
 
 use std::fmt;
 use std::sync::Arc;

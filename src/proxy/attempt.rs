@@ -12,11 +12,11 @@ use super::body::{Ending, ObservedBody, UpstreamResponse};
 use super::outcome::{keygate_headers, Failure, Step};
 use super::report::{report_in_background, report_success, Reported};
 use super::{forward, Call};
-use crate::app::AppState;
 use crate::error::ApiError;
-use crate::pool::classify::{classify, is_model_not_found};
 use crate::pool::{KeyId, Outcome};
+use crate::state::AppState;
 use crate::store::{random_draw, Chosen, Report, SelectRequest, Selection, Unavailable};
+use crate::upstream::classify::{classify, is_model_not_found};
 use crate::usage::Usage;
 
 /// Error bodies are read whole to classify them (quota, model not found); at most this much.

@@ -10,7 +10,6 @@ mod outcome;
 mod report;
 pub mod request;
 pub mod route;
-pub mod successes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,9 +20,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use crate::app::{AppState, PoolRuntime};
 use crate::error::ApiError;
 use crate::pool::{KeyId, Outcome};
+use crate::state::{AppState, PoolRuntime};
 use crate::store::Route;
 use attempt::Attempt;
 use outcome::{Failure, Step};

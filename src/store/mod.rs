@@ -21,6 +21,7 @@ pub mod redis;
 mod scripts;
 mod sentinel;
 pub mod spec;
+pub mod successes;
 mod transitions;
 pub mod tree;
 

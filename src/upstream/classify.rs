@@ -10,7 +10,7 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use super::headers::read_hints;
-use super::Outcome;
+use crate::pool::Outcome;
 
 /// The error code (or type) with which providers say a key's quota or credit is spent.
 const INSUFFICIENT_QUOTA: &str = "insufficient_quota";

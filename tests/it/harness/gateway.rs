@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use keygate::app::AppState;
 use keygate::config::{hash_token, Config};
+use keygate::state::AppState;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

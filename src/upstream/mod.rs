@@ -1,0 +1,8 @@
+//! What an upstream provider's answer means for the key that produced it: the classification of
+//! a status and body into an [`Outcome`](crate::pool::Outcome) (`classify`) and the rate-limit
+//! hints of its headers (`headers`).
+//!
+//! Pure functions over `http` types: no I/O, no clock of their own, no store.
+
+pub mod classify;
+pub mod headers;
