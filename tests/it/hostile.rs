@@ -9,6 +9,7 @@
 
 mod admin;
 mod bodies;
+mod fuzz;
 mod raw;
 mod smuggling;
 mod steering;

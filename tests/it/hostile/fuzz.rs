@@ -19,7 +19,7 @@ use proptest::prelude::*;
 /// unit tests' fixture) plus the server's read limits and an inline secret.
 static FULL: LazyLock<String> =
     LazyLock::new(|| {
-        let design = include_str!("../fixtures/design-example.toml");
+        let design = include_str!("../../fixtures/design-example.toml");
         let edits = [
         (
             "shutdown_grace_s = 30\n",
