@@ -1,5 +1,5 @@
-//! The admin API (DESIGN section 3, issue 4): operators list pools and keys and change them at
-//! run time. It exists only when `[admin]` found a token; without one every `/admin` path
+//! The admin API (README.md, "Admin API and CLI"): operators list pools and keys and change
+//! them at run time. It exists only when `[admin]` found a token; without one every `/admin` path
 //! answers 404, as if the API did not exist.
 //!
 //! Every request carries `Authorization: Bearer <admin token>`, compared in constant time on

@@ -1,5 +1,6 @@
-//! The gateway's configuration (DESIGN section 7): a TOML file, `KEYGATE_*` environment
-//! overrides, and a validation that reports every problem at once, each with its path.
+//! The gateway's configuration (README.md, "Configuration reference"): a TOML file,
+//! `KEYGATE_*` environment overrides, and a validation that reports every problem at once, each
+//! with its path.
 //!
 //! Loading runs in four steps, all adding to one list of [`Problem`]s:
 //! 1. the text is parsed into a TOML tree (a syntax error stops here, with its line);
@@ -219,7 +220,7 @@ pub struct PoolConfig {
     pub keys: Vec<KeyConfig>,
 }
 
-/// `[pools.policy]`: how the key state machine of DESIGN section 2 reacts to outcomes.
+/// `[pools.policy]`: how the key state machine (README.md, "Key states") reacts to outcomes.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
@@ -270,7 +271,7 @@ impl Default for Timeouts {
     }
 }
 
-/// `[pools.canary]`: gray routing of DESIGN section 4.
+/// `[pools.canary]`: gray routing (README.md, "Pointing applications at keygate").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CanaryConfig {
     pub group: String,

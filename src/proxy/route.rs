@@ -1,4 +1,4 @@
-//! Canary routing (DESIGN section 4) and request ids.
+//! Canary routing (README.md, "Pointing applications at keygate") and request ids.
 
 use std::net::SocketAddr;
 

@@ -1,4 +1,5 @@
-//! The shared key state behind one [`KeyStore`] trait (DESIGN sections 2 and 5).
+//! The shared key state behind one [`KeyStore`] trait (README.md, "Key states" and "Redis
+//! layout").
 //!
 //! - `redis.rs`: the cluster-wide store; every transition is one Lua script from `lua/`.
 //! - `memory.rs`: the same semantics in process (the embedded store of a single replica, and the
@@ -33,7 +34,8 @@ use serde::{Deserialize, Serialize};
 use crate::pool::{KeyId, KeyState, Outcome};
 pub use spec::{PoolSpec, StorePolicy};
 
-/// How a request is routed between the stable and the canary group (DESIGN section 4).
+/// How a request is routed between the stable and the canary group (README.md, "Pointing
+/// applications at keygate").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     /// Canary when `bucket < canary percent` (the percent lives in the store).
@@ -185,7 +187,7 @@ impl AdminState {
     }
 }
 
-/// One key as the snapshot shows it (the fields of DESIGN section 5).
+/// One key as the snapshot shows it (the fields of README.md, "Redis layout").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub id: String,

@@ -1,8 +1,8 @@
 //! Classification of one upstream answer into an [`Outcome`] for the key that produced it.
 //!
-//! This is the second table of DESIGN section 2 as code: the status code decides, the body only
-//! tells a spent quota (`insufficient_quota`) from a plain rate limit, and the rate-limit headers
-//! say how long a key should cool. Pure functions: no I/O, no clock of their own.
+//! This is the outcome table of README.md ("Key states") as code: the status code decides, the
+//! body only tells a spent quota (`insufficient_quota`) from a plain rate limit, and the
+//! rate-limit headers say how long a key should cool. Pure functions: no I/O, no clock of their own.
 
 use std::time::{Duration, SystemTime};
 
