@@ -25,6 +25,7 @@ pub mod error;
 pub mod gateway;
 pub mod health;
 pub mod metrics;
+#[cfg(feature = "mock")]
 pub mod mock;
 pub mod pool;
 pub mod proxy;

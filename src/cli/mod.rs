@@ -70,6 +70,7 @@ pub enum Command {
     CheckConfig { file: PathBuf },
     /// Print the SHA-256 of a client token, for `[[clients]] token_sha256`.
     HashToken { token: String },
+    #[cfg(feature = "mock")]
     /// Run the OpenAI-compatible mock provider (demos, tests, benchmarks).
     MockUpstream {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -139,6 +140,7 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// `keygate mock-upstream`: serves until SIGTERM/ctrl-c.
+#[cfg(feature = "mock")]
 pub async fn run_mock(listen: std::net::SocketAddr, delay_ms: u64, keys: Vec<String>) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
@@ -168,6 +170,14 @@ pub async fn run_serve(
     mock_upstream: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     init_logging(log_format);
+    #[cfg(not(feature = "mock"))]
+    if mock_upstream.is_some() {
+        eprintln!(
+            "keygate: --mock-upstream: this build has no mock provider (cargo feature `mock`)"
+        );
+        return ExitCode::from(2);
+    }
+    #[cfg(feature = "mock")]
     if let Some(addr) = mock_upstream {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
