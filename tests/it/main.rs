@@ -20,5 +20,6 @@ mod hostile;
 mod observability;
 mod ops;
 mod proxy;
+mod routes;
 mod secrets;
 mod store;
