@@ -301,7 +301,7 @@ async fn one_report(store: &RedisStore, pool: &str, key: &KeyId, mix: Mix) -> Re
 }
 
 fn random_key(keys: &[KeyId]) -> &KeyId {
-    &keys[rand::random::<usize>() % keys.len()]
+    &keys[(rand::random::<u64>() % keys.len() as u64) as usize]
 }
 
 #[derive(Default)]

@@ -134,7 +134,7 @@ end
 -- In a batch of several requests, a class of at most 16 members (or of at most 2 per request)
 -- is read whole the first time a draw lands in it, and later draws of the batch index that copy:
 -- each ZRANGE by rank costs a redis.call with its conversions. With a batch of 10 selects from a
--- 4-key pool this cuts the call by 12-17% (BENCHMARKS.md, "Small classes read whole"); a batch
+-- 4-key pool this makes the call cheaper (BENCHMARKS.md, "Small classes read whole"); a batch
 -- of one reads by rank, as a whole class costs it more. The copy cannot go stale within the
 -- call: selection changes no class set. A larger class is read one member per draw (O(log n)
 -- each, whatever the pool size).

@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::store::StateCounts;
+use crate::pool::StateCounts;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -173,6 +173,12 @@ impl ApiError {
             "not_found",
             message,
         )
+    }
+
+    /// A path keygate does not serve: the router's fallback, and the admin API of a gateway
+    /// without an admin token (which must look like any other unknown path).
+    pub fn unknown_path() -> ApiError {
+        ApiError::not_found("Unknown path; keygate serves /v1/*.")
     }
 
     pub fn body(&self) -> serde_json::Value {

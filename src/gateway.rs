@@ -10,16 +10,16 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::app::{AppState, Gateway};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::proxy::successes::SuccessBatcher;
 use crate::server::{serve, ConnCap, ConnLimits};
+use crate::state::{sync_pools, AppState, Gateway};
 use crate::store::failover::{FailoverOptions, FailoverStore};
 use crate::store::instrumented::InstrumentedStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{Endpoint, KeyStore, SyncReceipt};
+use crate::store::successes::SuccessBatcher;
+use crate::store::{Endpoint, KeyStore};
 
 /// Which Redis the config names, if any.
 fn redis_endpoint(s: &crate::config::StoreConfig) -> Option<Endpoint> {
@@ -83,18 +83,18 @@ pub async fn build_state(
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let (inner, redis) = build_store_and_redis(&config, Some(metrics.clone()))?;
     let store: Arc<dyn KeyStore> = Arc::new(InstrumentedStore::new(inner, metrics.clone()));
-    let health = crate::health::Health::new(redis);
+    let health = crate::state::Health::new(redis);
     // Boxed: the start-up future is nested deep enough already (rustc's query depth).
     Box::pin(health.check_store_at_start()).await;
     let flush = Duration::from_millis(config.store.report_flush_ms);
     let successes = SuccessBatcher::new(store.clone(), flush);
-    let reload_bus = crate::reload::cluster::ReloadBus::new(&config.store);
+    let reload_bus = crate::store::reload_bus::ReloadBus::new(&config.store);
     let renew_every = (config.pools.iter())
         .map(|p| Duration::from_millis(p.limits.lease_s.saturating_mul(1000) / 3))
         .min()
         .unwrap_or(Duration::from_secs(3))
         .max(Duration::from_millis(100));
-    let leases = Arc::new(crate::proxy::key_budget::Leases::default());
+    let leases = Arc::new(crate::store::leases::Leases::default());
     leases.start(store.clone(), renew_every);
     let gateway = Gateway::from_config(config)?;
     metrics.initialise_pools(&gateway.config.pools);
@@ -137,25 +137,6 @@ pub fn warn_if_mock_serves_no_pool(config: &Config, mock: std::net::SocketAddr) 
             .map(|p| format!("{} → {}", p.name, p.base_url))
             .collect();
         tracing::warn!(mock = %mock, pools = %urls.join(", "), "--mock-upstream serves no pool: no pool's base_url names its host and port, so no request reaches the mock");
-    }
-}
-
-/// Creates or updates every pool of `gateway` in the store.
-pub async fn sync_pools(store: &dyn KeyStore, gateway: &Gateway) {
-    for pool in gateway.pools.values() {
-        match store.sync(&pool.spec).await {
-            Ok(SyncReceipt::Unchanged) => {
-                tracing::info!(pool = %pool.spec.name, "pool synced: unchanged")
-            }
-            Ok(SyncReceipt::Synced {
-                created,
-                updated,
-                removed,
-            }) => tracing::info!(pool = %pool.spec.name, created, updated, removed, "pool synced"),
-            Err(e) => {
-                tracing::warn!(pool = %pool.spec.name, error = %e, "pool sync failed; will retry on first use")
-            }
-        }
     }
 }
 
@@ -223,12 +204,12 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
         (
             "server.metrics_listen",
             server.metrics_listen,
-            crate::app::metrics_router(state.clone()),
+            crate::routes::metrics_router(state.clone()),
         ),
         (
             "admin.listen",
             gateway.config.admin.listen,
-            crate::app::admin_router(state.clone()),
+            crate::routes::admin_router(state.clone()),
         ),
     ];
     for (what, addr, router) in sides {
@@ -245,7 +226,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
     drop(gateway);
     serve(
         listener,
-        crate::app::router(state.clone()),
+        crate::routes::router(state.clone()),
         limits,
         cap,
         shutdown,

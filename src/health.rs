@@ -1,34 +1,21 @@
 //! Readiness and the key-state gauges: both read the store, so both are bounded and cached.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
+use crate::state::{AppState, Health};
 use crate::store::redis::RedisStore;
-
-/// Whether the configured Redis was ever reached, and when the key gauges were last filled
-/// from store snapshots.
-#[derive(Default)]
-pub struct Health {
-    /// The configured Redis, asked directly until it first answers; `None`: the embedded store.
-    redis: Option<Arc<RedisStore>>,
-    /// Redis answered at least once since start (always true for the embedded store).
-    store_reached: AtomicBool,
-    gauges_at: Mutex<Option<Instant>>,
-    /// Serialises refreshes so a burst of scrapes costs one round of snapshots.
-    refresh: tokio::sync::Mutex<()>,
-}
 
 impl Health {
     pub fn new(redis: Option<Arc<RedisStore>>) -> Health {
         Health {
-            store_reached: AtomicBool::new(redis.is_none()),
+            store_reached: std::sync::atomic::AtomicBool::new(redis.is_none()),
             redis,
             ..Health::default()
         }
@@ -116,7 +103,14 @@ pub async fn refresh_key_gauges(state: &AppState) {
     // pool without its key series. A pool whose snapshot failed keeps what it showed.
     let mut seen: HashMap<&str, HashSet<&str>> = HashMap::new();
     for (name, s) in &snaps {
-        state.metrics.apply_snapshot(name, s);
+        for k in &s.keys {
+            let cooldown_ms = k.cooldown_until_ms.saturating_sub(s.now_ms);
+            (state.metrics).set_key_gauges(name, &k.id, k.status, cooldown_ms, k.weight);
+            if let Some(budget) = &k.budget {
+                let (requests, tokens) = budget.minute_remaining(s.now_ms);
+                (state.metrics).set_budget_remaining(name, &k.id, requests, tokens);
+            }
+        }
         seen.insert(name, s.keys.iter().map(|k| k.id.as_str()).collect());
     }
     state

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use keygate::cli::Cli;
 
-/// jemalloc, the default allocator: at 10,000 keys, 10-13% less CPU per request than glibc
-/// malloc and resident memory that stays flat under load; at 4 keys the two are within noise
+/// jemalloc, the default allocator: with large pools, less CPU per request than glibc malloc and
+/// resident memory that stays flat under load; with small ones the two are within noise
 /// (BENCHMARKS.md, "The allocator: jemalloc").
 #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
@@ -24,7 +24,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static malloc_conf: &[u8; 59] = b"background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0\0";
 
 /// With `--features mimalloc`: less CPU per request, more resident memory (BENCHMARKS.md,
-/// "Allocator").
+/// "The allocator: jemalloc").
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

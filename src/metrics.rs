@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN section 6): per-key counters recorded by the proxy, store timings
+//! Prometheus metrics (README.md, "Metrics, dashboards and alerts"): per-key counters recorded by the proxy, store timings
 //! recorded by [`InstrumentedStore`], and key-state gauges filled from store snapshots (the
 //! cluster-wide truth) at scrape time, cached for `store.snapshot_cache_ms`.
 //!
@@ -19,8 +19,6 @@ use prometheus::{
 
 use crate::config::{PoolConfig, STABLE_GROUP};
 use crate::pool::{KeyState, Outcome};
-use crate::store::budget::BudgetRecord;
-use crate::store::PoolSnapshot;
 pub use keys::{KeySeries, MODELS_PER_KEY, UPSTREAM_BUCKETS};
 pub use limits::LimitMetrics;
 
@@ -39,6 +37,10 @@ pub const STORE_OPS: [&str; 11] = [
     "sync",
     "ping",
 ];
+
+/// The `reason` label of `keygate_client_rejections_total` (and the error code) of a request
+/// refused because its client's circuit is open (`crate::state::circuit`).
+pub const CIRCUIT_OPEN: &str = "client_circuit_open";
 
 /// Every metric keygate exports, registered once.
 pub struct Metrics {
@@ -189,7 +191,7 @@ impl Metrics {
     /// `increase()` sees the first one).
     pub fn init_clients<'a>(&self, clients: impl Iterator<Item = &'a str>) {
         for client in clients {
-            let reason = crate::proxy::circuit::CIRCUIT_OPEN;
+            let reason = CIRCUIT_OPEN;
             self.client_rejections.with_label_values(&[client, reason]);
         }
     }
@@ -235,38 +237,36 @@ impl Metrics {
             .count_tokens(model, prompt, completion);
     }
 
-    /// Replaces one pool's key gauges with a snapshot's values.
-    pub fn apply_snapshot(&self, pool: &str, snap: &PoolSnapshot) {
-        for k in &snap.keys {
-            let remaining = k.cooldown_until_ms.saturating_sub(snap.now_ms);
-            self.keys
-                .get(pool, &k.id)
-                .set_gauges(k.status, remaining, k.weight);
-            if let Some(b) = &k.budget {
-                self.set_budget_remaining(pool, &k.id, b, snap.now_ms);
-            }
-        }
+    /// Sets one key's gauges (its state, the cooldown it has left, its weight) from a store
+    /// snapshot (`health::refresh_key_gauges`).
+    pub fn set_key_gauges(
+        &self,
+        pool: &str,
+        key: &str,
+        state: KeyState,
+        cooldown_ms: u64,
+        weight: u32,
+    ) {
+        self.keys
+            .get(pool, key)
+            .set_gauges(state, cooldown_ms, weight);
     }
 
-    /// `keygate_key_budget_remaining` of one key: what its schedules let start within the next
-    /// minute (the time already booked ahead of now is taken off the minute).
-    fn set_budget_remaining(&self, pool: &str, key: &str, b: &BudgetRecord, now: u64) {
-        let window = crate::store::budget::MINUTE_MS;
-        let free = |next: u64| window.saturating_sub(next.saturating_sub(now));
-        let l = &b.limits;
-        if l.rpm > 0 {
-            let n = free(b.next_request_ms) / window.div_ceil(l.rpm);
-            let v = i64::try_from(n.min(l.rpm)).unwrap_or(i64::MAX);
-            self.budget_remaining
-                .with_label_values(&[pool, key, "requests"])
-                .set(v);
-        }
-        if l.tpm > 0 {
-            let n = (free(b.next_tokens_ms) as u128 * l.tpm as u128 / window as u128) as u64;
-            let v = i64::try_from(n).unwrap_or(i64::MAX);
-            self.budget_remaining
-                .with_label_values(&[pool, key, "tokens"])
-                .set(v);
+    /// `keygate_key_budget_remaining` of one key: the requests and tokens its schedules let
+    /// start within the next minute; `None` for a dimension the key has no limit on.
+    pub fn set_budget_remaining(
+        &self,
+        pool: &str,
+        key: &str,
+        requests: Option<u64>,
+        tokens: Option<u64>,
+    ) {
+        for (unit, value) in [("requests", requests), ("tokens", tokens)] {
+            if let Some(v) = value {
+                self.budget_remaining
+                    .with_label_values(&[pool, key, unit])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
         }
     }
 

@@ -1,8 +1,8 @@
 //! Hot reload: re-read the config file and swap the running [`Gateway`] whole, without a restart
 //! and without dropping a request. Triggered by SIGHUP ([`spawn_sighup_reloader`], started by
 //! `gateway::run`), by a change of the file itself (`watch.rs`), by `POST /admin/reload` on this
-//! replica, which reaches every replica sharing its Redis ([`reload_cluster`], `cluster.rs`),
-//! and by such a reload asked of another replica.
+//! replica, which reaches every replica sharing its Redis ([`reload_cluster`], through
+//! `crate::store::reload_bus`), and by such a reload asked of another replica.
 //!
 //! 1. `Config::load` re-reads `AppState::config_path`; an invalid file is rejected with every
 //!    problem logged and returned, and the running config stays.
@@ -20,11 +20,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use crate::app::{AppState, Gateway};
 use crate::config::Config;
-pub use cluster::ReplicaAnswer;
+use crate::state::{AppState, Gateway};
+pub use crate::store::reload_bus::ReplicaAnswer;
 
-pub mod cluster;
 pub mod watch;
 
 /// One reload at a time (SIGHUP and the admin API may race): otherwise an older config could be
@@ -154,7 +153,7 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, String> {
         replicas: Vec::new(),
     };
     state.metrics.initialise_pools(&new.config.pools);
-    crate::gateway::sync_pools(&*state.store, &new).await;
+    crate::state::sync_pools(&*state.store, &new).await;
     (state.metrics).init_clients(new.clients.iter().map(|c| c.name.as_str()));
     state.gateway.store(Arc::new(new));
     tracing::info!(path = %report.config_path, config_hash = %report.config_hash, pools = report.pools.len(), changes = %change_summary(&report.pools), "config reloaded");

@@ -10,11 +10,11 @@ use serde::Deserialize;
 
 use super::views::ActionReceipt;
 use super::{json_error, key_id, path_error, pool_runtime, store_error};
-use crate::app::{AppState, PoolRuntime};
 use crate::config::STABLE_GROUP;
 use crate::error::ApiError;
 use crate::pool::KeyId;
 use crate::reload::ReloadReport;
+use crate::state::{AppState, PoolRuntime};
 use crate::store::{AdminState, KeyStoreExt};
 
 /// The highest weight a key may have (the store enforces the same bound).

@@ -1,5 +1,5 @@
-//! The admin API: operators list pools and keys and change them at
-//! run time. It exists only when `[admin]` found a token; without one every `/admin` path
+//! The admin API (README.md, "Operate"): operators list pools and keys and change
+//! them at run time. It exists only when `[admin]` found a token; without one every `/admin` path
 //! answers 404 `admin_disabled`, whose message names the variable to set on `keygate serve`.
 //!
 //! Every request carries `Authorization: Bearer <admin token>`, compared in constant time on
@@ -44,9 +44,9 @@ use axum::Router;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::app::{AppState, PoolRuntime};
 use crate::error::ApiError;
 use crate::pool::{is_valid_id, KeyId};
+use crate::state::{AppState, PoolRuntime};
 use crate::store::StoreError;
 use throttle::AdminThrottle;
 

@@ -11,8 +11,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{path_error, pool_runtime, store_error};
-use crate::app::{AppState, PoolRuntime};
 use crate::error::ApiError;
+use crate::state::{AppState, PoolRuntime};
 use crate::store::{KeyRecord, PoolSnapshot, StateCounts};
 
 /// `GET /admin/pools`.

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+#[cfg(feature = "mock")]
 use crate::mock::MockOptions;
 
 #[derive(Parser, Debug)]
@@ -79,6 +80,7 @@ pub enum Command {
         token: Option<String>,
     },
     /// Run the OpenAI-compatible mock provider (demos, tests, benchmarks).
+    #[cfg(feature = "mock")]
     MockUpstream {
         /// The address to serve on.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]

@@ -33,6 +33,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         } => run_serve(config, log_format, mock_upstream).await,
         Command::CheckConfig { file } => check_config(&file),
         Command::HashToken { token } => hash_token(token),
+        #[cfg(feature = "mock")]
         Command::MockUpstream { listen, options } => {
             init_logging(LogFormat::Text);
             run_mock(listen, options).await
@@ -88,6 +89,7 @@ fn read_token_from_stdin() -> Result<String, String> {
 }
 
 /// `keygate mock-upstream`: serves until SIGTERM/ctrl-c.
+#[cfg(feature = "mock")]
 pub async fn run_mock(listen: std::net::SocketAddr, opts: crate::mock::MockOptions) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
@@ -119,6 +121,14 @@ pub async fn run_serve(
             "open-file soft limit raised to the hard limit"
         );
     }
+    #[cfg(not(feature = "mock"))]
+    if mock_upstream.is_some() {
+        eprintln!(
+            "keygate: --mock-upstream: this build has no mock provider (cargo feature `mock`)"
+        );
+        return ExitCode::from(2);
+    }
+    #[cfg(feature = "mock")]
     if let Some(addr) = mock_upstream {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
@@ -161,7 +171,7 @@ pub async fn run_serve(
         }
     };
     tracing::info!(%listen, "keygate serving");
-    let ignored = crate::app::ignored_proxy_env(|v| std::env::var(v).ok());
+    let ignored = crate::state::ignored_proxy_env(|v| std::env::var(v).ok());
     if !ignored.is_empty() {
         tracing::warn!(variables = %ignored.join(","), "upstream requests go direct: keygate does not use proxy environment variables");
     }

@@ -1,5 +1,6 @@
-//! The gateway's configuration (DESIGN section 7): a TOML file, `KEYGATE_*` environment
-//! overrides, and a validation that reports every problem at once, each with its path.
+//! The gateway's configuration (README.md, "Configuration reference"): a TOML file,
+//! `KEYGATE_*` environment overrides, and a validation that reports every problem at once, each
+//! with its path.
 //!
 //! Loading runs in four steps, all adding to one list of [`Problem`]s:
 //! 1. the text is parsed into a TOML tree (a syntax error stops here, with its line);
@@ -50,8 +51,8 @@ mod limits;
 mod secret;
 #[cfg(test)]
 mod tests;
-mod wire;
 mod warnings;
+mod wire;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -66,9 +67,9 @@ use decode::{split_sections, syntax_error, Ctx, RawAdmin};
 use env::{apply_env_overrides, stray_overrides};
 pub use limits::{Limits, PoolLimits};
 pub use secret::{hash_token, redact_url, Secret};
+pub use warnings::warnings;
 pub use wire::{name_matches, path_matches, HeaderLists};
 pub use wire::{DEFAULT_EXPOSED, DEFAULT_FORWARDED, DEFAULT_PATHS, NEVER_EXPOSED, NEVER_FORWARDED};
-pub use warnings::warnings;
 
 /// The group every key belongs to unless it names the pool's canary group.
 pub const STABLE_GROUP: &str = "stable";
@@ -351,7 +352,7 @@ impl Default for Timeouts {
     }
 }
 
-/// `[pools.canary]`: gray routing of DESIGN section 4.
+/// `[pools.canary]`: gray routing (README.md, "Pointing applications at keygate").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CanaryConfig {
     pub group: String,

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use super::*;
 
-/// The example of DESIGN section 7, with a real token hash (of "test"); `tests/it/fuzz.rs`
-/// builds its every-field config from it too.
+/// A configuration that uses every section (`tests/fixtures/design-example.toml`), with a real
+/// token hash (of "test"); `tests/it/hostile/fuzz.rs` builds its every-field config from it too.
 const DESIGN_EXAMPLE: &str = include_str!("../../tests/fixtures/design-example.toml");
 
 const DESIGN_ENV: [(&str, &str); 3] = [

@@ -2,9 +2,9 @@
 //! exposition format.
 //!
 //! The `prometheus` crate keeps every labelled series as its own object with its label pairs,
-//! and renders by building the whole registry into protobuf structs and then one string. With
-//! 10,000 keys that was ≈ 6 KB of memory per key once traffic touched it and ≈ 250 MB while a
-//! scrape rendered 22 MB of text (BENCHMARKS.md). Here a key costs one [`KeySeries`] (a few
+//! and renders by building the whole registry into protobuf structs and then one string: kilobytes
+//! per key, and hundreds of MB while a scrape of 10,000 keys renders (BENCHMARKS.md, "Resident
+//! memory"). Here a key costs one [`KeySeries`] (a few
 //! hundred bytes of counters) and `/metrics` is rendered in chunks as the response is written,
 //! so a scrape holds one chunk at a time.
 
@@ -139,7 +139,8 @@ impl KeySeries {
 }
 
 /// By key id. A hash map: every proxied attempt looks its key up here, and a 10,000-key
-/// B-tree cost about 14 string comparisons per lookup (BENCHMARKS.md, run9); a scrape sorts.
+/// B-tree cost about 14 string comparisons per lookup (BENCHMARKS.md, "Per-key metrics
+/// lookups"); a scrape sorts.
 type PoolKeys = HashMap<Arc<str>, Arc<KeySeries>>;
 
 /// Every key's series, by pool and key id.

@@ -1,10 +1,7 @@
 //! The vocabulary of a key pool: key ids, key states, and the outcome of one upstream attempt.
 //!
 //! Everything here is pure data; the store (`crate::store`) owns the transitions and
-//! `classify` turns an upstream answer into an [`Outcome`].
-
-pub mod classify;
-pub mod headers;
+//! `crate::upstream::classify` turns an upstream answer into an [`Outcome`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -52,7 +49,7 @@ impl fmt::Display for KeyId {
     }
 }
 
-/// The cluster-wide state of one key (DESIGN section 2).
+/// The cluster-wide state of one key (README.md, "Key states").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
@@ -96,7 +93,8 @@ impl fmt::Display for KeyState {
     }
 }
 
-/// What one upstream attempt says about the key it used (DESIGN section 2, second table).
+/// What one upstream attempt says about the key it used (README.md, "Key states", the outcome
+/// table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -162,6 +160,30 @@ impl Outcome {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// How many keys of a pool are in each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCounts {
+    pub active: u64,
+    pub cooling: u64,
+    pub open: u64,
+    pub half_open: u64,
+    pub disabled: u64,
+    pub draining: u64,
+}
+
+impl StateCounts {
+    pub fn from_array(c: [u64; 6]) -> StateCounts {
+        StateCounts {
+            active: c[0],
+            cooling: c[1],
+            open: c[2],
+            half_open: c[3],
+            disabled: c[4],
+            draining: c[5],
+        }
     }
 }
 

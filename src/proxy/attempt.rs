@@ -13,14 +13,14 @@ use super::body::{Ending, ObservedBody, UpstreamResponse};
 use super::key_budget::BudgetTicket;
 use super::outcome::{keygate_headers, Failure, Step};
 use super::report::{report_in_background, report_success, Reported};
-use super::scrub::StreamScrub;
 use super::{forward, Call};
-use crate::app::AppState;
 use crate::error::ApiError;
-use crate::pool::classify::{classify, client_cause, is_model_not_found, Verdict};
 use crate::pool::{KeyId, KeyState, Outcome};
+use crate::state::AppState;
 use crate::store::KeyStoreExt;
 use crate::store::{random_draw, Chosen, Report, SelectRequest, Selection, Unavailable};
+use crate::upstream::classify::{classify, client_cause, is_model_not_found, Verdict};
+use crate::upstream::scrub::StreamScrub;
 use crate::usage::Usage;
 
 /// Error bodies are read whole to classify them (quota, model not found, the client's own

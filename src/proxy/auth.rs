@@ -7,8 +7,8 @@ use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::app::{ClientAuth, Gateway, PoolRuntime};
 use crate::error::ApiError;
+use crate::state::{ClientAuth, Gateway, PoolRuntime};
 
 /// The token of `Authorization: Bearer <token>`, if well-formed.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {

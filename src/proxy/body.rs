@@ -13,7 +13,7 @@ use futures::Stream;
 use http_body_util::{BodyDataStream, BodyExt};
 use tokio::time::{Instant, Sleep};
 
-use super::scrub::StreamScrub;
+use crate::upstream::scrub::StreamScrub;
 use crate::usage::{model_from_json_body, usage_from_json_body, SseUsageScanner, Usage};
 
 /// JSON bodies longer than this are passed through without usage accounting.

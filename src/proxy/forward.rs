@@ -5,10 +5,10 @@
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::app::KeyAuth;
 use crate::config::{name_matches, path_matches, HeaderLists};
 use crate::config::{DEFAULT_EXPOSED, DEFAULT_FORWARDED, NEVER_EXPOSED, NEVER_FORWARDED};
 use crate::error::ApiError;
+use crate::state::KeyAuth;
 
 /// Headers named in `Connection:` are hop-by-hop too.
 fn connection_listed(headers: &HeaderMap) -> Vec<String> {

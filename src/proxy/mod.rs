@@ -5,10 +5,8 @@
 mod attempt;
 pub mod auth;
 pub mod body;
-pub mod circuit;
-pub mod key_budget;
-pub mod budget;
 pub mod forward;
+pub mod key_budget;
 mod model_list;
 pub mod models;
 mod outcome;
@@ -16,8 +14,6 @@ mod probe;
 mod report;
 pub mod request;
 pub mod route;
-pub mod scrub;
-pub mod successes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,9 +24,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use crate::app::{AppState, PoolRuntime};
 use crate::error::ApiError;
 use crate::pool::{KeyId, Outcome};
+use crate::state::{AppState, PoolRuntime};
 use crate::store::Route;
 use attempt::Attempt;
 use outcome::{Failure, Step};
@@ -83,7 +79,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
 
 /// `/v1` itself: nothing to proxy.
 pub async fn handle_root() -> Response {
-    ApiError::not_found("Unknown path; keygate serves /v1/*.").into_response()
+    ApiError::unknown_path().into_response()
 }
 
 async fn proxy(
@@ -136,7 +132,7 @@ async fn prepare_and_run(
     let inspected = request::inspect(&parts.method, &parts.headers, &bytes, |m| {
         fallbacks.contains_key(m)
     })?;
-    let inference = crate::pool::classify::is_inference_path(&path);
+    let inference = crate::upstream::classify::is_inference_path(&path);
     let (method, headers) = (&parts.method, &parts.headers);
     models::check_allowed(method, headers, &bytes, &pool.config.models, inference)?;
     let tokens = match pool.spec.budget.token_budgets {
@@ -269,9 +265,9 @@ fn circuit_refusal(call: &Call) -> Option<ApiError> {
     let pool = call.pool.config.name.as_str();
     let left = (call.state.circuits).open_for(pool, &call.client, Instant::now())?;
     (call.state.metrics.client_rejections)
-        .with_label_values(&[call.client.as_str(), circuit::CIRCUIT_OPEN])
+        .with_label_values(&[call.client.as_str(), crate::state::circuit::CIRCUIT_OPEN])
         .inc();
     tracing::warn!(request_id = %call.request_id, pool = %pool, client = %call.client,
         "request refused: the client's circuit is open");
-    Some(circuit::refusal(left))
+    Some(crate::state::circuit::refusal(left))
 }

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 
 use super::forward;
-use crate::app::{AppState, PoolRuntime};
-use crate::pool::classify::client_cause;
 use crate::pool::{KeyId, KeyState, Outcome};
+use crate::state::{AppState, PoolRuntime};
 use crate::store::{KeyStoreExt, Report};
+use crate::upstream::classify::client_cause;
 
 /// A probe's error body is read this far, to tell a revoked key from a restricted one.
 const MAX_PROBE_BODY: usize = 16 * 1024;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use super::successes::Ticket;
-use crate::app::AppState;
 use crate::pool::Outcome;
+use crate::state::AppState;
+use crate::store::successes::Ticket;
 use crate::store::KeyStoreExt;
 use crate::store::{Chosen, Report};
 

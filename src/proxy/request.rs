@@ -9,8 +9,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http_body_util::{BodyExt, Limited};
 
-use super::budget::Admission;
 use crate::error::ApiError;
+use crate::state::budget::Admission;
 
 /// Bodies declared over the limit by at most this much are drained before the 413.
 const DRAIN_MAX: u64 = 4 << 20;

@@ -1,5 +1,5 @@
 //! The background task that reloads a replica without being asked directly: when another
-//! replica asked for a cluster-wide reload (`cluster.rs`), and when its own config file changed
+//! replica asked for a cluster-wide reload (`crate::store::reload_bus`), and when its own config file changed
 //! (`server.config_watch_ms`; a Kubernetes ConfigMap is swapped by a symlink under the running
 //! pod, and the file's content is what is compared, so the swap is seen).
 
@@ -11,9 +11,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use super::cluster::{ReloadBus, ReplicaAnswer, POLL};
 use super::{file_hash, reload};
-use crate::app::AppState;
+use crate::state::AppState;
+use crate::store::reload_bus::{ReloadBus, ReplicaAnswer, POLL};
 
 /// Starts the task, or returns `None` when there is nothing to watch (no config file).
 pub fn spawn_reload_watcher(

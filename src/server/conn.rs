@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
-use http_body::Frame;
+use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -102,7 +102,7 @@ impl<G: Send + Unpin + 'static> Guarded<G> {
     }
 }
 
-impl<G: Unpin> http_body::Body for Guarded<G> {
+impl<G: Unpin> hyper::body::Body for Guarded<G> {
     type Data = bytes::Bytes;
     type Error = axum::Error;
 
@@ -117,7 +117,7 @@ impl<G: Unpin> http_body::Body for Guarded<G> {
         self.inner.is_end_stream()
     }
 
-    fn size_hint(&self) -> http_body::SizeHint {
+    fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
     }
 }

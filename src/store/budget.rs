@@ -57,6 +57,24 @@ pub struct BudgetRecord {
     pub in_flight: u64,
 }
 
+impl BudgetRecord {
+    /// The requests and tokens the key's schedules let start within the minute after `now`
+    /// (the time already booked ahead of now is taken off the minute); `None` for a dimension
+    /// without a per-minute limit.
+    pub fn minute_remaining(&self, now: u64) -> (Option<u64>, Option<u64>) {
+        let window = MINUTE_MS;
+        let free = |next: u64| window.saturating_sub(next.saturating_sub(now));
+        let l = &self.limits;
+        let requests =
+            (l.rpm > 0).then(|| (free(self.next_request_ms) / window.div_ceil(l.rpm)).min(l.rpm));
+        let tokens = (l.tpm > 0).then(|| {
+            let n = free(self.next_tokens_ms) as u128 * l.tpm as u128 / window as u128;
+            u64::try_from(n).unwrap_or(u64::MAX)
+        });
+        (requests, tokens)
+    }
+}
+
 impl KeyBudget {
     /// What a snapshot at `now` shows; `None` for a key without limits.
     pub fn record(&self, now: u64) -> Option<BudgetRecord> {

@@ -51,7 +51,11 @@ impl Timeouts {
     }
 }
 
-/// The store's way to Redis.
+/// The store's way to Redis: one multiplexed connection (per master, per Cluster node) that every
+/// request of the replica shares, never a pool. Many tasks' commands then go out in one write
+/// and their replies come back in one read, on both sides; a pool pays a read and a write per
+/// command and a checkout, and measured less throughput at more CPU per call on the client and
+/// on Redis (BENCHMARKS.md, "One multiplexed connection, not a pool").
 pub(crate) enum Conn {
     Single(ConnectionManager),
     Sentinel(SentinelConn),

@@ -17,20 +17,26 @@
 //!   unreachable, and the write-back of what memory learned when it returns.
 //! - `connection.rs`, `sentinel.rs`, `cluster.rs`: how the Redis store reaches one server, a
 //!   Sentinel-managed master, or a Cluster.
+//! - `successes.rs`: plain successes summed per key and written in one script per pool;
+//!   `leases.rs`: this replica's leases on budgeted keys, renewed in the background.
+//! - `reload_bus.rs`: the Redis keys through which a reload asked of one replica reaches all.
 
 pub mod budget;
 mod cluster;
 mod connection;
 pub mod failover;
 pub mod instrumented;
+pub mod leases;
 pub mod memory;
 mod memory_budget;
 mod memory_sync;
 mod op;
 pub mod redis;
+pub mod reload_bus;
 mod scripts;
 mod sentinel;
 pub mod spec;
+pub mod successes;
 mod transitions;
 pub mod tree;
 
@@ -42,6 +48,7 @@ use std::future::Future;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use crate::pool::StateCounts;
 use crate::pool::{KeyId, KeyState, Outcome};
 pub use spec::{PoolSpec, StorePolicy};
 
@@ -103,30 +110,6 @@ pub struct Unavailable {
     pub retry_at_ms: Option<u64>,
     pub now_ms: u64,
     pub counts: StateCounts,
-}
-
-/// How many keys of a pool are in each state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateCounts {
-    pub active: u64,
-    pub cooling: u64,
-    pub open: u64,
-    pub half_open: u64,
-    pub disabled: u64,
-    pub draining: u64,
-}
-
-impl StateCounts {
-    pub fn from_array(c: [u64; 6]) -> StateCounts {
-        StateCounts {
-            active: c[0],
-            cooling: c[1],
-            open: c[2],
-            half_open: c[3],
-            disabled: c[4],
-            draining: c[5],
-        }
-    }
 }
 
 /// The outcome of one upstream attempt, as the store needs it.

@@ -1,4 +1,4 @@
-//! The admin API: token check, listings, changes through one replica seen by the
+//! The admin API (README.md, "Operate"): token check, listings, changes through one replica seen by the
 //! others at once, id validation. Real redis-server, real gateways, the mock upstream.
 
 pub mod cli;

@@ -1,4 +1,4 @@
-//! Hostile input (issue 5, item 6): malformed bodies, slow and oversized requests, request
+//! Hostile input (RELIABILITY.md, "Hostile input and faults"): malformed bodies, slow and oversized requests, request
 //! smuggling shapes, header injection, path tricks, bad tokens, and every way of steering a
 //! pool key to another host. Each case gets a clear 4xx (or a closed connection for protocol
 //! abuse), causes no panic, changes no key state, and the gateway keeps serving.
@@ -10,14 +10,15 @@
 mod admin;
 mod blame;
 mod bodies;
+mod budgets;
+mod connections;
+mod fuzz;
 mod model_allowlist;
 mod raw;
 mod smuggling;
 mod steering;
-mod wire;
-mod budgets;
-mod connections;
 mod surfaces;
+mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

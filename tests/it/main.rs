@@ -2,7 +2,7 @@
 //! components: its own redis-server processes and real HTTP servers.
 
 /// Runs each named `async fn(&Subject)` once against the memory store and once against a
-/// redis-server of its own (`store_conformance`, `store_batch`).
+/// redis-server of its own (`store::conformance`, `store::batch`).
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -15,28 +15,12 @@ macro_rules! conformance {
 }
 
 mod admin;
-mod budget_accuracy;
-mod e2e;
-mod faults;
-mod fuzz;
-#[allow(dead_code)] // helpers serve many test modules; not every one uses each
 mod harness;
-mod harness_processes;
 mod honest;
 mod hostile;
 mod observability;
+mod ops;
 mod proxy;
-mod proxy_batch;
-mod proxy_budgets;
-mod proxy_lifecycle;
-mod reload;
+mod routes;
 mod secrets;
-mod store_batch;
-mod store_budgets;
-mod store_coalesce;
-mod store_conformance;
-mod store_failover;
-mod store_model;
-mod store_redis;
-mod store_snapshot;
-mod store_topologies;
+mod store;

@@ -1,5 +1,9 @@
-//! The gateway end to end (issue 3's "must show"): real redis-server, real HTTP mock upstream,
+//! The gateway end to end: real redis-server, real HTTP mock upstream,
 //! gateways in process.
+
+mod batch;
+mod budgets;
+mod lifecycle;
 
 use std::collections::HashMap;
 use std::time::Instant;

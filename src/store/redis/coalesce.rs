@@ -7,8 +7,8 @@
 //! batch, sent by a spawned task as soon as a call in flight returns. The script selects for each
 //! request of a batch in order, exactly as separate calls at the same instant would (probe
 //! leases included), but reads the pool's meta, the clock, the due keys and the class counts
-//! once: a batch of 16 costs Redis about a third of 16 calls, and the replica one command
-//! instead of 16 (BENCHMARKS.md, "Coalesced selects").
+//! once: a batch costs Redis a fraction of as many calls, and the replica one command instead
+//! of one per select (BENCHMARKS.md, "Coalesced selects").
 //!
 //! Every caller keeps its own deadline: a waiter gives up at it whatever the batch does, and a
 //! batch is sent only for the waiters still waiting. A caller that goes away (its request was

@@ -57,7 +57,6 @@ pub struct ProxyStats {
 
 pub struct FaultProxy {
     pub addr: SocketAddr,
-    pub target: SocketAddr,
     fault: watch::Sender<Fault>,
     rules: Rules,
     pub stats: Arc<ProxyStats>,
@@ -74,7 +73,6 @@ impl FaultProxy {
         let (fault, _) = watch::channel(Fault::Pass);
         let proxy = FaultProxy {
             addr,
-            target,
             fault,
             rules: Rules::default(),
             stats: Arc::default(),
@@ -98,18 +96,9 @@ impl FaultProxy {
         rules.push((pattern.as_bytes().to_vec(), fault));
     }
 
-    /// Removes every targeted rule.
-    pub fn clear_targets(&self) {
-        self.rules.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-
     /// Switches the fault for every connection, open or new.
     pub fn set(&self, fault: Fault) {
         self.fault.send_replace(fault);
-    }
-
-    pub fn fault(&self) -> Fault {
-        *self.fault.borrow()
     }
 
     /// `http://ADDR/v1`: a `base_url` through the proxy.
@@ -120,14 +109,6 @@ impl FaultProxy {
     /// `redis://ADDR/0`: a `redis_url` through the proxy.
     pub fn redis_url(&self) -> String {
         format!("redis://{}/0", self.addr)
-    }
-
-    pub fn accepted(&self) -> u64 {
-        self.stats.accepted.load(Ordering::Relaxed)
-    }
-
-    pub fn resets(&self) -> u64 {
-        self.stats.resets.load(Ordering::Relaxed)
     }
 }
 

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use keygate::app::AppState;
 use keygate::config::{hash_token, Config};
+use keygate::state::AppState;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -158,4 +158,51 @@ pub async fn post_chat(
         rb = rb.header(*k, *v);
     }
     rb.send().await.expect("request to gateway")
+}
+
+/// A gateway's whole HTTP surface in process, over the embedded store: requests go through
+/// `tower::ServiceExt::oneshot`, with no port and no accept loop. For what a bound socket adds
+/// nothing to: routing, authentication, validation, error shapes.
+pub struct InProcess {
+    pub router: axum::Router,
+    pub state: Arc<AppState>,
+}
+
+impl InProcess {
+    pub async fn start(config: Config) -> InProcess {
+        let state = keygate::gateway::build_state(config, None)
+            .await
+            .expect("gateway state");
+        InProcess {
+            router: keygate::routes::router(state.clone()),
+            state,
+        }
+    }
+
+    /// One request: its status and its body (JSON when it parses, else a JSON string).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (http::StatusCode, serde_json::Value) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let mut request = http::Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(axum::body::Body::from(body.to_string()))
+            .expect("request");
+        let response = (self.router.clone().oneshot(request).await).expect("infallible router");
+        let status = response.status();
+        let bytes = (response.into_body().collect().await)
+            .expect("body")
+            .to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned().into());
+        (status, body)
+    }
 }

@@ -9,6 +9,8 @@ pub mod processes;
 pub mod redis_server;
 pub mod topology;
 
+mod tests;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +69,7 @@ pub fn spec(name: &str, keys: &[(&str, u32, &str)]) -> PoolSpec {
 /// One store under test plus whatever keeps it alive.
 pub struct Subject {
     pub store: Arc<dyn KeyStore>,
+    #[allow(dead_code)] // held for its Drop: the redis-server lives as long as the store
     pub redis: Option<RedisServer>,
 }
 

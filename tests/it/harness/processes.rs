@@ -225,13 +225,13 @@ impl KeygateProcess {
 /// `keygate mock-upstream` on a free port.
 pub struct MockProcess {
     pub addr: SocketAddr,
+    #[allow(dead_code)] // held for its Drop: the process stops with the handle
     pub proc: ChildProcess,
 }
 
 /// `GET /_mock/stats`.
 #[derive(Debug, serde::Deserialize)]
 pub struct MockStats {
-    pub total: u64,
     /// Requests per (mock) secret.
     pub keys: HashMap<String, u64>,
 }

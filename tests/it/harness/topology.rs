@@ -156,13 +156,6 @@ impl SentinelGroup {
             .expect("sentinel names a master")
     }
 
-    pub fn server(&self, port: u16) -> &RedisServer {
-        self.servers
-            .iter()
-            .find(|s| s.port == port)
-            .expect("a server of the group")
-    }
-
     pub fn server_mut(&mut self, port: u16) -> &mut RedisServer {
         self.servers
             .iter_mut()

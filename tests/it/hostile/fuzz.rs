@@ -1,7 +1,7 @@
-//! Property tests over what hostile input reaches (issue 5, item 8): config parsing, the
+//! Property tests over what hostile input reaches: config parsing, the
 //! upstream URL built from a request path, and the header filters each way. The parsers of
 //! upstream answers (rate-limit headers, classification, SSE usage) have theirs next to their
-//! code in `src/pool/headers.rs`, `src/pool/classify.rs` and `src/usage.rs`.
+//! code in `src/upstream/headers.rs`, `src/upstream/classify.rs` and `src/usage.rs`.
 //!
 //! Case counts are kept small enough for CI (each block runs in about a second).
 
@@ -9,18 +9,18 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use keygate::app::KeyAuth;
 use keygate::config::{name_matches, Config, HeaderLists, DEFAULT_EXPOSED, DEFAULT_FORWARDED};
 use keygate::proxy::forward::{downstream_headers, upstream_headers, upstream_uri, upstream_url};
 use keygate::proxy::request::inspect;
 use keygate::proxy::route::request_id;
+use keygate::state::KeyAuth;
 use proptest::prelude::*;
 
-/// A config using every section, each field set: the example of DESIGN section 7 (the config
+/// A config using every section, each field set: the configuration example (the config
 /// unit tests' fixture) plus the server's read limits and an inline secret.
 static FULL: LazyLock<String> =
     LazyLock::new(|| {
-        let design = include_str!("../fixtures/design-example.toml");
+        let design = include_str!("../../fixtures/design-example.toml");
         let edits = [
         (
             "shutdown_grace_s = 30\n",

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use http::StatusCode;
 use prometheus::{IntCounterVec, IntGauge};
 
-use crate::app::ClientAuth;
 use crate::error::ApiError;
+use crate::state::ClientAuth;
 
 /// What is in use, process-wide and per client; lives as long as the process (across reloads).
 #[derive(Default)]

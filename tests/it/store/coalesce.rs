@@ -11,8 +11,8 @@ use keygate::store::memory::MemoryStore;
 use keygate::store::redis::RedisStore;
 use keygate::store::{KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection, StoreError};
 
+use super::batch::evalsha_calls;
 use crate::harness::{kid, redis_store, spec, RedisServer};
-use crate::store_batch::evalsha_calls;
 
 const T0: u64 = 1_700_000_000_000;
 

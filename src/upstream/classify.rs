@@ -12,7 +12,7 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use super::headers::read_hints;
-use super::Outcome;
+use crate::pool::Outcome;
 
 mod cause;
 pub use cause::{client_cause, is_inference_path, ClientCause};

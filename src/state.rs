@@ -1,24 +1,25 @@
-//! The running gateway: the config-derived [`Gateway`] (swapped whole on reload), the shared
-//! [`AppState`], and [`router`], the whole HTTP surface.
+//! The running gateway's state: the config-derived [`Gateway`] (swapped whole on reload) and the
+//! shared [`AppState`] every handler reads. The HTTP surface over it is `crate::routes`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
-use axum::Router;
+use axum::http::HeaderValue;
 use tokio_util::task::TaskTracker;
+
+pub mod budget;
+pub mod circuit;
 
 use crate::config::{Config, PoolConfig};
 use crate::metrics::Metrics;
 use crate::pool::KeyId;
-use crate::proxy::scrub::Scrubber;
-use crate::store::{KeyStore, PoolSpec};
+use crate::store::redis::RedisStore;
+use crate::store::{KeyStore, PoolSpec, SyncReceipt};
+use crate::upstream::scrub::Scrubber;
 
 /// One pool as the proxy uses it: config, store spec, the upstream and the keys' secrets.
 pub struct PoolRuntime {
@@ -174,18 +175,31 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// Plain successes, buffered and written in batches (`store.report_flush_ms`); flushed on
     /// shutdown.
-    pub successes: crate::proxy::successes::SuccessBatcher,
+    pub successes: crate::store::successes::SuccessBatcher,
     /// This replica's in-flight leases on budgeted keys, renewed in the background.
-    pub leases: Arc<crate::proxy::key_budget::Leases>,
+    pub leases: Arc<crate::store::leases::Leases>,
     /// The file `reload` re-reads; `None` when the config did not come from a file.
     pub config_path: Option<PathBuf>,
-    pub health: crate::health::Health,
+    pub health: Health,
     /// Per (pool, client): key-damaging answers counted on this replica, and who is refused.
-    pub circuits: crate::proxy::circuit::ClientCircuits,
+    pub circuits: crate::state::circuit::ClientCircuits,
     /// Request bytes buffered and requests in flight, against the configured budgets.
-    pub budgets: crate::proxy::budget::Budgets,
+    pub budgets: crate::state::budget::Budgets,
     /// The way to the other replicas for a cluster-wide reload; `None` without `redis_url`.
-    pub reload_bus: Option<crate::reload::cluster::ReloadBus>,
+    pub reload_bus: Option<crate::store::reload_bus::ReloadBus>,
+}
+
+/// Whether the configured Redis was ever reached, and when the key gauges were last filled
+/// from store snapshots (`crate::health` reads and fills it).
+#[derive(Default)]
+pub struct Health {
+    /// The configured Redis, asked directly until it first answers; `None`: the embedded store.
+    pub(crate) redis: Option<Arc<RedisStore>>,
+    /// Redis answered at least once since start (always true for the embedded store).
+    pub(crate) store_reached: AtomicBool,
+    pub(crate) gauges_at: Mutex<Option<Instant>>,
+    /// Serialises refreshes so a burst of scrapes costs one round of snapshots.
+    pub(crate) refresh: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -194,64 +208,23 @@ impl AppState {
     }
 }
 
-/// The whole public HTTP surface: `/v1/*` proxy, health, and `/metrics` and `/admin` unless
-/// `server.metrics_listen` / `admin.listen` give them listeners of their own.
-pub fn router(state: Arc<AppState>) -> Router {
-    let config = state.gateway().config.clone();
-    let mut router = Router::new()
-        .route("/v1/{*path}", any(crate::proxy::handle))
-        .route("/v1", any(crate::proxy::handle_root))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(crate::health::readyz));
-    if config.server.metrics_listen.is_none() {
-        router = router.route("/metrics", get(metrics));
+/// Creates or updates every pool of `gateway` in the store.
+pub async fn sync_pools(store: &dyn KeyStore, gateway: &Gateway) {
+    for pool in gateway.pools.values() {
+        match store.sync(&pool.spec).await {
+            Ok(SyncReceipt::Unchanged) => {
+                tracing::info!(pool = %pool.spec.name, "pool synced: unchanged")
+            }
+            Ok(SyncReceipt::Synced {
+                created,
+                updated,
+                removed,
+            }) => tracing::info!(pool = %pool.spec.name, created, updated, removed, "pool synced"),
+            Err(e) => {
+                tracing::warn!(pool = %pool.spec.name, error = %e, "pool sync failed; will retry on first use")
+            }
+        }
     }
-    if config.admin.listen.is_none() {
-        router = router.nest("/admin", crate::admin::router(state.clone()));
-    }
-    router.fallback(not_found).with_state(state)
-}
-
-/// Only `/metrics` (for `server.metrics_listen`).
-pub fn metrics_router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .with_state(state)
-}
-
-/// Only `/admin` (for `admin.listen`).
-pub fn admin_router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .nest("/admin", crate::admin::router(state.clone()))
-        .fallback(not_found)
-        .with_state(state)
-}
-
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-pub(crate) async fn not_found() -> Response {
-    crate::error::ApiError::not_found("Unknown path; keygate serves /v1/*.").into_response()
-}
-
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    crate::health::refresh_key_gauges(&state).await;
-    (
-        StatusCode::OK,
-        [(
-            http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        axum::body::Body::from_stream(futures::stream::iter(
-            state
-                .metrics
-                .render_chunks()
-                .map(|chunk| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(chunk))),
-        )),
-    )
-        .into_response()
 }
 
 #[cfg(test)]

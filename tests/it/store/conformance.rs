@@ -1,4 +1,4 @@
-//! One conformance suite, run against both stores: every transition of README.md's Key states.
+//! One conformance suite, run against both stores: every transition of README.md, "Key states".
 //! Time is virtual (`now_ms` passed in), so deadlines are exact and nothing sleeps.
 
 use std::collections::HashMap;

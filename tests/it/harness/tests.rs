@@ -13,7 +13,7 @@ use crate::harness::RedisServer;
 /// Set in the copy of this test binary that the test starts and kills.
 const CHILD_ENV: &str = "KEYGATE_TEST_KILLED_CHILD";
 const THIS_TEST: &str =
-    "harness_processes::a_test_binary_killed_with_sigkill_leaves_no_redis_server_behind";
+    "harness::tests::a_test_binary_killed_with_sigkill_leaves_no_redis_server_behind";
 
 #[test]
 fn a_test_binary_killed_with_sigkill_leaves_no_redis_server_behind() {

@@ -19,8 +19,7 @@ use axum::http::StatusCode;
 use crate::config::Policy;
 use crate::error::ApiError;
 
-/// The `reason` label and error code of a refusal.
-pub const CIRCUIT_OPEN: &str = "client_circuit_open";
+pub use crate::metrics::CIRCUIT_OPEN;
 
 /// One client's count on one pool.
 #[derive(Debug, Clone, Copy)]

@@ -320,13 +320,13 @@ async fn chi_square(s: &dyn KeyStore, weights: &[u32], draws: usize) -> f64 {
         .map(|(id, w)| (id.as_str(), *w, "stable"))
         .collect();
     s.sync(&spec("chi", &keys)).await.unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut counts = vec![0u64; weights.len()];
     for _ in 0..draws {
         let req = SelectRequest {
             route: Route::Stable,
             exclude: &[],
-            rand: rng.gen::<u64>() >> 11,
+            rand: rng.next_u64() >> 11,
             now_ms: Some(1),
             tokens: 0,
         };

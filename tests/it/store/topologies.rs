@@ -15,11 +15,11 @@ use keygate::store::{
 };
 use tokio::task::block_in_place;
 
+use super::failover::{gateway_toml, KEYS};
 use crate::harness::gateway::{chat, TestGateway, CLIENT_TOKEN};
 use crate::harness::load::{failed, quantile, warmed_up, Load, TIMING};
 use crate::harness::topology::{query, RedisCluster, SentinelGroup, MASTER_NAME};
 use crate::harness::{kid, spec, wait_until};
-use crate::store_failover::{gateway_toml, KEYS};
 
 /// Sum of the `successes` counters of pool `p`'s keys on the server at `port`.
 fn successes_on(port: u16) -> u64 {
