@@ -141,6 +141,14 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
             release_free_memory();
         }
     });
+    let (stop_rotation, rotation_stopped) = tokio::sync::oneshot::channel::<()>();
+    let rotation = tokio::spawn(crate::rotation::driver::run(
+        state.clone(),
+        crate::rotation::driver::replica_id(),
+        async move {
+            let _ = rotation_stopped.await;
+        },
+    ));
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = spawn_metrics_listener(&state, limits, async move {
         let _ = metrics_stopped.await;
@@ -154,6 +162,8 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
     )
     .await;
     trimmer.abort();
+    let _ = stop_rotation.send(());
+    let _ = rotation.await;
     let _ = stop_metrics.send(());
     if let Some(m) = metrics_server {
         let _ = m.await;

@@ -55,5 +55,6 @@ async fn main() -> ExitCode {
         Command::Keys(keys) => admin_client::run_keys(&admin, keys).await,
         Command::Canary(canary) => admin_client::run_canary(&admin, canary).await,
         Command::Reload => admin_client::run_reload(&admin).await,
+        Command::Rotate(rotate) => admin_client::run_rotate(&admin, rotate).await,
     }
 }

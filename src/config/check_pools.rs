@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use super::check::{required_id, FirstSeen, ID_RULE};
 use super::decode::{Ctx, RawCanary, RawKey, RawPool};
-use super::{CanaryConfig, KeyConfig, Policy, PoolConfig, Secret, Timeouts, STABLE_GROUP};
+use super::{
+    CanaryConfig, KeyConfig, Policy, PoolConfig, RotationConfig, Secret, Timeouts, STABLE_GROUP,
+};
 use crate::pool::is_valid_id;
 
 pub(super) const BASE_URL_RULE: &str =
@@ -82,6 +84,12 @@ fn check_pool(
         .and_then(|raw| check_canary(raw, &canary_path, ctx));
     let canary_group = canary.as_ref().map(|c| c.group.as_str());
     let keys = check_keys(raw.keys, path, canary_group, env, base_dir, ctx);
+    let rotation_path = format!("{path}.rotation");
+    let rotation = ctx.decode::<RotationConfig>(toml::Value::Table(raw.rotation), &rotation_path);
+    if let Some(rotation) = &rotation {
+        super::check_rotation::check_rotation(rotation, &rotation_path, ctx);
+    }
+    super::check_rotation::check_successors(&keys, path, canary_group, ctx);
     Some(PoolConfig {
         name: name?,
         base_url: base_url?,
@@ -91,6 +99,7 @@ fn check_pool(
         policy: policy?,
         timeouts: timeouts?,
         canary: canary?,
+        rotation: rotation?,
         keys,
     })
 }
@@ -232,6 +241,14 @@ fn check_keys(
             ctx.problem(format!("{path}.weight"), "must be 0..=1000");
         }
         let group = check_key_group(raw.group.clone(), &path, canary_group, ctx);
+        let expires_ms = raw.expires.as_deref().and_then(|text| {
+            let parsed = super::check_rotation::parse_expiry(text);
+            if parsed.is_none() {
+                let message = "must be a date such as \"2027-03-01\" or \"2027-03-01T12:00:00Z\"";
+                ctx.problem(format!("{path}.expires"), message);
+            }
+            parsed
+        });
         let secret = resolve_secret(&raw, &path, env, base_dir, ctx);
         if let (Some(id), Some(weight), Some(group), Some((secret, secret_file))) =
             (id, weight, group, secret)
@@ -244,6 +261,8 @@ fn check_keys(
                 secret_file,
                 weight,
                 group,
+                expires_ms,
+                successor: raw.successor,
             });
         }
     }

@@ -306,6 +306,8 @@ pub(super) struct RawPool {
     #[serde(default)]
     pub(super) canary: toml::Table,
     #[serde(default)]
+    pub(super) rotation: toml::Table,
+    #[serde(default)]
     pub(super) keys: Vec<toml::Table>,
 }
 
@@ -343,6 +345,9 @@ pub(super) struct RawKey {
     #[serde(default = "default_weight")]
     pub(super) weight: i64,
     pub(super) group: Option<String>,
+    /// `"2027-03-01"` or `"2027-03-01T12:00:00Z"`.
+    pub(super) expires: Option<String>,
+    pub(super) successor: Option<String>,
 }
 
 fn default_weight() -> i64 {

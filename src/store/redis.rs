@@ -17,6 +17,7 @@
 mod coalesce;
 mod recreate;
 mod reply;
+mod rotation;
 mod shared;
 mod snapshot;
 
@@ -34,6 +35,7 @@ use super::{
     SelectRequest, Selection, StoreError, SuccessBatch, SyncReceipt,
 };
 use crate::pool::{KeyId, KeyState};
+use crate::rotation::{RotationOp, RotationReply};
 use coalesce::Coalescer;
 use reply::{expect_ok, now_arg, num, parse_selection};
 use shared::{map_err, Core};
@@ -324,6 +326,10 @@ impl KeyStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.ping_redis().await
+    }
+
+    async fn rotation(&self, pool: &str, op: RotationOp) -> Result<RotationReply, StoreError> {
+        self.rotation_op(pool, op).await
     }
 
     async fn sync(&self, spec: &PoolSpec) -> Result<SyncReceipt, StoreError> {

@@ -27,6 +27,7 @@ mod proxy;
 mod proxy_batch;
 mod proxy_lifecycle;
 mod reload;
+mod rotation;
 mod secrets;
 mod store_batch;
 mod store_coalesce;

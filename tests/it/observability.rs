@@ -104,7 +104,9 @@ fn config(redis_url: &str, upstream: &str) -> String {
             &[OK, LIMITED, REVOKED, FLAKY, CANARY],
             "[pools.canary]\ngroup = \"canary\"\npercent = 0\n",
         ),
-        pool_toml("dead", upstream, &[DEAD], ""),
+        // `d1` expires (far ahead): its `keygate_key_expiry_seconds` sample exists.
+        pool_toml("dead", upstream, &[DEAD], "")
+            .replace("id = \"d1\"\n", "id = \"d1\"\nexpires = \"2099-01-01\"\n"),
     )
 }
 
