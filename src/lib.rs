@@ -10,6 +10,7 @@
 //!   `server`: the accept loop and graceful shutdown; `health`: readiness and key gauges.
 //! - `reload`: hot reload of the config file (SIGHUP, `POST /admin/reload` reaching every
 //!   replica through Redis, a change of the file itself).
+//! - `rotation`: guarded key rotation, a plan in the store driven by one replica under a lease.
 //! - `metrics`, `error`, `usage`, `admin`, `mock` (the OpenAI-compatible mock provider), `cli`.
 #![cfg_attr(
     not(test),
@@ -28,6 +29,7 @@ pub mod mock;
 pub mod pool;
 pub mod proxy;
 pub mod reload;
+pub mod rotation;
 pub mod server;
 pub mod store;
 pub mod usage;

@@ -5,10 +5,10 @@
 mod attempt;
 pub mod auth;
 pub mod body;
-pub mod circuit;
-pub mod key_budget;
 pub mod budget;
+pub mod circuit;
 pub mod forward;
+pub mod key_budget;
 mod model_list;
 pub mod models;
 mod outcome;

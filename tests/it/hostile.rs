@@ -10,14 +10,14 @@
 mod admin;
 mod blame;
 mod bodies;
+mod budgets;
+mod connections;
 mod model_allowlist;
 mod raw;
 mod smuggling;
 mod steering;
-mod wire;
-mod budgets;
-mod connections;
 mod surfaces;
+mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

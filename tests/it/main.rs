@@ -30,6 +30,7 @@ mod proxy_batch;
 mod proxy_budgets;
 mod proxy_lifecycle;
 mod reload;
+mod rotation;
 mod secrets;
 mod store_batch;
 mod store_budgets;
