@@ -311,6 +311,7 @@ pub(super) struct RawPool {
     pub(super) canary: toml::Table,
     #[serde(default)]
     pub(super) limits: toml::Table,
+    #[serde(default)]
     pub(super) rotation: toml::Table,
     #[serde(default)]
     pub(super) keys: Vec<toml::Table>,

@@ -244,3 +244,254 @@ pub(crate) fn join(steps: &[u8]) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rotation::plan::{PlanSpec, PlanWrite};
+
+    /// A pool of one stable key `old` and one canary key `new`.
+    struct Pool {
+        percent: u8,
+        bumps: u32,
+    }
+
+    impl PoolAccess for Pool {
+        fn canary_group(&self) -> &str {
+            "canary"
+        }
+        fn key_group(&self, id: &str) -> Option<&str> {
+            match id {
+                "old" => Some("stable"),
+                "new" => Some("canary"),
+                _ => None,
+            }
+        }
+        fn set_canary_percent(&mut self, percent: u8) {
+            self.percent = percent;
+            self.bumps += 1;
+        }
+    }
+
+    fn spec(new: &str, old: &str) -> PlanSpec {
+        PlanSpec {
+            id: "p1".into(),
+            new_keys: vec![new.into()],
+            old_keys: vec![old.into()],
+            steps: vec![5, 25, 50, 100],
+            min_requests: 1,
+            min_dwell_ms: 0,
+            max_error_increase: 0.05,
+            max_p99_ratio: 2.0,
+            p99_slack_ms: 0,
+            auto_for: String::new(),
+        }
+    }
+
+    fn lease(replica: &str, fence: u64) -> RotationOp {
+        RotationOp::Lease {
+            replica: replica.into(),
+            fence,
+            lease_ms: 1000,
+        }
+    }
+
+    fn advance(replica: &str, fence: u64) -> RotationOp {
+        RotationOp::Write(PlanWrite {
+            replica: replica.into(),
+            fence,
+            canary: Some(25),
+            event: "advance".into(),
+            step: Some(1),
+            ..PlanWrite::default()
+        })
+    }
+
+    #[test]
+    fn start_checks_the_keys_groups_and_sets_the_first_percent() {
+        let (mut rot, mut pool) = (
+            PoolRotation::default(),
+            Pool {
+                percent: 0,
+                bumps: 0,
+            },
+        );
+        let bad = apply(
+            &mut rot,
+            &mut pool,
+            0,
+            RotationOp::Start(spec("old", "new")),
+        );
+        assert!(matches!(bad, RotationReply::BadKey { .. }), "{bad:?}");
+        let unknown = apply(
+            &mut rot,
+            &mut pool,
+            0,
+            RotationOp::Start(spec("nope", "old")),
+        );
+        assert!(
+            matches!(unknown, RotationReply::BadKey { .. }),
+            "{unknown:?}"
+        );
+        assert_eq!(pool.percent, 0, "a refused start changes nothing");
+        let ok = apply(
+            &mut rot,
+            &mut pool,
+            0,
+            RotationOp::Start(spec("new", "old")),
+        );
+        assert_eq!(ok, RotationReply::Started { percent: 5 });
+        assert_eq!((pool.percent, pool.bumps), (5, 1));
+        let again = apply(
+            &mut rot,
+            &mut pool,
+            0,
+            RotationOp::Start(spec("new", "old")),
+        );
+        assert_eq!(again, RotationReply::Busy(PlanState::Running));
+    }
+
+    #[test]
+    fn a_lease_that_ran_out_is_taken_with_the_next_fence_and_the_old_fence_is_refused() {
+        let (mut rot, mut pool) = (
+            PoolRotation::default(),
+            Pool {
+                percent: 0,
+                bumps: 0,
+            },
+        );
+        apply(
+            &mut rot,
+            &mut pool,
+            0,
+            RotationOp::Start(spec("new", "old")),
+        );
+        let a = apply(&mut rot, &mut pool, 10, lease("a", 0));
+        assert_eq!(
+            a,
+            RotationReply::Lease(LeaseReply::Held {
+                fence: 1,
+                until_ms: 1010
+            })
+        );
+        // While a's lease lives, b is told who holds it.
+        let b = apply(&mut rot, &mut pool, 500, lease("b", 0));
+        assert!(matches!(b, RotationReply::Lease(LeaseReply::Other(ref l)) if l.holder == "a"));
+        // a's lease runs out; b takes it with fence 2.
+        let b = apply(&mut rot, &mut pool, 2000, lease("b", 0));
+        assert_eq!(
+            b,
+            RotationReply::Lease(LeaseReply::Held {
+                fence: 2,
+                until_ms: 3000
+            })
+        );
+        // a wakes up: its renewal and its write carry fence 1 and are refused and recorded.
+        let renew = apply(&mut rot, &mut pool, 2100, lease("a", 1));
+        assert!(
+            matches!(renew, RotationReply::Lease(LeaseReply::Lost(_))),
+            "{renew:?}"
+        );
+        let write = apply(&mut rot, &mut pool, 2100, advance("a", 1));
+        assert!(matches!(
+            write,
+            RotationReply::Written(WriteReply::Fenced { fence: 2, .. })
+        ));
+        assert_eq!(pool.percent, 5, "the stale write changed no percent");
+        let RotationReply::View(v) = apply(&mut rot, &mut pool, 2200, RotationOp::Read) else {
+            panic!("no view");
+        };
+        let refused = v
+            .history
+            .iter()
+            .filter(|h| h.replica == "a" && h.event == "refused");
+        assert_eq!(refused.count(), 2, "{:#?}", v.history);
+        assert_eq!(v.plan.map(|p| p.step), Some(0));
+        // The holder's write goes through.
+        let ok = apply(&mut rot, &mut pool, 2300, advance("b", 2));
+        assert_eq!(ok, RotationReply::Written(WriteReply::Ok));
+        assert_eq!(pool.percent, 25);
+    }
+
+    #[test]
+    fn counts_are_kept_only_for_the_running_plans_current_step() {
+        let (mut rot, mut pool) = (
+            PoolRotation::default(),
+            Pool {
+                percent: 0,
+                bumps: 0,
+            },
+        );
+        apply(
+            &mut rot,
+            &mut pool,
+            0,
+            RotationOp::Start(spec("new", "old")),
+        );
+        let deltas = vec![("canary:requests".to_string(), 3)];
+        let stale = RotationOp::Stats {
+            step: 1,
+            deltas: deltas.clone(),
+        };
+        assert_eq!(
+            apply(&mut rot, &mut pool, 0, stale),
+            RotationReply::Stats { applied: false }
+        );
+        let now = RotationOp::Stats { step: 0, deltas };
+        assert_eq!(
+            apply(&mut rot, &mut pool, 0, now),
+            RotationReply::Stats { applied: true }
+        );
+        let RotationReply::View(v) = apply(&mut rot, &mut pool, 0, RotationOp::Read) else {
+            panic!("no view");
+        };
+        assert_eq!(v.counts_of(0, "canary").requests, 3);
+        assert_eq!(v.counts_of(1, "canary").requests, 0);
+    }
+
+    #[test]
+    fn abort_sets_the_percent_to_zero_and_a_paused_plan_takes_no_lease() {
+        let (mut rot, mut pool) = (
+            PoolRotation::default(),
+            Pool {
+                percent: 0,
+                bumps: 0,
+            },
+        );
+        apply(
+            &mut rot,
+            &mut pool,
+            0,
+            RotationOp::Start(spec("new", "old")),
+        );
+        let pause = RotationOp::Control {
+            action: Control::Pause,
+            reason: "look".into(),
+        };
+        assert_eq!(
+            apply(&mut rot, &mut pool, 1, pause),
+            RotationReply::Controlled(PlanState::Paused)
+        );
+        assert_eq!(
+            apply(&mut rot, &mut pool, 2, lease("a", 0)),
+            RotationReply::Lease(LeaseReply::Idle)
+        );
+        let abort = RotationOp::Control {
+            action: Control::Abort,
+            reason: "bad".into(),
+        };
+        assert_eq!(
+            apply(&mut rot, &mut pool, 3, abort),
+            RotationReply::Controlled(PlanState::Aborted)
+        );
+        assert_eq!(pool.percent, 0);
+        let resume = RotationOp::Control {
+            action: Control::Resume,
+            reason: String::new(),
+        };
+        assert_eq!(
+            apply(&mut rot, &mut pool, 4, resume),
+            RotationReply::BadState(PlanState::Aborted)
+        );
+    }
+}
