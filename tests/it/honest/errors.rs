@@ -1,6 +1,8 @@
 //! keygate's own error answers: an outage is not a rate limit, `Retry-After` is capped with
 //! `x-should-retry: false` beyond the cap, and a hung upstream fails once, not per attempt.
 
+use std::time::Duration;
+
 use keygate::mock::{Behavior, MockUpstream};
 
 use super::{ask_chat, every_key};
@@ -98,6 +100,17 @@ async fn no_key_that_can_recover_answers_503_with_x_should_retry_false() {
     let s = every_key_answering(Behavior::Unauthorized, "").await;
     let gw = &s.gw;
     let c = http();
+    // A 401 first benches a key while keygate's own probe confirms it (README.md, "Who is
+    // blamed"); once every probe has answered 401 too, no key can recover by itself.
+    crate::harness::wait_until(
+        Duration::from_secs(15),
+        "every key confirmed revoked",
+        || {
+            let (c, gw) = (c.clone(), gw);
+            async move { ask_chat(&c, gw).await.status == 503 }
+        },
+    )
+    .await;
     for round in 0..2 {
         let a = ask_chat(&c, gw).await;
         assert_eq!(a.status, 503, "round {round}: {}", a.body);

@@ -8,12 +8,12 @@ use crate::harness::exposition::Exposition;
 use crate::harness::gateway::{config_toml, http, TestGateway};
 use crate::harness::RedisServer;
 
-/// The `keygate_*` names of README.md's metric list (section "Dashboards and alerts").
+/// The `keygate_*` names of README.md's metric list (section "Metrics, dashboards and alerts").
 fn readme_families() -> Vec<String> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
     let start = readme
-        .find("### Dashboards and alerts")
+        .find("### Metrics, dashboards and alerts")
         .expect("the metrics section");
     let section = &readme[start..];
     let end = section[4..].find("\n##").map_or(section.len(), |e| e + 4);
@@ -31,14 +31,13 @@ fn readme_families() -> Vec<String> {
 async fn a_fresh_gateway_exports_every_readme_family_with_zero_samples() {
     let redis = RedisServer::start();
     let mock = MockUpstream::start().await;
-    let canary = "[pools.canary]\ngroup = \"canary\"\npercent = 10\n";
-    let gw = TestGateway::start(&config_toml(
-        Some(&redis.url()),
-        &mock.base_url(),
-        &K3,
-        canary,
-    ))
-    .await;
+    // A budget that never binds and a key that expires far ahead: the families README lists
+    // for pools with budgets and for expiring keys exist too.
+    let extra =
+        "[pools.canary]\ngroup = \"canary\"\npercent = 10\n\n[pools.limits]\nrpm = 100000\n";
+    let toml = config_toml(Some(&redis.url()), &mock.base_url(), &K3, extra)
+        .replace("id = \"k1\"\n", "id = \"k1\"\nexpires = \"2099-01-01\"\n");
+    let gw = TestGateway::start(&toml).await;
     let m = Exposition::scrape(&http(), &gw.url("/metrics")).await;
     let families = readme_families();
     assert!(families.len() >= 13, "README lists {families:?}");

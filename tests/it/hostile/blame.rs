@@ -118,7 +118,10 @@ async fn a_mismatched_organization_answer_is_passed_through_and_leaves_the_key_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_outside_the_keys_scopes_takes_no_key_away_and_is_not_retried() {
-    let env = Isolated::start(with_attacker("")).await;
+    // A pool that serves every path (`paths = ["*"]`): with the default path allowlist keygate
+    // answers 404 itself before any key is used (hostile::wire), so the provider's answer is only
+    // seen where an operator opened the path.
+    let env = Isolated::start(with_attacker("paths = [\"*\"]")).await;
     env.mock().set_rules(ProviderRules {
         restricted_paths: vec!["organization/".into()],
         ..ProviderRules::default()
