@@ -30,7 +30,7 @@ for i = 2, #ARGV - 3, 4 do
   if seen < 0 then seen = 0 end
   local KK = kkey(ARGV[i])
   -- One read and one write per key (not HINCRBY plus up to two HSETs): with many distinct keys
-  -- per batch these calls are most of the batch's cost (BENCHMARKS.md, run9). The script is
+  -- per batch these calls are most of the batch's cost (BENCHMARKS.md, "The report batch's Lua"). The script is
   -- atomic, so old + n written back is the same as HINCRBY, and max(old, seen) written back is
   -- last_used_ms kept or moved forward. The write's fields are spelled out, not built as a table
   -- for unpack: at 10,000 keys this loop runs about once per request.

@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN section 6): per-key counters recorded by the proxy, store timings
+//! Prometheus metrics (README.md, "Metrics, dashboards and alerts"): per-key counters recorded by the proxy, store timings
 //! recorded by [`InstrumentedStore`], and key-state gauges filled from store snapshots (the
 //! cluster-wide truth) at scrape time, cached for `store.snapshot_cache_ms`.
 //!

@@ -322,11 +322,17 @@ async fn rotate(target: &AdminTarget, command: RotateCommand) -> Result<String, 
             steps,
             min_requests,
             min_dwell_s,
+            max_error_increase_pct,
+            max_p99_ratio_pct,
+            p99_slack_ms,
             dry_run,
         } => {
             let body = json!({
                 "new_keys": new_keys, "old_keys": old_keys, "steps": steps,
-                "min_requests": min_requests, "min_dwell_s": min_dwell_s, "dry_run": dry_run,
+                "min_requests": min_requests, "min_dwell_s": min_dwell_s,
+                "max_error_increase_pct": max_error_increase_pct,
+                "max_p99_ratio_pct": max_p99_ratio_pct, "p99_slack_ms": p99_slack_ms,
+                "dry_run": dry_run,
             });
             let path = ["pools", pool.as_str(), "rotation"];
             let status = client.call(Method::POST, &path, Some(body)).await?;

@@ -153,6 +153,15 @@ pub enum RotateCommand {
         /// Seconds each step lasts at least.
         #[arg(long)]
         min_dwell_s: Option<u64>,
+        /// Percentage points the canary's error ratio may exceed stable's by.
+        #[arg(long)]
+        max_error_increase_pct: Option<u32>,
+        /// The canary's p99 latency may be this percent of stable's (plus the slack).
+        #[arg(long)]
+        max_p99_ratio_pct: Option<u32>,
+        /// Milliseconds added to the allowed p99.
+        #[arg(long)]
+        p99_slack_ms: Option<u64>,
         /// Print the plan and the guards' evaluation without changing anything.
         #[arg(long)]
         dry_run: bool,

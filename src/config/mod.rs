@@ -1,4 +1,4 @@
-//! The gateway's configuration (DESIGN section 7): a TOML file, `KEYGATE_*` environment
+//! The gateway's configuration (README.md, "Configuration reference"): a TOML file, `KEYGATE_*` environment
 //! overrides, and a validation that reports every problem at once, each with its path.
 //!
 //! Loading runs in four steps, all adding to one list of [`Problem`]s:
@@ -400,7 +400,7 @@ impl Default for Timeouts {
     }
 }
 
-/// `[pools.canary]`: gray routing of DESIGN section 4.
+/// `[pools.canary]`: gray routing (README.md, "Canary routing").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CanaryConfig {
     pub group: String,

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::*;
 
-/// The example of DESIGN section 7, with a real token hash (of "test"); `tests/it/fuzz.rs`
+/// The configuration example (README.md, "Configuration reference"), with a real token hash (of "test"); `tests/it/fuzz.rs`
 /// builds its every-field config from it too.
 const DESIGN_EXAMPLE: &str = include_str!("../../tests/fixtures/design-example.toml");
 

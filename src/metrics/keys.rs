@@ -139,7 +139,7 @@ impl KeySeries {
 }
 
 /// By key id. A hash map: every proxied attempt looks its key up here, and a 10,000-key
-/// B-tree cost about 14 string comparisons per lookup (BENCHMARKS.md, run9); a scrape sorts.
+/// B-tree cost about 14 string comparisons per lookup (BENCHMARKS.md, "Per-key metrics lookups"); a scrape sorts.
 type PoolKeys = HashMap<Arc<str>, Arc<KeySeries>>;
 
 /// Every key's series, by pool and key id.

@@ -52,7 +52,7 @@ impl fmt::Display for KeyId {
     }
 }
 
-/// The cluster-wide state of one key (DESIGN section 2).
+/// The cluster-wide state of one key (README.md, "Key states").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
@@ -96,7 +96,7 @@ impl fmt::Display for KeyState {
     }
 }
 
-/// What one upstream attempt says about the key it used (DESIGN section 2, second table).
+/// What one upstream attempt says about the key it used (README.md, "Key states", the outcome table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {

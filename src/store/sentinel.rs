@@ -1,7 +1,7 @@
 //! The master of a Sentinel-managed Redis: asked of the Sentinels on first use and again after
 //! any sign that it changed.
 //!
-//! redis-rs does not follow Sentinel's failover notices (redis-rs #1438), so a connection to a
+//! redis-rs does not follow Sentinel's failover notices (its Sentinel client keeps the master it resolved first), so a connection to a
 //! demoted master would live on, answering every write with `READONLY`. Instead the cached
 //! connection is dropped on `READONLY`, `MASTERDOWN`, `LOADING`, a broken connection or a
 //! timeout, and the next call asks the Sentinels again (`SENTINEL MASTERS` → the named master,

@@ -7,7 +7,7 @@ use super::budget::KeyLimits;
 use crate::config::{Limits, PoolConfig};
 use crate::pool::KeyId;
 
-/// The pool policy of DESIGN section 7, in the store's unit (ms).
+/// The pool's `[pools.policy]`, in the store's unit (ms).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StorePolicy {
     pub cooldown_default_ms: u64,

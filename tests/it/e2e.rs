@@ -1,4 +1,4 @@
-//! The deploy topology as processes, without Docker (issue 4 item 7): redis-server, `keygate
+//! The deploy topology as processes, without Docker: redis-server, `keygate
 //! mock-upstream`, three `keygate serve` replicas on one Redis and nginx in front of them,
 //! configured from `deploy/nginx.local.conf.template`. Through nginx, a 429 on one key is
 //! honoured by every replica for its whole Retry-After, and every replica's `/metrics` reports

@@ -1,4 +1,4 @@
-//! Fault injection (issue 5, item 5): a TCP fault proxy between keygate and its upstream, and
+//! Fault injection: a TCP fault proxy between keygate and its upstream, and
 //! between keygate and Redis, plus upstream behaviour storms from the scripted mock. Each test
 //! asserts what the client sees and that the key state in Redis is exactly what the attempts
 //! explain: a success per request a key served, a failure per failed attempt, no stray state.

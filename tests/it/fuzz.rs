@@ -1,4 +1,4 @@
-//! Property tests over what hostile input reaches (issue 5, item 8): config parsing, the
+//! Property tests over what hostile input reaches: config parsing, the
 //! upstream URL built from a request path, and the header filters each way. The parsers of
 //! upstream answers (rate-limit headers, classification, SSE usage) have theirs next to their
 //! code in `src/pool/headers.rs`, `src/pool/classify.rs` and `src/usage.rs`.
@@ -16,7 +16,7 @@ use keygate::proxy::request::inspect;
 use keygate::proxy::route::request_id;
 use proptest::prelude::*;
 
-/// A config using every section, each field set: the example of DESIGN section 7 (the config
+/// A config using every section, each field set: the example of README.md's "Configuration reference" (the config
 /// unit tests' fixture) plus the server's read limits and an inline secret.
 static FULL: LazyLock<String> =
     LazyLock::new(|| {

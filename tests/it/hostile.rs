@@ -1,4 +1,4 @@
-//! Hostile input (issue 5, item 6): malformed bodies, slow and oversized requests, request
+//! Hostile input: malformed bodies, slow and oversized requests, request
 //! smuggling shapes, header injection, path tricks, bad tokens, and every way of steering a
 //! pool key to another host. Each case gets a clear 4xx (or a closed connection for protocol
 //! abuse), causes no panic, changes no key state, and the gateway keeps serving.

@@ -1,5 +1,5 @@
-//! Observability (issue 4, "must show"): a live `/metrics` passes `promtool check metrics` and
-//! carries every metric of DESIGN section 6 with its documented labels; key state is the
+//! Observability: a live `/metrics` passes `promtool check metrics` and
+//! carries every metric README.md documents with its documented labels; key state is the
 //! cluster's truth (read on a replica that served nothing); no secret leaks; the deploy files
 //! pass `promtool check config|rules` and `docker-compose config`; and every metric a Grafana
 //! panel or an alert rule queries is one a live gateway exports.
@@ -37,7 +37,7 @@ const CANARY: TestKey = TestKey {
 /// The only key of pool `dead`; always 401, so its second request finds no key.
 const DEAD: TestKey = key("d1", "sk-obs-dead-ffff6666");
 
-/// Every metric of DESIGN section 6: name, Prometheus type, labels.
+/// Every metric README.md documents ("Metrics, dashboards and alerts"): name, Prometheus type, labels.
 const DOCUMENTED: [(&str, &str, &[&str]); 13] = [
     (
         "keygate_requests_total",

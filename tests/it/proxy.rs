@@ -1,4 +1,4 @@
-//! The gateway end to end (issue 3's "must show"): real redis-server, real HTTP mock upstream,
+//! The gateway end to end: real redis-server, real HTTP mock upstream,
 //! gateways in process.
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! Hot reload (issue 4): the `reload` function on an in-process gateway under a steady request
+//! Hot reload: the `reload` function on an in-process gateway under a steady request
 //! stream, invalid files, settings that need a restart, and SIGHUP / `keygate reload` on a real
 //! `keygate serve` process.
 

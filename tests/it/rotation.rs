@@ -485,3 +485,63 @@ async fn a_driver_paused_past_its_lease_cannot_write_when_it_resumes() {
     );
     assert_eq!(plan_state(&s), "running");
 }
+
+/// `keygate rotate ...` against a replica: a dry run changes nothing, start/pause/resume/abort
+/// change the plan, and status prints it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rotate_cli_dry_runs_starts_pauses_resumes_and_aborts_a_plan() {
+    let rig = Rig::start(&rotation_section(200, 3000, 60)).await;
+    let url = rig.replicas[1].url("");
+    let rotate = |args: &[&str]| {
+        let out = std::process::Command::new(crate::harness::processes::keygate_binary())
+            .arg("rotate")
+            .args(args)
+            .args(["--url", &url])
+            .env("KEYGATE_ADMIN_TOKEN", ADMIN)
+            .output()
+            .expect("run keygate rotate");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, out) = rotate(&[
+        "start",
+        "p",
+        "--new",
+        "new",
+        "--old",
+        "old",
+        "--steps",
+        "10,100",
+        "--dry-run",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("dry run: nothing was changed"), "{out}");
+    assert!(out.contains("steps [10,100]"), "{out}");
+    assert_eq!(
+        plan_state(&rig.status(0).await),
+        "none",
+        "a dry run started nothing"
+    );
+    let (code, out) = rotate(&[
+        "start", "p", "--new", "new", "--old", "old", "--steps", "10,100",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("running at step 1 of 2 (10%)"), "{out}");
+    let (code, out) = rotate(&["start", "p", "--new", "new", "--old", "old"]);
+    assert_eq!(code, Some(1), "a second plan is refused: {out}");
+    assert!(out.contains("already running"), "{out}");
+    let (code, out) = rotate(&["pause", "p", "--reason", "looking"]);
+    assert_eq!((code, out.contains("paused")), (Some(0), true), "{out}");
+    let (code, out) = rotate(&["resume", "p"]);
+    assert_eq!((code, out.contains("running")), (Some(0), true), "{out}");
+    let (code, out) = rotate(&["abort", "p", "--reason", "changed my mind"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("aborted"), "{out}");
+    let s = rig.status(2).await;
+    assert_eq!(plan_state(&s), "aborted");
+    assert_eq!(s["plan"]["reason"], "changed my mind");
+    let (code, out) = rotate(&["status", "p"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("admin abort: changed my mind"), "{out}");
+}

@@ -1,4 +1,4 @@
-//! Secret hygiene (issue 5, item 7): distinctive secrets in the config (upstream keys given
+//! Secret hygiene: distinctive secrets in the config (upstream keys given
 //! inline, by environment variable and by file; the client token; the admin token; the Redis
 //! password), every endpoint and error path exercised with logs captured at TRACE, then every
 //! output searched: logs, `/metrics`, admin answers, every response body and header, every
