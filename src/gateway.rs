@@ -198,6 +198,14 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
             release_free_memory();
         }
     });
+    let (stop_rotation, rotation_stopped) = tokio::sync::oneshot::channel::<()>();
+    let rotation = tokio::spawn(crate::rotation::driver::run(
+        state.clone(),
+        crate::rotation::driver::replica_id(),
+        async move {
+            let _ = rotation_stopped.await;
+        },
+    ));
     let side_stop = tokio_util::sync::CancellationToken::new();
     let mut side_listeners = Vec::new();
     let sides = [
@@ -233,6 +241,8 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
     )
     .await;
     trimmer.abort();
+    let _ = stop_rotation.send(());
+    let _ = rotation.await;
     side_stop.cancel();
     for side in side_listeners {
         let _ = side.await;

@@ -18,6 +18,7 @@
 //!   connection budgets and graceful shutdown.
 //! - `gateway`: start-up (config → store → state → server); `cli`: the binary's commands.
 //! - `mock`: the OpenAI-compatible mock provider (tests, benchmarks, `keygate mock-upstream`).
+//! - `rotation`: guarded key rotation, a plan in the store driven by one replica under a lease.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -35,6 +36,7 @@ pub mod mock;
 pub mod pool;
 pub mod proxy;
 pub mod reload;
+pub mod rotation;
 pub mod routes;
 pub mod server;
 pub mod state;

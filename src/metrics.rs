@@ -9,6 +9,7 @@
 
 mod keys;
 mod limits;
+pub mod steps;
 
 use std::time::Instant;
 
@@ -63,6 +64,20 @@ pub struct Metrics {
     pub budget_wait: HistogramVec,
     /// Budgeted keys' headroom over the next minute, from snapshots (`kind`: requests, tokens).
     pub budget_remaining: IntGaugeVec,
+    /// `keygate_rotation_step{pool}`: the canary percent of the running plan's step (0: none).
+    pub rotation_step: IntGaugeVec,
+    /// `keygate_rotation_state{pool,state}`: 1 for the state of the pool's latest plan.
+    pub rotation_state: IntGaugeVec,
+    /// `keygate_key_expiry_seconds{pool,key}`: seconds until a key's configured `expires`.
+    pub key_expiry: IntGaugeVec,
+    /// Per pool, the counts of a running rotation's current step (empty while none runs).
+    pub rotation_steps: steps::Recorders,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 fn counter(
@@ -156,6 +171,25 @@ impl Metrics {
                 vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
             )?,
             budget_remaining,
+            rotation_step: gauge(
+                &r,
+                "keygate_rotation_step",
+                "Canary percent of the pool's running rotation step (0 when no plan runs)",
+                &["pool"],
+            )?,
+            rotation_state: gauge(
+                &r,
+                "keygate_rotation_state",
+                "1 for the state of the pool's latest rotation plan (none, running, paused, rolled_back, done, aborted)",
+                &["pool", "state"],
+            )?,
+            key_expiry: gauge(
+                &r,
+                "keygate_key_expiry_seconds",
+                "Seconds until a key's configured expiry (negative once expired)",
+                &["pool", "key"],
+            )?,
+            rotation_steps: steps::Recorders::default(),
             registry: r,
         };
         for op in STORE_OPS {
@@ -207,6 +241,9 @@ impl Metrics {
     ) {
         let series = self.keys.get(pool, key);
         series.count_request(group, outcome);
+        if let Some(step) = self.rotation_steps.get(pool) {
+            step.record(group, outcome, started.elapsed());
+        }
         if !matches!(outcome, Outcome::Timeout | Outcome::ConnectError) {
             series.observe(started.elapsed());
         }

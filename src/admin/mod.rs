@@ -23,11 +23,13 @@
 //! | `PUT /admin/pools/{pool}/keys/{key}/group` | `{"group": "canary"}` | `stable` or the pool's canary group |
 //! | `PUT /admin/pools/{pool}/canary` | `{"percent": 25}` (0..=100) | |
 //! | `POST /admin/reload` | | re-reads the config file; 400 with every problem if invalid |
+//! | `GET`/`POST /admin/pools/{pool}/rotation`, `POST .../rotation/{pause,resume,abort}` | | see `rotation.rs` |
 //!
 //! Layout: this file holds the router, the token check and the error mapping; `views` the
 //! listings and their JSON shapes (shared with the CLI); `actions` the changes.
 
 mod actions;
+pub mod rotation;
 mod throttle;
 pub mod views;
 
@@ -65,6 +67,11 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route(&format!("{key}/weight"), put(actions::set_weight))
         .route(&format!("{key}/group"), put(actions::set_group))
         .route("/pools/{pool}/canary", put(actions::set_canary))
+        .route(
+            "/pools/{pool}/rotation",
+            get(rotation::get_status).post(rotation::start),
+        )
+        .route("/pools/{pool}/rotation/{action}", post(rotation::control))
         .route("/reload", post(actions::reload))
         // `layer`, not `route_layer`: a wrong method must not reveal a route to a stranger.
         .layer(from_fn_with_state(

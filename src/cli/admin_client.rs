@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::table::pool_section;
-use super::{AdminTarget, CanaryCommand, KeysCommand};
+use super::{AdminTarget, CanaryCommand, KeysCommand, RotateCommand};
 use crate::admin::views::ActionReceipt;
 use crate::admin::{PoolList, PoolView};
 use crate::reload::ReloadReport;
@@ -305,4 +305,132 @@ async fn reload(target: &AdminTarget) -> Result<String, Failure> {
         ));
     }
     Ok(out)
+}
+
+/// `keygate rotate ...`.
+pub async fn run_rotate(target: &AdminTarget, command: RotateCommand) -> ExitCode {
+    finish(rotate(target, command).await)
+}
+
+async fn rotate(target: &AdminTarget, command: RotateCommand) -> Result<String, Failure> {
+    let client = AdminClient::new(target)?;
+    let (pool, status): (String, serde_json::Value) = match command {
+        RotateCommand::Start {
+            pool,
+            new_keys,
+            old_keys,
+            steps,
+            min_requests,
+            min_dwell_s,
+            max_error_increase_pct,
+            max_p99_ratio_pct,
+            p99_slack_ms,
+            dry_run,
+        } => {
+            let body = json!({
+                "new_keys": new_keys, "old_keys": old_keys, "steps": steps,
+                "min_requests": min_requests, "min_dwell_s": min_dwell_s,
+                "max_error_increase_pct": max_error_increase_pct,
+                "max_p99_ratio_pct": max_p99_ratio_pct, "p99_slack_ms": p99_slack_ms,
+                "dry_run": dry_run,
+            });
+            let path = ["pools", pool.as_str(), "rotation"];
+            let status = client.call(Method::POST, &path, Some(body)).await?;
+            (pool, status)
+        }
+        RotateCommand::Status { pool } => {
+            let path = ["pools", pool.as_str(), "rotation"];
+            let status = client.call(Method::GET, &path, None).await?;
+            (pool, status)
+        }
+        RotateCommand::Pause { pool, reason } => control(&client, pool, "pause", reason).await?,
+        RotateCommand::Resume { pool } => control(&client, pool, "resume", String::new()).await?,
+        RotateCommand::Abort { pool, reason } => control(&client, pool, "abort", reason).await?,
+    };
+    Ok(describe_rotation(&pool, &status))
+}
+
+async fn control(
+    client: &AdminClient,
+    pool: String,
+    action: &str,
+    reason: String,
+) -> Result<(String, serde_json::Value), Failure> {
+    let path = ["pools", pool.as_str(), "rotation", action];
+    let body = Some(json!({ "reason": reason }));
+    let status = client.call(Method::POST, &path, body).await?;
+    Ok((pool, status))
+}
+
+/// The admin API's rotation status, for humans.
+fn describe_rotation(pool: &str, s: &serde_json::Value) -> String {
+    let mut out = String::new();
+    if let Some(spec) = s.get("dry_run").filter(|v| !v.is_null()) {
+        out.push_str(&format!("dry run: nothing was changed on pool {pool}\n"));
+        out.push_str(&format!(
+            "  would start: new {} old {} steps {} (min {} canary requests and {} s per step; canary error ratio at most +{} over stable; p99 at most {}x stable + {} ms)\n",
+            spec["new_keys"], spec["old_keys"], spec["steps"], spec["min_requests"],
+            spec["min_dwell_ms"].as_u64().unwrap_or(0) / 1000, spec["max_error_increase"],
+            spec["max_p99_ratio"], spec["p99_slack_ms"]
+        ));
+    }
+    match s.get("plan").filter(|p| !p.is_null()) {
+        None => out.push_str(&format!("pool {pool}: no rotation plan\n")),
+        Some(plan) => {
+            let steps = plan["spec"]["steps"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let step = plan["step"].as_u64().unwrap_or(0) as usize;
+            let at = steps
+                .get(step)
+                .map_or("draining old keys".to_string(), |p| format!("{p}%"));
+            out.push_str(&format!(
+                "pool {pool}: plan {} {} at step {} of {} ({at}); new {} old {}\n",
+                plan["spec"]["id"].as_str().unwrap_or(""),
+                plan["state"].as_str().unwrap_or("?"),
+                (step + 1).min(steps.len()),
+                steps.len(),
+                plan["spec"]["new_keys"],
+                plan["spec"]["old_keys"],
+            ));
+            if let Some(r) = plan["reason"].as_str().filter(|r| !r.is_empty()) {
+                out.push_str(&format!("  reason: {r}\n"));
+            }
+        }
+    }
+    for group in ["canary", "stable"] {
+        if let Some(g) = s.get(group).filter(|g| !g.is_null()) {
+            out.push_str(&format!(
+                "  {group}: {} requests, {} errors (ratio {:.3}), {} auth errors, p99 {} ms\n",
+                g["requests"],
+                g["errors"],
+                g["error_ratio"].as_f64().unwrap_or(0.0),
+                g["auth_errors"],
+                g["p99_ms"]
+            ));
+        }
+    }
+    if let Some(v) = s["verdict"].as_str() {
+        out.push_str(&format!("  guards: {v}\n"));
+    }
+    let lease = &s["lease"];
+    if lease["holder"].as_str().is_some_and(|h| !h.is_empty()) {
+        out.push_str(&format!(
+            "  driver: {} (fence {})\n",
+            lease["holder"].as_str().unwrap_or(""),
+            lease["fence"]
+        ));
+    }
+    for h in s["history"].as_array().into_iter().flatten().take(10) {
+        out.push_str(&format!(
+            "  {} fence {} {} {}: {}\n",
+            h["at_ms"],
+            h["fence"],
+            h["replica"].as_str().unwrap_or(""),
+            h["event"].as_str().unwrap_or(""),
+            h["detail"].as_str().unwrap_or("")
+        ));
+    }
+    out
 }

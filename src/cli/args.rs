@@ -94,6 +94,9 @@ pub enum Command {
     Canary(CanaryArgs),
     /// Make a running gateway re-read its config file (admin API).
     Reload(ReloadArgs),
+    /// Rotate keys: ramp new keys to 100% step by step, roll back by itself when they do worse
+    /// than the stable keys, then retire the old keys (admin API; README, "Rotating keys").
+    Rotate(RotateArgs),
     /// Print a shell completion script, e.g. `keygate completions bash > /etc/bash_completion.d/keygate`.
     Completions {
         /// The shell to complete for.
@@ -122,6 +125,65 @@ pub struct CanaryArgs {
 pub struct ReloadArgs {
     #[command(flatten)]
     pub target: AdminTarget,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub target: AdminTarget,
+    #[command(subcommand)]
+    pub command: RotateCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum RotateCommand {
+    /// Start a rotation plan (fields not given come from the pool's `[pools.rotation]`).
+    Start {
+        pool: String,
+        /// The new key ids, comma-separated (in the pool's canary group).
+        #[arg(long = "new", value_delimiter = ',', required = true)]
+        new_keys: Vec<String>,
+        /// The old key ids to retire at 100%, comma-separated.
+        #[arg(long = "old", value_delimiter = ',')]
+        old_keys: Vec<String>,
+        /// Canary percents, comma-separated, ending at 100 (e.g. 5,25,50,100).
+        #[arg(long, value_delimiter = ',')]
+        steps: Option<Vec<u8>>,
+        /// Canary requests a step needs before it may advance.
+        #[arg(long)]
+        min_requests: Option<u64>,
+        /// Seconds each step lasts at least.
+        #[arg(long)]
+        min_dwell_s: Option<u64>,
+        /// Percentage points the canary's error ratio may exceed stable's by.
+        #[arg(long)]
+        max_error_increase_pct: Option<u32>,
+        /// The canary's p99 latency may be this percent of stable's (plus the slack).
+        #[arg(long)]
+        max_p99_ratio_pct: Option<u32>,
+        /// Milliseconds added to the allowed p99.
+        #[arg(long)]
+        p99_slack_ms: Option<u64>,
+        /// Print the plan and the guards' evaluation without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the plan, its step, the guards' figures, the driving replica and the history.
+    Status { pool: String },
+    /// Stop advancing (the canary percent stays).
+    Pause {
+        pool: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Continue a paused plan (the step's dwell time starts again).
+    Resume { pool: String },
+    /// Stop the plan: canary percent 0, new keys drained.
+    Abort {
+        pool: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -19,7 +19,7 @@ use crate::config::Config;
 
 pub use args::{
     AdminTarget, CanaryArgs, CanaryCommand, Cli, Command, KeysArgs, KeysCommand, LogFormat,
-    ReloadArgs,
+    ReloadArgs, RotateArgs, RotateCommand,
 };
 pub use logging::init_logging;
 
@@ -45,6 +45,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             admin_client::run_canary(&target, command).await
         }
         Command::Reload(ReloadArgs { target }) => admin_client::run_reload(&target).await,
+        Command::Rotate(RotateArgs { target, command }) => {
+            admin_client::run_rotate(&target, command).await
+        }
         Command::Completions { shell } => {
             let mut command = Cli::command();
             clap_complete::generate(shell, &mut command, "keygate", &mut std::io::stdout());

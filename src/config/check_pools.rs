@@ -9,8 +9,8 @@ use super::decode::{Ctx, RawCanary, RawKey, RawPool};
 use super::limits::{check_pool_limits, check_token_room, RawKeyLimits};
 use super::wire::{check_account_id, check_header_lists, check_paths, HeaderLists, DEFAULT_PATHS};
 use super::{
-    CanaryConfig, KeyConfig, Limits, Policy, PoolConfig, PoolLimits, Secret, StickyBy, Timeouts,
-    STABLE_GROUP,
+    CanaryConfig, KeyConfig, Limits, Policy, PoolConfig, PoolLimits, RotationConfig, Secret,
+    StickyBy, Timeouts, STABLE_GROUP,
 };
 use crate::pool::is_valid_id;
 
@@ -100,6 +100,12 @@ fn check_pool(
     }
     check_account_id(&raw.organization, format!("{path}.organization"), ctx);
     check_account_id(&raw.project, format!("{path}.project"), ctx);
+    let rotation_path = format!("{path}.rotation");
+    let rotation = ctx.decode::<RotationConfig>(toml::Value::Table(raw.rotation), &rotation_path);
+    if let Some(rotation) = &rotation {
+        super::check_rotation::check_rotation(rotation, &rotation_path, ctx);
+    }
+    super::check_rotation::check_successors(&keys, path, canary_group, ctx);
     Some(PoolConfig {
         name: name?,
         base_url: base_url?,
@@ -109,6 +115,7 @@ fn check_pool(
         policy: policy?,
         timeouts: timeouts?,
         canary: canary?,
+        rotation: rotation?,
         keys,
         paths,
         headers: headers?,
@@ -288,6 +295,14 @@ fn check_keys(
         let group = check_key_group(raw.group.clone(), &path, canary_group, ctx);
         check_account_id(&raw.organization, format!("{path}.organization"), ctx);
         check_account_id(&raw.project, format!("{path}.project"), ctx);
+        let expires_ms = raw.expires.as_deref().and_then(|text| {
+            let parsed = super::check_rotation::parse_expiry(text);
+            if parsed.is_none() {
+                let message = "must be a date such as \"2027-03-01\" or \"2027-03-01T12:00:00Z\"";
+                ctx.problem(format!("{path}.expires"), message);
+            }
+            parsed
+        });
         let secret = resolve_secret(&raw, &path, env, base_dir, ctx);
         let limits = check_key_limits(raw.limits.clone(), &path, pool_limits, ctx);
         if let (Some(id), Some(weight), Some(group), Some((secret, secret_file))) =
@@ -304,6 +319,8 @@ fn check_keys(
                 organization: raw.organization,
                 project: raw.project,
                 limits,
+                expires_ms,
+                successor: raw.successor,
             });
         }
     }

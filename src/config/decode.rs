@@ -312,6 +312,8 @@ pub(super) struct RawPool {
     #[serde(default)]
     pub(super) limits: toml::Table,
     #[serde(default)]
+    pub(super) rotation: toml::Table,
+    #[serde(default)]
     pub(super) keys: Vec<toml::Table>,
     pub(super) paths: Option<Vec<String>>,
     #[serde(default)]
@@ -359,6 +361,9 @@ pub(super) struct RawKey {
     pub(super) organization: Option<String>,
     pub(super) project: Option<String>,
     pub(super) limits: Option<toml::Table>,
+    /// `"2027-03-01"` or `"2027-03-01T12:00:00Z"`.
+    pub(super) expires: Option<String>,
+    pub(super) successor: Option<String>,
 }
 
 fn default_weight() -> i64 {

@@ -45,6 +45,7 @@
 
 mod check;
 mod check_pools;
+mod check_rotation;
 mod decode;
 mod env;
 mod limits;
@@ -262,6 +263,8 @@ pub struct PoolConfig {
     pub policy: Policy,
     pub timeouts: Timeouts,
     pub canary: CanaryConfig,
+    /// `[pools.rotation]`: defaults of rotation plans (README, "Rotating keys").
+    pub rotation: RotationConfig,
     pub keys: Vec<KeyConfig>,
     /// Paths after `/v1/` the pool serves (`prefix/*` matches under a prefix); others get 404.
     pub paths: Vec<String>,
@@ -272,6 +275,52 @@ pub struct PoolConfig {
     pub project: Option<String>,
     /// `[pools.limits]`: per-key budgets (README "Budgets").
     pub limits: PoolLimits,
+}
+
+/// `[pools.rotation]`: how a rotation plan ramps new keys and when it rolls back. Every field
+/// can be overridden per plan (`keygate rotate start`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RotationConfig {
+    /// Canary percents, rising, ending at 100.
+    pub steps: Vec<u8>,
+    /// Canary requests (cluster-wide) a step needs before it may advance.
+    pub min_requests: u64,
+    /// How long each step lasts at least.
+    pub min_dwell_s: u64,
+    /// How often the driving replica evaluates the plan.
+    pub eval_interval_ms: u64,
+    /// The canary's error ratio may exceed stable's by this many percentage points.
+    pub max_error_increase_pct: u32,
+    /// The canary's p99 latency may be this percent of stable's (plus `p99_slack_ms`).
+    pub max_p99_ratio_pct: u32,
+    pub p99_slack_ms: u64,
+    /// How long the driver's lease lasts without renewal; another replica takes over after it.
+    pub lease_ms: u64,
+    /// At 100%: how long the drained old keys get to finish their in-flight requests.
+    pub drain_wait_ms: u64,
+    /// A key with `expires` and a `successor` starts its rotation this long before expiry.
+    pub start_before_expiry_h: u64,
+    /// A key with `expires` is warned about (log, `keygate_key_expiry_seconds`) this long before.
+    pub warn_before_expiry_h: u64,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        RotationConfig {
+            steps: vec![5, 25, 50, 100],
+            min_requests: 100,
+            min_dwell_s: 300,
+            eval_interval_ms: 5000,
+            max_error_increase_pct: 5,
+            max_p99_ratio_pct: 200,
+            p99_slack_ms: 100,
+            lease_ms: 10_000,
+            drain_wait_ms: 30_000,
+            start_before_expiry_h: 168,
+            warn_before_expiry_h: 336,
+        }
+    }
 }
 
 /// `[pools.policy]`: how the key state machine (README.md, "Key states") reacts to outcomes.
@@ -418,6 +467,10 @@ pub struct KeyConfig {
     pub project: Option<String>,
     /// The key's own budgets (`limits = {...}`), overriding the pool's field by field.
     pub limits: Limits,
+    /// When the provider retires this key (`expires = "2027-03-01"`), as Unix ms.
+    pub expires_ms: Option<u64>,
+    /// The key (in the canary group) that replaces this one when it nears expiry.
+    pub successor: Option<String>,
 }
 
 impl Config {

@@ -98,6 +98,18 @@ async fn probe(pool: &PoolRuntime, key: &KeyId) -> Finding {
         http::header::ACCEPT,
         http::HeaderValue::from_static("application/json"),
     );
+    // The key's account, as every attempt sends it: a key that belongs to an organisation or
+    // project is probed in it, or a sound key would be refused as a mismatch.
+    headers.insert(
+        http::header::ACCEPT_ENCODING,
+        http::HeaderValue::from_static("identity"),
+    );
+    if let Some(org) = &auth.organization {
+        headers.insert("openai-organization", org.clone());
+    }
+    if let Some(project) = &auth.project {
+        headers.insert("openai-project", project.clone());
+    }
     let limit = Duration::from_millis(pool.config.timeouts.first_byte_ms)
         .min(Duration::from_secs(policy.auth_bench_s));
     let answer = async {

@@ -48,6 +48,7 @@ use super::{
 };
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
+use crate::store::rotation::{RotationOp, RotationReply};
 use recovery::background;
 use writeback::OwnedOp;
 
@@ -328,6 +329,18 @@ impl KeyStore for FailoverStore {
             s.journal(pool, learned);
         }
         Ok(receipt)
+    }
+
+    /// Rotation needs the cluster-wide store: while Redis is away a plan waits (its driver
+    /// cannot renew its lease, so nobody drives it), and operators get the outage as an error.
+    async fn rotation(&self, pool: &str, op: RotationOp) -> Result<RotationReply, StoreError> {
+        let s = &self.shared;
+        if s.is_degraded() {
+            return Err(StoreError::Unavailable(
+                "rotation needs Redis, which is unreachable".into(),
+            ));
+        }
+        s.redis.rotation(pool, op).await
     }
 
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError> {

@@ -17,6 +17,10 @@ use super::{
     Selection, StateCounts, StoreError, StorePolicy, SyncReceipt, Unavailable,
 };
 use crate::pool::{KeyId, KeyState};
+use crate::store::rotation::memory::{
+    apply as apply_rotation, PoolAccess as RotationAccess, PoolRotation,
+};
+use crate::store::rotation::{RotationOp, RotationReply};
 
 /// One key's row: the fields of `kg:{P}:key:<id>`.
 #[derive(Clone, Debug)]
@@ -83,6 +87,23 @@ pub(crate) struct BudgetMeta {
 #[derive(Default)]
 pub struct MemoryStore {
     pools: Mutex<HashMap<String, PoolState>>,
+    /// Per pool, its rotation plan (`store::rotation::memory`); locked after `pools`.
+    rotations: Mutex<HashMap<String, PoolRotation>>,
+}
+
+impl RotationAccess for PoolState {
+    fn canary_group(&self) -> &str {
+        &self.canary_group
+    }
+
+    fn key_group(&self, id: &str) -> Option<&str> {
+        self.keys.get(id).map(|k| k.group.as_str())
+    }
+
+    fn set_canary_percent(&mut self, percent: u8) {
+        self.canary_percent = percent;
+        self.ver += 1;
+    }
 }
 
 fn distinct(ids: &[KeyId]) -> usize {
@@ -317,6 +338,15 @@ impl KeyStore for MemoryStore {
         op.validate()?;
         let now = op.now_ms().unwrap_or_else(system_now_ms);
         self.with_pool(pool, |p| p.apply(&op, now))
+    }
+
+    async fn rotation(&self, pool: &str, op: RotationOp) -> Result<RotationReply, StoreError> {
+        let now = system_now_ms();
+        self.with_pool(pool, |p| {
+            let mut rotations = self.rotations.lock().unwrap_or_else(|e| e.into_inner());
+            let rot = rotations.entry(pool.to_string()).or_default();
+            Ok(apply_rotation(rot, p, now, op))
+        })
     }
 
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError> {

@@ -33,6 +33,7 @@ mod memory_sync;
 mod op;
 pub mod redis;
 pub mod reload_bus;
+pub mod rotation;
 mod scripts;
 mod sentinel;
 pub mod spec;
@@ -50,6 +51,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::pool::StateCounts;
 use crate::pool::{KeyId, KeyState, Outcome};
+use crate::store::rotation::{RotationOp, RotationReply};
 pub use spec::{PoolSpec, StorePolicy};
 
 /// How a request is routed between the stable and the canary group.
@@ -286,6 +288,9 @@ pub trait KeyStore: Send + Sync {
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError>;
     /// Creates the pool from config or brings it up to date, keeping live key state.
     async fn sync(&self, spec: &PoolSpec) -> Result<SyncReceipt, StoreError>;
+    /// One operation on the pool's rotation plan, its lease, history or counts
+    /// (`crate::rotation`; `lua/rotation_*.lua`).
+    async fn rotation(&self, pool: &str, op: RotationOp) -> Result<RotationReply, StoreError>;
     /// One round trip to the backing service (readiness).
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())

@@ -18,6 +18,7 @@ mod coalesce;
 mod ops;
 mod recreate;
 mod reply;
+mod rotation;
 mod shared;
 mod snapshot;
 
@@ -34,6 +35,7 @@ use super::{
     KeyStore, Op, PoolSnapshot, PoolSpec, Receipt, Route, SelectRequest, Selection, StoreError,
     SyncReceipt,
 };
+use crate::store::rotation::{RotationOp, RotationReply};
 use coalesce::Coalescer;
 pub use recreate::RecreatedListener;
 use reply::{now_arg, parse_selection};
@@ -177,6 +179,10 @@ impl KeyStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.ping_redis().await
+    }
+
+    async fn rotation(&self, pool: &str, op: RotationOp) -> Result<RotationReply, StoreError> {
+        self.rotation_op(pool, op).await
     }
 
     async fn sync(&self, spec: &PoolSpec) -> Result<SyncReceipt, StoreError> {

@@ -5,9 +5,15 @@ use redis::Script;
 use super::Op;
 
 const LIB: &str = include_str!("../../lua/lib.lua");
+const ROTATION_LIB: &str = include_str!("../../lua/rotation_lib.lua");
 
 fn build(body: &str) -> Script {
     Script::new(&format!("{LIB}\n{body}"))
+}
+
+/// A rotation script: `lib.lua`, then `rotation_lib.lua`, then the script.
+fn build_rotation(body: &str) -> Script {
+    Script::new(&format!("{LIB}\n{ROTATION_LIB}\n{body}"))
 }
 
 /// Every script the Redis store runs; built once (hashing each source), shared by all calls.
@@ -23,6 +29,12 @@ pub(crate) struct Scripts {
     pub settle: Script,
     pub snapshot: Script,
     pub sync: Script,
+    pub rotation_start: Script,
+    pub rotation_control: Script,
+    pub rotation_lease: Script,
+    pub rotation_write: Script,
+    pub rotation_stats: Script,
+    pub rotation_read: Script,
 }
 
 impl Scripts {
@@ -39,6 +51,12 @@ impl Scripts {
             settle: build(include_str!("../../lua/settle.lua")),
             snapshot: build(include_str!("../../lua/snapshot.lua")),
             sync: build(include_str!("../../lua/sync.lua")),
+            rotation_start: build_rotation(include_str!("../../lua/rotation_start.lua")),
+            rotation_control: build_rotation(include_str!("../../lua/rotation_control.lua")),
+            rotation_lease: build_rotation(include_str!("../../lua/rotation_lease.lua")),
+            rotation_write: build_rotation(include_str!("../../lua/rotation_write.lua")),
+            rotation_stats: build_rotation(include_str!("../../lua/rotation_stats.lua")),
+            rotation_read: build_rotation(include_str!("../../lua/rotation_read.lua")),
         }
     }
 
@@ -57,7 +75,7 @@ impl Scripts {
         }
     }
 
-    pub fn all(&self) -> [&Script; 11] {
+    pub fn all(&self) -> [&Script; 17] {
         [
             &self.select,
             &self.report,
@@ -70,6 +88,12 @@ impl Scripts {
             &self.settle,
             &self.snapshot,
             &self.sync,
+            &self.rotation_start,
+            &self.rotation_control,
+            &self.rotation_lease,
+            &self.rotation_write,
+            &self.rotation_stats,
+            &self.rotation_read,
         ]
     }
 }

@@ -104,13 +104,15 @@ fn config(redis_url: &str, upstream: &str) -> String {
             &[OK, LIMITED, REVOKED, FLAKY, CANARY],
             "[pools.canary]\ngroup = \"canary\"\npercent = 0\n",
         ),
-        // Budgets that never bind, so the budget families are exported.
+        // Budgets that never bind, so the budget families are exported; `d1` expires (far
+        // ahead), so its `keygate_key_expiry_seconds` sample exists.
         pool_toml(
             "dead",
             upstream,
             &[DEAD],
-            "[pools.limits]\nrpm = 100000\ntpm = 100000000\n"
-        ),
+            "[pools.limits]\nrpm = 100000\ntpm = 100000000\n",
+        )
+        .replace("id = \"d1\"\n", "id = \"d1\"\nexpires = \"2099-01-01\"\n"),
     )
 }
 

@@ -31,10 +31,12 @@ fn readme_families() -> Vec<String> {
 async fn a_fresh_gateway_exports_every_readme_family_with_zero_samples() {
     let redis = RedisServer::start();
     let mock = MockUpstream::start().await;
-    // A budget that never binds: the families README lists for pools with budgets exist too.
+    // A budget that never binds and a key that expires far ahead: the families README lists
+    // for pools with budgets and for expiring keys exist too.
     let extra =
         "[pools.canary]\ngroup = \"canary\"\npercent = 10\n\n[pools.limits]\nrpm = 100000\n";
-    let toml = config_toml(Some(&redis.url()), &mock.base_url(), &K3, extra);
+    let toml = config_toml(Some(&redis.url()), &mock.base_url(), &K3, extra)
+        .replace("id = \"k1\"\n", "id = \"k1\"\nexpires = \"2099-01-01\"\n");
     let gw = TestGateway::start(&toml).await;
     let m = Exposition::scrape(&http(), &gw.url("/metrics")).await;
     let families = readme_families();

@@ -87,6 +87,21 @@ async fn keygate_answering(mock: &MockUpstream, b: Behavior) -> KeygateProcess {
 async fn the_sdks_give_up_at_once_on_503_no_key_available() {
     let mock = MockUpstream::start().await;
     let gw = keygate_answering(&mock, Behavior::Unauthorized).await;
+    // A 401 first benches a key while keygate's own probe confirms it (README.md, "Who is
+    // blamed"): the SDKs are run once every key is confirmed revoked.
+    let c = crate::harness::gateway::http();
+    let url = gw.url("/v1/chat/completions");
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(15),
+        "every key confirmed revoked",
+        || {
+            let request = (c.post(&url))
+                .bearer_auth(crate::harness::gateway::CLIENT_TOKEN)
+                .json(&crate::harness::gateway::chat("m", false));
+            async move { request.send().await.is_ok_and(|r| r.status() == 503) }
+        },
+    )
+    .await;
     for sdk in ["python", "node"] {
         let got = run_sdk(sdk, &gw.url("/v1"));
         assert_eq!(got, ("InternalServerError".to_string(), 1), "{sdk}");
