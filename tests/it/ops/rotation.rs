@@ -83,6 +83,20 @@ impl Rig {
         r.json().await.expect("status json")
     }
 
+    /// `GET /admin/pools/p/keys` through `replica`: the pool's keys and canary percent.
+    async fn keys(&self, replica: usize) -> Value {
+        let url = self.replicas[replica].url("/admin/pools/p/keys");
+        let r = self
+            .http
+            .get(url)
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("keys");
+        assert_eq!(r.status(), 200);
+        r.json().await.expect("keys json")
+    }
+
     async fn start_plan(&self, old: &[&str]) -> Value {
         let url = self.replicas[0].url("/admin/pools/p/rotation");
         let body = json!({"new_keys": ["new"], "old_keys": old});
@@ -259,16 +273,7 @@ async fn a_healthy_new_key_is_ramped_to_100_percent_and_the_old_key_drained_with
         "{events:#?}"
     );
     // The new key serves stable traffic; the old key is drained; the canary percent is back to 0.
-    let view: Value = rig
-        .http
-        .get(rig.replicas[2].url("/admin/pools/p/keys"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = rig.keys(2).await;
     assert_eq!(key_of(&view, "new")["group"], "stable", "{view:#}");
     assert_eq!(key_of(&view, "old")["state"], "draining", "{view:#}");
     assert_eq!(view["canary_percent"], 0, "{view:#}");
@@ -315,16 +320,7 @@ async fn a_new_key_that_turns_bad_at_25_percent_is_rolled_back(bad: Behavior, wh
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (ok, failed) = load.finish().await;
     assert_eq!(failed, 0, "{ok} requests succeeded, {failed} failed");
-    let view: Value = rig
-        .http
-        .get(rig.replicas[1].url("/admin/pools/p/keys"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = rig.keys(1).await;
     assert_eq!(view["canary_percent"], 0, "{view:#}");
     assert_ne!(key_of(&view, "new")["state"], "active", "{view:#}");
     assert_eq!(key_of(&view, "old")["state"], "active", "{view:#}");
