@@ -17,8 +17,6 @@
 //!
 //! The redis-server is started on a free port in a temp dir and killed at the end.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +26,10 @@ use keygate::store::spec::{PoolSpec, SpecKey, StorePolicy};
 use keygate::store::KeyStore;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Script, Value};
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+use redis_server::RedisServer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -57,53 +59,6 @@ fn options() -> Options {
         }
     }
     o
-}
-
-/// A redis-server of our own on a free port; killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> Result<RedisServer, BoxError> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = tempfile::tempdir()?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start redis-server (is it on PATH?): {e}"))?;
-        let server = RedisServer {
-            child,
-            port,
-            _dir: dir,
-        };
-        let client = redis::Client::open(server.url())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while client.get_connection().is_err() {
-            if Instant::now() > deadline {
-                return Err(format!("redis-server on port {port} did not start").into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(server)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// How the tasks reach Redis.

@@ -28,8 +28,6 @@
 //! The redis-server is started on a free port in a temp dir (`--save "" --appendonly no`) and
 //! killed at the end; the machine's Redis is never touched.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +36,10 @@ use keygate::store::redis::{RedisOptions, RedisStore};
 use keygate::store::spec::{PoolSpec, SpecKey, StorePolicy};
 use keygate::store::{random_draw, KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection};
 use redis::aio::MultiplexedConnection;
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+use redis_server::RedisServer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -104,60 +106,7 @@ fn options() -> Options {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Our own redis-server
-
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> Result<RedisServer, BoxError> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = tempfile::tempdir()?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start redis-server (is it on PATH?): {e}"))?;
-        let server = RedisServer {
-            child,
-            port,
-            _dir: dir,
-        };
-        let client = redis::Client::open(server.url())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ok = client
-                .get_connection_with_timeout(Duration::from_millis(200))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok();
-            if ok {
-                return Ok(server);
-            }
-            if Instant::now() > deadline {
-                return Err(format!("redis-server on port {port} did not start").into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+// Our own redis-server: benches/support/redis_server.rs
 
 // ---------------------------------------------------------------------------------------------
 // Server statistics over a second connection (its own commands are not EVALSHA)

@@ -70,31 +70,23 @@ impl Rig {
         }
     }
 
-    async fn status(&self, replica: usize) -> Value {
-        let url = self.replicas[replica].url("/admin/pools/p/rotation");
-        let r = self
-            .http
-            .get(url)
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .expect("status");
-        assert_eq!(r.status(), 200);
-        r.json().await.expect("status json")
+    /// `GET /admin/pools/p/{what}` through `replica`, which must answer 200.
+    async fn admin_get(&self, replica: usize, what: &str) -> Value {
+        let url = self.replicas[replica].url(&format!("/admin/pools/p/{what}"));
+        let r = self.http.get(url).bearer_auth(ADMIN).send().await;
+        let r = r.expect(what);
+        assert_eq!(r.status(), 200, "{what}");
+        r.json().await.expect(what)
     }
 
-    /// `GET /admin/pools/p/keys` through `replica`: the pool's keys and canary percent.
+    /// The pool's rotation status through `replica`.
+    async fn status(&self, replica: usize) -> Value {
+        self.admin_get(replica, "rotation").await
+    }
+
+    /// The pool's keys and canary percent through `replica`.
     async fn keys(&self, replica: usize) -> Value {
-        let url = self.replicas[replica].url("/admin/pools/p/keys");
-        let r = self
-            .http
-            .get(url)
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .expect("keys");
-        assert_eq!(r.status(), 200);
-        r.json().await.expect("keys json")
+        self.admin_get(replica, "keys").await
     }
 
     async fn start_plan(&self, old: &[&str]) -> Value {
