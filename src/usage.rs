@@ -97,6 +97,14 @@ pub fn model_from_json_body(body: &[u8]) -> Option<String> {
     Envelope::parse(body)?.model().map(str::to_owned)
 }
 
+/// The `usage` of a non-streaming JSON answer and, when it has one, the `model` that served
+/// it: the body parsed once for both.
+pub fn usage_and_model_from_json_body(body: &[u8]) -> Option<(Usage, Option<String>)> {
+    let envelope = Envelope::parse(body)?;
+    let usage = envelope.usage()?;
+    Some((usage, envelope.model().map(str::to_owned)))
+}
+
 /// Watches a Server-Sent Events stream for the last non-null `usage` and the `model` field.
 ///
 /// Feed it every chunk in order, by reference; it never changes or holds back the bytes. Lines

@@ -14,7 +14,7 @@ use http_body_util::{BodyDataStream, BodyExt};
 use tokio::time::{Instant, Sleep};
 
 use crate::upstream::scrub::StreamScrub;
-use crate::usage::{model_from_json_body, usage_from_json_body, SseUsageScanner, Usage};
+use crate::usage::{usage_and_model_from_json_body, SseUsageScanner, Usage};
 
 /// JSON bodies longer than this are passed through without usage accounting.
 const MAX_JSON_USAGE_BYTES: usize = 1 << 20;
@@ -60,16 +60,21 @@ impl ObservedBody {
         scrub: StreamScrub,
         on_end: OnEnd,
     ) -> ObservedBody {
-        let ct = resp
-            .headers()
+        let headers = resp.headers();
+        let ct = headers
             .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let watcher = if ct.starts_with("text/event-stream") {
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let watcher = if starts_with_ignore_case(ct, b"text/event-stream") {
             Watcher::Sse(Box::default())
-        } else if ct.contains("json") {
-            Watcher::Json(Vec::new())
+        } else if ct.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")) {
+            // Sized once from Content-Length when the upstream sends one (no regrowth copies).
+            let declared = headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            Watcher::Json(Vec::with_capacity(declared.min(MAX_JSON_USAGE_BYTES)))
         } else {
             Watcher::None
         };
@@ -83,26 +88,24 @@ impl ObservedBody {
         }
     }
 
-    fn usage(&self) -> Option<Usage> {
+    /// The usage read off the body and, when there is usage, the model that served it.
+    fn usage_and_model(&self) -> (Option<Usage>, Option<String>) {
         match &self.watcher {
-            Watcher::Sse(s) => s.usage(),
-            Watcher::Json(buf) => usage_from_json_body(buf),
-            Watcher::None => None,
-        }
-    }
-
-    fn model(&self) -> Option<String> {
-        match &self.watcher {
-            Watcher::Sse(s) => s.model().map(str::to_string),
-            Watcher::Json(buf) => model_from_json_body(buf),
-            Watcher::None => None,
+            Watcher::Sse(s) => match s.usage() {
+                Some(u) => (Some(u), s.model().map(str::to_string)),
+                None => (None, None),
+            },
+            Watcher::Json(buf) => match usage_and_model_from_json_body(buf) {
+                Some((u, model)) => (Some(u), model),
+                None => (None, None),
+            },
+            Watcher::None => (None, None),
         }
     }
 
     fn finish(&mut self, ending: Ending) {
         if let Some(f) = self.on_end.take() {
-            let usage = self.usage();
-            let model = usage.and_then(|_| self.model());
+            let (usage, model) = self.usage_and_model();
             f(ending, usage, model);
         }
     }
@@ -120,6 +123,10 @@ impl ObservedBody {
             Watcher::None => {}
         }
     }
+}
+
+fn starts_with_ignore_case(text: &[u8], prefix: &[u8]) -> bool {
+    text.len() >= prefix.len() && text[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 impl Stream for ObservedBody {

@@ -102,8 +102,66 @@ pub fn upstream_uri(
     path: &str,
     query: Option<&str>,
 ) -> Result<http::Uri, ApiError> {
+    let query = query.filter(|q| !q.is_empty());
+    if let Some(plain) = plain_upstream_uri(base, path, query) {
+        return http::Uri::try_from(plain).map_err(|_| invalid_path());
+    }
     let url = upstream_url(base, path, query)?;
     http::Uri::try_from(url.as_str()).map_err(|_| invalid_path())
+}
+
+/// Bytes `url` copies unchanged into a path (no percent-encoding, no `\` or dot-segment
+/// handling applies to them): unreserved, sub-delimiters, `:`, `@`, `/` and `%`.
+fn plain_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&()*+,;=:@/%".contains(&b)
+}
+
+/// The common case of [`upstream_url`] without re-parsing the URL: a path (already past the
+/// same checks) and a query made only of bytes `url` would copy unchanged give exactly the
+/// string `upstream_url` builds, under the base's own scheme, host, port and path. `None` for
+/// anything else (and for a path the checks refuse), which takes the full parse.
+fn plain_upstream_uri(base: &url::Url, path: &str, query: Option<&str>) -> Option<String> {
+    let plain_query =
+        |q: &str| q.bytes().all(|b| plain_path_byte(b) || b == b'?') && !q.contains('\'');
+    if !path.bytes().all(plain_path_byte)
+        || !query.is_none_or(plain_query)
+        || base.query().is_some()
+        || base.fragment().is_some()
+        || upstream_path_refused(path)
+    {
+        return None;
+    }
+    let origin = &base[..url::Position::BeforePath];
+    let base_path = base.path().trim_end_matches('/');
+    let mut out = String::with_capacity(
+        origin.len() + base_path.len() + 2 + path.len() + query.map_or(0, str::len),
+    );
+    out.push_str(origin);
+    out.push_str(base_path);
+    out.push('/');
+    out.push_str(path);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Some(out)
+}
+
+/// A path that could leave the base: absolute, `//host`, dot segments (also encoded), encoded
+/// slashes and backslashes, or a scheme.
+fn upstream_path_refused(path: &str) -> bool {
+    let encoded_separator = path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && [b"2f", b"5c", b"2e"]
+                .iter()
+                .any(|code| w[1..].eq_ignore_ascii_case(&code[..]))
+    });
+    path.starts_with('/')
+        || path.contains("//")
+        || path.contains('\\')
+        || encoded_separator
+        || path.split('/').any(|seg| seg == ".." || seg == ".")
+        || path.contains("://")
 }
 
 /// `base_url` + `/` + the path after `/v1/` + the query. The result must keep the base's
@@ -114,16 +172,7 @@ pub fn upstream_url(
     path: &str,
     query: Option<&str>,
 ) -> Result<url::Url, ApiError> {
-    let lower = path.to_ascii_lowercase();
-    if path.starts_with('/')
-        || path.contains("//")
-        || path.contains('\\')
-        || lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains("%2e")
-        || path.split('/').any(|seg| seg == ".." || seg == ".")
-        || path.contains("://")
-    {
+    if upstream_path_refused(path) {
         return Err(invalid_path());
     }
     let base_path = base.path().trim_end_matches('/');
@@ -140,10 +189,18 @@ pub fn upstream_url(
     Ok(url)
 }
 
+/// The response headers keygate sets itself, built once at compile time: a name made from a
+/// string at request time is parsed and checked on every call.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_KEYGATE_MODEL: HeaderName = HeaderName::from_static("x-keygate-model");
+pub const X_KEYGATE_KEY: HeaderName = HeaderName::from_static("x-keygate-key");
+pub const X_KEYGATE_GROUP: HeaderName = HeaderName::from_static("x-keygate-group");
+pub const X_KEYGATE_ATTEMPTS: HeaderName = HeaderName::from_static("x-keygate-attempts");
+
 /// Sets a response header from a string, skipping values that are not valid header text.
-pub fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
+pub fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), v);
+        headers.insert(name, v);
     }
 }
 
@@ -178,6 +235,41 @@ mod tests {
                 "{evil} accepted"
             );
         }
+    }
+
+    proptest::proptest! {
+        /// The string-built URI of the common case is exactly what the full URL parse builds,
+        /// and a path the parse refuses never takes the short cut.
+        #[test]
+        fn the_plain_uri_is_the_parsed_one(
+            path in "[a-zA-Z0-9/._%~:@!$&'()*+,;= #?<>\\\\{}\"-]{0,24}",
+            query in proptest::option::of("[a-zA-Z0-9/._%~:@!$&'()*+,;= #?<>\"=-]{0,16}"),
+            base in proptest::sample::select(vec![
+                "https://api.example.com/v1", "http://127.0.0.1:8080/v1/", "https://h.example/",
+                "https://h.example", "https://h.example:8443/a/b",
+            ]),
+        ) {
+            let base = url::Url::parse(base).unwrap();
+            let query = query.as_deref().filter(|q| !q.is_empty());
+            let parsed = upstream_url(&base, &path, query);
+            if let Some(plain) = plain_upstream_uri(&base, &path, query) {
+                let parsed = parsed.expect("the parse accepts what the short cut builds");
+                proptest::prop_assert_eq!(plain.as_str(), parsed.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn common_paths_take_the_plain_uri() {
+        let base = base();
+        let plain = plain_upstream_uri(&base, "chat/completions", Some("a=1&b=%20"));
+        assert_eq!(
+            plain.as_deref(),
+            Some("https://api.example.com/v1/chat/completions?a=1&b=%20")
+        );
+        assert_eq!(plain_upstream_uri(&base, "a b", None), None);
+        assert_eq!(plain_upstream_uri(&base, "../x", None), None);
+        assert_eq!(plain_upstream_uri(&base, "x", Some("q='1'")), None);
     }
 
     fn key(org: Option<&'static str>) -> KeyAuth {

@@ -96,7 +96,7 @@ async fn proxy(
             e.into_response()
         }
     };
-    forward::set_header(resp.headers_mut(), "x-request-id", &request_id);
+    forward::set_header(resp.headers_mut(), forward::X_REQUEST_ID, &request_id);
     resp
 }
 
@@ -195,7 +195,7 @@ async fn run_models(call: &mut Call, body: Bytes, inspected: request::Inspected)
         match run_keys(call, &body, model.as_deref()).await {
             Step::Done(mut resp) => {
                 if let Some(m) = model {
-                    forward::set_header(resp.headers_mut(), "x-keygate-model", m);
+                    forward::set_header(resp.headers_mut(), forward::X_KEYGATE_MODEL, m);
                 }
                 return resp;
             }

@@ -1,7 +1,7 @@
 //! What an attempt comes to ([`Step`]), and what the failed attempts of one request add up to
 //! ([`Failure`]): the answer the client gets when no attempt succeeded.
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
@@ -106,10 +106,10 @@ pub(crate) fn keygate_headers(
     attempts: u32,
 ) {
     if let Some(k) = key {
-        forward::set_header(h, "x-keygate-key", k.as_str());
+        forward::set_header(h, forward::X_KEYGATE_KEY, k.as_str());
     }
     if let Some(g) = group {
-        forward::set_header(h, "x-keygate-group", g);
+        forward::set_header(h, forward::X_KEYGATE_GROUP, g);
     }
-    forward::set_header(h, "x-keygate-attempts", &attempts.to_string());
+    h.insert(forward::X_KEYGATE_ATTEMPTS, HeaderValue::from(attempts));
 }

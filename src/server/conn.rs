@@ -39,8 +39,11 @@ struct Activity {
     requests: AtomicU64,
     /// Milliseconds after `opened` when the last request ended.
     idle_since_ms: AtomicU64,
-    /// Wakes the watchdog when a request begins or ends, so it recomputes its deadline.
-    changed: Notify,
+    /// Wakes the watchdog when the first request begins (the header-read deadline no longer
+    /// applies). Later requests do not wake it: it finds out when its timer fires (see
+    /// `serve_connection`), which keeps two task wake-ups and a timer re-registration off every
+    /// request.
+    first_request: Notify,
 }
 
 impl Activity {
@@ -50,14 +53,16 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
-            changed: Notify::new(),
+            first_request: Notify::new(),
         })
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let before = self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_one();
+        if before == 0 {
+            self.first_request.notify_one();
+        }
         InFlight(self.clone())
     }
 
@@ -83,7 +88,6 @@ impl Drop for InFlight {
         let since = self.0.opened.elapsed().as_millis() as u64;
         self.0.idle_since_ms.store(since, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_one();
     }
 }
 
@@ -149,13 +153,13 @@ pub(super) async fn serve_connection(
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let mut closing = Closing::No;
+    // One timer for the connection's life, reset only when it fires (or when the first request
+    // arrives). While it is armed the true deadline can only have moved later (a request that
+    // ends sets it to its end + `idle_timeout`, after any instant armed while it ran), so
+    // checking when it fires closes the connection exactly when the deadline passes.
+    let timer = tokio::time::sleep_until(next_wake(&activity, &limits, closing, Instant::now()));
+    tokio::pin!(timer);
     loop {
-        let deadline = activity.deadline(&limits);
-        let wake = match (closing, deadline) {
-            (Closing::Idle(at), _) => at,
-            (Closing::No, Some(at)) => at,
-            _ => Instant::now() + limits.idle_timeout,
-        };
         tokio::select! {
             ended = conn.as_mut() => {
                 if let Err(e) = ended {
@@ -168,8 +172,8 @@ pub(super) async fn serve_connection(
                 closing = Closing::Draining;
             }
             _ = hard_stop.cancelled() => return,
-            _ = activity.changed.notified() => {}
-            _ = tokio::time::sleep_until(wake) => {
+            _ = activity.first_request.notified() => {}
+            _ = timer.as_mut() => {
                 let idle = activity.deadline(&limits).is_some_and(|at| at <= Instant::now());
                 match closing {
                     Closing::Idle(_) if idle => {
@@ -193,6 +197,20 @@ pub(super) async fn serve_connection(
                 }
             }
         }
+        let wake = next_wake(&activity, &limits, closing, Instant::now());
+        if wake != timer.deadline() {
+            timer.as_mut().reset(wake);
+        }
+    }
+}
+
+/// When the watchdog next looks: the grace instant of a close in progress, else the idle (or
+/// first-request) deadline, else (a request in flight, or draining) one `idle_timeout` from now.
+fn next_wake(activity: &Activity, limits: &ConnLimits, closing: Closing, now: Instant) -> Instant {
+    match (closing, activity.deadline(limits)) {
+        (Closing::Idle(at), _) => at,
+        (Closing::No, Some(at)) if at > now => at,
+        _ => now + limits.idle_timeout,
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 /// The longest duration a hint can express (one year). Longer values saturate to it.
 pub const MAX_HINT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -70,17 +70,25 @@ impl RateLimitHints {
     }
 }
 
+// The hint headers' names, built at compile time: `HeaderMap::get` with a string parses and
+// checks the name on every call, and every answer is read for these.
+const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
 /// Reads every rate-limit hint of `headers`; `now` turns a `retry-after` HTTP date into a delay.
 pub fn read_hints(headers: &HeaderMap, now: SystemTime) -> RateLimitHints {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let retry_after_ms = text("retry-after-ms").and_then(parse_retry_after_ms);
+    let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let retry_after_ms = text(&RETRY_AFTER_MS).and_then(parse_retry_after_ms);
     RateLimitHints {
         retry_after: retry_after_ms
-            .or_else(|| text("retry-after").and_then(|v| parse_retry_after(v, now))),
-        remaining_requests: text("x-ratelimit-remaining-requests").and_then(parse_count),
-        reset_requests: text("x-ratelimit-reset-requests").and_then(parse_reset_duration),
-        remaining_tokens: text("x-ratelimit-remaining-tokens").and_then(parse_count),
-        reset_tokens: text("x-ratelimit-reset-tokens").and_then(parse_reset_duration),
+            .or_else(|| text(&http::header::RETRY_AFTER).and_then(|v| parse_retry_after(v, now))),
+        remaining_requests: text(&REMAINING_REQUESTS).and_then(parse_count),
+        reset_requests: text(&RESET_REQUESTS).and_then(parse_reset_duration),
+        remaining_tokens: text(&REMAINING_TOKENS).and_then(parse_count),
+        reset_tokens: text(&RESET_TOKENS).and_then(parse_reset_duration),
     }
 }
 

@@ -47,6 +47,26 @@ fn json_body_usage_for_chat_and_embeddings() {
 }
 
 #[test]
+fn one_parse_gives_the_usage_and_the_model_that_served_it() {
+    for body in [
+        &br#"{"id":"x","model":"gpt-4.1","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}"#[..],
+        br#"{"usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+        br#"{"model":"","usage":{"input_tokens":5,"output_tokens":7}}"#,
+        br#"{"type":"response.completed","response":{"model":"m","usage":{"input_tokens":1,"output_tokens":2}}}"#,
+    ] {
+        let usage = usage_from_json_body(body).expect("usage");
+        let both = usage_and_model_from_json_body(body);
+        assert_eq!(both, Some((usage, model_from_json_body(body))));
+    }
+    // No usage: nothing, whatever the model says.
+    assert_eq!(
+        usage_and_model_from_json_body(br#"{"model":"gpt-4.1"}"#),
+        None
+    );
+    assert_eq!(usage_and_model_from_json_body(b"not json"), None);
+}
+
+#[test]
 fn json_body_usage_in_responses_api_spelling_sums_missing_total() {
     let body = br#"{"model":"gpt-4.1","usage":{"input_tokens":5,"output_tokens":7}}"#;
     let expected = Usage {
@@ -214,6 +234,7 @@ proptest! {
         scanner.feed(text.as_bytes());
         let _ = usage_from_json_body(text.as_bytes());
         let _ = model_from_json_body(text.as_bytes());
+        let _ = usage_and_model_from_json_body(text.as_bytes());
     }
 
     #[test]
