@@ -21,7 +21,7 @@ use crate::pool::KeyId;
 use crate::rotation::driver::plan_spec;
 use crate::rotation::guards::{error_ratio, evaluate, p99_ms, Decision};
 use crate::rotation::{
-    Control, PlanSpec, PlanState, RotationOp, RotationReply, RotationView, StepCounts,
+    Control, ControlReply, PlanSpec, PlanState, RotationView, StartReply, StepCounts,
 };
 use crate::state::{AppState, PoolRuntime};
 use crate::store::{AdminState, KeyStoreExt};
@@ -98,11 +98,11 @@ fn verdict_text(d: Decision) -> String {
 
 async fn status(state: &AppState, pool: &PoolRuntime) -> Result<RotationStatus, ApiError> {
     let name = &pool.config.name;
-    let view = match state.store.rotation(name, RotationOp::Read).await {
-        Ok(RotationReply::View(v)) => *v,
-        Ok(other) => return Err(unexpected(other)),
-        Err(e) => return Err(store_error(e, name, None)),
-    };
+    let view = state
+        .store
+        .rotation_read(name)
+        .await
+        .map_err(|e| store_error(e, name, None))?;
     let canary_group = &pool.config.canary.group;
     let (mut canary, mut stable, mut verdict) = (None, None, None);
     if let Some(plan) = view.plan.as_ref().filter(|p| p.state.is_active()) {
@@ -122,11 +122,6 @@ async fn status(state: &AppState, pool: &PoolRuntime) -> Result<RotationStatus, 
         verdict,
         dry_run: None,
     })
-}
-
-fn unexpected(reply: RotationReply) -> ApiError {
-    tracing::error!(reply = ?reply, "admin: unexpected rotation reply");
-    ApiError::store_unavailable()
 }
 
 type PoolPath = Result<Path<String>, PathRejection>;
@@ -228,12 +223,12 @@ pub(super) async fn start(
         s.dry_run = Some(spec);
         return Ok((StatusCode::OK, Json(s)));
     }
-    let reply = state.store.rotation(&name, RotationOp::Start(spec)).await;
+    let reply = state.store.rotation_start(&name, &spec).await;
     match reply.map_err(|e| store_error(e, &name, None))? {
-        RotationReply::Started { percent } => {
+        StartReply::Started { percent } => {
             tracing::info!(pool = %name, percent, action = "rotation start", "admin action");
         }
-        RotationReply::Busy(s) => {
+        StartReply::Busy(s) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "invalid_request_error",
@@ -244,7 +239,7 @@ pub(super) async fn start(
                 ),
             ))
         }
-        RotationReply::BadKey { key, why } => {
+        StartReply::BadKey { key, why } => {
             return Err(ApiError::bad_request(
                 "invalid_rotation",
                 format!(
@@ -252,7 +247,6 @@ pub(super) async fn start(
                 ),
             ))
         }
-        other => return Err(unexpected(other)),
     }
     Ok((StatusCode::CREATED, Json(status(&state, &pool).await?)))
 }
@@ -281,25 +275,24 @@ pub(super) async fn control(
         reason.chars().take(200).collect()
     };
     let name = pool.config.name.clone();
-    let op = RotationOp::Control { action, reason };
     match state
         .store
-        .rotation(&name, op)
+        .rotation_control(&name, action, &reason)
         .await
         .map_err(|e| store_error(e, &name, None))?
     {
-        RotationReply::Controlled(s) => {
+        ControlReply::Controlled(s) => {
             tracing::info!(pool = %name, action = action.as_str(), state = s.as_str(), "admin action: rotation");
             if s == PlanState::Aborted {
                 drain_new_keys(&state, &pool).await?;
             }
         }
-        RotationReply::NoPlan => {
+        ControlReply::NoPlan => {
             return Err(ApiError::not_found(format!(
                 "Pool `{name}` has no rotation plan."
             )))
         }
-        RotationReply::BadState(s) => {
+        ControlReply::BadState(s) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "invalid_request_error",
@@ -307,7 +300,6 @@ pub(super) async fn control(
                 format!("Cannot {} a plan that is {}.", action.as_str(), s.as_str()),
             ))
         }
-        other => return Err(unexpected(other)),
     }
     Ok(Json(status(&state, &pool).await?))
 }
@@ -315,9 +307,8 @@ pub(super) async fn control(
 /// After an abort: the plan's new keys stop taking traffic.
 async fn drain_new_keys(state: &AppState, pool: &PoolRuntime) -> Result<(), ApiError> {
     let name = &pool.config.name;
-    let view = match state.store.rotation(name, RotationOp::Read).await {
-        Ok(RotationReply::View(v)) => v,
-        _ => return Ok(()),
+    let Ok(view) = state.store.rotation_read(name).await else {
+        return Ok(());
     };
     let Some(plan) = view.plan else { return Ok(()) };
     for id in plan.spec.new_keys.iter().filter_map(|k| KeyId::new(k)) {

@@ -14,8 +14,7 @@ use crate::metrics::steps::StepRecorder;
 use crate::pool::{KeyId, KeyState};
 use crate::state::{AppState, PoolRuntime};
 use crate::store::rotation::plan::{
-    LeaseReply, Plan, PlanSpec, PlanState, PlanWrite, RotationOp, RotationReply, RotationView,
-    WriteReply,
+    LeaseReply, Plan, PlanSpec, PlanState, PlanWrite, RotationView, WriteReply,
 };
 use crate::store::{AdminState, KeyStoreExt, StoreError};
 
@@ -84,13 +83,6 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn read(state: &AppState, pool: &str) -> Result<RotationView, StoreError> {
-    match state.store.rotation(pool, RotationOp::Read).await? {
-        RotationReply::View(v) => Ok(*v),
-        other => Err(StoreError::Script(format!("rotation read: {other:?}"))),
-    }
-}
-
 async fn tick(
     state: &AppState,
     replica: &str,
@@ -99,7 +91,7 @@ async fn tick(
 ) -> Result<(), StoreError> {
     let name = pool.config.name.as_str();
     watch_expiry(state, pool, d);
-    let view = read(state, name).await?;
+    let view = state.store.rotation_read(name).await?;
     export_state(state, name, view.plan.as_ref());
     let running = view.plan.as_ref().filter(|p| p.state == PlanState::Running);
     let Some(plan) = running else {
@@ -111,27 +103,22 @@ async fn tick(
     if let Some(r) = &d.recorder {
         let deltas = r.take();
         if !deltas.is_empty() {
-            let step = plan.step;
-            state
-                .store
-                .rotation(name, RotationOp::Stats { step, deltas })
-                .await?;
+            state.store.rotation_stats(name, plan.step, &deltas).await?;
         }
     }
     let lease_ms = pool.config.rotation.lease_ms;
-    let op = RotationOp::Lease {
-        replica: replica.to_string(),
-        fence: d.fence,
-        lease_ms,
-    };
-    match state.store.rotation(name, op).await? {
-        RotationReply::Lease(LeaseReply::Held { fence, .. }) => {
+    match state
+        .store
+        .rotation_lease(name, replica, d.fence, lease_ms)
+        .await?
+    {
+        LeaseReply::Held { fence, .. } => {
             if d.fence != fence {
                 tracing::info!(pool = %name, fence, "rotation: this replica drives the plan");
             }
             d.fence = fence;
         }
-        RotationReply::Lease(LeaseReply::Lost(l)) => {
+        LeaseReply::Lost(l) => {
             tracing::warn!(pool = %name, holder = %l.holder, fence = l.fence, "rotation: lease lost to another replica; no longer driving");
             d.fence = 0;
         }
@@ -146,7 +133,7 @@ async fn tick(
     }
     d.last_eval = Some(Instant::now());
     // Fresh counts, including what this replica just sent.
-    let view = read(state, name).await?;
+    let view = state.store.rotation_read(name).await?;
     let Some(plan) = view.plan.as_ref().filter(|p| p.state == PlanState::Running) else {
         return Ok(());
     };
@@ -257,9 +244,9 @@ async fn fenced_write(
     w: PlanWrite,
     d: &mut PoolDriver,
 ) -> Result<bool, StoreError> {
-    match state.store.rotation(pool, RotationOp::Write(w)).await? {
-        RotationReply::Written(WriteReply::Ok) => Ok(true),
-        RotationReply::Written(WriteReply::Fenced { fence, holder }) => {
+    match state.store.rotation_write(pool, &w).await? {
+        WriteReply::Ok => Ok(true),
+        WriteReply::Fenced { fence, holder } => {
             tracing::warn!(pool = %pool, holder = %holder, fence, "rotation write refused: this replica's lease is stale");
             d.fence = 0;
             Ok(false)
@@ -388,10 +375,7 @@ async fn maybe_start_for_expiry(
             vec![key.id.clone()],
         );
         spec.auto_for = key.id.clone();
-        let reply = state
-            .store
-            .rotation(&pool.config.name, RotationOp::Start(spec))
-            .await?;
+        let reply = state.store.rotation_start(&pool.config.name, &spec).await?;
         tracing::info!(pool = %pool.config.name, key = %key.id, successor = %successor, reply = ?reply, "key nears expiry: rotation to its successor started");
         return Ok(());
     }

@@ -4,8 +4,9 @@
 //! with a fencing token that every plan write checks inside its script (README, "Rotating
 //! keys"; ARCHITECTURE.md, "Rotation").
 //!
-//! - `store/rotation/plan.rs`: the plan, its lease and history as the store holds them; the
-//!   store operations (one `lua/rotation_<op>.lua` each).
+//! - `store/rotation/plan.rs`: the plan, its lease and history as the store holds them, and the
+//!   replies of the store operations on them (`Op::Rotation*`, one `lua/rotation_<op>.lua` each,
+//!   called through `KeyStoreExt::rotation_*`).
 //! - `guards.rs`: the decision at each evaluation, from cluster-wide counts (pure).
 //! - `metrics/steps.rs` (in the metrics module, which counts every attempt): what this replica
 //!   saw per group during the current step, flushed by the driver to the store's counts.
@@ -16,6 +17,6 @@ pub mod driver;
 pub mod guards;
 
 pub use crate::store::rotation::plan::{
-    Control, HistoryEntry, LeaseInfo, LeaseReply, Plan, PlanSpec, PlanState, RotationOp,
-    RotationReply, RotationView, StepCounts, WriteReply,
+    Control, ControlReply, HistoryEntry, LeaseInfo, LeaseReply, Plan, PlanSpec, PlanState,
+    RotationView, StartReply, StatsReply, StepCounts, WriteReply,
 };

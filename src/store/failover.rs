@@ -15,6 +15,8 @@
 //!   older than `snapshot_max_age`), so the cooldowns and disables it knew stay in force.
 //!   Every [`Op`] memory answered that taught it something goes into a journal, in owned form
 //!   (`writeback.rs`).
+//! - Rotation ops ([`Op::is_rotation`]) are Redis's alone: refused with an error while degraded,
+//!   never answered by memory nor journaled, and left out of the outage count.
 //! - The Redis store tells this layer at once of every pool it re-creates (`on_recreated`): the
 //!   replica's last view of it is written back, and no snapshot of it is kept until then.
 //! - A background task probes Redis every `probe_interval_ms` while degraded (`PING`, then the
@@ -48,7 +50,6 @@ use super::{
 };
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
-use crate::store::rotation::{RotationOp, RotationReply};
 use recovery::background;
 use writeback::OwnedOp;
 
@@ -319,8 +320,21 @@ impl KeyStore for FailoverStore {
 
     /// Redis answers unless it is away; then memory does, and the journal keeps what memory
     /// learned, to be replayed into Redis (`writeback.rs`).
+    ///
+    /// Rotation ops ([`Op::is_rotation`]) need the cluster-wide store: while Redis is away a plan
+    /// waits (its driver cannot renew its lease, so nobody drives it), and operators get the
+    /// outage as an error. They go to Redis as they are, so their outcome neither counts towards
+    /// an outage nor ends one, and memory never answers or journals them.
     async fn apply(&self, pool: &str, op: Op<'_>) -> Result<Receipt, StoreError> {
         let s = &self.shared;
+        if op.is_rotation() {
+            if s.is_degraded() {
+                return Err(StoreError::Unavailable(
+                    "rotation needs Redis, which is unreachable".into(),
+                ));
+            }
+            return s.redis.apply(pool, op).await;
+        }
         if let Some(r) = s.on_redis(op.name(), s.redis.apply(pool, op.clone())).await {
             return r;
         }
@@ -329,18 +343,6 @@ impl KeyStore for FailoverStore {
             s.journal(pool, learned);
         }
         Ok(receipt)
-    }
-
-    /// Rotation needs the cluster-wide store: while Redis is away a plan waits (its driver
-    /// cannot renew its lease, so nobody drives it), and operators get the outage as an error.
-    async fn rotation(&self, pool: &str, op: RotationOp) -> Result<RotationReply, StoreError> {
-        let s = &self.shared;
-        if s.is_degraded() {
-            return Err(StoreError::Unavailable(
-                "rotation needs Redis, which is unreachable".into(),
-            ));
-        }
-        s.redis.rotation(pool, op).await
     }
 
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError> {

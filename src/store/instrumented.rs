@@ -12,7 +12,6 @@ use super::{
     SyncReceipt,
 };
 use crate::metrics::Metrics;
-use crate::store::rotation::{RotationOp, RotationReply};
 
 pub struct InstrumentedStore {
     inner: Arc<dyn KeyStore>,
@@ -62,11 +61,6 @@ impl KeyStore for InstrumentedStore {
 
     async fn sync(&self, spec: &PoolSpec) -> Result<SyncReceipt, StoreError> {
         self.timed("sync", self.inner.sync(spec)).await
-    }
-
-    async fn rotation(&self, pool: &str, op: RotationOp) -> Result<RotationReply, StoreError> {
-        let name = op.name();
-        self.timed(name, self.inner.rotation(pool, op)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

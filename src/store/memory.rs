@@ -17,10 +17,7 @@ use super::{
     Selection, StateCounts, StoreError, StorePolicy, SyncReceipt, Unavailable,
 };
 use crate::pool::{KeyId, KeyState};
-use crate::store::rotation::memory::{
-    apply as apply_rotation, PoolAccess as RotationAccess, PoolRotation,
-};
-use crate::store::rotation::{RotationOp, RotationReply};
+use crate::store::rotation::memory::{PoolAccess as RotationAccess, PoolRotation};
 
 /// One key's row: the fields of `kg:{P}:key:<id>`.
 #[derive(Clone, Debug)]
@@ -71,6 +68,8 @@ pub(crate) struct PoolState {
     pub probe_at: HashMap<String, u64>,
     /// The budget settings of the meta hash (`budgets max_wait_ms lease_ms mrt lease_seq`).
     pub budgets: BudgetMeta,
+    /// The rotation plan, lease, history and counts (`kg:{P}:rot*`; `store::rotation::memory`).
+    pub rotation: PoolRotation,
 }
 
 /// The pool-wide budget fields of the meta hash.
@@ -87,8 +86,6 @@ pub(crate) struct BudgetMeta {
 #[derive(Default)]
 pub struct MemoryStore {
     pools: Mutex<HashMap<String, PoolState>>,
-    /// Per pool, its rotation plan (`store::rotation::memory`); locked after `pools`.
-    rotations: Mutex<HashMap<String, PoolRotation>>,
 }
 
 impl RotationAccess for PoolState {
@@ -138,7 +135,8 @@ impl MemoryStore {
         f(p)
     }
 
-    /// Replaces a pool's whole state (degraded mode seeds itself from a Redis snapshot).
+    /// Replaces a pool's key state (degraded mode seeds itself from a Redis snapshot); its
+    /// rotation plan, which no snapshot holds, stays.
     pub fn seed(&self, spec: &PoolSpec, snapshot: &PoolSnapshot) {
         let mut state = PoolState::default();
         state.sync(spec);
@@ -147,6 +145,9 @@ impl MemoryStore {
             state.restore(rec);
         }
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = pools.get_mut(&spec.name) {
+            state.rotation = std::mem::take(&mut old.rotation);
+        }
         pools.insert(spec.name.clone(), state);
     }
 
@@ -338,15 +339,6 @@ impl KeyStore for MemoryStore {
         op.validate()?;
         let now = op.now_ms().unwrap_or_else(system_now_ms);
         self.with_pool(pool, |p| p.apply(&op, now))
-    }
-
-    async fn rotation(&self, pool: &str, op: RotationOp) -> Result<RotationReply, StoreError> {
-        let now = system_now_ms();
-        self.with_pool(pool, |p| {
-            let mut rotations = self.rotations.lock().unwrap_or_else(|e| e.into_inner());
-            let rot = rotations.entry(pool.to_string()).or_default();
-            Ok(apply_rotation(rot, p, now, op))
-        })
     }
 
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError> {

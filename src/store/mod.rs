@@ -20,6 +20,8 @@
 //! - `successes.rs`: plain successes summed per key and written in one script per pool;
 //!   `leases.rs`: this replica's leases on budgeted keys, renewed in the background.
 //! - `reload_bus.rs`: the Redis keys through which a reload asked of one replica reaches all.
+//! - `rotation/`: the rotation plan's types and the replies of its operations (`Op::Rotation*`),
+//!   and those operations in process for the memory store.
 
 pub mod budget;
 mod cluster;
@@ -51,7 +53,10 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::pool::StateCounts;
 use crate::pool::{KeyId, KeyState, Outcome};
-use crate::store::rotation::{RotationOp, RotationReply};
+use crate::store::rotation::{
+    Control, ControlReply, LeaseReply, PlanSpec, PlanWrite, RotationView, StartReply, StatsReply,
+    WriteReply,
+};
 pub use spec::{PoolSpec, StorePolicy};
 
 /// How a request is routed between the stable and the canary group.
@@ -288,9 +293,6 @@ pub trait KeyStore: Send + Sync {
     async fn snapshot(&self, pool: &str, now_ms: Option<u64>) -> Result<PoolSnapshot, StoreError>;
     /// Creates the pool from config or brings it up to date, keeping live key state.
     async fn sync(&self, spec: &PoolSpec) -> Result<SyncReceipt, StoreError>;
-    /// One operation on the pool's rotation plan, its lease, history or counts
-    /// (`crate::rotation`; `lua/rotation_*.lua`).
-    async fn rotation(&self, pool: &str, op: RotationOp) -> Result<RotationReply, StoreError>;
     /// One round trip to the backing service (readiness).
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
@@ -350,6 +352,45 @@ pub trait KeyStoreExt: KeyStore {
         pool: &str,
         s: &Settlement<'_>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Starts a rotation plan ([`Op::RotationStart`]).
+    fn rotation_start(
+        &self,
+        pool: &str,
+        spec: &PlanSpec,
+    ) -> impl Future<Output = Result<StartReply, StoreError>> + Send;
+    /// Pauses, resumes or aborts the rotation plan ([`Op::RotationControl`]).
+    fn rotation_control(
+        &self,
+        pool: &str,
+        action: Control,
+        reason: &str,
+    ) -> impl Future<Output = Result<ControlReply, StoreError>> + Send;
+    /// Takes or renews the lease that drives the plan ([`Op::RotationLease`]).
+    fn rotation_lease(
+        &self,
+        pool: &str,
+        replica: &str,
+        fence: u64,
+        lease_ms: u64,
+    ) -> impl Future<Output = Result<LeaseReply, StoreError>> + Send;
+    /// The lease holder's fenced change of the plan ([`Op::RotationWrite`]).
+    fn rotation_write(
+        &self,
+        pool: &str,
+        w: &PlanWrite,
+    ) -> impl Future<Output = Result<WriteReply, StoreError>> + Send;
+    /// Adds this replica's counts of the current step ([`Op::RotationStats`]).
+    fn rotation_stats(
+        &self,
+        pool: &str,
+        step: usize,
+        deltas: &[(String, u64)],
+    ) -> impl Future<Output = Result<StatsReply, StoreError>> + Send;
+    /// The plan, its lease, history and counts ([`Op::RotationRead`]).
+    fn rotation_read(
+        &self,
+        pool: &str,
+    ) -> impl Future<Output = Result<RotationView, StoreError>> + Send;
 }
 
 impl<S: KeyStore + ?Sized> KeyStoreExt for S {
@@ -400,5 +441,55 @@ impl<S: KeyStore + ?Sized> KeyStoreExt for S {
     async fn settle(&self, pool: &str, s: &Settlement<'_>) -> Result<(), StoreError> {
         let op = Op::Settle(s.clone());
         self.apply(pool, op).await?.into_done()
+    }
+
+    async fn rotation_start(&self, pool: &str, spec: &PlanSpec) -> Result<StartReply, StoreError> {
+        let op = Op::RotationStart(spec);
+        self.apply(pool, op).await?.into_start()
+    }
+
+    async fn rotation_control(
+        &self,
+        pool: &str,
+        action: Control,
+        reason: &str,
+    ) -> Result<ControlReply, StoreError> {
+        let op = Op::RotationControl { action, reason };
+        self.apply(pool, op).await?.into_control()
+    }
+
+    async fn rotation_lease(
+        &self,
+        pool: &str,
+        replica: &str,
+        fence: u64,
+        lease_ms: u64,
+    ) -> Result<LeaseReply, StoreError> {
+        let op = Op::RotationLease {
+            replica,
+            fence,
+            lease_ms,
+        };
+        self.apply(pool, op).await?.into_lease()
+    }
+
+    async fn rotation_write(&self, pool: &str, w: &PlanWrite) -> Result<WriteReply, StoreError> {
+        let op = Op::RotationWrite(w);
+        self.apply(pool, op).await?.into_write()
+    }
+
+    async fn rotation_stats(
+        &self,
+        pool: &str,
+        step: usize,
+        deltas: &[(String, u64)],
+    ) -> Result<StatsReply, StoreError> {
+        let op = Op::RotationStats { step, deltas };
+        self.apply(pool, op).await?.into_stats()
+    }
+
+    async fn rotation_read(&self, pool: &str) -> Result<RotationView, StoreError> {
+        let view = self.apply(pool, Op::RotationRead).await?.into_view()?;
+        Ok(*view)
     }
 }

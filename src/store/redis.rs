@@ -2,10 +2,11 @@
 //! connection, every call bounded by the store timeout.
 //!
 //! A pool that Redis lost (restart without persistence, `FLUSHALL`) answers `nopool`; the store
-//! then re-creates it from the last spec it synced and repeats the call, so the caller never sees
-//! the loss (and tells the listener of [`RedisStore::on_recreated`], so the failover layer can
-//! write back what it knew). `NOSCRIPT` after a restart or `SCRIPT FLUSH` is handled by
-//! `invoke_async`, which loads the script and runs it again.
+//! then re-creates it from the last spec it synced and repeats the call (for any call but a
+//! rotation op: `Op::is_rotation`), so the caller never sees the loss (and tells the listener of
+//! [`RedisStore::on_recreated`], so the failover layer can write back what it knew). `NOSCRIPT`
+//! after a restart or `SCRIPT FLUSH` is handled by `invoke_async`, which loads the script and runs
+//! it again.
 //!
 //! One deadline covers a whole store call, re-creation and script loading included: a dead,
 //! hung (`SIGSTOP`) or black-holed Redis never holds a caller longer than `timeout`.
@@ -18,7 +19,6 @@ mod coalesce;
 mod ops;
 mod recreate;
 mod reply;
-mod rotation;
 mod shared;
 mod snapshot;
 
@@ -35,7 +35,6 @@ use super::{
     KeyStore, Op, PoolSnapshot, PoolSpec, Receipt, Route, SelectRequest, Selection, StoreError,
     SyncReceipt,
 };
-use crate::store::rotation::{RotationOp, RotationReply};
 use coalesce::Coalescer;
 pub use recreate::RecreatedListener;
 use reply::{now_arg, parse_selection};
@@ -179,10 +178,6 @@ impl KeyStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.ping_redis().await
-    }
-
-    async fn rotation(&self, pool: &str, op: RotationOp) -> Result<RotationReply, StoreError> {
-        self.rotation_op(pool, op).await
     }
 
     async fn sync(&self, spec: &PoolSpec) -> Result<SyncReceipt, StoreError> {

@@ -72,6 +72,12 @@ impl Scripts {
             Op::SetCanary { .. } => &self.set_canary,
             Op::Reset { .. } => &self.reset,
             Op::Settle(_) => &self.settle,
+            Op::RotationStart(_) => &self.rotation_start,
+            Op::RotationControl { .. } => &self.rotation_control,
+            Op::RotationLease { .. } => &self.rotation_lease,
+            Op::RotationWrite(_) => &self.rotation_write,
+            Op::RotationStats { .. } => &self.rotation_stats,
+            Op::RotationRead => &self.rotation_read,
         }
     }
 

@@ -1,8 +1,10 @@
 //! The memory store's per-key state machine: `lua/lib.lua`, `report.lua`, `report_batch.lua` and
 //! the admin scripts, line for line, one [`Op`] branch each in [`PoolState::apply`] (keep them in
-//! step; the model-based test compares them). `memory_sync.rs` holds `sync.lua`.
+//! step; the model-based test compares them). The rotation ops' branches call
+//! `store/rotation/memory.rs` (`lua/rotation_*.lua`); `memory_sync.rs` holds `sync.lua`.
 
 use super::memory::{KeyRow, PoolState};
+use super::rotation::memory::PoolRotation;
 use super::{
     AdminState, BatchReceipt, KeySuccesses, Op, Receipt, Report, ReportReceipt, StoreError,
 };
@@ -49,7 +51,40 @@ impl PoolState {
                 self.settle(s, now);
                 Ok(Receipt::Done)
             }
+            Op::RotationStart(spec) => {
+                Ok(self.rotating(|rot, pool| Receipt::RotationStart(rot.start(pool, now, spec))))
+            }
+            Op::RotationControl { action, reason } => Ok(self.rotating(|rot, pool| {
+                Receipt::RotationControl(rot.control(pool, now, *action, reason))
+            })),
+            Op::RotationLease {
+                replica,
+                fence,
+                lease_ms,
+            } => {
+                let lease = self.rotation.lease(now, replica, *fence, *lease_ms);
+                Ok(Receipt::RotationLease(lease))
+            }
+            Op::RotationWrite(w) => {
+                Ok(self.rotating(|rot, pool| Receipt::RotationWrite(rot.write(pool, now, w))))
+            }
+            Op::RotationStats { step, deltas } => {
+                Ok(Receipt::RotationStats(self.rotation.stats(*step, deltas)))
+            }
+            Op::RotationRead => Ok(Receipt::RotationView(Box::new(self.rotation.read(now)))),
         }
+    }
+
+    /// Runs a rotation operation that also changes the pool (its canary percent): the plan is
+    /// taken out of the pool for the call, so both can be borrowed.
+    fn rotating(
+        &mut self,
+        f: impl FnOnce(&mut PoolRotation, &mut PoolState) -> Receipt,
+    ) -> Receipt {
+        let mut rot = std::mem::take(&mut self.rotation);
+        let receipt = f(&mut rot, self);
+        self.rotation = rot;
+        receipt
     }
 
     pub(super) fn row(&self, id: &str) -> Result<KeyRow, StoreError> {

@@ -96,6 +96,13 @@ impl OwnedOp {
             }
             // Leases and schedules the stand-in kept concern its own budget copy only.
             Op::Successes(_) | Op::Settle(_) => return None,
+            // Never answered by memory here (`FailoverStore::apply` refuses them while degraded).
+            Op::RotationStart(_)
+            | Op::RotationControl { .. }
+            | Op::RotationLease { .. }
+            | Op::RotationWrite(_)
+            | Op::RotationStats { .. }
+            | Op::RotationRead => return None,
             Op::SetState { key, state } => OwnedOp::SetState {
                 key: (*key).clone(),
                 state: *state,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::store::rotation::PlanState;
 use crate::store::KeySuccesses;
 
 fn kid(s: &str) -> KeyId {
@@ -61,6 +62,54 @@ fn an_op_names_its_key_and_its_virtual_clock() {
     assert_eq!(clocks, [Some(7), Some(8), None, None, None, None, None]);
 }
 
+/// One of each rotation op, borrowing `spec` and `write`.
+fn rotation_ops<'a>(spec: &'a PlanSpec, write: &'a PlanWrite) -> Vec<Op<'a>> {
+    vec![
+        Op::RotationStart(spec),
+        Op::RotationControl {
+            action: Control::Pause,
+            reason: "look",
+        },
+        Op::RotationLease {
+            replica: "r-1",
+            fence: 0,
+            lease_ms: 1_000,
+        },
+        Op::RotationWrite(write),
+        Op::RotationStats {
+            step: 0,
+            deltas: &[],
+        },
+        Op::RotationRead,
+    ]
+}
+
+#[test]
+fn rotation_ops_keep_their_metric_labels_and_are_the_only_ones_kept_from_memory() {
+    let spec = PlanSpec::example("new", "old");
+    let write = PlanWrite::default();
+    let ops = rotation_ops(&spec, &write);
+    let names: Vec<&str> = ops.iter().map(Op::name).collect();
+    assert_eq!(
+        names,
+        [
+            "rotation_start",
+            "rotation_control",
+            "rotation_lease",
+            "rotation_write",
+            "rotation_stats",
+            "rotation_read"
+        ]
+    );
+    for op in &ops {
+        assert!(op.is_rotation(), "{op:?}");
+        assert_eq!((op.key(), op.now_ms()), (None, None), "{op:?}");
+        assert!(op.validate().is_ok(), "{op:?}");
+    }
+    let k = kid("a");
+    assert!(every_op(&k).iter().all(|op| !op.is_rotation()));
+}
+
 #[test]
 fn a_weight_above_1000_or_a_percent_above_100_is_refused_naming_the_field() {
     let k = kid("a");
@@ -117,11 +166,37 @@ fn a_receipt_unpacks_to_its_own_answer_and_refuses_another() {
         now_ms: 3,
     };
     assert_eq!(Receipt::Successes(batch).into_successes().unwrap(), batch);
+    assert_eq!(
+        Receipt::RotationLease(LeaseReply::Idle)
+            .into_lease()
+            .unwrap(),
+        LeaseReply::Idle
+    );
+    assert_eq!(
+        Receipt::RotationControl(ControlReply::BadState(PlanState::Done))
+            .into_control()
+            .unwrap(),
+        ControlReply::BadState(PlanState::Done)
+    );
+    let view = RotationView::default();
+    assert_eq!(
+        *Receipt::RotationView(Box::new(view.clone()))
+            .into_view()
+            .unwrap(),
+        view
+    );
     for wrong in [
         Receipt::Done.into_report().map(|_| ()),
         Receipt::Done.into_successes().map(|_| ()),
         Receipt::Done.into_state().map(|_| ()),
         Receipt::State(KeyState::Active).into_done(),
+        Receipt::RotationWrite(WriteReply::Ok)
+            .into_start()
+            .map(|_| ()),
+        Receipt::RotationStats(StatsReply { applied: true })
+            .into_write()
+            .map(|_| ()),
+        Receipt::Done.into_view().map(|_| ()),
     ] {
         assert!(matches!(wrong, Err(StoreError::Script(_))), "{wrong:?}");
     }

@@ -4,24 +4,43 @@
 
 use std::borrow::Cow;
 
-use super::reply::{now_arg, receipt};
+use tokio::time::Instant;
+
+use super::reply::{now_arg, receipt, rotation_receipt};
 use super::RedisStore;
+use crate::store::rotation::memory::join;
+use crate::store::rotation::plan::{spec_fields, write_fields};
 use crate::store::{Op, Receipt, StoreError};
 
 impl RedisStore {
-    /// Runs the script of `op` on `pool` (re-creating a pool Redis lost, within one deadline).
+    /// Runs the script of `op` on `pool` within one deadline, re-creating a pool Redis lost
+    /// unless `op` is a rotation op ([`Op::is_rotation`]: the plan went with the pool, and
+    /// `rotation_start` answers `nopool`).
     pub(super) async fn run_op(&self, pool: &str, op: &Op<'_>) -> Result<Receipt, StoreError> {
         op.validate()?;
         let args = argv(op);
-        let w = self
-            .eval_pool(self.core.scripts.for_op(op), pool, &args)
-            .await?;
+        let script = self.core.scripts.for_op(op);
+        if op.is_rotation() {
+            let deadline = Instant::now() + self.core.timeout;
+            let reply = self.core.eval(script, pool, &args, deadline).await?;
+            return rotation_receipt(op, pool, reply);
+        }
+        let w = self.eval_pool(script, pool, &args).await?;
         receipt(op, pool, &w)
     }
 }
 
+/// Appends name, value pairs (the trailing ARGV of `rotation_start` and `rotation_write`).
+fn pairs(args: &mut Vec<Cow<'_, str>>, fields: Vec<(&'static str, String)>) {
+    for (name, value) in fields {
+        args.push(name.into());
+        args.push(value.into());
+    }
+}
+
 /// ARGV of the script `op` runs. ARGV[1] is the clock override in every script ("0": the
-/// server's `TIME`); key ids and group names are borrowed, numbers written out.
+/// server's `TIME`) but `rotation_stats` (the step); key ids and group names are borrowed,
+/// numbers written out.
 fn argv<'a>(op: &'a Op<'_>) -> Vec<Cow<'a, str>> {
     let id = |k: &'a crate::pool::KeyId| Cow::Borrowed(k.as_str());
     let unused_clock = Cow::Borrowed("0");
@@ -69,5 +88,51 @@ fn argv<'a>(op: &'a Op<'_>) -> Vec<Cow<'a, str>> {
             }
             args
         }
+        Op::RotationStart(spec) => {
+            let mut args = vec![
+                unused_clock,
+                Cow::Borrowed(spec.id.as_str()),
+                spec.new_keys.join(",").into(),
+                spec.old_keys.join(",").into(),
+                join(&spec.steps).into(),
+            ];
+            pairs(&mut args, spec_fields(spec));
+            args
+        }
+        Op::RotationControl { action, reason } => {
+            vec![unused_clock, action.as_str().into(), Cow::Borrowed(*reason)]
+        }
+        Op::RotationLease {
+            replica,
+            fence,
+            lease_ms,
+        } => vec![
+            unused_clock,
+            Cow::Borrowed(*replica),
+            fence.to_string().into(),
+            lease_ms.to_string().into(),
+        ],
+        Op::RotationWrite(w) => {
+            let mut args = vec![
+                unused_clock,
+                Cow::Borrowed(w.replica.as_str()),
+                w.fence.to_string().into(),
+                w.canary.map_or(-1, i32::from).to_string().into(),
+                Cow::Borrowed(w.event.as_str()),
+                Cow::Borrowed(w.detail.as_str()),
+            ];
+            pairs(&mut args, write_fields(w));
+            args
+        }
+        Op::RotationStats { step, deltas } => {
+            let mut args = Vec::with_capacity(1 + deltas.len() * 2);
+            args.push(step.to_string().into());
+            for (field, delta) in deltas.iter() {
+                args.push(Cow::Borrowed(field.as_str()));
+                args.push(delta.to_string().into());
+            }
+            args
+        }
+        Op::RotationRead => vec![unused_clock],
     }
 }

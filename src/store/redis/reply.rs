@@ -1,10 +1,16 @@
-//! Script replies, decoded: every script answers a flat array of words (see the reply line at
-//! the top of each `lua/*.lua`), read here and nowhere else into typed answers: a [`Receipt`]
-//! per [`Op`], a [`Selection`], a [`SyncReceipt`], a snapshot page.
+//! Script replies, decoded: every script but `rotation_read` answers a flat array of words (see
+//! the reply line at the top of each `lua/*.lua`), read here and nowhere else into typed
+//! answers: a [`Receipt`] per [`Op`], a [`Selection`], a [`SyncReceipt`], a snapshot page.
+
+use std::collections::BTreeMap;
 
 use redis::Value;
 
 use crate::pool::{KeyId, KeyState};
+use crate::store::rotation::plan::{
+    counts_from_fields, plan_from_fields, ControlReply, HistoryEntry, LeaseInfo, LeaseReply,
+    PlanState, RotationView, StartReply, StatsReply, WriteReply,
+};
 use crate::store::{
     BatchReceipt, Chosen, KeyRecord, Op, Receipt, ReportReceipt, Selection, StateCounts,
     StoreError, SyncReceipt, Unavailable,
@@ -40,36 +46,155 @@ pub(super) fn now_arg(now: Option<u64>) -> String {
 }
 
 /// The reply of the script an [`Op`] runs, as that op's [`Receipt`]: the one place that reads
-/// the words of `report.lua`, `report_batch.lua` and the admin scripts.
+/// the words of `report.lua`, `report_batch.lua`, the admin scripts and the rotation scripts
+/// (`rotation_read`'s nested reply: [`rotation_receipt`]).
 pub(super) fn receipt(op: &Op<'_>, pool: &str, w: &[String]) -> Result<Receipt, StoreError> {
-    match (w.first().map(String::as_str), op.key()) {
-        (Some("ok"), _) => {}
+    let first = w.first().map(String::as_str);
+    match (first, op.key()) {
         (Some("nokey"), Some(key)) => return Err(StoreError::UnknownKey(key.to_string())),
         (Some("nopool"), _) => return Err(StoreError::UnknownPool(pool.to_string())),
-        _ => return Err(StoreError::Script(format!("unexpected reply {w:?}"))),
+        _ => {}
     }
-    Ok(match op {
+    let text = |i: usize| w.get(i).cloned().unwrap_or_default();
+    Ok(match (op, first) {
         // {"ok", status, changed 0|1, cooldown_until_ms, now_ms}
-        Op::Report(_) => Receipt::Report(ReportReceipt {
+        (Op::Report(_), Some("ok")) => Receipt::Report(ReportReceipt {
             state: state(w, 1)?,
             changed: w.get(2).map(String::as_str) == Some("1"),
             cooldown_until_ms: num(w, 3)?,
             now_ms: num(w, 4)?,
         }),
         // {"ok", applied, held, now_ms}
-        Op::Successes(_) => Receipt::Successes(BatchReceipt {
+        (Op::Successes(_), Some("ok")) => Receipt::Successes(BatchReceipt {
             applied: num(w, 1)?,
             held: num(w, 2)?,
             now_ms: num(w, 3)?,
         }),
         // {"ok", status}
-        Op::SetState { .. } => Receipt::State(state(w, 1)?),
+        (Op::SetState { .. }, Some("ok")) => Receipt::State(state(w, 1)?),
         // {"ok", ...}: the value set, which the caller already knows.
-        Op::SetWeight { .. }
-        | Op::SetGroup { .. }
-        | Op::SetCanary { .. }
-        | Op::Reset { .. }
-        | Op::Settle(_) => Receipt::Done,
+        (
+            Op::SetWeight { .. }
+            | Op::SetGroup { .. }
+            | Op::SetCanary { .. }
+            | Op::Reset { .. }
+            | Op::Settle(_),
+            Some("ok"),
+        ) => Receipt::Done,
+        // {"ok", first percent} | {"busy", state} | {"badkey", id, why}
+        (Op::RotationStart(_), Some("ok")) => Receipt::RotationStart(StartReply::Started {
+            percent: num(w, 1)?,
+        }),
+        (Op::RotationStart(_), Some("busy")) => {
+            Receipt::RotationStart(StartReply::Busy(plan_state(w, 1)?))
+        }
+        (Op::RotationStart(_), Some("badkey")) => Receipt::RotationStart(StartReply::BadKey {
+            key: text(1),
+            why: text(2),
+        }),
+        // {"ok", new state} | {"noplan"} | {"badstate", state}
+        (Op::RotationControl { .. }, Some("ok")) => {
+            Receipt::RotationControl(ControlReply::Controlled(plan_state(w, 1)?))
+        }
+        (Op::RotationControl { .. }, Some("noplan")) => {
+            Receipt::RotationControl(ControlReply::NoPlan)
+        }
+        (Op::RotationControl { .. }, Some("badstate")) => {
+            Receipt::RotationControl(ControlReply::BadState(plan_state(w, 1)?))
+        }
+        // {"held", fence, until_ms} | {"other" | "lost", holder, fence, until_ms} | {"idle"}
+        (Op::RotationLease { .. }, Some("held")) => Receipt::RotationLease(LeaseReply::Held {
+            fence: num(w, 1)?,
+            until_ms: num(w, 2)?,
+        }),
+        (Op::RotationLease { .. }, Some("other")) => {
+            Receipt::RotationLease(LeaseReply::Other(lease(w)?))
+        }
+        (Op::RotationLease { .. }, Some("lost")) => {
+            Receipt::RotationLease(LeaseReply::Lost(lease(w)?))
+        }
+        (Op::RotationLease { .. }, Some("idle")) => Receipt::RotationLease(LeaseReply::Idle),
+        // {"ok"} | {"noplan"} | {"fenced", lease fence, holder}
+        (Op::RotationWrite(_), Some("ok")) => Receipt::RotationWrite(WriteReply::Ok),
+        (Op::RotationWrite(_), Some("noplan")) => Receipt::RotationWrite(WriteReply::NoPlan),
+        (Op::RotationWrite(_), Some("fenced")) => Receipt::RotationWrite(WriteReply::Fenced {
+            fence: num(w, 1)?,
+            holder: text(2),
+        }),
+        // {"ok"} | {"stale"}
+        (Op::RotationStats { .. }, Some(word @ ("ok" | "stale"))) => {
+            Receipt::RotationStats(StatsReply {
+                applied: word == "ok",
+            })
+        }
+        _ => return Err(StoreError::Script(format!("unexpected reply {w:?}"))),
+    })
+}
+
+/// The reply of a rotation op's script: `rotation_read`'s nested reply as a view, any other's
+/// words as in [`receipt`].
+pub(super) fn rotation_receipt(op: &Op<'_>, pool: &str, v: Value) -> Result<Receipt, StoreError> {
+    match op {
+        Op::RotationRead => Ok(Receipt::RotationView(Box::new(view(v)?))),
+        _ => receipt(op, pool, &words(v)?),
+    }
+}
+
+fn plan_state(w: &[String], i: usize) -> Result<PlanState, StoreError> {
+    w.get(i)
+        .and_then(|s| PlanState::parse(s))
+        .ok_or_else(|| StoreError::Script(format!("bad plan state in {w:?}")))
+}
+
+/// `{word, holder, fence, until_ms}` of `rotation_lease.lua`.
+fn lease(w: &[String]) -> Result<LeaseInfo, StoreError> {
+    Ok(LeaseInfo {
+        holder: w.get(1).cloned().unwrap_or_default(),
+        fence: num(w, 2)?,
+        until_ms: num(w, 3)?,
+    })
+}
+
+/// A flat name/value array (`HGETALL`) as a map.
+fn fields(v: Value) -> Result<BTreeMap<String, String>, StoreError> {
+    let w = words(v)?;
+    Ok(w.chunks(2)
+        .filter_map(|c| match c {
+            [k, v] => Some((k.clone(), v.clone())),
+            _ => None,
+        })
+        .collect())
+}
+
+/// `rotation_read.lua`: {now_ms, plan fields, lease fields, history, counts}.
+fn view(v: Value) -> Result<RotationView, StoreError> {
+    let Value::Array(parts) = v else {
+        return Err(StoreError::Script("rotation_read: not an array".into()));
+    };
+    let mut it = parts.into_iter();
+    let mut next = || it.next().unwrap_or(Value::Nil);
+    let now = words(next())?;
+    let plan = fields(next())?;
+    let lease = fields(next())?;
+    let history = words(next())?;
+    let stats: BTreeMap<String, u64> = fields(next())?
+        .into_iter()
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k, v)))
+        .collect();
+    let field = |k: &str| lease.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(RotationView {
+        now_ms: num(&now, 0)?,
+        plan: plan_from_fields(&plan),
+        lease: LeaseInfo {
+            holder: lease.get("holder").cloned().unwrap_or_default(),
+            until_ms: field("until_ms"),
+            fence: field("fence"),
+        },
+        history: history
+            .iter()
+            .filter_map(|l| HistoryEntry::parse(l))
+            .collect(),
+        counts: counts_from_fields(&stats),
     })
 }
 

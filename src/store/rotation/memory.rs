@@ -1,12 +1,12 @@
-//! The rotation operations in process: the semantics of `lua/rotation_*.lua`, step for step, for
-//! the embedded store (which calls [`apply`] under its own lock, so each operation is atomic
-//! like a script).
+//! The rotation operations in process: the semantics of `lua/rotation_*.lua`, step for step, one
+//! method of [`PoolRotation`] each, for the memory store (whose `PoolState::apply` in
+//! `store/transitions.rs` calls them under its lock, so each operation is atomic like a script).
 
 use std::collections::{BTreeMap, VecDeque};
 
 use super::plan::{
-    counts_from_fields, Control, HistoryEntry, LeaseInfo, LeaseReply, Plan, PlanState, RotationOp,
-    RotationReply, RotationView, WriteReply,
+    counts_from_fields, Control, ControlReply, HistoryEntry, LeaseInfo, LeaseReply, Plan, PlanSpec,
+    PlanState, PlanWrite, RotationView, StartReply, StatsReply, WriteReply,
 };
 
 /// What a rotation operation needs of its pool.
@@ -43,195 +43,202 @@ impl PoolRotation {
     }
 }
 
-/// Applies one operation at `now` (the store's clock).
-pub fn apply(
-    rot: &mut PoolRotation,
-    pool: &mut dyn PoolAccess,
-    now: u64,
-    op: RotationOp,
-) -> RotationReply {
-    match op {
-        RotationOp::Start(spec) => {
-            if let Some(s) = rot.state().filter(|s| s.is_active()) {
-                return RotationReply::Busy(s);
-            }
-            let canary = pool.canary_group().to_string();
-            for id in &spec.new_keys {
-                match pool.key_group(id) {
-                    None => return bad_key(id, "unknown key"),
-                    Some(g) if g != canary => {
-                        return bad_key(id, &format!("not in the canary group {canary}"))
-                    }
-                    _ => {}
+impl PoolRotation {
+    /// `lua/rotation_start.lua`: an operator starts a plan at step 0.
+    pub fn start(&mut self, pool: &mut dyn PoolAccess, now: u64, spec: &PlanSpec) -> StartReply {
+        if let Some(s) = self.state().filter(|s| s.is_active()) {
+            return StartReply::Busy(s);
+        }
+        let canary = pool.canary_group().to_string();
+        for id in &spec.new_keys {
+            match pool.key_group(id) {
+                None => return bad_key(id, "unknown key"),
+                Some(g) if g != canary => {
+                    return bad_key(id, &format!("not in the canary group {canary}"))
                 }
+                _ => {}
             }
-            for id in &spec.old_keys {
-                match pool.key_group(id) {
-                    None => return bad_key(id, "unknown key"),
-                    Some(g) if g == canary => {
-                        return bad_key(id, "an old key must not be in the canary group")
-                    }
-                    _ => {}
+        }
+        for id in &spec.old_keys {
+            match pool.key_group(id) {
+                None => return bad_key(id, "unknown key"),
+                Some(g) if g == canary => {
+                    return bad_key(id, "an old key must not be in the canary group")
                 }
+                _ => {}
             }
-            let Some(&first) = spec.steps.first() else {
-                return bad_key("", "steps must start with a number");
-            };
+        }
+        let Some(&first) = spec.steps.first() else {
+            return bad_key("", "steps must start with a number");
+        };
+        let detail = format!(
+            "new={} old={} steps={} percent={first}",
+            spec.new_keys.join(","),
+            spec.old_keys.join(","),
+            join(&spec.steps)
+        );
+        self.stats.clear();
+        self.plan = Some(Plan {
+            spec: spec.clone(),
+            state: PlanState::Running,
+            step: 0,
+            step_started_ms: now,
+            reason: String::new(),
+            started_ms: now,
+            updated_ms: now,
+        });
+        pool.set_canary_percent(first);
+        let fence = self.lease.fence;
+        self.history(now, fence, "admin", "start", detail);
+        StartReply::Started { percent: first }
+    }
+
+    /// `lua/rotation_control.lua`: an operator pauses, resumes or aborts the plan.
+    pub fn control(
+        &mut self,
+        pool: &mut dyn PoolAccess,
+        now: u64,
+        action: Control,
+        reason: &str,
+    ) -> ControlReply {
+        let Some(plan) = self.plan.as_mut() else {
+            return ControlReply::NoPlan;
+        };
+        let next = match (action, plan.state) {
+            (Control::Pause, PlanState::Running) => PlanState::Paused,
+            (Control::Resume, PlanState::Paused) => {
+                plan.step_started_ms = now;
+                PlanState::Running
+            }
+            (Control::Abort, s) if s.is_active() => {
+                plan.reason = reason.to_string();
+                pool.set_canary_percent(0);
+                PlanState::Aborted
+            }
+            (_, s) => return ControlReply::BadState(s),
+        };
+        plan.state = next;
+        plan.updated_ms = now;
+        let fence = self.lease.fence;
+        self.history(now, fence, "admin", action.as_str(), reason.to_string());
+        ControlReply::Controlled(next)
+    }
+
+    /// `lua/rotation_lease.lua`: a replica takes or renews the lease.
+    pub fn lease(&mut self, now: u64, replica: &str, fence: u64, lease_ms: u64) -> LeaseReply {
+        if self.state() != Some(PlanState::Running) {
+            return LeaseReply::Idle;
+        }
+        let l = self.lease.clone();
+        if fence > 0 {
+            if l.holder == replica && l.fence == fence {
+                self.lease.until_ms = now + lease_ms;
+                return LeaseReply::Held {
+                    fence,
+                    until_ms: now + lease_ms,
+                };
+            }
             let detail = format!(
-                "new={} old={} steps={} percent={first}",
-                spec.new_keys.join(","),
-                spec.old_keys.join(","),
-                join(&spec.steps)
+                "renew with a stale fence (lease fence {}, holder {})",
+                l.fence, l.holder
             );
-            rot.stats.clear();
-            rot.plan = Some(Plan {
-                spec,
-                state: PlanState::Running,
-                step: 0,
-                step_started_ms: now,
-                reason: String::new(),
-                started_ms: now,
-                updated_ms: now,
-            });
-            pool.set_canary_percent(first);
-            let fence = rot.lease.fence;
-            rot.history(now, fence, "admin", "start", detail);
-            RotationReply::Started { percent: first }
+            self.history(now, fence, replica, "refused", detail);
+            return LeaseReply::Lost(l);
         }
-        RotationOp::Control { action, reason } => {
-            let Some(plan) = rot.plan.as_mut() else {
-                return RotationReply::NoPlan;
+        if !l.holder.is_empty() && l.until_ms > now {
+            return LeaseReply::Other(l);
+        }
+        self.lease = LeaseInfo {
+            holder: replica.to_string(),
+            until_ms: now + lease_ms,
+            fence: l.fence + 1,
+        };
+        let detail = if l.holder.is_empty() {
+            "acquired".to_string()
+        } else {
+            format!("acquired after {}", l.holder)
+        };
+        self.history(now, l.fence + 1, replica, "lease", detail);
+        LeaseReply::Held {
+            fence: l.fence + 1,
+            until_ms: now + lease_ms,
+        }
+    }
+
+    /// `lua/rotation_write.lua`: the lease holder's fenced change of its running plan.
+    pub fn write(&mut self, pool: &mut dyn PoolAccess, now: u64, w: &PlanWrite) -> WriteReply {
+        let Some(state) = self.state() else {
+            return WriteReply::NoPlan;
+        };
+        let l = self.lease.clone();
+        if state != PlanState::Running
+            || l.holder != w.replica
+            || l.fence != w.fence
+            || l.until_ms <= now
+        {
+            let detail = format!(
+                "{} (plan {}, lease fence {}, holder {})",
+                w.event,
+                state.as_str(),
+                l.fence,
+                l.holder
+            );
+            self.history(now, w.fence, &w.replica, "refused", detail);
+            return WriteReply::Fenced {
+                fence: l.fence,
+                holder: l.holder,
             };
-            let next = match (action, plan.state) {
-                (Control::Pause, PlanState::Running) => PlanState::Paused,
-                (Control::Resume, PlanState::Paused) => {
-                    plan.step_started_ms = now;
-                    PlanState::Running
-                }
-                (Control::Abort, s) if s.is_active() => {
-                    plan.reason = reason.clone();
-                    pool.set_canary_percent(0);
-                    PlanState::Aborted
-                }
-                (_, s) => return RotationReply::BadState(s),
-            };
-            plan.state = next;
+        }
+        if let Some(plan) = self.plan.as_mut() {
+            if let Some(s) = w.state {
+                plan.state = s;
+            }
+            if let Some(s) = w.step {
+                plan.step = s;
+            }
+            if w.restart_step {
+                plan.step_started_ms = now;
+            }
+            if let Some(r) = &w.reason {
+                plan.reason = r.clone();
+            }
             plan.updated_ms = now;
-            let fence = rot.lease.fence;
-            rot.history(now, fence, "admin", action.as_str(), reason);
-            RotationReply::Controlled(next)
         }
-        RotationOp::Lease {
-            replica,
-            fence,
-            lease_ms,
-        } => {
-            if rot.state() != Some(PlanState::Running) {
-                return RotationReply::Lease(LeaseReply::Idle);
-            }
-            let l = rot.lease.clone();
-            if fence > 0 {
-                if l.holder == replica && l.fence == fence {
-                    rot.lease.until_ms = now + lease_ms;
-                    return RotationReply::Lease(LeaseReply::Held {
-                        fence,
-                        until_ms: now + lease_ms,
-                    });
-                }
-                let detail = format!(
-                    "renew with a stale fence (lease fence {}, holder {})",
-                    l.fence, l.holder
-                );
-                rot.history(now, fence, &replica, "refused", detail);
-                return RotationReply::Lease(LeaseReply::Lost(l));
-            }
-            if !l.holder.is_empty() && l.until_ms > now {
-                return RotationReply::Lease(LeaseReply::Other(l));
-            }
-            rot.lease = LeaseInfo {
-                holder: replica.clone(),
-                until_ms: now + lease_ms,
-                fence: l.fence + 1,
-            };
-            let detail = if l.holder.is_empty() {
-                "acquired".to_string()
-            } else {
-                format!("acquired after {}", l.holder)
-            };
-            rot.history(now, l.fence + 1, &replica, "lease", detail);
-            RotationReply::Lease(LeaseReply::Held {
-                fence: l.fence + 1,
-                until_ms: now + lease_ms,
-            })
+        if let Some(p) = w.canary {
+            pool.set_canary_percent(p);
         }
-        RotationOp::Write(w) => {
-            let Some(state) = rot.state() else {
-                return RotationReply::Written(WriteReply::NoPlan);
-            };
-            let l = rot.lease.clone();
-            if state != PlanState::Running
-                || l.holder != w.replica
-                || l.fence != w.fence
-                || l.until_ms <= now
-            {
-                let detail = format!(
-                    "{} (plan {}, lease fence {}, holder {})",
-                    w.event,
-                    state.as_str(),
-                    l.fence,
-                    l.holder
-                );
-                rot.history(now, w.fence, &w.replica, "refused", detail);
-                return RotationReply::Written(WriteReply::Fenced {
-                    fence: l.fence,
-                    holder: l.holder,
-                });
+        self.history(now, w.fence, &w.replica, &w.event, w.detail.clone());
+        WriteReply::Ok
+    }
+
+    /// `lua/rotation_stats.lua`: a replica's counts, kept only for the running plan's step.
+    pub fn stats(&mut self, step: usize, deltas: &[(String, u64)]) -> StatsReply {
+        let running = self
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.state == PlanState::Running && p.step == step);
+        if running {
+            for (field, delta) in deltas {
+                *self.stats.entry(format!("{step}:{field}")).or_default() += delta;
             }
-            if let Some(plan) = rot.plan.as_mut() {
-                if let Some(s) = w.state {
-                    plan.state = s;
-                }
-                if let Some(s) = w.step {
-                    plan.step = s;
-                }
-                if w.restart_step {
-                    plan.step_started_ms = now;
-                }
-                if let Some(r) = &w.reason {
-                    plan.reason = r.clone();
-                }
-                plan.updated_ms = now;
-            }
-            if let Some(p) = w.canary {
-                pool.set_canary_percent(p);
-            }
-            rot.history(now, w.fence, &w.replica, &w.event, w.detail);
-            RotationReply::Written(WriteReply::Ok)
         }
-        RotationOp::Stats { step, deltas } => {
-            let running = rot
-                .plan
-                .as_ref()
-                .is_some_and(|p| p.state == PlanState::Running && p.step == step);
-            if running {
-                for (field, delta) in deltas {
-                    *rot.stats.entry(format!("{step}:{field}")).or_default() += delta;
-                }
-            }
-            RotationReply::Stats { applied: running }
-        }
-        RotationOp::Read => RotationReply::View(Box::new(RotationView {
+        StatsReply { applied: running }
+    }
+
+    /// `lua/rotation_read.lua`: the plan, lease, newest history and counts at `now`.
+    pub fn read(&self, now: u64) -> RotationView {
+        RotationView {
             now_ms: now,
-            plan: rot.plan.clone(),
-            lease: rot.lease.clone(),
-            history: rot.history.iter().take(50).cloned().collect(),
-            counts: counts_from_fields(&rot.stats),
-        })),
+            plan: self.plan.clone(),
+            lease: self.lease.clone(),
+            history: self.history.iter().take(50).cloned().collect(),
+            counts: counts_from_fields(&self.stats),
+        }
     }
 }
 
-fn bad_key(id: &str, why: &str) -> RotationReply {
-    RotationReply::BadKey {
+fn bad_key(id: &str, why: &str) -> StartReply {
+    StartReply::BadKey {
         key: id.to_string(),
         why: why.to_string(),
     }
@@ -248,7 +255,6 @@ pub(crate) fn join(steps: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::rotation::plan::{PlanSpec, PlanWrite};
 
     /// A pool of one stable key `old` and one canary key `new`.
     struct Pool {
@@ -273,134 +279,66 @@ mod tests {
         }
     }
 
-    fn spec(new: &str, old: &str) -> PlanSpec {
-        PlanSpec {
-            id: "p1".into(),
-            new_keys: vec![new.into()],
-            old_keys: vec![old.into()],
-            steps: vec![5, 25, 50, 100],
-            min_requests: 1,
-            min_dwell_ms: 0,
-            max_error_increase: 0.05,
-            max_p99_ratio: 2.0,
-            p99_slack_ms: 0,
-            auto_for: String::new(),
-        }
+    /// No plan yet, and the pool at canary percent 0.
+    fn fresh() -> (PoolRotation, Pool) {
+        let pool = Pool {
+            percent: 0,
+            bumps: 0,
+        };
+        (PoolRotation::default(), pool)
     }
 
-    fn lease(replica: &str, fence: u64) -> RotationOp {
-        RotationOp::Lease {
-            replica: replica.into(),
-            fence,
-            lease_ms: 1000,
-        }
+    /// A plan from `new` to `old` started at 0.
+    fn started() -> (PoolRotation, Pool) {
+        let (mut rot, mut pool) = fresh();
+        let reply = rot.start(&mut pool, 0, &PlanSpec::example("new", "old"));
+        assert_eq!(reply, StartReply::Started { percent: 5 });
+        (rot, pool)
     }
 
-    fn advance(replica: &str, fence: u64) -> RotationOp {
-        RotationOp::Write(PlanWrite {
+    fn advance(replica: &str, fence: u64) -> PlanWrite {
+        PlanWrite {
             replica: replica.into(),
             fence,
             canary: Some(25),
             event: "advance".into(),
             step: Some(1),
             ..PlanWrite::default()
-        })
+        }
     }
 
     #[test]
     fn start_checks_the_keys_groups_and_sets_the_first_percent() {
-        let (mut rot, mut pool) = (
-            PoolRotation::default(),
-            Pool {
-                percent: 0,
-                bumps: 0,
-            },
-        );
-        let bad = apply(
-            &mut rot,
-            &mut pool,
-            0,
-            RotationOp::Start(spec("old", "new")),
-        );
-        assert!(matches!(bad, RotationReply::BadKey { .. }), "{bad:?}");
-        let unknown = apply(
-            &mut rot,
-            &mut pool,
-            0,
-            RotationOp::Start(spec("nope", "old")),
-        );
-        assert!(
-            matches!(unknown, RotationReply::BadKey { .. }),
-            "{unknown:?}"
-        );
+        let (mut rot, mut pool) = fresh();
+        let bad = rot.start(&mut pool, 0, &PlanSpec::example("old", "new"));
+        assert!(matches!(bad, StartReply::BadKey { .. }), "{bad:?}");
+        let unknown = rot.start(&mut pool, 0, &PlanSpec::example("nope", "old"));
+        assert!(matches!(unknown, StartReply::BadKey { .. }), "{unknown:?}");
         assert_eq!(pool.percent, 0, "a refused start changes nothing");
-        let ok = apply(
-            &mut rot,
-            &mut pool,
-            0,
-            RotationOp::Start(spec("new", "old")),
-        );
-        assert_eq!(ok, RotationReply::Started { percent: 5 });
+        let ok = rot.start(&mut pool, 0, &PlanSpec::example("new", "old"));
+        assert_eq!(ok, StartReply::Started { percent: 5 });
         assert_eq!((pool.percent, pool.bumps), (5, 1));
-        let again = apply(
-            &mut rot,
-            &mut pool,
-            0,
-            RotationOp::Start(spec("new", "old")),
-        );
-        assert_eq!(again, RotationReply::Busy(PlanState::Running));
+        let again = rot.start(&mut pool, 0, &PlanSpec::example("new", "old"));
+        assert_eq!(again, StartReply::Busy(PlanState::Running));
     }
 
     #[test]
     fn a_lease_that_ran_out_is_taken_with_the_next_fence_and_the_old_fence_is_refused() {
-        let (mut rot, mut pool) = (
-            PoolRotation::default(),
-            Pool {
-                percent: 0,
-                bumps: 0,
-            },
-        );
-        apply(
-            &mut rot,
-            &mut pool,
-            0,
-            RotationOp::Start(spec("new", "old")),
-        );
-        let a = apply(&mut rot, &mut pool, 10, lease("a", 0));
-        assert_eq!(
-            a,
-            RotationReply::Lease(LeaseReply::Held {
-                fence: 1,
-                until_ms: 1010
-            })
-        );
+        let (mut rot, mut pool) = started();
+        let held = |fence, until_ms| LeaseReply::Held { fence, until_ms };
+        assert_eq!(rot.lease(10, "a", 0, 1000), held(1, 1010));
         // While a's lease lives, b is told who holds it.
-        let b = apply(&mut rot, &mut pool, 500, lease("b", 0));
-        assert!(matches!(b, RotationReply::Lease(LeaseReply::Other(ref l)) if l.holder == "a"));
+        let b = rot.lease(500, "b", 0, 1000);
+        assert!(matches!(b, LeaseReply::Other(ref l) if l.holder == "a"));
         // a's lease runs out; b takes it with fence 2.
-        let b = apply(&mut rot, &mut pool, 2000, lease("b", 0));
-        assert_eq!(
-            b,
-            RotationReply::Lease(LeaseReply::Held {
-                fence: 2,
-                until_ms: 3000
-            })
-        );
+        assert_eq!(rot.lease(2000, "b", 0, 1000), held(2, 3000));
         // a wakes up: its renewal and its write carry fence 1 and are refused and recorded.
-        let renew = apply(&mut rot, &mut pool, 2100, lease("a", 1));
-        assert!(
-            matches!(renew, RotationReply::Lease(LeaseReply::Lost(_))),
-            "{renew:?}"
-        );
-        let write = apply(&mut rot, &mut pool, 2100, advance("a", 1));
-        assert!(matches!(
-            write,
-            RotationReply::Written(WriteReply::Fenced { fence: 2, .. })
-        ));
+        let renew = rot.lease(2100, "a", 1, 1000);
+        assert!(matches!(renew, LeaseReply::Lost(_)), "{renew:?}");
+        let write = rot.write(&mut pool, 2100, &advance("a", 1));
+        assert!(matches!(write, WriteReply::Fenced { fence: 2, .. }));
         assert_eq!(pool.percent, 5, "the stale write changed no percent");
-        let RotationReply::View(v) = apply(&mut rot, &mut pool, 2200, RotationOp::Read) else {
-            panic!("no view");
-        };
+        let v = rot.read(2200);
         let refused = v
             .history
             .iter()
@@ -408,90 +346,38 @@ mod tests {
         assert_eq!(refused.count(), 2, "{:#?}", v.history);
         assert_eq!(v.plan.map(|p| p.step), Some(0));
         // The holder's write goes through.
-        let ok = apply(&mut rot, &mut pool, 2300, advance("b", 2));
-        assert_eq!(ok, RotationReply::Written(WriteReply::Ok));
+        let ok = rot.write(&mut pool, 2300, &advance("b", 2));
+        assert_eq!(ok, WriteReply::Ok);
         assert_eq!(pool.percent, 25);
     }
 
     #[test]
     fn counts_are_kept_only_for_the_running_plans_current_step() {
-        let (mut rot, mut pool) = (
-            PoolRotation::default(),
-            Pool {
-                percent: 0,
-                bumps: 0,
-            },
-        );
-        apply(
-            &mut rot,
-            &mut pool,
-            0,
-            RotationOp::Start(spec("new", "old")),
-        );
-        let deltas = vec![("canary:requests".to_string(), 3)];
-        let stale = RotationOp::Stats {
-            step: 1,
-            deltas: deltas.clone(),
-        };
-        assert_eq!(
-            apply(&mut rot, &mut pool, 0, stale),
-            RotationReply::Stats { applied: false }
-        );
-        let now = RotationOp::Stats { step: 0, deltas };
-        assert_eq!(
-            apply(&mut rot, &mut pool, 0, now),
-            RotationReply::Stats { applied: true }
-        );
-        let RotationReply::View(v) = apply(&mut rot, &mut pool, 0, RotationOp::Read) else {
-            panic!("no view");
-        };
+        let (mut rot, _pool) = started();
+        let deltas = [("canary:requests".to_string(), 3)];
+        assert_eq!(rot.stats(1, &deltas), StatsReply { applied: false });
+        assert_eq!(rot.stats(0, &deltas), StatsReply { applied: true });
+        let v = rot.read(0);
         assert_eq!(v.counts_of(0, "canary").requests, 3);
         assert_eq!(v.counts_of(1, "canary").requests, 0);
     }
 
     #[test]
     fn abort_sets_the_percent_to_zero_and_a_paused_plan_takes_no_lease() {
-        let (mut rot, mut pool) = (
-            PoolRotation::default(),
-            Pool {
-                percent: 0,
-                bumps: 0,
-            },
-        );
-        apply(
-            &mut rot,
-            &mut pool,
-            0,
-            RotationOp::Start(spec("new", "old")),
-        );
-        let pause = RotationOp::Control {
-            action: Control::Pause,
-            reason: "look".into(),
-        };
+        let (mut rot, mut pool) = started();
         assert_eq!(
-            apply(&mut rot, &mut pool, 1, pause),
-            RotationReply::Controlled(PlanState::Paused)
+            rot.control(&mut pool, 1, Control::Pause, "look"),
+            ControlReply::Controlled(PlanState::Paused)
         );
+        assert_eq!(rot.lease(2, "a", 0, 1000), LeaseReply::Idle);
         assert_eq!(
-            apply(&mut rot, &mut pool, 2, lease("a", 0)),
-            RotationReply::Lease(LeaseReply::Idle)
-        );
-        let abort = RotationOp::Control {
-            action: Control::Abort,
-            reason: "bad".into(),
-        };
-        assert_eq!(
-            apply(&mut rot, &mut pool, 3, abort),
-            RotationReply::Controlled(PlanState::Aborted)
+            rot.control(&mut pool, 3, Control::Abort, "bad"),
+            ControlReply::Controlled(PlanState::Aborted)
         );
         assert_eq!(pool.percent, 0);
-        let resume = RotationOp::Control {
-            action: Control::Resume,
-            reason: String::new(),
-        };
         assert_eq!(
-            apply(&mut rot, &mut pool, 4, resume),
-            RotationReply::BadState(PlanState::Aborted)
+            rot.control(&mut pool, 4, Control::Resume, ""),
+            ControlReply::BadState(PlanState::Aborted)
         );
     }
 }

@@ -1,5 +1,6 @@
-//! The rotation plan as the store keeps it (`lua/rotation_*.lua`, `rotation/memory.rs`), the
-//! operations on it, and their replies decoded into typed values in one place.
+//! The rotation plan as the store keeps it (`lua/rotation_*.lua`, `rotation/memory.rs`), what the
+//! rotation operations (`Op::Rotation*` in `store/op.rs`) carry, and their typed replies
+//! (decoded from Redis in `store/redis/reply.rs`).
 
 use std::collections::BTreeMap;
 
@@ -64,6 +65,25 @@ pub struct PlanSpec {
     pub p99_slack_ms: u64,
     /// The old key whose `expires` started this plan, if one did.
     pub auto_for: String,
+}
+
+#[cfg(test)]
+impl PlanSpec {
+    /// A plan from `new` to `old` in steps of 5, 25, 50 and 100 percent, for tests.
+    pub(crate) fn example(new: &str, old: &str) -> PlanSpec {
+        PlanSpec {
+            id: "p1".into(),
+            new_keys: vec![new.into()],
+            old_keys: vec![old.into()],
+            steps: vec![5, 25, 50, 100],
+            min_requests: 1,
+            min_dwell_ms: 0,
+            max_error_increase: 0.05,
+            max_p99_ratio: 2.0,
+            p99_slack_ms: 0,
+            auto_for: String::new(),
+        }
+    }
 }
 
 /// A plan as read back from the store.
@@ -179,40 +199,6 @@ impl Control {
     }
 }
 
-/// One rotation operation; each is one Lua script (`lua/rotation_<name>.lua`) on Redis.
-#[derive(Clone, Debug)]
-pub enum RotationOp {
-    Start(PlanSpec),
-    Control {
-        action: Control,
-        reason: String,
-    },
-    Lease {
-        replica: String,
-        fence: u64,
-        lease_ms: u64,
-    },
-    Write(PlanWrite),
-    Stats {
-        step: usize,
-        deltas: Vec<(String, u64)>,
-    },
-    Read,
-}
-
-impl RotationOp {
-    pub fn name(&self) -> &'static str {
-        match self {
-            RotationOp::Start(_) => "rotation_start",
-            RotationOp::Control { .. } => "rotation_control",
-            RotationOp::Lease { .. } => "rotation_lease",
-            RotationOp::Write(_) => "rotation_write",
-            RotationOp::Stats { .. } => "rotation_stats",
-            RotationOp::Read => "rotation_read",
-        }
-    }
-}
-
 /// A fenced change of a running plan by its driver.
 #[derive(Clone, Debug, Default)]
 pub struct PlanWrite {
@@ -228,7 +214,28 @@ pub struct PlanWrite {
     pub reason: Option<String>,
 }
 
-/// The answer to a lease request.
+/// The answer to a start (`Op::RotationStart`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartReply {
+    /// The plan runs at its first step's canary percent.
+    Started { percent: u8 },
+    /// A plan is running or paused already.
+    Busy(PlanState),
+    /// A key is unknown or in the wrong group.
+    BadKey { key: String, why: String },
+}
+
+/// The answer to an operator's pause, resume or abort (`Op::RotationControl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlReply {
+    /// The plan's state after the action.
+    Controlled(PlanState),
+    NoPlan,
+    /// The action does not apply to a plan in this state.
+    BadState(PlanState),
+}
+
+/// The answer to a lease request (`Op::RotationLease`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseReply {
     Held {
@@ -242,7 +249,7 @@ pub enum LeaseReply {
     Idle,
 }
 
-/// The answer to a fenced write.
+/// The answer to a fenced write (`Op::RotationWrite`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteReply {
     Ok,
@@ -250,19 +257,11 @@ pub enum WriteReply {
     Fenced { fence: u64, holder: String },
 }
 
-/// The reply of one [`RotationOp`].
-#[derive(Clone, Debug, PartialEq)]
-pub enum RotationReply {
-    Started { percent: u8 },
-    Busy(PlanState),
-    BadKey { key: String, why: String },
-    Controlled(PlanState),
-    NoPlan,
-    BadState(PlanState),
-    Lease(LeaseReply),
-    Written(WriteReply),
-    Stats { applied: bool },
-    View(Box<RotationView>),
+/// The answer to a replica's step counts (`Op::RotationStats`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatsReply {
+    /// False: no running plan at that step, and the counts were dropped.
+    pub applied: bool,
 }
 
 /// The plan's fields as `lua/rotation_start.lua` stores them (beyond id, keys and steps).

@@ -3,7 +3,13 @@
 
 use std::collections::HashMap;
 
+use keygate::config::RotationConfig;
 use keygate::pool::{KeyId, KeyState, Outcome};
+use keygate::rotation::driver::plan_spec;
+use keygate::store::rotation::{
+    Control, ControlReply, LeaseReply, PlanSpec, PlanState, PlanWrite, StartReply, StatsReply,
+    WriteReply,
+};
 use keygate::store::{
     AdminState, KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection, StoreError,
     SyncReceipt,
@@ -666,6 +672,137 @@ pub async fn sync_keeps_live_state_follows_config_and_drains_removed_keys(s: &Su
     assert_eq!(snap.keys.iter().find(|k| k.id == "c").unwrap().weight, 9);
 }
 
+/// A plan from the canary key `new` to the stable key `old`, as the rotation driver makes it
+/// with the default `[pools.rotation]`.
+pub(crate) fn plan(new: &str, old: &str) -> PlanSpec {
+    plan_spec(
+        &RotationConfig::default(),
+        vec![new.into()],
+        vec![old.into()],
+    )
+}
+
+/// Every rotation operation through `apply`, with the typed reply each store decodes (the
+/// plan's clock is the store's own, so only orders and fences are compared).
+pub async fn a_rotation_plan_is_started_driven_only_by_its_lease_holder_and_read_back(s: &Subject) {
+    setup(s, &[("old", 1, "stable"), ("new", 1, "canary")]).await;
+    let st = &*s.store;
+    let spec = plan("new", "old");
+    assert!(matches!(
+        st.rotation_start("nope", &spec).await,
+        Err(StoreError::UnknownPool(_))
+    ));
+    let wrong = st.rotation_start("p", &plan("old", "new")).await.unwrap();
+    assert!(
+        matches!(&wrong, StartReply::BadKey { key, .. } if key == "old"),
+        "{wrong:?}"
+    );
+    assert_eq!(st.rotation_read("p").await.unwrap().plan, None);
+    let first = spec.steps[0];
+    assert_eq!(
+        st.rotation_start("p", &spec).await.unwrap(),
+        StartReply::Started { percent: first }
+    );
+    assert_eq!(
+        st.rotation_start("p", &spec).await.unwrap(),
+        StartReply::Busy(PlanState::Running)
+    );
+    assert_eq!(st.snapshot("p", None).await.unwrap().canary_percent, first);
+    // One replica takes the lease; another is told who holds it.
+    let LeaseReply::Held { fence, .. } = st.rotation_lease("p", "r-a", 0, 60_000).await.unwrap()
+    else {
+        panic!("no lease taken");
+    };
+    let other = st.rotation_lease("p", "r-b", 0, 60_000).await.unwrap();
+    assert!(
+        matches!(&other, LeaseReply::Other(l) if l.holder == "r-a" && l.fence == fence),
+        "{other:?}"
+    );
+    // Counts are kept for the current step only.
+    let deltas = [("canary:requests".to_string(), 3)];
+    assert_eq!(
+        st.rotation_stats("p", 1, &deltas).await.unwrap(),
+        StatsReply { applied: false }
+    );
+    assert_eq!(
+        st.rotation_stats("p", 0, &deltas).await.unwrap(),
+        StatsReply { applied: true }
+    );
+    // Only the holder's write with its fence changes the plan.
+    let advance = |replica: &str, fence| PlanWrite {
+        replica: replica.into(),
+        fence,
+        canary: Some(25),
+        event: "advance".into(),
+        detail: "to 25".into(),
+        step: Some(1),
+        restart_step: true,
+        ..PlanWrite::default()
+    };
+    assert_eq!(
+        st.rotation_write("p", &advance("r-b", fence + 1))
+            .await
+            .unwrap(),
+        WriteReply::Fenced {
+            fence,
+            holder: "r-a".into()
+        }
+    );
+    assert_eq!(st.snapshot("p", None).await.unwrap().canary_percent, first);
+    assert_eq!(
+        st.rotation_write("p", &advance("r-a", fence))
+            .await
+            .unwrap(),
+        WriteReply::Ok
+    );
+    assert_eq!(st.snapshot("p", None).await.unwrap().canary_percent, 25);
+    let view = st.rotation_read("p").await.unwrap();
+    let p = view.plan.as_ref().expect("a plan");
+    assert_eq!((&p.spec, p.state, p.step), (&spec, PlanState::Running, 1));
+    assert_eq!(
+        (view.lease.holder.as_str(), view.lease.fence),
+        ("r-a", fence)
+    );
+    assert_eq!(view.counts_of(0, "canary").requests, 3);
+    let events: Vec<(&str, &str)> = view
+        .history
+        .iter()
+        .map(|h| (h.replica.as_str(), h.event.as_str()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("r-a", "advance"),
+            ("r-b", "refused"),
+            ("r-a", "lease"),
+            ("admin", "start")
+        ]
+    );
+    // An operator pauses (no lease while paused), resumes and aborts; an aborted plan stays so.
+    let control = |action| st.rotation_control("p", action, "operator");
+    assert_eq!(
+        control(Control::Pause).await.unwrap(),
+        ControlReply::Controlled(PlanState::Paused)
+    );
+    assert_eq!(
+        st.rotation_lease("p", "r-a", fence, 60_000).await.unwrap(),
+        LeaseReply::Idle
+    );
+    assert_eq!(
+        control(Control::Resume).await.unwrap(),
+        ControlReply::Controlled(PlanState::Running)
+    );
+    assert_eq!(
+        control(Control::Abort).await.unwrap(),
+        ControlReply::Controlled(PlanState::Aborted)
+    );
+    assert_eq!(st.snapshot("p", None).await.unwrap().canary_percent, 0);
+    assert_eq!(
+        control(Control::Resume).await.unwrap(),
+        ControlReply::BadState(PlanState::Aborted)
+    );
+}
+
 conformance!(
     rate_limited_key_cools_until_retry_after_then_recovers,
     rate_limited_without_hint_backs_off_exponentially_up_to_the_max,
@@ -694,4 +831,5 @@ conformance!(
     canary_without_fallback_returns_none,
     admin_weight_and_group_changes_move_selection,
     sync_keeps_live_state_follows_config_and_drains_removed_keys,
+    a_rotation_plan_is_started_driven_only_by_its_lease_holder_and_read_back,
 );

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use keygate::mock::{Behavior, MockUpstream};
 use keygate::pool::KeyState;
-use keygate::store::{AdminState, KeyStoreExt};
+use keygate::store::failover::{FailoverOptions, FailoverStore};
+use keygate::store::rotation::{Control, PlanState, StartReply};
+use keygate::store::{AdminState, KeyStore, KeyStoreExt, StoreError};
 use redis::Commands;
 
+use super::conformance::plan;
 use crate::harness::gateway::{chat, config_toml, key, TestGateway, TestKey};
 use crate::harness::load::{between, failed, quantile, store_waits_over, warmed_up, Load, TIMING};
 use crate::harness::{kid, wait_until, wait_until_or_explain, RedisServer};
@@ -305,15 +308,9 @@ async fn flushall_script_flush_and_an_empty_restart_under_load_fail_no_request_a
     assert!(failed(&samples).is_empty(), "{:?}", failed(&samples));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_admin_disable_and_a_cooldown_learned_while_redis_hung_are_written_back_when_it_resumes()
-{
-    use keygate::pool::Outcome;
-    use keygate::store::failover::{FailoverOptions, FailoverStore};
-    use keygate::store::{KeyStore, Report};
-
-    let redis = RedisServer::start();
-    let inner = crate::harness::redis_store(&redis, "kg");
+/// A failover store over `redis` (no gateway) with pool `p` of `keys` synced.
+async fn failover_store(redis: &RedisServer, keys: &[(&str, u32, &str)]) -> FailoverStore {
+    let inner = crate::harness::redis_store(redis, "kg");
     let store = FailoverStore::new(
         Arc::new(inner),
         FailoverOptions {
@@ -326,12 +323,14 @@ async fn an_admin_disable_and_a_cooldown_learned_while_redis_hung_are_written_ba
         None,
     )
     .unwrap();
-    let sp = crate::harness::spec("p", &[("k1", 1, "stable"), ("k2", 1, "stable")]);
-    store.sync(&sp).await.unwrap();
+    store.sync(&crate::harness::spec("p", keys)).await.unwrap();
+    store
+}
+
+/// Hangs `redis` (`SIGSTOP`) until `store` answers from memory: two calls time out, the PING
+/// the background task sends to confirm it times out too, and the store is degraded.
+async fn hang_until_degraded(redis: &RedisServer, store: &FailoverStore) {
     tokio::task::block_in_place(|| redis.pause());
-    let (k1, k2) = (kid("k1"), kid("k2"));
-    // Two calls time out; the PING the background task sends to confirm it times out too, and
-    // the store is degraded and answers from memory.
     for _ in 0..2 {
         store.snapshot("p", None).await.unwrap();
     }
@@ -339,6 +338,18 @@ async fn an_admin_disable_and_a_cooldown_learned_while_redis_hung_are_written_ba
         store.degraded()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_disable_and_a_cooldown_learned_while_redis_hung_are_written_back_when_it_resumes()
+{
+    use keygate::pool::Outcome;
+    use keygate::store::Report;
+
+    let redis = RedisServer::start();
+    let store = failover_store(&redis, &[("k1", 1, "stable"), ("k2", 1, "stable")]).await;
+    let (k1, k2) = (kid("k1"), kid("k2"));
+    hang_until_degraded(&redis, &store).await;
     assert_eq!(
         store
             .set_state("p", &k2, AdminState::Disable)
@@ -378,6 +389,50 @@ async fn an_admin_disable_and_a_cooldown_learned_while_redis_hung_are_written_ba
     tokio::time::timeout(Duration::from_secs(1), store.shutdown())
         .await
         .expect("the background task stops on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_op_while_redis_hung_is_refused_never_answered_from_memory_nor_journaled() {
+    let redis = RedisServer::start();
+    let store = failover_store(&redis, &[("old", 1, "stable"), ("new", 1, "canary")]).await;
+    let spec = plan("new", "old");
+    assert_eq!(
+        store.rotation_start("p", &spec).await.unwrap(),
+        StartReply::Started {
+            percent: spec.steps[0]
+        }
+    );
+    hang_until_degraded(&redis, &store).await;
+    let refused = |r: Result<(), StoreError>| {
+        assert!(
+            matches!(&r, Err(StoreError::Unavailable(m)) if m.contains("rotation needs Redis")),
+            "{r:?}"
+        )
+    };
+    refused(store.rotation_read("p").await.map(|_| ()));
+    refused(
+        store
+            .rotation_control("p", Control::Abort, "while away")
+            .await
+            .map(|_| ()),
+    );
+    refused(
+        store
+            .rotation_lease("p", "r-a", 0, 60_000)
+            .await
+            .map(|_| ()),
+    );
+    refused(store.rotation_start("p", &spec).await.map(|_| ()));
+    assert_eq!(store.pending_writeback(), 0, "nothing journaled");
+    tokio::task::block_in_place(|| redis.resume());
+    wait_until(Duration::from_secs(5), "back on Redis", || async {
+        !store.degraded()
+    })
+    .await;
+    // The abort refused while Redis hung was neither applied nor replayed.
+    let view = store.rotation_read("p").await.unwrap();
+    assert_eq!(view.plan.map(|p| p.state), Some(PlanState::Running));
+    store.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
