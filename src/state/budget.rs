@@ -52,7 +52,10 @@ impl Budgets {
     ) -> Result<Admission, ApiError> {
         let usage = {
             let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-            clients.entry(client.name.clone()).or_default().clone()
+            match clients.get(&client.name) {
+                Some(usage) => usage.clone(),
+                None => clients.entry(client.name.clone()).or_default().clone(),
+            }
         };
         let max_concurrent = client.max_concurrent.unwrap_or(usize::MAX);
         if !try_add(&usage.in_flight, 1, max_concurrent) {

@@ -33,16 +33,15 @@ struct Circuit {
 /// bounded by the config; a std mutex held for one lookup, never across `.await`.
 #[derive(Debug, Default)]
 pub struct ClientCircuits {
-    circuits: Mutex<HashMap<(String, String), Circuit>>,
+    /// By pool, then by client: looked up by `&str` on every request, without building a key.
+    circuits: Mutex<HashMap<String, HashMap<String, Circuit>>>,
 }
 
 impl ClientCircuits {
     /// How long the client stays refused on the pool, if its circuit is open at `now`.
     pub fn open_for(&self, pool: &str, client: &str, now: Instant) -> Option<Duration> {
         let circuits = self.circuits.lock().unwrap_or_else(PoisonError::into_inner);
-        let until = circuits
-            .get(&(pool.to_string(), client.to_string()))?
-            .open_until?;
+        let until = circuits.get(pool)?.get(client)?.open_until?;
         (until > now).then(|| until - now)
     }
 
@@ -55,7 +54,9 @@ impl ClientCircuits {
         let window = Duration::from_secs(policy.client_circuit_window_s);
         let mut circuits = self.circuits.lock().unwrap_or_else(PoisonError::into_inner);
         let c = circuits
-            .entry((pool.to_string(), client.to_string()))
+            .entry(pool.to_string())
+            .or_default()
+            .entry(client.to_string())
             .or_insert(Circuit {
                 window_start: now,
                 damage: 0,
