@@ -17,7 +17,8 @@
 --    this many ms from now, a reserved future slot; lease: the in-flight lease to release, 0:
 --    none; both 0 in a pool without budgets)
 --   {"none", earliest_recovery_ms or -1, now_ms, n_active, n_cooling, n_open, n_half_open,
---    n_disabled, n_draining}
+--    n_disabled, n_draining, budget 0|1}  (budget 1: the first key to recover is benched by
+--    its own budget, reason 'budget' or 'busy': the pool is exhausted, not rate limited)
 --
 -- Cost: O(1) expected Redis calls per request whatever the pool size. Once per batch: the meta
 -- HMGET, TIME, the due-key recovery (at most 8 keys per request, 64 per call), one HGETALL of
@@ -271,15 +272,24 @@ local function select_one(rand, route, bucket, tokens)
     return {'key', k.id, k.group, k.group ~= primary and 1 or 0, 0, wait_ms, wlease}
   end
 
-  local earliest = -1
+  local earliest, budget_first = -1, 0
   local first = redis.call('ZRANGE', DUE, 0, 0, 'WITHSCORES')
-  if first[2] then earliest = tonumber(first[2]) end
+  if first[2] then
+    earliest = tonumber(first[2])
+    if BUDGET then
+      local f = redis.call('HMGET', kkey(first[1]), 'status', 'reason')
+      if f[1] == 'cooling' and (f[2] == 'budget' or f[2] == 'busy') then budget_first = 1 end
+    end
+  end
   for _, g in ipairs({primary, 'stable'}) do
     local p = redis.call('ZRANGE', probe_key(g), 0, 0, 'WITHSCORES')
-    if p[2] and (earliest < 0 or tonumber(p[2]) < earliest) then earliest = tonumber(p[2]) end
+    if p[2] and (earliest < 0 or tonumber(p[2]) < earliest) then
+      earliest, budget_first = tonumber(p[2]), 0
+    end
   end
   local reply = {'none', earliest, now}
   for _, c in ipairs(state_counts()) do reply[#reply + 1] = c end
+  reply[#reply + 1] = budget_first
   return reply
 end
 

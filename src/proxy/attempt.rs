@@ -17,9 +17,11 @@ use super::{forward, Call};
 use crate::error::ApiError;
 use crate::pool::{KeyId, KeyState, Outcome};
 use crate::state::AppState;
+use crate::store::budget::PoolHeadroom;
 use crate::store::KeyStoreExt;
 use crate::store::{random_draw, Chosen, Report, SelectRequest, Selection, Unavailable};
 use crate::upstream::classify::{classify, client_cause, is_model_not_found, Verdict};
+use crate::upstream::headers::format_reset_duration;
 use crate::upstream::scrub::StreamScrub;
 use crate::usage::Usage;
 
@@ -31,6 +33,38 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 fn retry_after_s(u: &Unavailable) -> Option<u64> {
     u.retry_at_ms
         .map(|at| at.saturating_sub(u.now_ms).div_ceil(1000).max(1))
+}
+
+/// The `x-ratelimit-*` headers of 429 `pool_exhausted`, describing the whole pool (README
+/// "Budgets"): a dimension is left out unless every usable key has its per-minute limit.
+fn pool_rate_limit_headers(pool: &PoolHeadroom) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let dims = [
+        (
+            pool.requests,
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+        ),
+        (
+            pool.tokens,
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ),
+    ];
+    for (minute, [limit, remaining, reset]) in dims {
+        if let Some(m) = minute {
+            out.push((limit, m.limit.to_string()));
+            out.push((remaining, m.remaining.to_string()));
+            out.push((reset, format_reset_duration(m.reset_ms)));
+        }
+    }
+    out
 }
 
 pub(crate) struct Attempt<'a> {
@@ -59,9 +93,13 @@ impl Attempt<'_> {
                     .no_key_available
                     .with_label_values(&[pool_name])
                     .inc();
-                let e = ApiError::no_key(retry_after_s(&u), &u.counts);
+                let mut e = ApiError::no_key(retry_after_s(&u), &u.counts, u.budget_bound);
                 tracing::info!(request_id = %call.request_id, pool = %pool_name, code = e.code,
                     counts = ?u.counts, "no key selectable");
+                if e.code == "pool_exhausted" {
+                    let pool = crate::health::pool_headroom(&call.state, pool_name, u.now_ms);
+                    e.headers = pool_rate_limit_headers(&pool.await);
+                }
                 return Step::NoKey(e.retry_after_at_most(call.max_retry_after_s));
             }
             Err(e) => {

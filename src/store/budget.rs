@@ -75,6 +75,63 @@ impl BudgetRecord {
     }
 }
 
+/// One dimension (requests or tokens) of what a pool's usable keys allow together: the sums
+/// of their per-minute limits and of what they may still start within the minute, and how
+/// long until every one of them is back to its full minute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolMinute {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_ms: u64,
+}
+
+/// The pool's `x-ratelimit-*` view: requests and tokens per minute, each `None` unless every
+/// usable key (any status but disabled and draining) has that per-minute limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolHeadroom {
+    pub requests: Option<PoolMinute>,
+    pub tokens: Option<PoolMinute>,
+}
+
+impl PoolHeadroom {
+    /// Sums `keys` (each usable key's budget record, `None` for a key without limits) at `now`.
+    pub fn of<'a>(keys: impl IntoIterator<Item = Option<&'a BudgetRecord>>, now: u64) -> Self {
+        let mut out = PoolHeadroom {
+            requests: Some(PoolMinute::default()),
+            tokens: Some(PoolMinute::default()),
+        };
+        let mut any = false;
+        for record in keys {
+            any = true;
+            let (requests, tokens) = match record {
+                Some(r) => (
+                    r.minute_remaining(now)
+                        .0
+                        .map(|n| (r.limits.rpm, n, r.next_request_ms)),
+                    r.minute_remaining(now)
+                        .1
+                        .map(|n| (r.limits.tpm, n, r.next_tokens_ms)),
+                ),
+                None => (None, None),
+            };
+            for (sum, key) in [(&mut out.requests, requests), (&mut out.tokens, tokens)] {
+                *sum = match (*sum, key) {
+                    (Some(s), Some((limit, left, next))) => Some(PoolMinute {
+                        limit: s.limit.saturating_add(limit),
+                        remaining: s.remaining.saturating_add(left),
+                        reset_ms: s.reset_ms.max(next.saturating_sub(now)),
+                    }),
+                    _ => None,
+                };
+            }
+        }
+        if !any {
+            return PoolHeadroom::default();
+        }
+        out
+    }
+}
+
 impl KeyBudget {
     /// What a snapshot at `now` shows; `None` for a key without limits.
     pub fn record(&self, now: u64) -> Option<BudgetRecord> {

@@ -283,16 +283,26 @@ impl PoolState {
                 });
             }
         }
-        let mut earliest = self.due.iter().next().map(|(d, _)| *d);
+        let first = self.due.iter().next();
+        let mut earliest = first.map(|(d, _)| *d);
+        let mut budget_bound = self.budgets.on
+            && first
+                .and_then(|(_, id)| self.keys.get(id))
+                .is_some_and(|k| {
+                    k.status == KeyState::Cooling && (k.reason == "budget" || k.reason == "busy")
+                });
         for g in [primary.as_str(), "stable"] {
             if let Some((lease, _)) = self.probes.get(g).and_then(|s| s.iter().next()) {
-                earliest = Some(earliest.map_or(*lease, |e| e.min(*lease)));
+                if earliest.is_none_or(|e| *lease < e) {
+                    (earliest, budget_bound) = (Some(*lease), false);
+                }
             }
         }
         Selection::None(Unavailable {
             retry_at_ms: earliest,
             now_ms: now,
             counts: self.counts(),
+            budget_bound,
         })
     }
 

@@ -112,6 +112,9 @@ pub struct Unavailable {
     pub retry_at_ms: Option<u64>,
     pub now_ms: u64,
     pub counts: StateCounts,
+    /// The first key to recover is benched by its own budget (reason `budget` or `busy`), not
+    /// by the upstream: the pool has no headroom within `max_wait_ms` (README "Budgets").
+    pub budget_bound: bool,
 }
 
 /// The outcome of one upstream attempt, as the store needs it.

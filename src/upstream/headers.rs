@@ -134,6 +134,22 @@ pub fn parse_reset_duration(value: &str) -> Option<Duration> {
 }
 
 /// Parses a remaining-budget count such as `"0"` or `"149984"`.
+/// Writes `ms` as a Go-style duration the way OpenAI's `x-ratelimit-reset-*` headers do
+/// (`20ms`, `1.5s`, `6m0s`, `1h2m3.5s`), the inverse of [`parse_reset_duration`].
+pub fn format_reset_duration(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, m) = (ms / 3_600_000, ms / 60_000 % 60);
+    let secs = format!("{}.{:03}", ms / 1000 % 60, ms % 1000);
+    let secs = secs.trim_end_matches('0').trim_end_matches('.');
+    match (h, m) {
+        (0, 0) => format!("{secs}s"),
+        (0, m) => format!("{m}m{secs}s"),
+        (h, m) => format!("{h}h{m}m{secs}s"),
+    }
+}
+
 fn parse_count(value: &str) -> Option<u64> {
     let value = value.trim();
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
@@ -182,6 +198,22 @@ fn saturate(nanos: u128) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reset_durations_are_written_as_openai_writes_them_and_read_back() {
+        for (ms, text) in [
+            (0, "0ms"),
+            (20, "20ms"),
+            (1000, "1s"),
+            (1500, "1.5s"),
+            (360_000, "6m0s"),
+            (3_723_500, "1h2m3.5s"),
+        ] {
+            assert_eq!(super::format_reset_duration(ms), text);
+            let back = super::parse_reset_duration(text).unwrap();
+            assert_eq!(back.as_millis() as u64, ms, "{text}");
+        }
+    }
+
     use super::*;
     use http::HeaderValue;
     use proptest::prelude::*;

@@ -93,7 +93,7 @@ pub(super) fn parse_sync(w: &[String]) -> Result<SyncReceipt, StoreError> {
 }
 
 /// `select.lua`, one request's part: {"key", id, group, fallback 0|1, probe 0|1} or
-/// {"none", earliest_ms or -1, now_ms, six state counts}.
+/// {"none", earliest_ms or -1, now_ms, six state counts, budget 0|1}.
 pub(super) fn parse_selection(w: &[String]) -> Result<Selection, StoreError> {
     match w.first().map(String::as_str) {
         Some("key") => Ok(Selection::Key(Chosen {
@@ -117,6 +117,7 @@ pub(super) fn parse_selection(w: &[String]) -> Result<Selection, StoreError> {
                 retry_at_ms: (earliest >= 0).then_some(earliest as u64),
                 now_ms: num(w, 2)?,
                 counts: StateCounts::from_array(counts),
+                budget_bound: w.get(9).map(String::as_str) == Some("1"),
             }))
         }
         _ => Err(StoreError::Script(format!("unexpected select reply {w:?}"))),
