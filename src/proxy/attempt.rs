@@ -17,11 +17,11 @@ use super::{forward, Call};
 use crate::error::ApiError;
 use crate::pool::{KeyId, KeyState, Outcome};
 use crate::state::AppState;
-use crate::store::budget::PoolHeadroom;
+use crate::store::budget::{PoolHeadroom, ProviderHints};
 use crate::store::KeyStoreExt;
 use crate::store::{random_draw, Chosen, Report, SelectRequest, Selection, Unavailable};
 use crate::upstream::classify::{classify, client_cause, is_model_not_found, Verdict};
-use crate::upstream::headers::format_reset_duration;
+use crate::upstream::headers::{format_reset_duration, read_hints, RateLimitHints};
 use crate::upstream::scrub::StreamScrub;
 use crate::usage::Usage;
 
@@ -65,6 +65,21 @@ fn pool_rate_limit_headers(pool: &PoolHeadroom) -> Vec<(&'static str, String)> {
         }
     }
     out
+}
+
+/// What an answer's `x-ratelimit-*` headers say, as the store takes it (values beyond 2^52,
+/// which no provider sends, are capped so both stores compute alike).
+fn provider_hints(h: &RateLimitHints) -> ProviderHints {
+    let cap = |v: Option<u64>| v.map(|v| v.min(1 << 52));
+    let ms = |d: Option<Duration>| cap(d.map(|d| d.as_millis().min(u64::MAX as u128) as u64));
+    ProviderHints {
+        remaining_requests: cap(h.remaining_requests),
+        reset_requests_ms: ms(h.reset_requests),
+        remaining_tokens: cap(h.remaining_tokens),
+        reset_tokens_ms: ms(h.reset_tokens),
+        limit_requests: cap(h.limit_requests),
+        limit_tokens: cap(h.limit_tokens),
+    }
 }
 
 pub(crate) struct Attempt<'a> {
@@ -182,6 +197,8 @@ fn succeeded(
 ) -> Step {
     let pool = call.pool.config.name.clone();
     let verdict = classify(resp.status(), resp.headers(), None, SystemTime::now());
+    let hints = (call.pool.spec.has_budgets())
+        .then(|| provider_hints(&read_hints(resp.headers(), SystemTime::now())));
     call.state.metrics.record_attempt(
         &pool,
         chosen.key.as_str(),
@@ -196,6 +213,7 @@ fn succeeded(
         &chosen,
         cooldown,
         resp.status().as_u16(),
+        hints,
     );
     let status = resp.status();
     let mut headers = forward::downstream_headers(resp.headers(), &call.pool.config.headers);

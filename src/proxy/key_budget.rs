@@ -39,8 +39,8 @@ pub fn reservation(body: &[u8], spec: &PoolSpec, default_completion: u64) -> Res
 }
 
 /// One request on a budgeted key: ends it in the store when dropped (a stream that ends or
-/// breaks frees its slot at once), settling the reservation against the usage set with
-/// [`BudgetTicket::set_usage`].
+/// breaks frees its slot with the pool's next success batch, within `store.report_flush_ms`),
+/// settling the reservation against the usage set with [`BudgetTicket::set_usage`].
 pub(crate) struct BudgetTicket {
     state: Arc<AppState>,
     pool: String,
@@ -87,6 +87,11 @@ impl Drop for BudgetTicket {
             lease: self.lease,
             tokens_delta: delta,
         };
+        // Rides the pool's next success batch (no call of its own); settled at once only when
+        // this replica batches nothing.
+        if self.state.successes.record_end(&self.pool, end.clone()) {
+            return;
+        }
         let (store, pool) = (self.state.store.clone(), self.pool.clone());
         if tokio::runtime::Handle::try_current().is_err() {
             return;

@@ -32,11 +32,29 @@ impl KeyLimits {
     }
 }
 
+/// The per-minute limits a key's provider announced (`x-ratelimit-limit-requests/-tokens`),
+/// kept where the config sets none and the pool learns (the key hash fields `l_rpm l_tpm`; 0:
+/// none learned).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Learned {
+    pub rpm: u64,
+    pub tpm: u64,
+}
+
+impl Learned {
+    pub fn is_empty(&self) -> bool {
+        *self == Learned::default()
+    }
+}
+
 /// A key's budget state (the key hash fields `tat_r tat_rd tat_t tat_td`, and the lease set
 /// `kg:{P}:inflight:<id>`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyBudget {
+    /// The configured limits.
     pub limits: KeyLimits,
+    pub learned: Learned,
     pub tat_r: u64,
     pub tat_rd: u64,
     pub tat_t: u64,
@@ -48,7 +66,11 @@ pub struct KeyBudget {
 /// A key's budget as snapshots show it (the admin listing, `keygate keys list`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BudgetRecord {
+    /// The limits in force: the configured ones, and learned ones where the config sets none.
     pub limits: KeyLimits,
+    /// Which of `limits` the provider announced (the rest are configured).
+    #[serde(default, skip_serializing_if = "Learned::is_empty")]
+    pub learned: Learned,
     /// When the key's next request may start on its request schedules (ms; past: now).
     pub next_request_ms: u64,
     /// When its token schedules allow the next reservation (ms; past: now).
@@ -133,12 +155,32 @@ impl PoolHeadroom {
 }
 
 impl KeyBudget {
+    /// The limits in force: each configured one, else the learned one.
+    pub fn effective(&self) -> KeyLimits {
+        let pick = |configured: u64, learned: u64| {
+            if configured > 0 {
+                configured
+            } else {
+                learned
+            }
+        };
+        KeyLimits {
+            rpm: pick(self.limits.rpm, self.learned.rpm),
+            tpm: pick(self.limits.tpm, self.learned.tpm),
+            ..self.limits
+        }
+    }
+
     /// What a snapshot at `now` shows; `None` for a key without limits.
     pub fn record(&self, now: u64) -> Option<BudgetRecord> {
-        let l = self.limits;
+        let l = self.effective();
         if l.is_empty() {
             return None;
         }
+        let learned = Learned {
+            rpm: if self.limits.rpm == 0 { l.rpm } else { 0 },
+            tpm: if self.limits.tpm == 0 { l.tpm } else { 0 },
+        };
         let pick = |pairs: [(u64, u64); 2]| {
             (pairs.iter().filter(|(lim, _)| *lim > 0))
                 .map(|(_, tat)| *tat)
@@ -147,6 +189,7 @@ impl KeyBudget {
         };
         Some(BudgetRecord {
             limits: l,
+            learned,
             next_request_ms: pick([(l.rpm, self.tat_r), (l.rpd, self.tat_rd)]),
             next_tokens_ms: pick([(l.tpm, self.tat_t), (l.tpd, self.tat_td)]),
             in_flight: if l.conc > 0 {
@@ -197,7 +240,7 @@ impl KeyBudget {
     /// The key's headroom as of `now` (leases expired first).
     pub fn headroom(&mut self, now: u64) -> Headroom {
         self.expire(now);
-        let l = &self.limits;
+        let l = &self.effective();
         let mut at = 0;
         for (limit, tat) in [
             (l.rpm, self.tat_r),
@@ -221,7 +264,7 @@ impl KeyBudget {
     /// Spends one request of `tokens` starting at `start` (>= every schedule's tat) and, when
     /// the key limits concurrency, takes lease `lease` until `lease_until`.
     pub fn spend(&mut self, start: u64, tokens: u64, max_request: u64, lease: Option<(u64, u64)>) {
-        let l = self.limits;
+        let l = self.effective();
         if l.rpm > 0 {
             self.tat_r = start.max(self.tat_r) + div_ceil(MINUTE_MS, l.rpm);
         }
@@ -242,7 +285,7 @@ impl KeyBudget {
     /// Replaces a reservation by the real usage: `delta = real - reserved` tokens moves the
     /// token schedules later (ceil) or earlier (floor), never before `now`.
     pub fn settle(&mut self, delta: i64, max_request: u64, now: u64) {
-        let l = self.limits;
+        let l = self.effective();
         for (limit, window, tat) in [
             (l.tpm, MINUTE_MS, &mut self.tat_t),
             (l.tpd, DAY_MS, &mut self.tat_td),
@@ -261,8 +304,108 @@ impl KeyBudget {
     }
 }
 
+/// What one upstream answer said about its key's budget (`x-ratelimit-*`), for the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProviderHints {
+    pub remaining_requests: Option<u64>,
+    pub reset_requests_ms: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    pub reset_tokens_ms: Option<u64>,
+    pub limit_requests: Option<u64>,
+    pub limit_tokens: Option<u64>,
+}
+
+impl ProviderHints {
+    pub fn is_empty(&self) -> bool {
+        *self == ProviderHints::default()
+    }
+}
+
+impl KeyBudget {
+    /// Takes in what the provider said at `seen` (README "Budgets", "Learned from the
+    /// provider"): with `learn`, its per-minute limits where the config sets none (a token
+    /// limit only above `max_request`); then each per-minute schedule moves no earlier than the
+    /// provider's remaining headroom allows, leaving one request (one largest reservation of
+    /// tokens) of slack, and never past the provider's reset. Never moves a schedule earlier.
+    pub fn learn(&mut self, h: &ProviderHints, seen: u64, learn: bool, max_request: u64) {
+        if learn && self.limits.rpm == 0 {
+            if let Some(l) = h.limit_requests.filter(|l| *l > 0) {
+                self.learned.rpm = l;
+            }
+        }
+        if learn && self.limits.tpm == 0 {
+            if let Some(l) = h.limit_tokens.filter(|l| *l > max_request) {
+                self.learned.tpm = l;
+            }
+        }
+        let l = self.effective();
+        let target =
+            |behind: u64, reset: Option<u64>| seen + reset.map_or(behind, |r| r.min(behind));
+        if let (true, Some(r)) = (l.rpm > 0, h.remaining_requests) {
+            let step = div_ceil(MINUTE_MS, l.rpm);
+            let free = r.saturating_add(1).saturating_mul(step);
+            let at = target(MINUTE_MS.saturating_sub(free), h.reset_requests_ms);
+            self.tat_r = self.tat_r.max(at);
+        }
+        if let (true, Some(r)) = (l.tpm > 0, h.remaining_tokens) {
+            let free = r.saturating_add(max_request) as u128 * MINUTE_MS as u128 / l.tpm as u128;
+            let free = u64::try_from(free).unwrap_or(u64::MAX);
+            let at = target(MINUTE_MS.saturating_sub(free), h.reset_tokens_ms);
+            self.tat_t = self.tat_t.max(at);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_provider_with_less_headroom_moves_the_schedule_later_and_never_earlier() {
+        let mut b = rpm(60);
+        let h = ProviderHints {
+            remaining_requests: Some(9),
+            reset_requests_ms: Some(20_000),
+            ..ProviderHints::default()
+        };
+        b.learn(&h, 1_000, false, 0);
+        // 9 left (+1 slack) of 60: 50 intervals behind, capped by the 20 s reset.
+        assert_eq!(b.tat_r, 21_000);
+        let plenty = ProviderHints {
+            remaining_requests: Some(59),
+            ..ProviderHints::default()
+        };
+        b.learn(&plenty, 2_000, false, 0);
+        assert_eq!(
+            b.tat_r, 21_000,
+            "more headroom than keygate's changes nothing"
+        );
+    }
+
+    #[test]
+    fn announced_limits_fill_in_only_what_the_config_leaves_unset_and_only_when_learning() {
+        let h = ProviderHints {
+            limit_requests: Some(30),
+            limit_tokens: Some(5_000),
+            ..ProviderHints::default()
+        };
+        let mut b = rpm(60);
+        b.learn(&h, 0, false, 1_000);
+        assert!(b.learned.is_empty());
+        b.learn(&h, 0, true, 1_000);
+        assert_eq!(
+            b.learned,
+            Learned { rpm: 0, tpm: 5_000 },
+            "rpm is configured"
+        );
+        assert_eq!((b.effective().rpm, b.effective().tpm), (60, 5_000));
+        let mut small = KeyBudget::default();
+        small.learn(&h, 0, true, 8_192);
+        assert_eq!(
+            small.learned,
+            Learned { rpm: 30, tpm: 0 },
+            "a tpm below one request is no budget"
+        );
+    }
+
     use super::*;
 
     fn rpm(n: u64) -> KeyBudget {

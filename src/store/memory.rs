@@ -77,6 +77,8 @@ pub(crate) struct PoolState {
 #[derive(Debug, Default)]
 pub(crate) struct BudgetMeta {
     pub on: bool,
+    /// The pool learns limits (meta field `learn`).
+    pub learn: bool,
     pub max_wait_ms: u64,
     pub lease_ms: u64,
     pub max_request_tokens: u64,

@@ -156,10 +156,23 @@ pub struct KeySuccesses {
     pub age_ms: u64,
 }
 
-/// Many keys' successes of one pool, applied in one atomic step.
+/// The newest `x-ratelimit-*` hints one key's answers carried, for [`SuccessBatch::hints`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyHints {
+    pub key: KeyId,
+    /// How long before the call the answer arrived (the replica's monotonic clock).
+    pub age_ms: u64,
+    pub hints: budget::ProviderHints,
+}
+
+/// Many keys' successes of one pool, applied in one atomic step, with what rides along on a
+/// pool with budgets: the provider's hints (README "Budgets", "Learned from the provider") and
+/// the requests that ended (their leases freed, their reservations settled).
 #[derive(Clone, Debug)]
 pub struct SuccessBatch<'a> {
     pub keys: &'a [KeySuccesses],
+    pub hints: &'a [KeyHints],
+    pub ended: &'a [LeaseEnd],
     pub now_ms: Option<u64>,
 }
 

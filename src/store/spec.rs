@@ -49,8 +49,10 @@ pub struct BudgetSpec {
     pub max_wait_ms: u64,
     pub lease_ms: u64,
     pub max_request_tokens: u64,
-    /// Some key has a token budget: requests estimate their reservation.
+    /// Some key has a token budget (or may learn one): requests estimate their reservation.
     pub token_budgets: bool,
+    /// The pool fills in unset per-minute limits from the provider's announcements.
+    pub learn: bool,
 }
 
 impl Default for BudgetSpec {
@@ -60,6 +62,7 @@ impl Default for BudgetSpec {
             lease_ms: 10_000,
             max_request_tokens: 8192,
             token_budgets: false,
+            learn: false,
         }
     }
 }
@@ -120,8 +123,9 @@ impl PoolSpec {
                 max_wait_ms: pool.limits.max_wait_ms,
                 lease_ms: pool.limits.lease_s.saturating_mul(1000),
                 max_request_tokens: pool.limits.max_request_tokens,
-                token_budgets: (pool.keys.iter())
-                    .any(|k| k.limits.over(pool.limits.keys).has_tokens()),
+                token_budgets: pool.limits.learn_limits
+                    || (pool.keys.iter()).any(|k| k.limits.over(pool.limits.keys).has_tokens()),
+                learn: pool.limits.learn_limits,
             },
         }
     }
@@ -144,6 +148,7 @@ impl PoolSpec {
             self.budget.max_wait_ms.to_string(),
             self.budget.lease_ms.to_string(),
             self.budget.max_request_tokens.to_string(),
+            if self.budget.learn { "1" } else { "0" }.to_string(),
         ];
         for k in &self.keys {
             let l = &k.limits;
@@ -155,9 +160,10 @@ impl PoolSpec {
         args
     }
 
-    /// Whether any key of the pool has a budget (the meta flag `budgets` the scripts test).
+    /// Whether any key of the pool has a budget, or the pool learns them (the meta flag
+    /// `budgets` the scripts test).
     pub fn has_budgets(&self) -> bool {
-        self.keys.iter().any(|k| !k.limits.is_empty())
+        self.budget.learn || self.keys.iter().any(|k| !k.limits.is_empty())
     }
 
     /// A hash of everything `sync` writes: equal fingerprints mean there is nothing to do.

@@ -44,6 +44,10 @@ pub struct RateLimitHints {
     pub remaining_tokens: Option<u64>,
     /// `x-ratelimit-reset-tokens`: how long until the token budget refills.
     pub reset_tokens: Option<Duration>,
+    /// `x-ratelimit-limit-requests`: the key's requests per minute, as the provider counts.
+    pub limit_requests: Option<u64>,
+    /// `x-ratelimit-limit-tokens`: the key's tokens per minute.
+    pub limit_tokens: Option<u64>,
 }
 
 impl RateLimitHints {
@@ -81,6 +85,8 @@ pub fn read_hints(headers: &HeaderMap, now: SystemTime) -> RateLimitHints {
         reset_requests: text("x-ratelimit-reset-requests").and_then(parse_reset_duration),
         remaining_tokens: text("x-ratelimit-remaining-tokens").and_then(parse_count),
         reset_tokens: text("x-ratelimit-reset-tokens").and_then(parse_reset_duration),
+        limit_requests: text("x-ratelimit-limit-requests").and_then(parse_count),
+        limit_tokens: text("x-ratelimit-limit-tokens").and_then(parse_count),
     }
 }
 
@@ -334,6 +340,8 @@ mod tests {
             ("X-RateLimit-Reset-Requests", "1s"),
             ("x-ratelimit-remaining-tokens", "149984"),
             ("x-ratelimit-reset-tokens", "6m0s"),
+            ("x-ratelimit-limit-requests", "500"),
+            ("x-ratelimit-limit-tokens", "150000"),
         ]);
         let hints = read_hints(&map, SystemTime::UNIX_EPOCH);
         let expected = RateLimitHints {
@@ -342,6 +350,8 @@ mod tests {
             reset_requests: secs(1),
             remaining_tokens: Some(149_984),
             reset_tokens: secs(360),
+            limit_requests: Some(500),
+            limit_tokens: Some(150_000),
         };
         assert_eq!(hints, expected);
     }
