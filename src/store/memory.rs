@@ -142,12 +142,19 @@ impl MemoryStore {
 
     /// Replaces a pool's whole state (degraded mode seeds itself from a Redis snapshot).
     pub fn seed(&self, spec: &PoolSpec, snapshot: &PoolSnapshot) {
+        self.seed_share(spec, snapshot, 1);
+    }
+
+    /// [`MemoryStore::seed`] with every key's budget divided among `replicas` (the failover
+    /// stand-in's share while Redis is away; README "Budgets").
+    pub fn seed_share(&self, spec: &PoolSpec, snapshot: &PoolSnapshot, replicas: u64) {
         let mut state = PoolState::default();
         state.sync(spec);
         state.canary_percent = snapshot.canary_percent;
         for rec in &snapshot.keys {
             state.restore(rec);
         }
+        state.share_budgets(replicas);
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.insert(spec.name.clone(), state);
     }
