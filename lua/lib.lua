@@ -211,8 +211,13 @@ local function budget_headroom(id, b, now)
   return at, nil
 end
 
+-- Whether the last budget_spend left the key's in-flight slots at least half taken (1, else 0):
+-- the end of such a request is written at once rather than with the next success batch.
+local spent_crowded = 0
+
 -- Spends one request of `tokens` starting at `start`; answers its lease id (0: none).
 local function budget_spend(id, b, start, tokens, mrt, lease_ms)
+  spent_crowded = 0
   local f = {}
   local function move(field, tat, step)
     local v = math.max(start, tat) + step
@@ -228,6 +233,7 @@ local function budget_spend(id, b, start, tokens, mrt, lease_ms)
   if b.conc <= 0 then return 0 end
   local lease = redis.call('HINCRBY', META, 'lease_seq', 1)
   redis.call('ZADD', inflight_key(id), start + lease_ms, lease)
+  if 2 * redis.call('ZCARD', inflight_key(id)) >= b.conc then spent_crowded = 1 end
   return lease
 end
 
@@ -274,9 +280,10 @@ end
 -- Takes in what the provider said about a key at `seen` (src/store/budget.rs KeyBudget::learn
 -- does the same steps). h: {remaining_requests, reset_requests_ms, remaining_tokens,
 -- reset_tokens_ms, limit_requests, limit_tokens}, -1 where the answer did not say. With learn,
--- an announced limit fills in one the config leaves unset (a token limit only above mrt); then
--- each per-minute schedule moves no earlier than the provider's remaining headroom allows,
--- leaving one request (one largest reservation of tokens) of slack, and never past its reset.
+-- an announced limit fills in one the config leaves unset (a token limit only above mrt); then,
+-- read as "only remaining more until the reset", each per-minute schedule moves late enough
+-- that its starts before the reset fit in remaining plus one request (one largest reservation
+-- of tokens) of slack. Never earlier.
 local function budget_learn(id, b, h, seen, learn, mrt)
   local f = {}
   if learn and b.cfg_rpm == 0 and h[5] > 0 and h[5] ~= b.rpm then
@@ -287,20 +294,23 @@ local function budget_learn(id, b, h, seen, learn, mrt)
     b.tpm = h[6]
     f[#f + 1], f[#f + 2] = 'l_tpm', b.tpm
   end
-  local function target(behind, reset)
-    if behind < 0 then behind = 0 end
-    if reset >= 0 and reset < behind then behind = reset end
-    return seen + behind
+  -- How long `remaining` must last: the reset, else the time the limit takes to refill what
+  -- is spent, else a minute; the schedule moves to `window - free` from seen (not earlier).
+  local function target(remaining, reset, limit, free)
+    local window = MINUTE
+    if reset >= 0 then window = reset
+    elseif limit > 0 then window = math.floor(math.max(limit - remaining, 0) * MINUTE / limit) end
+    return seen + math.max(window - free, 0)
   end
   if b.rpm > 0 and h[1] >= 0 then
-    local at = target(MINUTE - (h[1] + 1) * ceil_div(MINUTE, b.rpm), h[2])
+    local at = target(h[1], h[2], h[5], (h[1] + 1) * ceil_div(MINUTE, b.rpm))
     if at > b.tat_r then
       b.tat_r = at
       f[#f + 1], f[#f + 2] = 'tat_r', at
     end
   end
   if b.tpm > 0 and h[3] >= 0 then
-    local at = target(MINUTE - math.floor((h[3] + mrt) * MINUTE / b.tpm), h[4])
+    local at = target(h[3], h[4], h[6], math.floor((h[3] + mrt) * MINUTE / b.tpm))
     if at > b.tat_t then
       b.tat_t = at
       f[#f + 1], f[#f + 2] = 'tat_t', at

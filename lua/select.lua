@@ -13,9 +13,10 @@
 --
 -- Reply: {"nopool"} (the pool is not in Redis (lost): the caller syncs it from config and
 -- retries), or one reply per request, in order, each one of:
---   {"key", id, group, fallback 0|1, probe 0|1, wait_ms, lease}  (wait_ms: send not before
---    this many ms from now, a reserved future slot; lease: the in-flight lease to release, 0:
---    none; both 0 in a pool without budgets)
+--   {"key", id, group, fallback 0|1, probe 0|1, wait_ms, lease, crowded 0|1}  (wait_ms: send
+--    not before this many ms from now, a reserved future slot; lease: the in-flight lease to
+--    release, 0: none; crowded 1: the lease left at least half the key's slots taken; all 0 in
+--    a pool without budgets)
 --   {"none", earliest_recovery_ms or -1, now_ms, n_active, n_cooling, n_open, n_half_open,
 --    n_disabled, n_draining, budget 0|1}  (budget 1: the first key to recover is benched by
 --    its own budget, reason 'budget' or 'busy': the pool is exhausted, not rate limited)
@@ -257,6 +258,7 @@ local function select_one(rand, route, bucket, tokens)
   seed(rand)
   local primary = 'stable'
   if route == 'canary' or (route == 'bucket' and bucket < percent) then primary = canary_group end
+  spent_crowded = 0
   local id, probe, lease = try_budgeted(primary, rand, tokens)
   local group, fb = primary, 0
   local may_fall_back = primary ~= 'stable' and fallback_ok
@@ -264,12 +266,12 @@ local function select_one(rand, route, bucket, tokens)
     id, probe, lease = try_budgeted('stable', rand, tokens)
     group, fb = 'stable', 1
   end
-  if id then return {'key', id, group, fb, probe, 0, lease} end
+  if id then return {'key', id, group, fb, probe, 0, lease, spent_crowded} end
   local groups = {[primary] = true}
   if may_fall_back then groups.stable = true end
   local k, wait_ms, wlease = try_wait(groups, tokens)
   if k then
-    return {'key', k.id, k.group, k.group ~= primary and 1 or 0, 0, wait_ms, wlease}
+    return {'key', k.id, k.group, k.group ~= primary and 1 or 0, 0, wait_ms, wlease, spent_crowded}
   end
 
   local earliest, budget_first = -1, 0

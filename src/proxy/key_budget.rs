@@ -46,6 +46,7 @@ pub(crate) struct BudgetTicket {
     pool: String,
     key: KeyId,
     lease: u64,
+    crowded: bool,
     reserved: u64,
     used: Option<u64>,
 }
@@ -64,6 +65,7 @@ impl BudgetTicket {
             pool: pool.to_string(),
             key: chosen.key.clone(),
             lease: chosen.lease,
+            crowded: chosen.crowded,
             reserved,
             used: None,
         })
@@ -87,9 +89,10 @@ impl Drop for BudgetTicket {
             lease: self.lease,
             tokens_delta: delta,
         };
-        // Rides the pool's next success batch (no call of its own); settled at once only when
-        // this replica batches nothing.
-        if self.state.successes.record_end(&self.pool, end.clone()) {
+        // Rides the pool's next success batch (no call of its own; written at once when the
+        // key's slots were crowded); settled by its own call only when this replica batches
+        // nothing.
+        if (self.state.successes).record_end(&self.pool, end.clone(), self.crowded) {
             return;
         }
         let (store, pool) = (self.state.store.clone(), self.pool.clone());

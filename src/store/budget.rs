@@ -324,9 +324,10 @@ impl ProviderHints {
 impl KeyBudget {
     /// Takes in what the provider said at `seen` (README "Budgets", "Learned from the
     /// provider"): with `learn`, its per-minute limits where the config sets none (a token
-    /// limit only above `max_request`); then each per-minute schedule moves no earlier than the
-    /// provider's remaining headroom allows, leaving one request (one largest reservation of
-    /// tokens) of slack, and never past the provider's reset. Never moves a schedule earlier.
+    /// limit only above `max_request`); then, read as "only `remaining` more until the reset",
+    /// each per-minute schedule moves late enough that its starts before the reset fit in
+    /// `remaining` plus one request (one largest reservation of tokens) of slack. Never moves a
+    /// schedule earlier.
     pub fn learn(&mut self, h: &ProviderHints, seen: u64, learn: bool, max_request: u64) {
         if learn && self.limits.rpm == 0 {
             if let Some(l) = h.limit_requests.filter(|l| *l > 0) {
@@ -339,20 +340,32 @@ impl KeyBudget {
             }
         }
         let l = self.effective();
-        let target =
-            |behind: u64, reset: Option<u64>| seen + reset.map_or(behind, |r| r.min(behind));
         if let (true, Some(r)) = (l.rpm > 0, h.remaining_requests) {
-            let step = div_ceil(MINUTE_MS, l.rpm);
-            let free = r.saturating_add(1).saturating_mul(step);
-            let at = target(MINUTE_MS.saturating_sub(free), h.reset_requests_ms);
-            self.tat_r = self.tat_r.max(at);
+            let window = provider_window(r, h.reset_requests_ms, h.limit_requests);
+            let free = r
+                .saturating_add(1)
+                .saturating_mul(div_ceil(MINUTE_MS, l.rpm));
+            self.tat_r = self.tat_r.max(seen + window.saturating_sub(free));
         }
         if let (true, Some(r)) = (l.tpm > 0, h.remaining_tokens) {
+            let window = provider_window(r, h.reset_tokens_ms, h.limit_tokens);
             let free = r.saturating_add(max_request) as u128 * MINUTE_MS as u128 / l.tpm as u128;
             let free = u64::try_from(free).unwrap_or(u64::MAX);
-            let at = target(MINUTE_MS.saturating_sub(free), h.reset_tokens_ms);
-            self.tat_t = self.tat_t.max(at);
+            self.tat_t = self.tat_t.max(seen + window.saturating_sub(free));
         }
+    }
+}
+
+/// How long the provider's `remaining` must last: its announced reset, else the time its
+/// announced `limit` takes to refill what is spent, else a whole minute.
+fn provider_window(remaining: u64, reset_ms: Option<u64>, limit: Option<u64>) -> u64 {
+    match (reset_ms, limit) {
+        (Some(d), _) => d,
+        (None, Some(l)) if l > 0 => {
+            let spent = l.saturating_sub(remaining) as u128;
+            u64::try_from(spent * MINUTE_MS as u128 / l as u128).unwrap_or(u64::MAX)
+        }
+        _ => MINUTE_MS,
     }
 }
 
@@ -367,17 +380,27 @@ mod tests {
             ..ProviderHints::default()
         };
         b.learn(&h, 1_000, false, 0);
-        // 9 left (+1 slack) of 60: 50 intervals behind, capped by the 20 s reset.
-        assert_eq!(b.tat_r, 21_000);
+        // 9 left (+1 slack) until the reset in 20 s: the last 10 intervals of it.
+        assert_eq!(b.tat_r, 1_000 + 20_000 - 10 * 1_010);
         let plenty = ProviderHints {
             remaining_requests: Some(59),
             ..ProviderHints::default()
         };
         b.learn(&plenty, 2_000, false, 0);
         assert_eq!(
-            b.tat_r, 21_000,
+            b.tat_r, 10_900,
             "more headroom than keygate's changes nothing"
         );
+        // Without a reset, a provider limit tells how soon the spent part refills: 1 of 10,000
+        // spent refills in 6 ms, far less than one of keygate's intervals.
+        let full = ProviderHints {
+            remaining_requests: Some(9_999),
+            limit_requests: Some(10_000),
+            ..ProviderHints::default()
+        };
+        let mut fast = rpm(1_000_000);
+        fast.learn(&full, 5_000, false, 0);
+        assert_eq!(fast.tat_r, 5_000);
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub(crate) struct BudgetMeta {
     pub lease_ms: u64,
     pub max_request_tokens: u64,
     pub lease_seq: u64,
+    /// `spent_crowded` of lib.lua: the last spend left the key's slots at least half taken.
+    pub spent_crowded: bool,
 }
 
 /// The embedded store.
@@ -263,6 +265,7 @@ impl PoolState {
         } else {
             "stable".to_string()
         };
+        self.budgets.spent_crowded = false;
         let mut found = self
             .try_budgeted(&primary, req, now)
             .map(|(id, p, lease)| (id, primary.clone(), p, 0, lease));
@@ -289,6 +292,7 @@ impl PoolState {
                     probe,
                     wait_ms,
                     lease,
+                    crowded: self.budgets.spent_crowded,
                 });
             }
         }

@@ -73,6 +73,7 @@ impl PoolState {
 
     /// `budget_spend` of lib.lua on row `k`; answers the lease id (0: none).
     fn budget_spend(&mut self, k: &mut KeyRow, start: u64, tokens: u64) -> u64 {
+        self.budgets.spent_crowded = false;
         let lease = if k.budget.limits.conc > 0 {
             self.budgets.lease_seq += 1;
             Some((self.budgets.lease_seq, start + self.budgets.lease_ms))
@@ -81,6 +82,10 @@ impl PoolState {
         };
         let mrt = self.budgets.max_request_tokens;
         k.budget.spend(start, tokens, mrt, lease);
+        if lease.is_some() {
+            let taken = k.budget.inflight.len() as u64;
+            self.budgets.spent_crowded = 2 * taken >= k.budget.limits.conc;
+        }
         lease.map_or(0, |(id, _)| id)
     }
 

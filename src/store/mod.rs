@@ -103,6 +103,9 @@ pub struct Chosen {
     pub wait_ms: u64,
     /// The in-flight lease to end with [`KeyStore::settle`] (0: the key limits no concurrency).
     pub lease: u64,
+    /// Taking the lease left at least half the key's in-flight slots taken: its end is written
+    /// at once, not with the next success batch (another request may be waiting for the slot).
+    pub crowded: bool,
 }
 
 /// No key is selectable now.

@@ -68,7 +68,7 @@ struct Open {
     hints: HashMap<KeyId, (ProviderHints, Instant)>,
     /// Requests on budgeted keys that ended (their leases and reservations to settle).
     ended: Vec<LeaseEnd>,
-    /// Some ended request frees an in-flight slot: the buffer is written at once (another
+    /// Some ended request frees a slot of a crowded key: the buffer is written at once (another
     /// request may be waiting for that slot), sharing its call with whatever else is buffered.
     frees_slot: bool,
 }
@@ -165,15 +165,16 @@ impl SuccessBatcher {
     }
 
     /// Buffers the end of a request on a budgeted key (README "Budgets": settlement rides the
-    /// batch; an end that frees an in-flight slot has the batch written at once); `false` when
-    /// this batcher takes none: settle it at once instead.
-    pub fn record_end(&self, pool: &str, end: LeaseEnd) -> bool {
+    /// batch; the end of a `crowded` lease, one that left at least half its key's slots taken,
+    /// has the batch written at once); `false` when this batcher takes none: settle it at once
+    /// instead.
+    pub fn record_end(&self, pool: &str, end: LeaseEnd, crowded: bool) -> bool {
         let Some(inner) = self.inner.as_ref() else {
             return false;
         };
         inner
             .add(pool, |open| {
-                open.frees_slot |= end.lease != 0;
+                open.frees_slot |= crowded && end.lease != 0;
                 open.ended.push(end);
             })
             .is_some()

@@ -106,6 +106,7 @@ pub(super) fn parse_selection(w: &[String]) -> Result<Selection, StoreError> {
             probe: w.get(4).map(String::as_str) == Some("1"),
             wait_ms: w.get(5).and_then(|s| s.parse().ok()).unwrap_or(0),
             lease: w.get(6).and_then(|s| s.parse().ok()).unwrap_or(0),
+            crowded: w.get(7).map(String::as_str) == Some("1"),
         })),
         Some("none") => {
             let earliest: i64 = num(w, 1)?;
