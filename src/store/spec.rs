@@ -176,3 +176,33 @@ impl PoolSpec {
         hex::encode(&h.finalize()[..16])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PoolSpec;
+    use crate::config::Config;
+
+    fn spec(limits: &str) -> PoolSpec {
+        let text = format!(
+            "[[clients]]\nname = \"c\"\ntoken_sha256 = \"{}\"\npools = [\"p\"]\n\n\
+             [[pools]]\nname = \"p\"\nbase_url = \"http://127.0.0.1:9/v1\"\n{limits}\n\n\
+             [[pools.keys]]\nid = \"k1\"\nsecret = \"sk-inline-test-0001\"\n",
+            "a".repeat(64)
+        );
+        let config = Config::from_toml_str(&text, &|_: &str| None, std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"));
+        PoolSpec::from_config(&config.pools[0])
+    }
+
+    #[test]
+    fn learn_limits_turns_budgets_on_in_a_pool_without_configured_limits() {
+        let learning = spec("[pools.limits]\nlearn_limits = true");
+        let b = &learning.budget;
+        assert!(b.learn && b.token_budgets && learning.has_budgets());
+        assert!(
+            !spec("").has_budgets(),
+            "a pool without limits has no budgets"
+        );
+        assert_eq!(learning.sync_args()[14], "1", "sync.lua's learn flag");
+    }
+}
