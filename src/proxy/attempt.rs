@@ -10,18 +10,17 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 
 use super::body::{Ending, ObservedBody, UpstreamResponse};
-use super::key_budget::BudgetTicket;
+use super::key_budget::{pool_rate_limit_headers, provider_hints, BudgetTicket};
 use super::outcome::{keygate_headers, Failure, Step};
 use super::report::{report_in_background, report_success, Reported};
 use super::{forward, Call};
 use crate::error::ApiError;
 use crate::pool::{KeyId, KeyState, Outcome};
 use crate::state::AppState;
-use crate::store::budget::{PoolHeadroom, ProviderHints};
 use crate::store::KeyStoreExt;
 use crate::store::{random_draw, Chosen, Report, SelectRequest, Selection, Unavailable};
 use crate::upstream::classify::{classify, client_cause, is_model_not_found, Verdict};
-use crate::upstream::headers::{format_reset_duration, read_hints, RateLimitHints};
+use crate::upstream::headers::read_hints;
 use crate::upstream::scrub::StreamScrub;
 use crate::usage::Usage;
 
@@ -33,53 +32,6 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 fn retry_after_s(u: &Unavailable) -> Option<u64> {
     u.retry_at_ms
         .map(|at| at.saturating_sub(u.now_ms).div_ceil(1000).max(1))
-}
-
-/// The `x-ratelimit-*` headers of 429 `pool_exhausted`, describing the whole pool (README
-/// "Budgets"): a dimension is left out unless every usable key has its per-minute limit.
-fn pool_rate_limit_headers(pool: &PoolHeadroom) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    let dims = [
-        (
-            pool.requests,
-            [
-                "x-ratelimit-limit-requests",
-                "x-ratelimit-remaining-requests",
-                "x-ratelimit-reset-requests",
-            ],
-        ),
-        (
-            pool.tokens,
-            [
-                "x-ratelimit-limit-tokens",
-                "x-ratelimit-remaining-tokens",
-                "x-ratelimit-reset-tokens",
-            ],
-        ),
-    ];
-    for (minute, [limit, remaining, reset]) in dims {
-        if let Some(m) = minute {
-            out.push((limit, m.limit.to_string()));
-            out.push((remaining, m.remaining.to_string()));
-            out.push((reset, format_reset_duration(m.reset_ms)));
-        }
-    }
-    out
-}
-
-/// What an answer's `x-ratelimit-*` headers say, as the store takes it (values beyond 2^52,
-/// which no provider sends, are capped so both stores compute alike).
-fn provider_hints(h: &RateLimitHints) -> ProviderHints {
-    let cap = |v: Option<u64>| v.map(|v| v.min(1 << 52));
-    let ms = |d: Option<Duration>| cap(d.map(|d| d.as_millis().min(u64::MAX as u128) as u64));
-    ProviderHints {
-        remaining_requests: cap(h.remaining_requests),
-        reset_requests_ms: ms(h.reset_requests),
-        remaining_tokens: cap(h.remaining_tokens),
-        reset_tokens_ms: ms(h.reset_tokens),
-        limit_requests: cap(h.limit_requests),
-        limit_tokens: cap(h.limit_tokens),
-    }
 }
 
 pub(crate) struct Attempt<'a> {
