@@ -28,7 +28,7 @@
 # Results: bench/results/<UTC time>/ (results.tsv, summary.md, storm.tsv, logs/, oha/).
 #
 # Environment (all optional):
-#   BENCH_SECS=5            seconds per point     BENCH_PHASES=matrix,floor,sweep,sizepair,sustained,storm,logging,pinned,streams
+#   BENCH_SECS=5            seconds per point     BENCH_PHASES=matrix,floor,sweep,sizepair,sustained,budgets,storm,logging,pinned,streams
 #   BENCH_STREAM_COUNTS="1000 4000 8000"  BENCH_STREAM_SECS=20  BENCH_STREAM_EVENT_MS=100  BENCH_STREAMS_AFTER=60
 #   BENCH_SUSTAIN_SECS=75   seconds of the sustained point
 #   BENCH_SIZES=4,64,1024,10000                         BENCH_MODES=fast,delay
@@ -43,7 +43,7 @@ set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 SECS=${BENCH_SECS:-5}
-PHASES=${BENCH_PHASES:-matrix,floor,sweep,sizepair,sustained,storm,logging,pinned,streams}
+PHASES=${BENCH_PHASES:-matrix,floor,sweep,sizepair,sustained,budgets,storm,logging,pinned,streams}
 MODES=${BENCH_MODES:-fast,delay}
 SIZES=${BENCH_SIZES:-4,64,1024,10000}
 KG_LOG=${BENCH_LOG:-warn,keygate::store=info}
@@ -381,6 +381,41 @@ if has_phase sustained; then
     big=$(tr ',' '\n' <<<"$SIZES" | sort -n | tail -1)
     log "sustained: $big keys, Redis store, c=64 for ${BENCH_SUSTAIN_SECS:-75} s"
     SWEEP_PHASE=sustained SWEEP_POINTS=c64 SECS=${BENCH_SUSTAIN_SECS:-75} sweep_size "$big"
+fi
+
+# budgets: the same 16-key pool without and with budgets that never bind (README "Budgets"):
+# rpm 1,000,000 (one request per key per millisecond, the schedule's finest step), tpm
+# 100,000,000 and max_concurrent 1,000 per key. Three interleaved rounds, a fresh replica (Redis
+# store, its own prefix) each, c=64 and c=1: what spending a budget inside select costs.
+budget_replica() {
+    local label=$1 limits=$2
+    alloc_port
+    local port=$PORT cfg="$OUT/keygate-$label.toml"
+    gen_config "$cfg" "127.0.0.1:$port" "redis://127.0.0.1:$REDIS_PORT/0" "kg$label$round" '"b16"'
+    {
+        gen_pool b16 "http://127.0.0.1:$MOCK_FAST_PORT/v1" 16
+        # A [pools.limits] table after the keys belongs to the same (last) pool.
+        [[ -z $limits ]] || printf '\n[pools.limits]\n%s\n' "$limits"
+    } >>"$cfg"
+    start_keygate "keygate-$label" "$cfg" "$port"
+    local pid=$LAST_PID
+    SUT_KG=("$pid") SUT_PORTS=("$port") SUT_NGX=() POOL_HEADER=b16
+    URL="http://127.0.0.1:$port/v1/chat/completions"
+    run_point budgets fast "$label" w1 "$URL"
+    for pt in ${BUDGET_POINTS:-c64 c1}; do run_point budgets fast "$label" "$pt" "$URL"; done
+    stop_pid "$pid"
+}
+
+if has_phase budgets; then
+    use_mode fast
+    not_binding='rpm = 1000000
+tpm = 100000000
+max_concurrent = 1000'
+    for round in 1 2 3; do
+        log "budgets: round $round, 16 keys without and with budgets that never bind"
+        budget_replica budgets-off ""
+        budget_replica budgets-on "$not_binding"
+    done
 fi
 
 if has_phase storm; then

@@ -81,6 +81,12 @@ if grep -q '^sizepair	' "$TSV"; then
     echo
     table sizepair
 fi
+if grep -q '^budgets	' "$TSV"; then
+    echo
+    echo "## Budgets configured but not binding (16 keys, Redis store, interleaved rounds, a fresh replica each)"
+    echo
+    table budgets
+fi
 if grep -q '^sustained	' "$TSV"; then
     echo
     echo "## Sustained load (the largest pool, Redis store, c=64 past the 60 s snapshot refresh, a fresh replica)"
@@ -177,6 +183,8 @@ if ((big > 0)); then
     pb=$(value sizepair fast "keys-$big" c64 rps) ps=$(value sizepair fast "keys-$small" c64 rps)
     [[ $pb == nan ]] || echo "- Selection at $big vs $small keys, interleaved rounds (medians, sizepair phase): c=64 throughput $pb / $ps = **$(ratio "$pb" "$ps")**; c=1 p50 $(value sizepair fast "keys-$big" c1 p50_ms) / $(value sizepair fast "keys-$small" c1 p50_ms) ms = **$(ratio "$(value sizepair fast "keys-$big" c1 p50_ms)" "$(value sizepair fast "keys-$small" c1 p50_ms)")**; Redis CPU µs/req at c=64 $(value sizepair fast "keys-$big" c64 redis_cpu_us) / $(value sizepair fast "keys-$small" c64 redis_cpu_us) (target: within 25%)"
 fi
+bon=$(value budgets fast budgets-on c64 rps) boff=$(value budgets fast budgets-off c64 rps)
+[[ $bon == nan ]] || echo "- Budgets configured but not binding against none, interleaved rounds (medians, budgets phase): c=64 throughput $bon / $boff = **$(ratio "$bon" "$boff")** (target ≥ 0.90); Redis round trips/ok req at c=64 $(value budgets fast budgets-on c64 redis_rt) / $(value budgets fast budgets-off c64 redis_rt) (target: unchanged); c=1 p50 $(value budgets fast budgets-on c1 p50_ms) / $(value budgets fast budgets-off c1 p50_ms) ms"
 read -r _ big <<<"$(pool_sizes sustained)"
 if ((big > 0)); then
     echo "- Peak RSS of one replica under sustained load at $big keys (c=64 for $(value sustained fast "keys-$big" c64 secs) s, the 60 s snapshot refresh inside): **$(value sustained fast "keys-$big" c64 kg_peak_mb) MB** (target < 50 MB)"

@@ -155,15 +155,18 @@ local function set_weight(k, w)
 end
 
 -- Budgets (README "Budgets"; src/store/budget.rs does the same integer steps). Key hash fields:
---   b_rpm b_tpm b_conc b_rpd b_tpd   the key's limits (0: none)
+--   b_rpm b_tpm b_conc b_rpd b_tpd   the key's configured limits (0: none)
+--   l_rpm l_tpm                      limits the provider announced (x-ratelimit-limit-*), in
+--                                    force where b_rpm / b_tpm is 0 (0: none learned)
 --   tat_r tat_rd tat_t tat_td        theoretical arrival times (ms) of its GCRA schedules
 -- kg:{P}:inflight:<id>  zset  lease id -> expiry ms, the key's requests in flight
--- meta fields: budgets (1: some key has limits), max_wait_ms, lease_ms, mrt (max request
--- tokens), lease_seq. A key without headroom is 'cooling' with reason 'budget' (rate) or
--- 'busy' (every slot taken) and sits in the due index until its headroom returns.
+-- meta fields: budgets (1: some key has limits, or the pool learns them), learn (1: the pool
+-- learns limits), max_wait_ms, lease_ms, mrt (max request tokens), lease_seq. A key without
+-- headroom is 'cooling' with reason 'budget' (rate) or 'busy' (every slot taken) and sits in
+-- the due index until its headroom returns.
 local MINUTE, DAY = 60600, 87264000
 local BFIELDS = {'b_rpm', 'b_tpm', 'b_conc', 'b_rpd', 'b_tpd', 'tat_r', 'tat_rd', 'tat_t',
-  'tat_td'}
+  'tat_td', 'l_rpm', 'l_tpm'}
 
 local function inflight_key(id) return B .. ':inflight:' .. id end
 local function ceil_div(a, b)
@@ -171,10 +174,17 @@ local function ceil_div(a, b)
   return math.floor((a + b - 1) / b)
 end
 
+-- A key's budget: rpm and tpm are the limits in force (configured, else learned); cfg_rpm and
+-- cfg_tpm the configured ones.
 local function budget_load(id)
   local v = redis.call('HMGET', kkey(id), unpack(BFIELDS))
-  return {rpm = num(v[1]), tpm = num(v[2]), conc = num(v[3]), rpd = num(v[4]), tpd = num(v[5]),
-    tat_r = num(v[6]), tat_rd = num(v[7]), tat_t = num(v[8]), tat_td = num(v[9])}
+  local cfg_rpm, cfg_tpm = num(v[1]), num(v[2])
+  local rpm, tpm = cfg_rpm, cfg_tpm
+  if rpm == 0 then rpm = num(v[10]) end
+  if tpm == 0 then tpm = num(v[11]) end
+  return {rpm = rpm, tpm = tpm, conc = num(v[3]), rpd = num(v[4]), tpd = num(v[5]),
+    tat_r = num(v[6]), tat_rd = num(v[7]), tat_t = num(v[8]), tat_td = num(v[9]),
+    cfg_rpm = cfg_rpm, cfg_tpm = cfg_tpm}
 end
 
 local function token_step(tokens, limit, mrt, window)
@@ -201,8 +211,13 @@ local function budget_headroom(id, b, now)
   return at, nil
 end
 
+-- Whether the last budget_spend left the key's in-flight slots at least half taken (1, else 0):
+-- the end of such a request is written at once rather than with the next success batch.
+local spent_crowded = 0
+
 -- Spends one request of `tokens` starting at `start`; answers its lease id (0: none).
 local function budget_spend(id, b, start, tokens, mrt, lease_ms)
+  spent_crowded = 0
   local f = {}
   local function move(field, tat, step)
     local v = math.max(start, tat) + step
@@ -218,6 +233,7 @@ local function budget_spend(id, b, start, tokens, mrt, lease_ms)
   if b.conc <= 0 then return 0 end
   local lease = redis.call('HINCRBY', META, 'lease_seq', 1)
   redis.call('ZADD', inflight_key(id), start + lease_ms, lease)
+  if 2 * redis.call('ZCARD', inflight_key(id)) >= b.conc then spent_crowded = 1 end
   return lease
 end
 
@@ -259,4 +275,57 @@ local function budget_place(k, b, now)
   end
   if benched then set_status(k, 'active', '', nil) end
   return false
+end
+
+-- Takes in what the provider said about a key at `seen` (src/store/budget.rs KeyBudget::learn
+-- does the same steps). h: {remaining_requests, reset_requests_ms, remaining_tokens,
+-- reset_tokens_ms, limit_requests, limit_tokens}, -1 where the answer did not say. With learn,
+-- an announced limit fills in one the config leaves unset (a token limit only above mrt); then,
+-- read as "only remaining more until the reset", each per-minute schedule moves late enough
+-- that its starts before the reset fit in remaining plus one request (one largest reservation
+-- of tokens) of slack. Never earlier.
+local function budget_learn(id, b, h, seen, learn, mrt)
+  local f = {}
+  if learn and b.cfg_rpm == 0 and h[5] > 0 and h[5] ~= b.rpm then
+    b.rpm = h[5]
+    f[#f + 1], f[#f + 2] = 'l_rpm', b.rpm
+  end
+  if learn and b.cfg_tpm == 0 and h[6] > mrt and h[6] ~= b.tpm then
+    b.tpm = h[6]
+    f[#f + 1], f[#f + 2] = 'l_tpm', b.tpm
+  end
+  -- How long `remaining` must last: the reset, else the time the limit takes to refill what
+  -- is spent, else a minute; the schedule moves to `window - free` from seen (not earlier).
+  local function target(remaining, reset, limit, free)
+    local window = MINUTE
+    if reset >= 0 then window = reset
+    elseif limit > 0 then window = math.floor(math.max(limit - remaining, 0) * MINUTE / limit) end
+    return seen + math.max(window - free, 0)
+  end
+  if b.rpm > 0 and h[1] >= 0 then
+    local at = target(h[1], h[2], h[5], (h[1] + 1) * ceil_div(MINUTE, b.rpm))
+    if at > b.tat_r then
+      b.tat_r = at
+      f[#f + 1], f[#f + 2] = 'tat_r', at
+    end
+  end
+  if b.tpm > 0 and h[3] >= 0 then
+    local at = target(h[3], h[4], h[6], math.floor((h[3] + mrt) * MINUTE / b.tpm))
+    if at > b.tat_t then
+      b.tat_t = at
+      f[#f + 1], f[#f + 2] = 'tat_t', at
+    end
+  end
+  if #f > 0 then redis.call('HSET', kkey(id), unpack(f)) end
+end
+
+-- Ends one request on a budgeted key: frees its lease (lease '0': none), replaces its token
+-- reservation by real usage (delta = real - reserved), and puts the key where its budget says.
+local function budget_end(id, lease, delta, mrt, now)
+  local k = load_key(id)
+  if not k then return end
+  if lease ~= '0' then redis.call('ZREM', inflight_key(id), lease) end
+  local b = budget_load(id)
+  budget_settle(id, b, delta, mrt, now)
+  budget_place(k, b, now)
 end

@@ -3,10 +3,16 @@
 --
 -- KEYS[1]  pool base "kg:{P}"
 -- ARGV[1]  now_ms override (0: the server's TIME)
--- ARGV[2+4i .. 5+4i], for each key i of the batch:
---          key id, success count n (>= 1), the last upstream HTTP status, age_ms (how long
---          before this call the key's newest success of the batch happened, measured by the
---          replica's monotonic clock)
+-- ARGV[2]  k = how many keys' successes follow
+-- then k groups of 4: key id, success count n (>= 1), the last upstream HTTP status, age_ms
+--          (how long before this call the key's newest success of the batch happened,
+--          measured by the replica's monotonic clock)
+-- then h = how many keys' provider hints follow (pools with budgets; README "Budgets"), and
+--          h groups of 8: key id, age_ms of the answer that carried them, remaining_requests,
+--          reset_requests_ms, remaining_tokens, reset_tokens_ms, limit_requests, limit_tokens
+--          (-1: not said); each is applied as lib.lua budget_learn at seen = now - age_ms
+-- then triples until the end: key id, lease id (0: none), token delta (real - reserved) of
+--          requests on budgeted keys that ended (lib.lua budget_end, as settle.lua does)
 --
 -- Reply: {"ok", applied, held, now_ms} (applied: keys found; held: keys whose error reset was
 --        withheld, see below) or {"nopool"}. Unknown key ids are skipped.
@@ -17,14 +23,17 @@
 -- The late-failure rule: every failure report stamps failed_at_ms = its now (report.lua). The
 -- batch resets errors/strikes and sets last_status only when failed_at_ms < seen_ms; a failure
 -- in the same millisecond or later wins and is left in place (the key is counted in `held`).
--- The status never changes here: a half-open key is re-activated only by its probe's own report,
--- and successes carrying a cooldown hint go through report.lua, never through a batch.
+-- The successes never change a status: a half-open key is re-activated only by its probe's own
+-- report, and successes carrying a cooldown hint go through report.lua, never through a batch.
+-- Hints and ended requests change only budget state, and a key's status only as budget_place
+-- does (benched by its budget, or back from it).
 
 if redis.call('EXISTS', META) == 0 then return {'nopool'} end
 local now = clock(ARGV[1])
 local applied, held = 0, 0
 local call, fmt = redis.call, string.format
-for i = 2, #ARGV - 3, 4 do
+local nkeys = tonumber(ARGV[2]) or 0
+for i = 3, 2 + 4 * nkeys - 3, 4 do
   local n = tonumber(ARGV[i + 1]) or 0
   local seen = now - (tonumber(ARGV[i + 3]) or 0)
   if seen < 0 then seen = 0 end
@@ -46,6 +55,30 @@ for i = 2, #ARGV - 3, 4 do
       held = held + 1
       call('HSET', KK, 'successes', succ, 'last_used_ms', used)
     end
+  end
+end
+local i = 3 + 4 * nkeys
+local nhints = tonumber(ARGV[i]) or 0
+i = i + 1
+if nhints > 0 or i <= #ARGV then
+  local meta = call('HMGET', META, 'mrt', 'learn')
+  local mrt, learn = num(meta[1]), meta[2] == '1'
+  for _ = 1, nhints do
+    local id = ARGV[i]
+    local k = load_key(id)
+    if k then
+      local seen = math.max(now - (tonumber(ARGV[i + 1]) or 0), 0)
+      local h = {}
+      for j = 1, 6 do h[j] = tonumber(ARGV[i + 1 + j]) or -1 end
+      local b = budget_load(id)
+      budget_learn(id, b, h, seen, learn, mrt)
+      budget_place(k, b, now)
+    end
+    i = i + 8
+  end
+  while i + 2 <= #ARGV do
+    budget_end(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, mrt, now)
+    i = i + 3
   end
 end
 return {'ok', applied, held, now}

@@ -13,11 +13,13 @@
 --
 -- Reply: {"nopool"} (the pool is not in Redis (lost): the caller syncs it from config and
 -- retries), or one reply per request, in order, each one of:
---   {"key", id, group, fallback 0|1, probe 0|1, wait_ms, lease}  (wait_ms: send not before
---    this many ms from now, a reserved future slot; lease: the in-flight lease to release, 0:
---    none; both 0 in a pool without budgets)
+--   {"key", id, group, fallback 0|1, probe 0|1, wait_ms, lease, crowded 0|1}  (wait_ms: send
+--    not before this many ms from now, a reserved future slot; lease: the in-flight lease to
+--    release, 0: none; crowded 1: the lease left at least half the key's slots taken; all 0 in
+--    a pool without budgets)
 --   {"none", earliest_recovery_ms or -1, now_ms, n_active, n_cooling, n_open, n_half_open,
---    n_disabled, n_draining}
+--    n_disabled, n_draining, budget 0|1}  (budget 1: the first key to recover is benched by
+--    its own budget, reason 'budget' or 'busy': the pool is exhausted, not rate limited)
 --
 -- Cost: O(1) expected Redis calls per request whatever the pool size. Once per batch: the meta
 -- HMGET, TIME, the due-key recovery (at most 8 keys per request, 64 per call), one HGETALL of
@@ -256,6 +258,7 @@ local function select_one(rand, route, bucket, tokens)
   seed(rand)
   local primary = 'stable'
   if route == 'canary' or (route == 'bucket' and bucket < percent) then primary = canary_group end
+  spent_crowded = 0
   local id, probe, lease = try_budgeted(primary, rand, tokens)
   local group, fb = primary, 0
   local may_fall_back = primary ~= 'stable' and fallback_ok
@@ -263,23 +266,32 @@ local function select_one(rand, route, bucket, tokens)
     id, probe, lease = try_budgeted('stable', rand, tokens)
     group, fb = 'stable', 1
   end
-  if id then return {'key', id, group, fb, probe, 0, lease} end
+  if id then return {'key', id, group, fb, probe, 0, lease, spent_crowded} end
   local groups = {[primary] = true}
   if may_fall_back then groups.stable = true end
   local k, wait_ms, wlease = try_wait(groups, tokens)
   if k then
-    return {'key', k.id, k.group, k.group ~= primary and 1 or 0, 0, wait_ms, wlease}
+    return {'key', k.id, k.group, k.group ~= primary and 1 or 0, 0, wait_ms, wlease, spent_crowded}
   end
 
-  local earliest = -1
+  local earliest, budget_first = -1, 0
   local first = redis.call('ZRANGE', DUE, 0, 0, 'WITHSCORES')
-  if first[2] then earliest = tonumber(first[2]) end
+  if first[2] then
+    earliest = tonumber(first[2])
+    if BUDGET then
+      local f = redis.call('HMGET', kkey(first[1]), 'status', 'reason')
+      if f[1] == 'cooling' and (f[2] == 'budget' or f[2] == 'busy') then budget_first = 1 end
+    end
+  end
   for _, g in ipairs({primary, 'stable'}) do
     local p = redis.call('ZRANGE', probe_key(g), 0, 0, 'WITHSCORES')
-    if p[2] and (earliest < 0 or tonumber(p[2]) < earliest) then earliest = tonumber(p[2]) end
+    if p[2] and (earliest < 0 or tonumber(p[2]) < earliest) then
+      earliest, budget_first = tonumber(p[2]), 0
+    end
   end
   local reply = {'none', earliest, now}
   for _, c in ipairs(state_counts()) do reply[#reply + 1] = c end
+  reply[#reply + 1] = budget_first
   return reply
 end
 

@@ -1,5 +1,7 @@
 -- settle: ends requests on budgeted keys (frees their in-flight lease, replaces their token
--- reservation by real usage) and renews the leases of a replica's live requests.
+-- reservation by real usage) and renews the leases of a replica's live requests. Ended requests
+-- normally ride the success batch (report_batch.lua); this script carries them when a replica
+-- batches nothing (store.report_flush_ms = 0), and the lease renewals.
 --
 -- KEYS[1]  pool base "kg:{P}"
 -- ARGV[1]  now_ms override (0: the server's TIME)
@@ -18,15 +20,8 @@ local now = clock(ARGV[1])
 local n = tonumber(ARGV[2]) or 0
 local i = 3
 for _ = 1, n do
-  local id, lease, delta = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]) or 0
+  budget_end(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, mrt, now)
   i = i + 3
-  local k = load_key(id)
-  if k then
-    if lease ~= '0' then redis.call('ZREM', inflight_key(id), lease) end
-    local b = budget_load(id)
-    budget_settle(id, b, delta, mrt, now)
-    budget_place(k, b, now)
-  end
 end
 while i + 1 <= #ARGV do
   redis.call('ZADD', inflight_key(ARGV[i]), 'XX', now + lease_ms, ARGV[i + 1])

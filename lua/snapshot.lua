@@ -12,8 +12,9 @@
 -- Reply: {next_cursor, json} with json {"now_ms", "ver", "canary_group", "canary_percent",
 --   "keys": [{id, status, reason, weight, group, errors, strikes, cooldown_until_ms,
 --   last_status, last_used_ms, successes, failures, budget?}]}, or {"nopool"}. next_cursor "0":
---   done. budget (keys with limits only): {limits: {rpm, tpm, max_concurrent, rpd, tpd},
---   next_request_ms, next_tokens_ms, in_flight} (README "Budgets").
+--   done. budget (keys with limits only): {limits: {rpm, tpm, max_concurrent, rpd, tpd} (in
+--   force: configured, else learned), learned: {rpm, tpm} (which were learned, 0: configured or
+--   none), next_request_ms, next_tokens_ms, in_flight} (README "Budgets").
 --   SSCAN may return an id on more than one page; the caller keeps one and sorts by id.
 --
 -- Consistency: each key is read whole and atomically, but a paged snapshot is not one atomic
@@ -32,13 +33,17 @@ local F = {'status', 'reason', 'weight', 'group', 'errors', 'strikes', 'cooldown
 -- Budget fields are read only in a pool with budgets (a pool without costs what it did before).
 if redis.call('HGET', META, 'budgets') == '1' then
   for _, f in ipairs({'b_rpm', 'b_tpm', 'b_conc', 'b_rpd', 'b_tpd', 'tat_r', 'tat_rd', 'tat_t',
-    'tat_td'}) do F[#F + 1] = f end
+    'tat_td', 'l_rpm', 'l_tpm'}) do F[#F + 1] = f end
 end
 
 -- The key's budget record, nil without limits (src/store/budget.rs KeyBudget::record).
 local function budget_record(id, v)
   if not v[12] then return nil end
   local rpm, tpm, conc, rpd, tpd = num(v[12]), num(v[13]), num(v[14]), num(v[15]), num(v[16])
+  -- Learned limits are in force where the config sets none.
+  local learned = {rpm = 0, tpm = 0}
+  if rpm == 0 then rpm, learned.rpm = num(v[21]), num(v[21]) end
+  if tpm == 0 then tpm, learned.tpm = num(v[22]), num(v[22]) end
   if rpm + tpm + conc + rpd + tpd == 0 then return nil end
   local function pick(l1, t1, l2, t2)
     local m = 0
@@ -49,6 +54,7 @@ local function budget_record(id, v)
   local inflight = 0
   if conc > 0 then inflight = redis.call('ZCOUNT', inflight_key(id), '(' .. now, '+inf') end
   return {limits = {rpm = rpm, tpm = tpm, max_concurrent = conc, rpd = rpd, tpd = tpd},
+    learned = learned,
     next_request_ms = pick(rpm, num(v[17]), rpd, num(v[18])),
     next_tokens_ms = pick(tpm, num(v[19]), tpd, num(v[20])), in_flight = inflight}
 end

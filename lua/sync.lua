@@ -5,8 +5,9 @@
 -- ARGV[2..8]  cooldown_default_ms cooldown_max_ms breaker_errors breaker_window_ms
 --             breaker_open_ms quota_cooldown_ms probe_lease_ms
 -- ARGV[9]  canary group   ARGV[10] canary percent from config   ARGV[11] canary fallback 0|1
--- ARGV[12..15]  budgets 0|1, max_wait_ms, lease_ms, max request tokens (README "Budgets")
--- ARGV[16..] groups of 8: key id, weight, group, rpm, tpm, max_concurrent, rpd, tpd (0: no
+-- ARGV[12..16]  budgets 0|1, max_wait_ms, lease_ms, max request tokens, learn 0|1 (README
+--             "Budgets"; without learn, limits learned before are dropped)
+-- ARGV[17..] groups of 8: key id, weight, group, rpm, tpm, max_concurrent, rpd, tpd (0: no
 --            limit) — every key of the pool's config, in config order
 --
 -- Reply: {"unchanged"} or {"synced", created, updated, removed}.
@@ -45,17 +46,18 @@ redis.call('HSET', META, 'cooldown_default_ms', ARGV[2], 'cooldown_max_ms', ARGV
   'breaker_errors', ARGV[4], 'breaker_window_ms', ARGV[5], 'breaker_open_ms', ARGV[6],
   'quota_cooldown_ms', ARGV[7], 'probe_lease_ms', ARGV[8], 'canary_group', ARGV[9],
   'canary_fallback', ARGV[11], 'budgets', ARGV[12], 'max_wait_ms', ARGV[13],
-  'lease_ms', ARGV[14], 'mrt', ARGV[15])
+  'lease_ms', ARGV[14], 'mrt', ARGV[15], 'learn', ARGV[16])
 if redis.call('HGET', META, 'canary_percent_cfg') ~= ARGV[10] then
   redis.call('HSET', META, 'canary_percent', ARGV[10], 'canary_percent_cfg', ARGV[10])
 end
 
 local in_config = {}
-for i = 16, #ARGV, 8 do
+for i = 17, #ARGV, 8 do
   local id, w, g = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   in_config[id] = true
   local limits = {'b_rpm', ARGV[i + 3], 'b_tpm', ARGV[i + 4], 'b_conc', ARGV[i + 5],
     'b_rpd', ARGV[i + 6], 'b_tpd', ARGV[i + 7]}
+  if ARGV[16] ~= '1' then redis.call('HDEL', kkey(id), 'l_rpm', 'l_tpm') end
   local k = load_key(id)
   if not k then
     redis.call('HSET', kkey(id), 'status', 'active', 'reason', '', 'weight', w, 'group', g,

@@ -19,6 +19,8 @@ pub struct ApiError {
     /// `x-should-retry: false` for the SDKs (which honour it before their own status rules):
     /// set where waiting cannot help.
     pub dont_retry: bool,
+    /// Further headers of the answer (429 `pool_exhausted`: the pool's `x-ratelimit-*`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -35,6 +37,7 @@ impl ApiError {
             code,
             retry_after_s: None,
             dont_retry: false,
+            headers: Vec::new(),
         }
     }
 
@@ -79,8 +82,15 @@ impl ApiError {
     /// benched only by their breakers (upstream errors, timeouts, refused connections) mean an
     /// upstream outage, not a rate limit: 503 `upstream_unavailable`. Cooling keys (a 429, or a
     /// rate-limit header at 0) give 429 `all_keys_cooling`.
-    pub fn no_key(retry_after_s: Option<u64>, counts: &StateCounts) -> ApiError {
+    /// `budget_bound`: the first key to recover is held back by its own budget (README
+    /// "Budgets"), so the answer is 429 `pool_exhausted` whatever else the pool's keys do.
+    pub fn no_key(
+        retry_after_s: Option<u64>,
+        counts: &StateCounts,
+        budget_bound: bool,
+    ) -> ApiError {
         match retry_after_s {
+            Some(s) if budget_bound => ApiError::pool_exhausted(s),
             Some(s) if counts.cooling == 0 && counts.open + counts.half_open > 0 => {
                 ApiError::upstream_unavailable(s, counts)
             }
@@ -114,6 +124,24 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
                 "all_keys_cooling",
+                message,
+            )
+        }
+    }
+
+    /// 429 `pool_exhausted`: every key of the pool has spent its budget (README "Budgets") and
+    /// none regains headroom within the pool's `max_wait_ms`; the first does in `s`.
+    pub fn pool_exhausted(s: u64) -> ApiError {
+        let message = format!(
+            "Every upstream key of this pool has spent its configured budget (requests, tokens or \
+             requests in flight); the first has headroom again in {s} s."
+        );
+        ApiError {
+            retry_after_s: Some(s),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "pool_exhausted",
                 message,
             )
         }
@@ -197,6 +225,11 @@ impl IntoResponse for ApiError {
         if self.dont_retry {
             let no = HeaderValue::from_static("false");
             resp.headers_mut().insert("x-should-retry", no);
+        }
+        for (name, value) in &self.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                resp.headers_mut().insert(*name, v);
+            }
         }
         resp
     }

@@ -9,7 +9,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::pool::KeyState;
 use crate::state::{AppState, Health};
+use crate::store::budget::{BudgetRecord, PoolHeadroom};
 use crate::store::redis::RedisStore;
 
 impl Health {
@@ -112,6 +114,14 @@ pub async fn refresh_key_gauges(state: &AppState) {
             }
         }
         seen.insert(name, s.keys.iter().map(|k| k.id.as_str()).collect());
+        if s.keys.iter().any(|k| k.budget.is_some()) {
+            let usable = (s.keys.iter())
+                .filter(|k| !matches!(k.status, KeyState::Disabled | KeyState::Draining))
+                .map(|k| k.budget.clone())
+                .collect();
+            let mut budgets = lock(&state.health.budgets);
+            budgets.insert(name.clone(), Arc::new(usable));
+        }
     }
     state
         .metrics
@@ -128,4 +138,19 @@ pub async fn refresh_key_gauges(state: &AppState) {
         .gauges_at
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the usable keys of `pool` allow together at `now_ms` (store clock), from the budget
+/// records of the last snapshot (refreshed first when older than `store.snapshot_cache_ms`).
+pub async fn pool_headroom(state: &AppState, pool: &str, now_ms: u64) -> PoolHeadroom {
+    refresh_key_gauges(state).await;
+    let records: Option<Arc<Vec<Option<BudgetRecord>>>> =
+        lock(&state.health.budgets).get(pool).cloned();
+    records.map_or_else(PoolHeadroom::default, |r| {
+        PoolHeadroom::of(r.iter().map(Option::as_ref), now_ms)
+    })
 }

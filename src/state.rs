@@ -17,6 +17,7 @@ pub mod circuit;
 use crate::config::{Config, PoolConfig};
 use crate::metrics::Metrics;
 use crate::pool::KeyId;
+use crate::store::budget::BudgetRecord;
 use crate::store::redis::RedisStore;
 use crate::store::{KeyStore, PoolSpec, SyncReceipt};
 use crate::upstream::scrub::Scrubber;
@@ -200,6 +201,9 @@ pub struct Health {
     pub(crate) gauges_at: Mutex<Option<Instant>>,
     /// Serialises refreshes so a burst of scrapes costs one round of snapshots.
     pub(crate) refresh: tokio::sync::Mutex<()>,
+    /// Per pool with budgets, the budget records of its usable keys as of the last snapshot
+    /// (the `x-ratelimit-*` headers of 429 `pool_exhausted`).
+    pub(crate) budgets: Mutex<HashMap<String, Arc<Vec<Option<BudgetRecord>>>>>,
 }
 
 impl AppState {

@@ -67,18 +67,22 @@ pub fn keys_table(keys: &[KeyView]) -> String {
     render(&KEY_COLUMNS, &rows)
 }
 
-/// A key's limits and its current use, e.g. `rpm=60 tpm=6000 in_flight=1/2`.
+/// A key's limits and its current use, e.g. `rpm=60 tpm=6000 in_flight=1/2`; a limit learned
+/// from the provider is marked, e.g. `rpm=500(learned)`.
 fn budget_cell(b: &crate::store::budget::BudgetRecord) -> String {
-    let l = &b.limits;
+    let (l, learned) = (&b.limits, &b.learned);
     let mut parts: Vec<String> = [
-        ("rpm", l.rpm),
-        ("tpm", l.tpm),
-        ("rpd", l.rpd),
-        ("tpd", l.tpd),
+        ("rpm", l.rpm, learned.rpm > 0),
+        ("tpm", l.tpm, learned.tpm > 0),
+        ("rpd", l.rpd, false),
+        ("tpd", l.tpd, false),
     ]
     .iter()
-    .filter(|(_, v)| *v > 0)
-    .map(|(n, v)| format!("{n}={v}"))
+    .filter(|(_, v, _)| *v > 0)
+    .map(|(n, v, learned)| {
+        let mark = if *learned { "(learned)" } else { "" };
+        format!("{n}={v}{mark}")
+    })
     .collect();
     if l.conc > 0 {
         parts.push(format!("in_flight={}/{}", b.in_flight, l.conc));
@@ -137,9 +141,11 @@ mod tests {
         long.budget = Some(crate::store::budget::BudgetRecord {
             limits: crate::store::budget::KeyLimits {
                 rpm: 60,
+                tpm: 9000,
                 conc: 2,
                 ..Default::default()
             },
+            learned: crate::store::budget::Learned { rpm: 0, tpm: 9000 },
             next_request_ms: 0,
             next_tokens_ms: 0,
             in_flight: 1,
@@ -157,7 +163,10 @@ mod tests {
         assert!(col(lines[2], "COOLDOWN").starts_with("12s "));
         assert!(col(lines[1], "FINGERPRINT").starts_with("sk-…9f3a"));
         assert!(col(lines[2], "FINGERPRINT").starts_with("- "));
-        assert_eq!(col(lines[2], "BUDGET"), "rpm=60 in_flight=1/2");
+        assert_eq!(
+            col(lines[2], "BUDGET"),
+            "rpm=60 tpm=9000(learned) in_flight=1/2"
+        );
         assert_eq!(col(lines[1], "BUDGET"), "-");
         assert!(col(lines[1], "REASON").starts_with("- "));
         assert!(out.lines().all(|l| !l.ends_with(' ')));

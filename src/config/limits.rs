@@ -50,6 +50,9 @@ pub struct PoolLimits {
     /// The largest reservation one request may make; token budgets are spaced against
     /// `tpm - max_request_tokens` so no 60-second window ever holds more than `tpm`.
     pub max_request_tokens: u64,
+    /// Fill in `rpm`/`tpm` the config leaves unset from the provider's
+    /// `x-ratelimit-limit-requests/-tokens` (README "Budgets"); turns budgets on by itself.
+    pub learn_limits: bool,
 }
 
 impl Default for PoolLimits {
@@ -60,6 +63,7 @@ impl Default for PoolLimits {
             lease_s: 10,
             default_completion_tokens: 1024,
             max_request_tokens: 8192,
+            learn_limits: false,
         }
     }
 }
@@ -86,6 +90,7 @@ struct RawPoolLimits {
     lease_s: Option<i64>,
     default_completion_tokens: Option<i64>,
     max_request_tokens: Option<i64>,
+    learn_limits: Option<bool>,
 }
 
 /// A given value must be at least 1.
@@ -154,6 +159,7 @@ pub(super) fn check_pool_limits(table: toml::Table, path: &str, ctx: &mut Ctx) -
         lease_s,
         default_completion_tokens,
         max_request_tokens,
+        learn_limits: raw.learn_limits.unwrap_or(d.learn_limits),
     }
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 
 use super::body::{Ending, ObservedBody, UpstreamResponse};
-use super::key_budget::BudgetTicket;
+use super::key_budget::{pool_rate_limit_headers, provider_hints, BudgetTicket};
 use super::outcome::{keygate_headers, Failure, Step};
 use super::report::{report_in_background, report_success, Reported};
 use super::{forward, Call};
@@ -20,6 +20,7 @@ use crate::state::AppState;
 use crate::store::KeyStoreExt;
 use crate::store::{random_draw, Chosen, Report, SelectRequest, Selection, Unavailable};
 use crate::upstream::classify::{classify, client_cause, is_model_not_found, Verdict};
+use crate::upstream::headers::read_hints;
 use crate::upstream::scrub::StreamScrub;
 use crate::usage::Usage;
 
@@ -59,9 +60,13 @@ impl Attempt<'_> {
                     .no_key_available
                     .with_label_values(&[pool_name])
                     .inc();
-                let e = ApiError::no_key(retry_after_s(&u), &u.counts);
+                let mut e = ApiError::no_key(retry_after_s(&u), &u.counts, u.budget_bound);
                 tracing::info!(request_id = %call.request_id, pool = %pool_name, code = e.code,
                     counts = ?u.counts, "no key selectable");
+                if e.code == "pool_exhausted" {
+                    let pool = crate::health::pool_headroom(&call.state, pool_name, u.now_ms);
+                    e.headers = pool_rate_limit_headers(&pool.await);
+                }
                 return Step::NoKey(e.retry_after_at_most(call.max_retry_after_s));
             }
             Err(e) => {
@@ -144,6 +149,8 @@ fn succeeded(
 ) -> Step {
     let pool = call.pool.config.name.clone();
     let verdict = classify(resp.status(), resp.headers(), None, SystemTime::now());
+    let hints = (call.pool.spec.has_budgets())
+        .then(|| provider_hints(&read_hints(resp.headers(), SystemTime::now())));
     call.state.metrics.record_attempt(
         &pool,
         chosen.key.as_str(),
@@ -158,6 +165,7 @@ fn succeeded(
         &chosen,
         cooldown,
         resp.status().as_u16(),
+        hints,
     );
     let status = resp.status();
     let mut headers = forward::downstream_headers(resp.headers(), &call.pool.config.headers);

@@ -1,15 +1,19 @@
 //! The proxy side of per-key budgets (README "Budgets"): a request's token reservation
 //! estimated from its body, the end of a budgeted request (its in-flight lease freed and its
-//! reservation settled against real usage).
+//! reservation settled against real usage), what an answer's `x-ratelimit-*` headers tell the
+//! store, and the pool's headers on 429 `pool_exhausted`.
 //!
 //! The leases themselves, and their renewal, are `crate::store::leases`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::ApiError;
 use crate::pool::KeyId;
 use crate::state::AppState;
+use crate::store::budget::{PoolHeadroom, ProviderHints};
 use crate::store::{Chosen, KeyStoreExt, LeaseEnd, PoolSpec, Settlement};
+use crate::upstream::headers::{format_reset_duration, RateLimitHints};
 
 #[derive(serde::Deserialize)]
 struct Completion {
@@ -39,13 +43,14 @@ pub fn reservation(body: &[u8], spec: &PoolSpec, default_completion: u64) -> Res
 }
 
 /// One request on a budgeted key: ends it in the store when dropped (a stream that ends or
-/// breaks frees its slot at once), settling the reservation against the usage set with
-/// [`BudgetTicket::set_usage`].
+/// breaks frees its slot with the pool's next success batch, within `store.report_flush_ms`),
+/// settling the reservation against the usage set with [`BudgetTicket::set_usage`].
 pub(crate) struct BudgetTicket {
     state: Arc<AppState>,
     pool: String,
     key: KeyId,
     lease: u64,
+    crowded: bool,
     reserved: u64,
     used: Option<u64>,
 }
@@ -64,6 +69,7 @@ impl BudgetTicket {
             pool: pool.to_string(),
             key: chosen.key.clone(),
             lease: chosen.lease,
+            crowded: chosen.crowded,
             reserved,
             used: None,
         })
@@ -87,6 +93,12 @@ impl Drop for BudgetTicket {
             lease: self.lease,
             tokens_delta: delta,
         };
+        // Rides the pool's next success batch (no call of its own; written at once when the
+        // key's slots were crowded); settled by its own call only when this replica batches
+        // nothing.
+        if (self.state.successes).record_end(&self.pool, end.clone(), self.crowded) {
+            return;
+        }
         let (store, pool) = (self.state.store.clone(), self.pool.clone());
         if tokio::runtime::Handle::try_current().is_err() {
             return;
@@ -101,6 +113,53 @@ impl Drop for BudgetTicket {
                 tracing::warn!(pool = %pool, key = %end.key, error = %e, "budget settle failed");
             }
         });
+    }
+}
+
+/// The `x-ratelimit-*` headers of 429 `pool_exhausted`, describing the whole pool (README
+/// "Budgets"): a dimension is left out unless every usable key has its per-minute limit.
+pub(crate) fn pool_rate_limit_headers(pool: &PoolHeadroom) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let dims = [
+        (
+            pool.requests,
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+        ),
+        (
+            pool.tokens,
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ),
+    ];
+    for (minute, [limit, remaining, reset]) in dims {
+        if let Some(m) = minute {
+            out.push((limit, m.limit.to_string()));
+            out.push((remaining, m.remaining.to_string()));
+            out.push((reset, format_reset_duration(m.reset_ms)));
+        }
+    }
+    out
+}
+
+/// What an answer's `x-ratelimit-*` headers say, as the store takes it (values beyond 2^52,
+/// which no provider sends, are capped so both stores compute alike).
+pub(crate) fn provider_hints(h: &RateLimitHints) -> ProviderHints {
+    let cap = |v: Option<u64>| v.map(|v| v.min(1 << 52));
+    let ms = |d: Option<Duration>| cap(d.map(|d| d.as_millis().min(u64::MAX as u128) as u64));
+    ProviderHints {
+        remaining_requests: cap(h.remaining_requests),
+        reset_requests_ms: ms(h.reset_requests),
+        remaining_tokens: cap(h.remaining_tokens),
+        reset_tokens_ms: ms(h.reset_tokens),
+        limit_requests: cap(h.limit_requests),
+        limit_tokens: cap(h.limit_tokens),
     }
 }
 

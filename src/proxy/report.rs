@@ -7,6 +7,7 @@ use tokio::task::JoinHandle;
 
 use crate::pool::Outcome;
 use crate::state::AppState;
+use crate::store::budget::ProviderHints;
 use crate::store::successes::Ticket;
 use crate::store::KeyStoreExt;
 use crate::store::{Chosen, Report};
@@ -31,15 +32,18 @@ impl Reported {
 
 /// Reports a success without holding up the response: buffered for the next batch when it is a
 /// plain one; a probe's (it closes the breaker) and one with a cooldown hint go at once.
+/// `hints`: what the answer said about the key's budget, in a pool with budgets (it rides the
+/// batch; README "Budgets").
 pub(crate) fn report_success(
     state: &Arc<AppState>,
     pool: &str,
     chosen: &Chosen,
     cooldown_ms: Option<u64>,
     status: u16,
+    hints: Option<ProviderHints>,
 ) -> Reported {
     if !chosen.probe && cooldown_ms.is_none() {
-        if let Some(ticket) = state.successes.record(pool, &chosen.key, status) {
+        if let Some(ticket) = state.successes.record(pool, &chosen.key, status, hints) {
             return Reported::Batched(ticket);
         }
     }

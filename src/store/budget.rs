@@ -32,11 +32,29 @@ impl KeyLimits {
     }
 }
 
+/// The per-minute limits a key's provider announced (`x-ratelimit-limit-requests/-tokens`),
+/// kept where the config sets none and the pool learns (the key hash fields `l_rpm l_tpm`; 0:
+/// none learned).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Learned {
+    pub rpm: u64,
+    pub tpm: u64,
+}
+
+impl Learned {
+    pub fn is_empty(&self) -> bool {
+        *self == Learned::default()
+    }
+}
+
 /// A key's budget state (the key hash fields `tat_r tat_rd tat_t tat_td`, and the lease set
 /// `kg:{P}:inflight:<id>`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyBudget {
+    /// The configured limits.
     pub limits: KeyLimits,
+    pub learned: Learned,
     pub tat_r: u64,
     pub tat_rd: u64,
     pub tat_t: u64,
@@ -48,7 +66,11 @@ pub struct KeyBudget {
 /// A key's budget as snapshots show it (the admin listing, `keygate keys list`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BudgetRecord {
+    /// The limits in force: the configured ones, and learned ones where the config sets none.
     pub limits: KeyLimits,
+    /// Which of `limits` the provider announced (the rest are configured).
+    #[serde(default, skip_serializing_if = "Learned::is_empty")]
+    pub learned: Learned,
     /// When the key's next request may start on its request schedules (ms; past: now).
     pub next_request_ms: u64,
     /// When its token schedules allow the next reservation (ms; past: now).
@@ -75,13 +97,90 @@ impl BudgetRecord {
     }
 }
 
+/// One dimension (requests or tokens) of what a pool's usable keys allow together: the sums
+/// of their per-minute limits and of what they may still start within the minute, and how
+/// long until every one of them is back to its full minute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolMinute {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_ms: u64,
+}
+
+/// The pool's `x-ratelimit-*` view: requests and tokens per minute, each `None` unless every
+/// usable key (any status but disabled and draining) has that per-minute limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolHeadroom {
+    pub requests: Option<PoolMinute>,
+    pub tokens: Option<PoolMinute>,
+}
+
+impl PoolHeadroom {
+    /// Sums `keys` (each usable key's budget record, `None` for a key without limits) at `now`.
+    pub fn of<'a>(keys: impl IntoIterator<Item = Option<&'a BudgetRecord>>, now: u64) -> Self {
+        let mut out = PoolHeadroom {
+            requests: Some(PoolMinute::default()),
+            tokens: Some(PoolMinute::default()),
+        };
+        let mut any = false;
+        for record in keys {
+            any = true;
+            let (requests, tokens) = match record {
+                Some(r) => (
+                    r.minute_remaining(now)
+                        .0
+                        .map(|n| (r.limits.rpm, n, r.next_request_ms)),
+                    r.minute_remaining(now)
+                        .1
+                        .map(|n| (r.limits.tpm, n, r.next_tokens_ms)),
+                ),
+                None => (None, None),
+            };
+            for (sum, key) in [(&mut out.requests, requests), (&mut out.tokens, tokens)] {
+                *sum = match (*sum, key) {
+                    (Some(s), Some((limit, left, next))) => Some(PoolMinute {
+                        limit: s.limit.saturating_add(limit),
+                        remaining: s.remaining.saturating_add(left),
+                        reset_ms: s.reset_ms.max(next.saturating_sub(now)),
+                    }),
+                    _ => None,
+                };
+            }
+        }
+        if !any {
+            return PoolHeadroom::default();
+        }
+        out
+    }
+}
+
 impl KeyBudget {
+    /// The limits in force: each configured one, else the learned one.
+    pub fn effective(&self) -> KeyLimits {
+        let pick = |configured: u64, learned: u64| {
+            if configured > 0 {
+                configured
+            } else {
+                learned
+            }
+        };
+        KeyLimits {
+            rpm: pick(self.limits.rpm, self.learned.rpm),
+            tpm: pick(self.limits.tpm, self.learned.tpm),
+            ..self.limits
+        }
+    }
+
     /// What a snapshot at `now` shows; `None` for a key without limits.
     pub fn record(&self, now: u64) -> Option<BudgetRecord> {
-        let l = self.limits;
+        let l = self.effective();
         if l.is_empty() {
             return None;
         }
+        let learned = Learned {
+            rpm: if self.limits.rpm == 0 { l.rpm } else { 0 },
+            tpm: if self.limits.tpm == 0 { l.tpm } else { 0 },
+        };
         let pick = |pairs: [(u64, u64); 2]| {
             (pairs.iter().filter(|(lim, _)| *lim > 0))
                 .map(|(_, tat)| *tat)
@@ -90,6 +189,7 @@ impl KeyBudget {
         };
         Some(BudgetRecord {
             limits: l,
+            learned,
             next_request_ms: pick([(l.rpm, self.tat_r), (l.rpd, self.tat_rd)]),
             next_tokens_ms: pick([(l.tpm, self.tat_t), (l.tpd, self.tat_td)]),
             in_flight: if l.conc > 0 {
@@ -140,7 +240,7 @@ impl KeyBudget {
     /// The key's headroom as of `now` (leases expired first).
     pub fn headroom(&mut self, now: u64) -> Headroom {
         self.expire(now);
-        let l = &self.limits;
+        let l = &self.effective();
         let mut at = 0;
         for (limit, tat) in [
             (l.rpm, self.tat_r),
@@ -164,7 +264,7 @@ impl KeyBudget {
     /// Spends one request of `tokens` starting at `start` (>= every schedule's tat) and, when
     /// the key limits concurrency, takes lease `lease` until `lease_until`.
     pub fn spend(&mut self, start: u64, tokens: u64, max_request: u64, lease: Option<(u64, u64)>) {
-        let l = self.limits;
+        let l = self.effective();
         if l.rpm > 0 {
             self.tat_r = start.max(self.tat_r) + div_ceil(MINUTE_MS, l.rpm);
         }
@@ -185,7 +285,7 @@ impl KeyBudget {
     /// Replaces a reservation by the real usage: `delta = real - reserved` tokens moves the
     /// token schedules later (ceil) or earlier (floor), never before `now`.
     pub fn settle(&mut self, delta: i64, max_request: u64, now: u64) {
-        let l = self.limits;
+        let l = self.effective();
         for (limit, window, tat) in [
             (l.tpm, MINUTE_MS, &mut self.tat_t),
             (l.tpd, DAY_MS, &mut self.tat_td),
@@ -204,50 +304,70 @@ impl KeyBudget {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What one upstream answer said about its key's budget (`x-ratelimit-*`), for the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProviderHints {
+    pub remaining_requests: Option<u64>,
+    pub reset_requests_ms: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    pub reset_tokens_ms: Option<u64>,
+    pub limit_requests: Option<u64>,
+    pub limit_tokens: Option<u64>,
+}
 
-    fn rpm(n: u64) -> KeyBudget {
-        KeyBudget {
-            limits: KeyLimits {
-                rpm: n,
-                ..KeyLimits::default()
-            },
-            ..KeyBudget::default()
-        }
-    }
-
-    #[test]
-    fn rpm_spacing_bounds_every_minute_window() {
-        let mut b = rpm(60);
-        let mut starts = Vec::new();
-        let mut now = 1_000;
-        for _ in 0..200 {
-            let h = b.headroom(now);
-            let start = h.at.max(now);
-            b.spend(start, 0, 0, None);
-            starts.push(start);
-            now = start + 7;
-        }
-        for (i, s) in starts.iter().enumerate() {
-            let in_window = starts[i..].iter().take_while(|t| **t < s + 60_000).count();
-            assert!(in_window <= 60, "{in_window} starts in the minute from {s}");
-        }
-    }
-
-    #[test]
-    fn settle_credits_never_before_now() {
-        let mut b = KeyBudget {
-            limits: KeyLimits {
-                tpm: 10_000,
-                ..KeyLimits::default()
-            },
-            ..KeyBudget::default()
-        };
-        b.spend(100, 1000, 0, None);
-        assert_eq!(b.tat_t, 100 + 6060);
-        b.settle(-100_000, 0, 500);
-        assert_eq!(b.tat_t, 500);
+impl ProviderHints {
+    pub fn is_empty(&self) -> bool {
+        *self == ProviderHints::default()
     }
 }
+
+impl KeyBudget {
+    /// Takes in what the provider said at `seen` (README "Budgets", "Learned from the
+    /// provider"): with `learn`, its per-minute limits where the config sets none (a token
+    /// limit only above `max_request`); then, read as "only `remaining` more until the reset",
+    /// each per-minute schedule moves late enough that its starts before the reset fit in
+    /// `remaining` plus one request (one largest reservation of tokens) of slack. Never moves a
+    /// schedule earlier.
+    pub fn learn(&mut self, h: &ProviderHints, seen: u64, learn: bool, max_request: u64) {
+        if learn && self.limits.rpm == 0 {
+            if let Some(l) = h.limit_requests.filter(|l| *l > 0) {
+                self.learned.rpm = l;
+            }
+        }
+        if learn && self.limits.tpm == 0 {
+            if let Some(l) = h.limit_tokens.filter(|l| *l > max_request) {
+                self.learned.tpm = l;
+            }
+        }
+        let l = self.effective();
+        if let (true, Some(r)) = (l.rpm > 0, h.remaining_requests) {
+            let window = provider_window(r, h.reset_requests_ms, h.limit_requests);
+            let free = r
+                .saturating_add(1)
+                .saturating_mul(div_ceil(MINUTE_MS, l.rpm));
+            self.tat_r = self.tat_r.max(seen + window.saturating_sub(free));
+        }
+        if let (true, Some(r)) = (l.tpm > 0, h.remaining_tokens) {
+            let window = provider_window(r, h.reset_tokens_ms, h.limit_tokens);
+            let free = r.saturating_add(max_request) as u128 * MINUTE_MS as u128 / l.tpm as u128;
+            let free = u64::try_from(free).unwrap_or(u64::MAX);
+            self.tat_t = self.tat_t.max(seen + window.saturating_sub(free));
+        }
+    }
+}
+
+/// How long the provider's `remaining` must last: its announced reset, else the time its
+/// announced `limit` takes to refill what is spent, else a whole minute.
+fn provider_window(remaining: u64, reset_ms: Option<u64>, limit: Option<u64>) -> u64 {
+    match (reset_ms, limit) {
+        (Some(d), _) => d,
+        (None, Some(l)) if l > 0 => {
+            let spent = l.saturating_sub(remaining) as u128;
+            u64::try_from(spent * MINUTE_MS as u128 / l as u128).unwrap_or(u64::MAX)
+        }
+        _ => MINUTE_MS,
+    }
+}
+
+#[cfg(test)]
+mod tests;

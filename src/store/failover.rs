@@ -13,6 +13,8 @@
 //!   `snapshot` call and refreshed in the background while healthy: every 2 s the pool's change
 //!   counter is read, and a new paged snapshot taken only when it moved, or when the kept one is
 //!   older than `snapshot_max_age`), so the cooldowns and disables it knew stay in force.
+//!   Each key's budget is divided by the replicas alive when Redis last answered (README
+//!   "Budgets"), so N replicas standing in at once spend at most the whole budget together.
 //!   Every [`Op`] memory answered that taught it something goes into a journal, in owned form
 //!   (`writeback.rs`).
 //! - Rotation ops ([`Op::is_rotation`]) are Redis's alone: refused with an error while degraded,
@@ -124,6 +126,9 @@ struct Shared {
     recreated: Arc<Mutex<HashSet<String>>>,
     /// Wakes the background task early: a pool was re-created and waits for its write-back.
     wake: Arc<Notify>,
+    /// The replicas alive when Redis last answered (`kg:replicas`, at least 1): memory standing
+    /// in for Redis spends only this replica's share of each key's budget.
+    replicas: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -160,6 +165,7 @@ impl FailoverStore {
             journal_dropped: AtomicU64::new(0),
             recreated: Arc::new(Mutex::new(HashSet::new())),
             wake: Arc::new(Notify::new()),
+            replicas: AtomicU64::new(1),
         });
         let (recreated, wake) = (shared.recreated.clone(), shared.wake.clone());
         shared.redis.on_recreated(Box::new(move |pool| {
@@ -257,7 +263,8 @@ impl Shared {
         }
         let snapshot = lock(&self.last_seen).get(pool).cloned();
         if let (Some(spec), Some(snapshot)) = (self.spec(pool), snapshot) {
-            self.memory.seed(&spec, &snapshot);
+            let replicas = self.replicas.load(Ordering::Acquire).max(1);
+            self.memory.seed_share(&spec, &snapshot, replicas);
         }
     }
 

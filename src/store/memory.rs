@@ -76,10 +76,14 @@ pub(crate) struct PoolState {
 #[derive(Debug, Default)]
 pub(crate) struct BudgetMeta {
     pub on: bool,
+    /// The pool learns limits (meta field `learn`).
+    pub learn: bool,
     pub max_wait_ms: u64,
     pub lease_ms: u64,
     pub max_request_tokens: u64,
     pub lease_seq: u64,
+    /// `spent_crowded` of lib.lua: the last spend left the key's slots at least half taken.
+    pub spent_crowded: bool,
 }
 
 /// The embedded store.
@@ -138,12 +142,19 @@ impl MemoryStore {
     /// Replaces a pool's key state (degraded mode seeds itself from a Redis snapshot); its
     /// rotation plan, which no snapshot holds, stays.
     pub fn seed(&self, spec: &PoolSpec, snapshot: &PoolSnapshot) {
+        self.seed_share(spec, snapshot, 1);
+    }
+
+    /// [`MemoryStore::seed`] with every key's budget divided among `replicas` (the failover
+    /// stand-in's share while Redis is away; README "Budgets").
+    pub fn seed_share(&self, spec: &PoolSpec, snapshot: &PoolSnapshot, replicas: u64) {
         let mut state = PoolState::default();
         state.sync(spec);
         state.canary_percent = snapshot.canary_percent;
         for rec in &snapshot.keys {
             state.restore(rec);
         }
+        state.share_budgets(replicas);
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = pools.get_mut(&spec.name) {
             state.rotation = std::mem::take(&mut old.rotation);
@@ -255,6 +266,7 @@ impl PoolState {
         } else {
             "stable".to_string()
         };
+        self.budgets.spent_crowded = false;
         let mut found = self
             .try_budgeted(&primary, req, now)
             .map(|(id, p, lease)| (id, primary.clone(), p, 0, lease));
@@ -281,19 +293,30 @@ impl PoolState {
                     probe,
                     wait_ms,
                     lease,
+                    crowded: self.budgets.spent_crowded,
                 });
             }
         }
-        let mut earliest = self.due.iter().next().map(|(d, _)| *d);
+        let first = self.due.iter().next();
+        let mut earliest = first.map(|(d, _)| *d);
+        let mut budget_bound = self.budgets.on
+            && first
+                .and_then(|(_, id)| self.keys.get(id))
+                .is_some_and(|k| {
+                    k.status == KeyState::Cooling && (k.reason == "budget" || k.reason == "busy")
+                });
         for g in [primary.as_str(), "stable"] {
             if let Some((lease, _)) = self.probes.get(g).and_then(|s| s.iter().next()) {
-                earliest = Some(earliest.map_or(*lease, |e| e.min(*lease)));
+                if earliest.is_none_or(|e| *lease < e) {
+                    (earliest, budget_bound) = (Some(*lease), false);
+                }
             }
         }
         Selection::None(Unavailable {
             retry_at_ms: earliest,
             now_ms: now,
             counts: self.counts(),
+            budget_bound,
         })
     }
 

@@ -1,9 +1,10 @@
 //! Budgets in the memory store: `try_budgeted`, `try_wait` and `budget_place` of
-//! `lua/select.lua` and `lua/lib.lua`, and `lua/settle.lua`, step for step over
+//! `lua/select.lua` and `lua/lib.lua`, `lua/settle.lua` and the budget part of
+//! `lua/report_batch.lua`, step for step over
 //! [`KeyBudget`](super::budget::KeyBudget) (README "Budgets").
 
 use super::memory::{KeyRow, PoolState};
-use super::{KeyId, PoolSpec, SelectRequest, Settlement};
+use super::{KeyHints, KeyId, LeaseEnd, PoolSpec, SelectRequest, Settlement};
 use crate::pool::KeyState;
 
 /// A key chosen under budgets: (id, group, probe, wait_ms, lease).
@@ -16,11 +17,29 @@ impl PoolState {
         self.budgets.max_wait_ms = spec.budget.max_wait_ms;
         self.budgets.lease_ms = spec.budget.lease_ms;
         self.budgets.max_request_tokens = spec.budget.max_request_tokens;
+        self.budgets.learn = spec.budget.learn;
         for sk in &spec.keys {
             if let Some(k) = self.keys.get_mut(sk.id.as_str()) {
+                if !spec.budget.learn {
+                    k.budget.learned = Default::default();
+                }
                 k.budget.limits = sk.limits;
             }
         }
+    }
+
+    /// The hints and ended requests of `report_batch.lua`, after its successes.
+    pub(super) fn batch_budgets(&mut self, hints: &[KeyHints], ended: &[LeaseEnd], now: u64) {
+        let (mrt, learn) = (self.budgets.max_request_tokens, self.budgets.learn);
+        for h in hints {
+            let id = h.key.as_str();
+            let Ok(mut k) = self.row(id) else { continue };
+            let seen = now.saturating_sub(h.age_ms);
+            k.budget.learn(&h.hints, seen, learn, mrt);
+            self.budget_place(id, &mut k, now);
+            self.put(id, k);
+        }
+        self.settle_ended(ended, now);
     }
 
     /// `budget_place` of lib.lua: benches a key without headroom, brings back a benched key
@@ -54,6 +73,7 @@ impl PoolState {
 
     /// `budget_spend` of lib.lua on row `k`; answers the lease id (0: none).
     fn budget_spend(&mut self, k: &mut KeyRow, start: u64, tokens: u64) -> u64 {
+        self.budgets.spent_crowded = false;
         let lease = if k.budget.limits.conc > 0 {
             self.budgets.lease_seq += 1;
             Some((self.budgets.lease_seq, start + self.budgets.lease_ms))
@@ -62,6 +82,10 @@ impl PoolState {
         };
         let mrt = self.budgets.max_request_tokens;
         k.budget.spend(start, tokens, mrt, lease);
+        if lease.is_some() {
+            let taken = k.budget.inflight.len() as u64;
+            self.budgets.spent_crowded = 2 * taken >= k.budget.limits.conc;
+        }
         lease.map_or(0, |(id, _)| id)
     }
 
@@ -137,10 +161,10 @@ impl PoolState {
         None
     }
 
-    /// `settle.lua`.
-    pub(super) fn settle(&mut self, s: &Settlement<'_>, now: u64) {
+    /// `budget_end` of lib.lua for each ended request.
+    fn settle_ended(&mut self, ended: &[LeaseEnd], now: u64) {
         let mrt = self.budgets.max_request_tokens;
-        for e in s.ended {
+        for e in ended {
             let id = e.key.as_str();
             let Ok(mut k) = self.row(id) else { continue };
             if e.lease != 0 {
@@ -150,6 +174,11 @@ impl PoolState {
             self.budget_place(id, &mut k, now);
             self.put(id, k);
         }
+    }
+
+    /// `settle.lua`.
+    pub(super) fn settle(&mut self, s: &Settlement<'_>, now: u64) {
+        self.settle_ended(s.ended, now);
         let until = now + self.budgets.lease_ms;
         for (key, lease) in s.renew {
             if let Some(exp) = (self.keys.get_mut(KeyId::as_str(key)))

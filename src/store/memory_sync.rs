@@ -105,6 +105,30 @@ impl PoolState {
         (k.errors, k.strikes, k.successes, k.failures) =
             (rec.errors, rec.strikes, rec.successes, rec.failures);
         (k.last_status, k.last_used_ms) = (rec.last_status, rec.last_used_ms);
+        if let Some(b) = &rec.budget {
+            k.budget.learned = b.learned;
+        }
         self.put(&rec.id, k);
+    }
+
+    /// Divides every key's limits (configured and learned) by `replicas`, rounding down but
+    /// keeping a set limit at least 1: what one of that many replicas may spend on its own.
+    pub(crate) fn share_budgets(&mut self, replicas: u64) {
+        if replicas <= 1 {
+            return;
+        }
+        let share = |v: &mut u64| {
+            if *v > 0 {
+                *v = (*v / replicas).max(1);
+            }
+        };
+        for k in self.keys.values_mut() {
+            let (l, learned) = (&mut k.budget.limits, &mut k.budget.learned);
+            for v in [&mut l.rpm, &mut l.tpm, &mut l.conc, &mut l.rpd, &mut l.tpd] {
+                share(v);
+            }
+            share(&mut learned.rpm);
+            share(&mut learned.tpm);
+        }
     }
 }

@@ -108,6 +108,9 @@ pub struct Chosen {
     pub wait_ms: u64,
     /// The in-flight lease to end with [`KeyStore::settle`] (0: the key limits no concurrency).
     pub lease: u64,
+    /// Taking the lease left at least half the key's in-flight slots taken: its end is written
+    /// at once, not with the next success batch (another request may be waiting for the slot).
+    pub crowded: bool,
 }
 
 /// No key is selectable now.
@@ -117,6 +120,9 @@ pub struct Unavailable {
     pub retry_at_ms: Option<u64>,
     pub now_ms: u64,
     pub counts: StateCounts,
+    /// The first key to recover is benched by its own budget (reason `budget` or `busy`), not
+    /// by the upstream: the pool has no headroom within `max_wait_ms` (README "Budgets").
+    pub budget_bound: bool,
 }
 
 /// The outcome of one upstream attempt, as the store needs it.
@@ -158,10 +164,23 @@ pub struct KeySuccesses {
     pub age_ms: u64,
 }
 
-/// Many keys' successes of one pool, applied in one atomic step.
+/// The newest `x-ratelimit-*` hints one key's answers carried, for [`SuccessBatch::hints`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyHints {
+    pub key: KeyId,
+    /// How long before the call the answer arrived (the replica's monotonic clock).
+    pub age_ms: u64,
+    pub hints: budget::ProviderHints,
+}
+
+/// Many keys' successes of one pool, applied in one atomic step, with what rides along on a
+/// pool with budgets: the provider's hints (README "Budgets", "Learned from the provider") and
+/// the requests that ended (their leases freed, their reservations settled).
 #[derive(Clone, Debug)]
 pub struct SuccessBatch<'a> {
     pub keys: &'a [KeySuccesses],
+    pub hints: &'a [KeyHints],
+    pub ended: &'a [LeaseEnd],
     pub now_ms: Option<u64>,
 }
 

@@ -24,7 +24,7 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// How long the asking replica waits for the others' answers.
 pub const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
 /// A replica that said it was alive within this long is waited for.
-const ALIVE_WITHIN: Duration = Duration::from_secs(10);
+pub const ALIVE_WITHIN: Duration = Duration::from_secs(10);
 /// How long requests and answers stay in Redis.
 const KEEP_S: u64 = 60;
 /// A replica silent this long is dropped from `kg:replicas` (replicas come and go).

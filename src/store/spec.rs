@@ -49,8 +49,10 @@ pub struct BudgetSpec {
     pub max_wait_ms: u64,
     pub lease_ms: u64,
     pub max_request_tokens: u64,
-    /// Some key has a token budget: requests estimate their reservation.
+    /// Some key has a token budget (or may learn one): requests estimate their reservation.
     pub token_budgets: bool,
+    /// The pool fills in unset per-minute limits from the provider's announcements.
+    pub learn: bool,
 }
 
 impl Default for BudgetSpec {
@@ -60,6 +62,7 @@ impl Default for BudgetSpec {
             lease_ms: 10_000,
             max_request_tokens: 8192,
             token_budgets: false,
+            learn: false,
         }
     }
 }
@@ -120,8 +123,9 @@ impl PoolSpec {
                 max_wait_ms: pool.limits.max_wait_ms,
                 lease_ms: pool.limits.lease_s.saturating_mul(1000),
                 max_request_tokens: pool.limits.max_request_tokens,
-                token_budgets: (pool.keys.iter())
-                    .any(|k| k.limits.over(pool.limits.keys).has_tokens()),
+                token_budgets: pool.limits.learn_limits
+                    || (pool.keys.iter()).any(|k| k.limits.over(pool.limits.keys).has_tokens()),
+                learn: pool.limits.learn_limits,
             },
         }
     }
@@ -144,6 +148,7 @@ impl PoolSpec {
             self.budget.max_wait_ms.to_string(),
             self.budget.lease_ms.to_string(),
             self.budget.max_request_tokens.to_string(),
+            if self.budget.learn { "1" } else { "0" }.to_string(),
         ];
         for k in &self.keys {
             let l = &k.limits;
@@ -155,9 +160,10 @@ impl PoolSpec {
         args
     }
 
-    /// Whether any key of the pool has a budget (the meta flag `budgets` the scripts test).
+    /// Whether any key of the pool has a budget, or the pool learns them (the meta flag
+    /// `budgets` the scripts test).
     pub fn has_budgets(&self) -> bool {
-        self.keys.iter().any(|k| !k.limits.is_empty())
+        self.budget.learn || self.keys.iter().any(|k| !k.limits.is_empty())
     }
 
     /// A hash of everything `sync` writes: equal fingerprints mean there is nothing to do.
@@ -168,5 +174,35 @@ impl PoolSpec {
             h.update(a.as_bytes());
         }
         hex::encode(&h.finalize()[..16])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PoolSpec;
+    use crate::config::Config;
+
+    fn spec(limits: &str) -> PoolSpec {
+        let text = format!(
+            "[[clients]]\nname = \"c\"\ntoken_sha256 = \"{}\"\npools = [\"p\"]\n\n\
+             [[pools]]\nname = \"p\"\nbase_url = \"http://127.0.0.1:9/v1\"\n{limits}\n\n\
+             [[pools.keys]]\nid = \"k1\"\nsecret = \"sk-inline-test-0001\"\n",
+            "a".repeat(64)
+        );
+        let config = Config::from_toml_str(&text, &|_: &str| None, std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"));
+        PoolSpec::from_config(&config.pools[0])
+    }
+
+    #[test]
+    fn learn_limits_turns_budgets_on_in_a_pool_without_configured_limits() {
+        let learning = spec("[pools.limits]\nlearn_limits = true");
+        let b = &learning.budget;
+        assert!(b.learn && b.token_budgets && learning.has_budgets());
+        assert!(
+            !spec("").has_budgets(),
+            "a pool without limits has no budgets"
+        );
+        assert_eq!(learning.sync_args()[14], "1", "sync.lua's learn flag");
     }
 }

@@ -6,7 +6,9 @@
 //! - One flush task per replica waits for the oldest buffer's deadline (or a full buffer) and
 //!   flushes the pools that are due, each in one call.
 //! - Only plain successes come here: probes and successes carrying a cooldown hint, and every
-//!   failure, are reported at once as before.
+//!   failure, are reported at once as before. In a pool with budgets, the provider's newest
+//!   `x-ratelimit-*` hints per key and the requests that ended (leases freed, reservations
+//!   settled) ride the same call (README "Budgets").
 //! - [`Ticket::landed`] lets a request wait until its success reached the store, flushing its
 //!   batch early if need be (a stream that breaks off reports its failure after its success).
 //! - [`SuccessBatcher::shutdown`] writes what is left; successes recorded after it are refused
@@ -23,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::pool::KeyId;
-use crate::store::{KeyStore, KeyStoreExt, KeySuccesses, SuccessBatch};
+use crate::store::budget::ProviderHints;
+use crate::store::{KeyHints, KeyStore, KeyStoreExt, KeySuccesses, LeaseEnd, SuccessBatch};
 
 /// A pool's buffer is written once it holds this many distinct keys, whatever its age.
 pub const MAX_KEYS: usize = 256;
@@ -39,7 +42,7 @@ struct Inner {
     store: Arc<dyn KeyStore>,
     interval: Duration,
     pools: Mutex<HashMap<String, Arc<PoolBuffer>>>,
-    /// Wakes the flush task: a buffer opened (a new deadline) or filled up.
+    /// Wakes the flush task: a buffer opened (a new deadline), filled up or freed a slot.
     wake: Arc<Notify>,
     /// Set when the flush task stops: from then on `record` refuses successes.
     closed: AtomicBool,
@@ -61,6 +64,27 @@ struct Open {
     seq: u64,
     opened: Option<Instant>,
     keys: HashMap<KeyId, Tally>,
+    /// Per key, the newest provider hints and when their answer arrived (pools with budgets).
+    hints: HashMap<KeyId, (ProviderHints, Instant)>,
+    /// Requests on budgeted keys that ended (their leases and reservations to settle).
+    ended: Vec<LeaseEnd>,
+    /// Some ended request frees a slot of a crowded key: the buffer is written at once (another
+    /// request may be waiting for that slot), sharing its call with whatever else is buffered.
+    frees_slot: bool,
+}
+
+impl Open {
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.hints.is_empty() && self.ended.is_empty()
+    }
+
+    /// Full, or holding a freed slot: to be written without waiting for the interval.
+    fn due_now(&self) -> bool {
+        self.frees_slot
+            || self.keys.len() >= MAX_KEYS
+            || self.hints.len() >= MAX_KEYS
+            || self.ended.len() >= MAX_KEYS
+    }
 }
 
 struct Tally {
@@ -110,49 +134,50 @@ impl SuccessBatcher {
         }
     }
 
-    /// Buffers one success of `key`; `None` when this batcher takes none (interval 0, or shut
-    /// down): report it at once instead.
-    pub fn record(&self, pool: &str, key: &KeyId, http_status: u16) -> Option<Ticket> {
+    /// Buffers one success of `key`, with the provider's hints its answer carried (a pool with
+    /// budgets); `None` when this batcher takes none (interval 0, or shut down): report it at
+    /// once instead.
+    pub fn record(
+        &self,
+        pool: &str,
+        key: &KeyId,
+        http_status: u16,
+        hints: Option<ProviderHints>,
+    ) -> Option<Ticket> {
         let inner = self.inner.as_ref()?;
-        let buffer = {
-            let mut pools = lock(&inner.pools);
-            match pools.get(pool) {
-                Some(b) => b.clone(),
-                None => {
-                    let b = Arc::new(PoolBuffer::new(pool));
-                    pools.insert(pool.to_string(), b.clone());
-                    b
-                }
-            }
-        };
         let now = Instant::now();
-        let (seq, wake) = {
-            let mut open = lock(&buffer.open);
-            // Checked under the buffer's lock: the final flush takes this lock after `closed`
-            // is set, so a success is either in a buffer it writes or refused here.
-            if inner.closed.load(Ordering::SeqCst) {
-                return None;
-            }
+        let (buffer, seq) = inner.add(pool, |open| {
             let tally = open.keys.entry(key.clone()).or_insert(Tally {
                 count: 0,
                 http_status,
                 newest: now,
             });
             (tally.count, tally.http_status, tally.newest) = (tally.count + 1, http_status, now);
-            let first = open.opened.is_none();
-            if first {
-                open.opened = Some(now);
+            if let Some(h) = hints.filter(|h| !h.is_empty()) {
+                open.hints.insert(key.clone(), (h, now));
             }
-            (open.seq, first || open.keys.len() == MAX_KEYS)
-        };
-        if wake {
-            inner.wake.notify_one();
-        }
+        })?;
         Some(Ticket {
             store: inner.store.clone(),
             pool: buffer,
             seq,
         })
+    }
+
+    /// Buffers the end of a request on a budgeted key (README "Budgets": settlement rides the
+    /// batch; the end of a `crowded` lease, one that left at least half its key's slots taken,
+    /// has the batch written at once); `false` when this batcher takes none: settle it at once
+    /// instead.
+    pub fn record_end(&self, pool: &str, end: LeaseEnd, crowded: bool) -> bool {
+        let Some(inner) = self.inner.as_ref() else {
+            return false;
+        };
+        inner
+            .add(pool, |open| {
+                open.frees_slot |= crowded && end.lease != 0;
+                open.ended.push(end);
+            })
+            .is_some()
     }
 
     /// Stops the flush task after it wrote every buffer; later successes are refused.
@@ -188,6 +213,9 @@ impl PoolBuffer {
                 seq: 1,
                 opened: None,
                 keys: HashMap::new(),
+                hints: HashMap::new(),
+                ended: Vec::new(),
+                frees_slot: false,
             }),
             flushed: AtomicU64::new(0),
         }
@@ -200,34 +228,52 @@ impl PoolBuffer {
 
     /// Writes the open buffer as one batch. The caller holds `flushing`.
     async fn flush_locked(&self, store: &dyn KeyStore) {
-        let (seq, keys) = {
+        let (seq, keys, hints, ended) = {
             let mut open = lock(&self.open);
-            if open.keys.is_empty() {
+            if open.is_empty() {
                 return;
             }
             let seq = open.seq;
             open.seq += 1;
             open.opened = None;
-            (seq, std::mem::take(&mut open.keys))
+            open.frees_slot = false;
+            let taken = std::mem::take(&mut open.keys);
+            (
+                seq,
+                taken,
+                std::mem::take(&mut open.hints),
+                std::mem::take(&mut open.ended),
+            )
         };
         let now = Instant::now();
+        let age = |at: Instant| now.saturating_duration_since(at).as_millis() as u64;
         let batch: Vec<KeySuccesses> = keys
             .into_iter()
             .map(|(key, t)| KeySuccesses {
                 key,
                 count: t.count,
                 http_status: t.http_status,
-                age_ms: now.saturating_duration_since(t.newest).as_millis() as u64,
+                age_ms: age(t.newest),
+            })
+            .collect();
+        let hints: Vec<KeyHints> = hints
+            .into_iter()
+            .map(|(key, (hints, at))| KeyHints {
+                key,
+                age_ms: age(at),
+                hints,
             })
             .collect();
         let call = SuccessBatch {
             keys: &batch,
+            hints: &hints,
+            ended: &ended,
             now_ms: None,
         };
         if let Err(e) = store.report_successes(&self.name, &call).await {
             let successes: u64 = batch.iter().map(|k| k.count).sum();
-            tracing::warn!(pool = %self.name, keys = batch.len(), successes, error = %e,
-                "store batch report failed");
+            tracing::warn!(pool = %self.name, keys = batch.len(), successes, ended = ended.len(),
+                error = %e, "store batch report failed");
         }
         self.flushed.store(seq, Ordering::Release);
     }
@@ -236,7 +282,7 @@ impl PoolBuffer {
     fn due_at(&self, interval: Duration) -> Option<Instant> {
         let open = lock(&self.open);
         let opened = open.opened?;
-        if open.keys.len() >= MAX_KEYS {
+        if open.due_now() {
             return Some(opened);
         }
         Some(opened + interval)
@@ -244,6 +290,41 @@ impl PoolBuffer {
 }
 
 impl Inner {
+    /// Adds to `pool`'s open buffer with `f`, waking the flush task when the buffer opened or
+    /// filled up; answers the buffer and its batch, `None` once shut down.
+    fn add(&self, pool: &str, f: impl FnOnce(&mut Open)) -> Option<(Arc<PoolBuffer>, u64)> {
+        let buffer = {
+            let mut pools = lock(&self.pools);
+            match pools.get(pool) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = Arc::new(PoolBuffer::new(pool));
+                    pools.insert(pool.to_string(), b.clone());
+                    b
+                }
+            }
+        };
+        let (seq, wake) = {
+            let mut open = lock(&buffer.open);
+            // Checked under the buffer's lock: the final flush takes this lock after `closed`
+            // is set, so an entry is either in a buffer it writes or refused here.
+            if self.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            let was_due = open.due_now();
+            f(&mut open);
+            let first = open.opened.is_none();
+            if first {
+                open.opened = Some(Instant::now());
+            }
+            (open.seq, first || (!was_due && open.due_now()))
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+        Some((buffer, seq))
+    }
+
     fn buffers(&self) -> Vec<Arc<PoolBuffer>> {
         lock(&self.pools).values().cloned().collect()
     }

@@ -35,7 +35,11 @@ impl PoolState {
     pub(crate) fn apply(&mut self, op: &Op<'_>, now: u64) -> Result<Receipt, StoreError> {
         match op {
             Op::Report(r) => self.report(r, now).map(Receipt::Report),
-            Op::Successes(b) => Ok(Receipt::Successes(self.report_successes(b.keys, now))),
+            Op::Successes(b) => {
+                let receipt = self.report_successes(b.keys, now);
+                self.batch_budgets(b.hints, b.ended, now);
+                Ok(Receipt::Successes(receipt))
+            }
             Op::SetState { key, state } => self
                 .set_admin_state(key.as_str(), *state)
                 .map(Receipt::State),

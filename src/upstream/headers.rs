@@ -44,6 +44,10 @@ pub struct RateLimitHints {
     pub remaining_tokens: Option<u64>,
     /// `x-ratelimit-reset-tokens`: how long until the token budget refills.
     pub reset_tokens: Option<Duration>,
+    /// `x-ratelimit-limit-requests`: the key's requests per minute, as the provider counts.
+    pub limit_requests: Option<u64>,
+    /// `x-ratelimit-limit-tokens`: the key's tokens per minute.
+    pub limit_tokens: Option<u64>,
 }
 
 impl RateLimitHints {
@@ -77,6 +81,8 @@ const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-rema
 const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
 const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
 const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
 
 /// Reads every rate-limit hint of `headers`; `now` turns a `retry-after` HTTP date into a delay.
 pub fn read_hints(headers: &HeaderMap, now: SystemTime) -> RateLimitHints {
@@ -89,6 +95,8 @@ pub fn read_hints(headers: &HeaderMap, now: SystemTime) -> RateLimitHints {
         reset_requests: text(&RESET_REQUESTS).and_then(parse_reset_duration),
         remaining_tokens: text(&REMAINING_TOKENS).and_then(parse_count),
         reset_tokens: text(&RESET_TOKENS).and_then(parse_reset_duration),
+        limit_requests: text(&LIMIT_REQUESTS).and_then(parse_count),
+        limit_tokens: text(&LIMIT_TOKENS).and_then(parse_count),
     }
 }
 
@@ -142,6 +150,22 @@ pub fn parse_reset_duration(value: &str) -> Option<Duration> {
 }
 
 /// Parses a remaining-budget count such as `"0"` or `"149984"`.
+/// Writes `ms` as a Go-style duration the way OpenAI's `x-ratelimit-reset-*` headers do
+/// (`20ms`, `1.5s`, `6m0s`, `1h2m3.5s`), the inverse of [`parse_reset_duration`].
+pub fn format_reset_duration(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, m) = (ms / 3_600_000, ms / 60_000 % 60);
+    let secs = format!("{}.{:03}", ms / 1000 % 60, ms % 1000);
+    let secs = secs.trim_end_matches('0').trim_end_matches('.');
+    match (h, m) {
+        (0, 0) => format!("{secs}s"),
+        (0, m) => format!("{m}m{secs}s"),
+        (h, m) => format!("{h}h{m}m{secs}s"),
+    }
+}
+
 fn parse_count(value: &str) -> Option<u64> {
     let value = value.trim();
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
@@ -190,6 +214,22 @@ fn saturate(nanos: u128) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reset_durations_are_written_as_openai_writes_them_and_read_back() {
+        for (ms, text) in [
+            (0, "0ms"),
+            (20, "20ms"),
+            (1000, "1s"),
+            (1500, "1.5s"),
+            (360_000, "6m0s"),
+            (3_723_500, "1h2m3.5s"),
+        ] {
+            assert_eq!(super::format_reset_duration(ms), text);
+            let back = super::parse_reset_duration(text).unwrap();
+            assert_eq!(back.as_millis() as u64, ms, "{text}");
+        }
+    }
+
     use super::*;
     use http::HeaderValue;
     use proptest::prelude::*;
@@ -310,6 +350,8 @@ mod tests {
             ("X-RateLimit-Reset-Requests", "1s"),
             ("x-ratelimit-remaining-tokens", "149984"),
             ("x-ratelimit-reset-tokens", "6m0s"),
+            ("x-ratelimit-limit-requests", "500"),
+            ("x-ratelimit-limit-tokens", "150000"),
         ]);
         let hints = read_hints(&map, SystemTime::UNIX_EPOCH);
         let expected = RateLimitHints {
@@ -318,6 +360,8 @@ mod tests {
             reset_requests: secs(1),
             remaining_tokens: Some(149_984),
             reset_tokens: secs(360),
+            limit_requests: Some(500),
+            limit_tokens: Some(150_000),
         };
         assert_eq!(hints, expected);
     }

@@ -3,6 +3,7 @@
 
 mod batch;
 mod budgets;
+mod learned;
 mod lifecycle;
 
 use std::collections::HashMap;

@@ -57,4 +57,9 @@ fn nonsense_limits_are_refused_by_path() {
     );
     let problems = problems(&pool("rpn = 5"), &[]);
     assert!(problems.iter().any(|p| p.contains("rpn")), "{problems:?}");
+    let learn = super::problems(&pool("learn_limits = \"yes\""), &[]);
+    assert!(
+        (learn.iter()).any(|p| p.contains("pools[0].limits") && p.contains("learn_limits")),
+        "{learn:?}"
+    );
 }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::writeback::{self, system_now_ms};
 use super::{lock, Shared};
+use crate::store::reload_bus::ALIVE_WITHIN;
 use crate::store::{KeyStore, StoreError};
 
 /// Every `probe_interval` (or at once when woken): probe and recover while degraded, else
@@ -53,6 +54,10 @@ impl Shared {
         }
         if last_refresh.is_none_or(|t| t.elapsed() >= self.opts.snapshot_interval) {
             *last_refresh = Some(Instant::now());
+            match self.redis.live_replicas(ALIVE_WITHIN).await {
+                Ok(n) => self.replicas.store(n.max(1), Ordering::Release),
+                Err(e) => tracing::debug!(error = %e, "live replica count failed"),
+            }
             for spec in self.all_specs() {
                 if self.refresh_snapshot(&spec.name).await.is_err() {
                     return;

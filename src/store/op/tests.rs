@@ -18,6 +18,8 @@ fn every_op(key: &KeyId) -> Vec<Op<'_>> {
         }),
         Op::Successes(SuccessBatch {
             keys: &[],
+            hints: &[],
+            ended: &[],
             now_ms: Some(8),
         }),
         Op::SetState {
@@ -138,6 +140,8 @@ fn a_weight_above_1000_or_a_percent_above_100_is_refused_naming_the_field() {
     }];
     let full = Op::Successes(SuccessBatch {
         keys: &batch,
+        hints: &[],
+        ended: &[],
         now_ms: None,
     });
     assert!(full.validate().is_ok());

@@ -58,13 +58,37 @@ fn argv<'a>(op: &'a Op<'_>) -> Vec<Cow<'a, str>> {
             ]
         }
         Op::Successes(b) => {
-            let mut args = Vec::with_capacity(1 + b.keys.len() * 4);
+            let n = 3 + b.keys.len() * 4 + b.hints.len() * 8 + b.ended.len() * 3;
+            let mut args = Vec::with_capacity(n);
             args.push(now_arg(b.now_ms).into());
+            args.push(b.keys.len().to_string().into());
             for k in b.keys {
                 args.push(id(&k.key));
                 args.push(k.count.to_string().into());
                 args.push(k.http_status.to_string().into());
                 args.push(k.age_ms.to_string().into());
+            }
+            args.push(b.hints.len().to_string().into());
+            let said = |v: Option<u64>| v.map_or(-1, |v| v.min(1 << 52) as i64).to_string();
+            for h in b.hints {
+                let p = &h.hints;
+                args.push(id(&h.key));
+                args.push(h.age_ms.to_string().into());
+                for v in [
+                    p.remaining_requests,
+                    p.reset_requests_ms,
+                    p.remaining_tokens,
+                    p.reset_tokens_ms,
+                    p.limit_requests,
+                    p.limit_tokens,
+                ] {
+                    args.push(said(v).into());
+                }
+            }
+            for e in b.ended {
+                args.push(id(&e.key));
+                args.push(e.lease.to_string().into());
+                args.push(e.tokens_delta.to_string().into());
             }
             args
         }

@@ -218,7 +218,7 @@ pub(super) fn parse_sync(w: &[String]) -> Result<SyncReceipt, StoreError> {
 }
 
 /// `select.lua`, one request's part: {"key", id, group, fallback 0|1, probe 0|1} or
-/// {"none", earliest_ms or -1, now_ms, six state counts}.
+/// {"none", earliest_ms or -1, now_ms, six state counts, budget 0|1}.
 pub(super) fn parse_selection(w: &[String]) -> Result<Selection, StoreError> {
     match w.first().map(String::as_str) {
         Some("key") => Ok(Selection::Key(Chosen {
@@ -231,6 +231,7 @@ pub(super) fn parse_selection(w: &[String]) -> Result<Selection, StoreError> {
             probe: w.get(4).map(String::as_str) == Some("1"),
             wait_ms: w.get(5).and_then(|s| s.parse().ok()).unwrap_or(0),
             lease: w.get(6).and_then(|s| s.parse().ok()).unwrap_or(0),
+            crowded: w.get(7).map(String::as_str) == Some("1"),
         })),
         Some("none") => {
             let earliest: i64 = num(w, 1)?;
@@ -242,6 +243,7 @@ pub(super) fn parse_selection(w: &[String]) -> Result<Selection, StoreError> {
                 retry_at_ms: (earliest >= 0).then_some(earliest as u64),
                 now_ms: num(w, 2)?,
                 counts: StateCounts::from_array(counts),
+                budget_bound: w.get(9).map(String::as_str) == Some("1"),
             }))
         }
         _ => Err(StoreError::Script(format!("unexpected select reply {w:?}"))),

@@ -26,6 +26,19 @@ impl RedisStore {
         Ok(layout.map(|_| ver.unwrap_or(0)))
     }
 
+    /// How many replicas said they were alive (`kg:replicas`, written by
+    /// `reload_bus::ReloadBus::heartbeat`) within `within` of this replica's clock.
+    pub async fn live_replicas(&self, within: std::time::Duration) -> Result<u64, StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut cmd = redis::cmd("ZCOUNT");
+        cmd.arg(format!("{}:replicas", self.core.prefix))
+            .arg(now.saturating_sub(within.as_millis() as u64))
+            .arg("+inf");
+        self.core.query::<u64>(cmd).await
+    }
+
     /// A snapshot read page by page (`lua/snapshot.lua`), each page one script call with its
     /// own deadline, plus the pool's change counter as the first page saw it (a later change,
     /// even one made by a later page's recoveries, moves the counter past it). Ids SSCAN

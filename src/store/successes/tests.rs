@@ -48,7 +48,7 @@ async fn a_ticket_lands_by_flushing_its_batch_in_one_call() {
     let batcher = SuccessBatcher::new(store.clone(), LONG);
     let mut tickets = Vec::new();
     for key in ["k0", "k0", "k1", "k0"] {
-        tickets.push(batcher.record("p", &kid(key), 200).expect("buffered"));
+        tickets.push(batcher.record("p", &kid(key), 200, None).expect("buffered"));
     }
     assert_eq!(
         successes(&*store).await,
@@ -68,7 +68,9 @@ async fn a_ticket_lands_by_flushing_its_batch_in_one_call() {
 async fn a_buffer_is_written_when_its_interval_passes() {
     let store = store_with(1).await;
     let batcher = SuccessBatcher::new(store.clone(), Duration::from_millis(20));
-    batcher.record("p", &kid("k0"), 200).expect("buffered");
+    batcher
+        .record("p", &kid("k0"), 200, None)
+        .expect("buffered");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while successes(&*store).await != [1] {
         assert!(std::time::Instant::now() < deadline, "never flushed");
@@ -81,7 +83,7 @@ async fn a_full_buffer_is_written_before_its_interval() {
     let store = store_with(MAX_KEYS).await;
     let batcher = SuccessBatcher::new(store.clone(), LONG);
     for i in 0..MAX_KEYS {
-        batcher.record("p", &kid(&format!("k{i}")), 200);
+        batcher.record("p", &kid(&format!("k{i}")), 200, None);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while successes(&*store).await.iter().sum::<u64>() < MAX_KEYS as u64 {
@@ -95,15 +97,17 @@ async fn shutdown_writes_what_is_left_and_refuses_later_successes() {
     let store = store_with(1).await;
     let batcher = SuccessBatcher::new(store.clone(), LONG);
     for _ in 0..5 {
-        batcher.record("p", &kid("k0"), 200).expect("buffered");
+        batcher
+            .record("p", &kid("k0"), 200, None)
+            .expect("buffered");
     }
     batcher.shutdown().await;
     assert_eq!(successes(&*store).await, [5]);
-    assert!(batcher.record("p", &kid("k0"), 200).is_none());
+    assert!(batcher.record("p", &kid("k0"), 200, None).is_none());
 }
 
 #[tokio::test]
 async fn a_zero_interval_batches_nothing() {
     let batcher = SuccessBatcher::new(store_with(1).await, Duration::ZERO);
-    assert!(batcher.record("p", &kid("k0"), 200).is_none());
+    assert!(batcher.record("p", &kid("k0"), 200, None).is_none());
 }

@@ -131,3 +131,27 @@ async fn the_sdks_retry_twice_after_retry_after_within_the_cap() {
         assert_eq!(got, ("RateLimitError".to_string(), 3), "{sdk}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the OpenAI SDKs; scripts/test.sh installs them and runs it"]
+async fn the_sdks_wait_out_429_pool_exhausted_and_then_succeed() {
+    let mock = MockUpstream::start().await;
+    // One key of 6 requests per minute (a slot every ~10 s), no waiting inside keygate: the
+    // SDK's request after the test's first gets 429 pool_exhausted with `Retry-After` of up to
+    // 11 s, which the SDK waits before its retry. A fresh gateway per SDK.
+    let limits = "[pools.limits]\nrpm = 6\n";
+    let toml = config_toml(None, &mock.base_url(), &K3[..1], limits);
+    for sdk in ["python", "node"] {
+        let gw = KeygateProcess::start(&toml, &[]).await;
+        let c = crate::harness::gateway::http();
+        let first = (c.post(gw.url("/v1/chat/completions")))
+            .bearer_auth(CLIENT_TOKEN)
+            .json(&crate::harness::gateway::chat("m", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(first.status(), 200);
+        let got = run_sdk(sdk, &gw.url("/v1"));
+        assert_eq!(got, ("ok".to_string(), 2), "{sdk}");
+    }
+}

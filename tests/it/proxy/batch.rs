@@ -189,3 +189,54 @@ async fn a_stream_that_breaks_off_reports_its_failure_after_its_batched_success(
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budgeted_request_settles_its_real_usage_and_frees_its_slot_in_the_success_batch() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    // 10,000 tokens a minute, spaced against 9,000: a request reserves its body / 4 plus 500
+    // completion tokens (about 3.5 s of schedule) and uses 7 (the mock's usage: about 50 ms).
+    let limits = "[pools.limits]\ntpm = 10000\nmax_concurrent = 4\nmax_request_tokens = 1000\n\
+                  default_completion_tokens = 500\nmax_wait_ms = 5000\nlease_s = 60\n";
+    let mut c = parse_config(&config_toml(
+        Some(&redis.url()),
+        &mock.base_url(),
+        &K2[..1],
+        limits,
+    ));
+    c.store.report_flush_ms = 50;
+    let gw = TestGateway::start_config(c).await;
+    let now = || {
+        let (s, us): (u64, u64) = redis::cmd("TIME").query(&mut redis.conn()).unwrap();
+        s * 1000 + us / 1000
+    };
+    // Two requests one after the other: the second finds the first's reservation unsettled
+    // (its settlement rides a batch that has not left yet) and waits ~3.5 s for its slot.
+    let n = 2;
+    let started = now();
+    serve_ok(&gw, n, 1).await;
+    let ended = now();
+    // Unsettled, the two reservations would book the schedule ~3.5 s past the end.
+    wait_until(
+        Duration::from_secs(5),
+        "real usage replaced the estimates",
+        || async {
+            let tat = field(&redis, "k1", "tat_t");
+            tat > started && tat < ended + 1_000
+        },
+    )
+    .await;
+    wait_until(Duration::from_secs(5), "every slot freed", || async {
+        let held: u64 = redis.conn().zcard("kg:{p}:inflight:k1").unwrap();
+        held == 0
+    })
+    .await;
+    let calls = |op| store_calls(&gw, op);
+    assert_eq!(calls("select"), n as u64, "one select per request");
+    assert_eq!(
+        (calls("settle"), calls("report")),
+        (0, 0),
+        "no call of their own"
+    );
+    assert!(calls("report_batch") >= 1);
+}

@@ -27,6 +27,8 @@ fn tally(key: &str, count: u64, age_ms: u64) -> KeySuccesses {
 async fn flush(s: &dyn KeyStore, keys: &[KeySuccesses], now: u64) -> BatchReceipt {
     let batch = SuccessBatch {
         keys,
+        hints: &[],
+        ended: &[],
         now_ms: Some(now),
     };
     s.report_successes("p", &batch).await.unwrap()
@@ -204,6 +206,8 @@ pub async fn a_batch_for_an_unknown_pool_is_an_error(s: &Subject) {
     let keys = [tally("a", 1, 0)];
     let batch = SuccessBatch {
         keys: &keys,
+        hints: &[],
+        ended: &[],
         now_ms: Some(T0),
     };
     let r = s.store.report_successes("nope", &batch).await;

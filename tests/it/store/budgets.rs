@@ -29,6 +29,7 @@ fn budget(max_wait_ms: u64, lease_ms: u64, max_request_tokens: u64) -> BudgetSpe
         lease_ms,
         max_request_tokens,
         token_budgets: true,
+        learn: false,
     }
 }
 

@@ -470,3 +470,81 @@ async fn a_replica_started_while_redis_is_down_serves_from_memory_and_moves_to_r
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_away_each_replica_spends_only_its_share_of_a_keys_budget() {
+    use keygate::store::budget::KeyLimits;
+    use keygate::store::failover::{FailoverOptions, FailoverStore};
+    use keygate::store::{KeyStore, Route, SelectRequest, Selection};
+
+    let redis = RedisServer::start();
+    // Three replicas said they were alive (as `kg:replicas` heartbeats do every 500 ms).
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for r in ["replica-a", "replica-b", "replica-c"] {
+        let _: i64 = redis.conn().zadd("kg:replicas", r, now_ms).unwrap();
+    }
+    let store = FailoverStore::new(
+        Arc::new(crate::harness::redis_store(&redis, "kg")),
+        FailoverOptions {
+            degraded_after_failures: 2,
+            degraded_after: Duration::from_secs(1),
+            probe_interval: Duration::from_millis(50),
+            snapshot_interval: Duration::from_millis(50),
+            snapshot_max_age: Duration::from_secs(60),
+        },
+        None,
+    )
+    .unwrap();
+    let mut sp = crate::harness::spec("p", &[("k1", 1, "stable")]);
+    sp.keys[0].limits = KeyLimits {
+        rpm: 600,
+        tpm: 90_000,
+        conc: 3,
+        rpd: 0,
+        tpd: 0,
+    };
+    sp.budget.max_request_tokens = 1_000;
+    store.sync(&sp).await.unwrap();
+    // The background refresh counts the live replicas before it keeps its first snapshot.
+    wait_until(Duration::from_secs(10), "a snapshot kept", || async {
+        store.kept_version("p").is_some()
+    })
+    .await;
+    tokio::task::block_in_place(|| redis.pause());
+    for _ in 0..2 {
+        let _ = store.snapshot("p", None).await;
+    }
+    wait_until(Duration::from_secs(5), "degraded", || async {
+        store.degraded()
+    })
+    .await;
+    let snap = store.snapshot("p", None).await.unwrap();
+    let limits = snap.keys[0].budget.as_ref().expect("a budget").limits;
+    assert_eq!(
+        (limits.rpm, limits.tpm, limits.conc),
+        (200, 30_000, 1),
+        "a third of each"
+    );
+    // One request in flight is this replica's whole share of k1's three slots.
+    let select = || SelectRequest {
+        route: Route::Stable,
+        exclude: &[],
+        rand: 7,
+        now_ms: None,
+        tokens: 0,
+    };
+    let first = store.select("p", &select()).await.unwrap();
+    assert!(
+        matches!(first, Selection::Key(ref c) if c.lease != 0),
+        "{first:?}"
+    );
+    let second = store.select("p", &select()).await.unwrap();
+    assert!(matches!(second, Selection::None(_)), "{second:?}");
+    tokio::task::block_in_place(|| redis.resume());
+    tokio::time::timeout(Duration::from_secs(1), store.shutdown())
+        .await
+        .expect("the background task stops on shutdown");
+}

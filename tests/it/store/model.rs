@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use keygate::pool::{KeyId, Outcome};
+use keygate::store::budget::ProviderHints;
 use keygate::store::memory::MemoryStore;
 use keygate::store::{
-    AdminState, KeyStore, KeyStoreExt, KeySuccesses, LeaseEnd, Report, Route, SelectRequest,
-    Selection, Settlement, SuccessBatch,
+    AdminState, KeyHints, KeyStore, KeyStoreExt, KeySuccesses, LeaseEnd, Report, Route,
+    SelectRequest, Selection, Settlement, SuccessBatch,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -26,11 +27,19 @@ enum Op {
         exclude: Vec<usize>,
         tokens: u64,
     },
-    /// Ends the `pick`-th lease taken so far (mod their count) with a token delta, or renews it.
+    /// Ends the `pick`-th lease taken so far (mod their count) with a token delta, or renews it;
+    /// with `batch` the end rides a success batch instead of its own settle call.
     Settle {
         pick: usize,
         delta: i64,
         renew: bool,
+        batch: bool,
+    },
+    /// A success batch carrying a key's provider hints (`x-ratelimit-*`), `age_ms` old.
+    Hints {
+        key: usize,
+        age_ms: u64,
+        hints: ProviderHints,
     },
     Report {
         key: usize,
@@ -105,13 +114,31 @@ fn budget_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (0u8..104, 0u64..(1u64 << 53), proptest::collection::vec(0usize..5, 0..2), 0u64..3_000)
             .prop_map(|(route, rand, exclude, tokens)| Op::Select { route, rand, exclude, tokens }),
-        4 => (0usize..64, -2_000i64..2_000, any::<bool>())
-            .prop_map(|(pick, delta, renew)| Op::Settle { pick, delta, renew }),
+        4 => (0usize..64, -2_000i64..2_000, any::<bool>(), any::<bool>())
+            .prop_map(|(pick, delta, renew, batch)| Op::Settle { pick, delta, renew, batch }),
+        3 => (0usize..5, 0u64..2_000, hints()).prop_map(|(key, age_ms, hints)| Op::Hints { key, age_ms, hints }),
         2 => (0usize..5, 0usize..8, proptest::option::of(0u64..4_000), any::<bool>())
             .prop_map(|(key, outcome, hint, probe)| Op::Report { key, outcome, hint, probe }),
         5 => (0u64..3_000).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::Snapshot),
     ]
+}
+
+/// What an answer may say about its key's budget: each header present or not.
+fn hints() -> impl Strategy<Value = ProviderHints> {
+    let some = |hi: u64| proptest::option::of(0u64..hi);
+    (
+        (some(150), some(70_000), some(60_000)),
+        (some(70_000), some(200), some(80_000)),
+    )
+        .prop_map(|((rr, reset_r, rt), (reset_t, lr, lt))| ProviderHints {
+            remaining_requests: rr,
+            reset_requests_ms: reset_r,
+            remaining_tokens: rt,
+            reset_tokens_ms: reset_t,
+            limit_requests: lr,
+            limit_tokens: lt,
+        })
 }
 
 fn budget_spec(name: &str) -> keygate::store::PoolSpec {
@@ -139,6 +166,7 @@ fn budget_spec(name: &str) -> keygate::store::PoolSpec {
         lease_ms: 2_000,
         max_request_tokens: 2_000,
         token_budgets: true,
+        learn: true,
     };
     s
 }
@@ -153,7 +181,12 @@ async fn apply(
     leases: &mut Vec<(KeyId, u64)>,
 ) -> String {
     match op {
-        Op::Settle { pick, delta, renew } => {
+        Op::Settle {
+            pick,
+            delta,
+            renew,
+            batch,
+        } => {
             let Some((key, lease)) = leases.get(pick % leases.len().max(1)).cloned() else {
                 return String::new();
             };
@@ -162,6 +195,15 @@ async fn apply(
                 lease,
                 tokens_delta: *delta,
             }];
+            if *batch && !*renew {
+                let b = SuccessBatch {
+                    keys: &[],
+                    hints: &[],
+                    ended: &end,
+                    now_ms: Some(*now),
+                };
+                return format!("{:?}", s.report_successes(pool, &b).await.unwrap());
+            }
             let renewal = [(key, lease)];
             let st = Settlement {
                 ended: if *renew { &[] } else { &end },
@@ -226,9 +268,25 @@ async fn apply(
                 .collect();
             let batch = SuccessBatch {
                 keys: &keys,
+                hints: &[],
+                ended: &[],
                 now_ms: Some(*now),
             };
             format!("{:?}", s.report_successes(pool, &batch).await.unwrap())
+        }
+        Op::Hints { key, age_ms, hints } => {
+            let h = [KeyHints {
+                key: kid(IDS[*key]),
+                age_ms: *age_ms,
+                hints: *hints,
+            }];
+            let b = SuccessBatch {
+                keys: &[],
+                hints: &h,
+                ended: &[],
+                now_ms: Some(*now),
+            };
+            format!("{:?}", s.report_successes(pool, &b).await.unwrap())
         }
         Op::Admin { key, state } => {
             let st = [AdminState::Enable, AdminState::Disable, AdminState::Drain][*state as usize];

@@ -58,6 +58,8 @@ fn a_client_error_a_plain_success_and_a_batch_leave_nothing_to_journal() {
     }];
     let batch = Op::Successes(SuccessBatch {
         keys: &keys,
+        hints: &[],
+        ended: &[],
         now_ms: None,
     });
     let receipt = Receipt::Successes(crate::store::BatchReceipt {
