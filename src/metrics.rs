@@ -11,6 +11,7 @@ mod keys;
 mod limits;
 pub mod steps;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus::{
@@ -202,7 +203,7 @@ impl Metrics {
     /// Exports every per-pool series of `pools` whose label values are known in advance, at 0,
     /// so an alert on `increase(...)` sees the first event and a dashboard shows 0, not "no
     /// data". Called at start-up and on every reload (a removed pool keeps its series).
-    pub fn initialise_pools(&self, pools: &[PoolConfig]) {
+    pub fn initialise_pools(&self, pools: &[Arc<PoolConfig>]) {
         for pool in pools {
             let name = pool.name.as_str();
             self.no_key_available.with_label_values(&[name]);

@@ -24,7 +24,7 @@ use crate::upstream::scrub::Scrubber;
 
 /// One pool as the proxy uses it: config, store spec, the upstream and the keys' secrets.
 pub struct PoolRuntime {
-    pub config: PoolConfig,
+    pub config: Arc<PoolConfig>,
     pub spec: PoolSpec,
     /// The configured base URL, parsed; requests only ever go to its scheme, host and port.
     pub base_url: url::Url,

@@ -274,7 +274,9 @@ fn check_keys(
     ctx: &mut Ctx,
 ) -> Vec<KeyConfig> {
     let mut ids = FirstSeen::new();
-    let mut keys = Vec::new();
+    // Sized once: a pool may hold 10,000 keys, and a doubled Vec would keep up to half again
+    // as much memory for as long as the config lives.
+    let mut keys = Vec::with_capacity(tables.len());
     for (i, table) in tables.into_iter().enumerate() {
         let path = format!("{pool_path}.keys[{i}]");
         let Some(raw) = ctx.decode::<RawKey>(toml::Value::Table(table), &path) else {

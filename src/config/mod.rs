@@ -59,6 +59,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -86,7 +87,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub admin: AdminConfig,
     pub clients: Vec<ClientConfig>,
-    pub pools: Vec<PoolConfig>,
+    /// Shared with each pool's runtime (`state::PoolRuntime`), not copied: a pool's keys are
+    /// most of a large config.
+    pub pools: Vec<Arc<PoolConfig>>,
 }
 
 /// `[server]`: where keygate listens and how much it accepts from a client.
@@ -532,14 +535,14 @@ impl Config {
                 store,
                 admin,
                 clients,
-                pools,
+                pools: pools.into_iter().map(Arc::new).collect(),
             }),
             _ => Err(ctx.into_error()),
         }
     }
 
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
-        self.pools.iter().find(|p| p.name == name)
+        self.pools.iter().find(|p| p.name == name).map(|p| &**p)
     }
 }
 
