@@ -4,6 +4,7 @@
 mod batch;
 mod budgets;
 mod lifecycle;
+mod upstream_conns;
 
 use std::collections::HashMap;
 use std::time::Instant;
