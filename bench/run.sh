@@ -30,6 +30,8 @@
 # Environment (all optional):
 #   BENCH_SECS=5            seconds per point     BENCH_PHASES=matrix,floor,sweep,sizepair,sustained,budgets,storm,logging,pinned,streams
 #   BENCH_STREAM_COUNTS="1000 4000 8000"  BENCH_STREAM_SECS=20  BENCH_STREAM_EVENT_MS=100  BENCH_STREAMS_AFTER=60
+#   BENCH_STREAM_POOLS="streams streams-h2" (HTTP/1.1 and HTTP/2 upstream)  BENCH_STREAMS_BIN=path (skip its build)
+#   BENCH_STREAM_CLIENT_HTTP2=1 (the load generator speaks HTTP/2 to the mock and to keygate)
 #   BENCH_SUSTAIN_SECS=75   seconds of the sustained point
 #   BENCH_SIZES=4,64,1024,10000                         BENCH_MODES=fast,delay
 #   BENCH_SKIP_BUILD=1      use the existing binary   KEYGATE=path (default target/release/keygate)
@@ -59,7 +61,13 @@ trap 'exit 130' INT TERM
 
 has_phase() { [[ ",$PHASES," == *",$1,"* ]]; }
 
-find_oha
+# The streams phase needs neither oha nor nginx.
+if [[ $PHASES == streams ]]; then
+    OHA=${OHA:-$(command -v oha || echo none)}
+    NGINX=${NGINX_FOR_STREAMS:-true}
+else
+    find_oha
+fi
 for tool in redis-server redis-cli redis-benchmark jq curl taskset "$NGINX"; do
     command -v "$tool" >/dev/null || die "$tool not found"
 done
@@ -75,7 +83,7 @@ OUT=$(cd "$OUT" && pwd) # absolute: nginx resolves its paths against its own pre
     echo "kernel: $(uname -r)"
     echo "redis: $(redis-server --version)"
     echo "nginx: $("$NGINX" -v 2>&1)"
-    echo "oha: $("$OHA" --version)"
+    echo "oha: $("$OHA" --version 2>/dev/null || echo none)"
     echo "rustc: $(rustc --version 2>/dev/null || echo '?')"
     echo "git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') (dirty: $(git -C "$ROOT" status --porcelain 2>/dev/null | grep -c . || true) paths)"
     echo "uptime before: $(uptime)"
@@ -122,39 +130,42 @@ write_main_config() {
     } >>"$file"
 }
 
-KG_PORTS=()
-KG_PIDS=()
-for i in 1 2 3; do
+# The streams phase alone starts its own replica and needs none of these.
+if [[ $PHASES != streams ]]; then
+    KG_PORTS=()
+    KG_PIDS=()
+    for i in 1 2 3; do
+        alloc_port
+        write_main_config "$OUT/keygate-r$i.toml" "$PORT" "redis://127.0.0.1:$REDIS_PORT/0"
+        start_keygate "keygate-r$i" "$OUT/keygate-r$i.toml" "$PORT"
+        KG_PORTS+=("$PORT")
+        KG_PIDS+=("$LAST_PID")
+    done
     alloc_port
-    write_main_config "$OUT/keygate-r$i.toml" "$PORT" "redis://127.0.0.1:$REDIS_PORT/0"
-    start_keygate "keygate-r$i" "$OUT/keygate-r$i.toml" "$PORT"
-    KG_PORTS+=("$PORT")
-    KG_PIDS+=("$LAST_PID")
-done
-alloc_port
-KG_E_PORT=$PORT
-write_main_config "$OUT/keygate-embedded.toml" "$KG_E_PORT" ""
-start_keygate keygate-embedded "$OUT/keygate-embedded.toml" "$KG_E_PORT"
-KG_E_PID=$LAST_PID
+    KG_E_PORT=$PORT
+    write_main_config "$OUT/keygate-embedded.toml" "$KG_E_PORT" ""
+    start_keygate keygate-embedded "$OUT/keygate-embedded.toml" "$KG_E_PORT"
+    KG_E_PID=$LAST_PID
 
-alloc_port
-NGX_KG_PORT=$PORT
-start_nginx kg3 "$NGX_KG_PORT" "${KG_PORTS[@]}"
-NGX_KG_PID=$LAST_PID
-alloc_port
-NGX_FAST_PORT=$PORT
-start_nginx mock-fast "$NGX_FAST_PORT" "$MOCK_FAST_PORT"
-NGX_FAST_PID=$LAST_PID
-alloc_port
-NGX_SLOW_PORT=$PORT
-start_nginx mock-slow "$NGX_SLOW_PORT" "$MOCK_SLOW_PORT"
-NGX_SLOW_PID=$LAST_PID
-# The physical limit: bare nginx proxy_pass with a key header, in front of the fast mock.
-alloc_port
-NGX_BARE_PORT=$PORT
-NGINX_TEMPLATE="$ROOT/bench/nginx.bare.conf.template" start_nginx bare "$NGX_BARE_PORT" "$MOCK_FAST_PORT"
-NGX_BARE_PID=$LAST_PID
-log "redis :$REDIS_PORT  mocks :$MOCK_FAST_PORT :$MOCK_SLOW_PORT  keygate :${KG_PORTS[*]} embedded :$KG_E_PORT  nginx :$NGX_KG_PORT :$NGX_FAST_PORT :$NGX_SLOW_PORT"
+    alloc_port
+    NGX_KG_PORT=$PORT
+    start_nginx kg3 "$NGX_KG_PORT" "${KG_PORTS[@]}"
+    NGX_KG_PID=$LAST_PID
+    alloc_port
+    NGX_FAST_PORT=$PORT
+    start_nginx mock-fast "$NGX_FAST_PORT" "$MOCK_FAST_PORT"
+    NGX_FAST_PID=$LAST_PID
+    alloc_port
+    NGX_SLOW_PORT=$PORT
+    start_nginx mock-slow "$NGX_SLOW_PORT" "$MOCK_SLOW_PORT"
+    NGX_SLOW_PID=$LAST_PID
+    # The physical limit: bare nginx proxy_pass with a key header, in front of the fast mock.
+    alloc_port
+    NGX_BARE_PORT=$PORT
+    NGINX_TEMPLATE="$ROOT/bench/nginx.bare.conf.template" start_nginx bare "$NGX_BARE_PORT" "$MOCK_FAST_PORT"
+    NGX_BARE_PID=$LAST_PID
+    log "redis :$REDIS_PORT  mocks :$MOCK_FAST_PORT :$MOCK_SLOW_PORT  keygate :${KG_PORTS[*]} embedded :$KG_E_PORT  nginx :$NGX_KG_PORT :$NGX_FAST_PORT :$NGX_SLOW_PORT"
+fi
 
 printf '%s\n' "$TSV_HEADER" >"$OUT/results.tsv"
 
@@ -491,21 +502,35 @@ fi
 # BENCH_STREAM_EVENT_MS. Memory per open stream = (peak RSS under load - idle RSS) / N; then the
 # replica idles BENCH_STREAMS_AFTER seconds and its RSS and upstream connections are read again.
 if has_phase streams; then
-    streams_bin=$(cd "$ROOT" && cargo build --release --bench streams --message-format=json 2>>"$OUT/logs/build.log" |
-        jq -r 'select(.executable != null and .target.name == "streams") | .executable' | tail -1)
+    streams_bin=${BENCH_STREAMS_BIN:-$(cd "$ROOT" && cargo build --release --bench streams --message-format=json 2>>"$OUT/logs/build.log" |
+        jq -r 'select(.executable != null and .target.name == "streams") | .executable' | tail -1)}
     [[ -x $streams_bin ]] || die "benches/streams.rs did not build: see $OUT/logs/build.log"
     interval=${BENCH_STREAM_EVENT_MS:-100}
     alloc_port
     MOCK_STREAMS_PORT=$PORT
     keyflags=(--key "sk-bench-direct=slow:$interval")
-    for i in 1 2 3 4; do keyflags+=(--key "$(printf 'sk-bench-streams-%05d' "$i")=slow:$interval"); done
+    for i in 1 2 3 4; do
+        keyflags+=(--key "$(printf 'sk-bench-streams-%05d' "$i")=slow:$interval")
+        keyflags+=(--key "$(printf 'sk-bench-streams-h2-%05d' "$i")=slow:$interval")
+    done
     start_bg mock-streams "$KEYGATE" mock-upstream --listen "127.0.0.1:$MOCK_STREAMS_PORT" "${keyflags[@]}"
     MOCK_STREAMS_PID=$LAST_PID
     wait_http "http://127.0.0.1:$MOCK_STREAMS_PORT/_mock/stats"
     alloc_port
     st_port=$PORT
-    gen_config "$OUT/keygate-streams.toml" "127.0.0.1:$st_port" "redis://127.0.0.1:$REDIS_PORT/0" kgstreams '"streams"'
-    gen_pool streams "http://127.0.0.1:$MOCK_STREAMS_PORT/v1" 4 >>"$OUT/keygate-streams.toml"
+    # Pool "streams" reaches the mock over HTTP/1.1 (one connection per open stream), pool
+    # "streams-h2" over HTTP/2 with prior knowledge (up to 100 streams per connection).
+    stream_pools=${BENCH_STREAM_POOLS:-streams streams-h2}
+    # BENCH_STREAM_CLIENT_HTTP2=1: the load generator speaks HTTP/2 (100 streams a connection).
+    client_h2=()
+    [[ ${BENCH_STREAM_CLIENT_HTTP2:-0} != 1 ]] || client_h2=(--http2)
+    gen_config "$OUT/keygate-streams.toml" "127.0.0.1:$st_port" "redis://127.0.0.1:$REDIS_PORT/0" kgstreams \
+        "$(printf '"%s", ' $stream_pools | sed 's/, $//')"
+    {
+        gen_pool streams "http://127.0.0.1:$MOCK_STREAMS_PORT/v1" 4
+        [[ " $stream_pools " != *" streams-h2 "* ]] ||
+            gen_pool streams-h2 "http://127.0.0.1:$MOCK_STREAMS_PORT/v1" 4 | sed 's/^max_attempts = 3$/&\nupstream_http2 = "prior_knowledge"/'
+    } >>"$OUT/keygate-streams.toml"
     start_keygate keygate-streams "$OUT/keygate-streams.toml" "$st_port"
     st_pid=$LAST_PID
     # upstream_conns: ESTABLISHED connections from the replica to the streams mock.
@@ -516,28 +541,35 @@ if has_phase streams; then
         secs=${BENCH_STREAM_SECS:-20}
         log "streams: $n concurrent, direct, ${secs}s"
         direct=$("$streams_bin" --url "http://127.0.0.1:$MOCK_STREAMS_PORT/v1/chat/completions" \
-            --concurrency "$n" --secs "$secs" --token sk-bench-direct)
+            --concurrency "$n" --secs "$secs" --token sk-bench-direct ${client_h2[@]+"${client_h2[@]}"})
         printf '%s\tdirect\t%s\t-\t-\t-\t-\t-\t-\t-\n' "$n" \
             "$(jq -r '[.streams_per_s, .ttfb_p50_ms, .ttfb_p99_ms, .duration_p50_ms, .duration_p99_ms, .errors, .events] | @tsv' <<<"$direct")" >>"$OUT/streams.tsv"
-        idle=$(rss_mb "$st_pid")
-        reset_hwm "$st_pid"
-        t0=$(cpu_ticks "$st_pid")
-        log "streams: $n concurrent, keygate (Redis store), ${secs}s"
-        ( sleep $((secs / 2)); upstream_conns >"$OUT/.streams-conns" ) &
-        kg=$("$streams_bin" --url "http://127.0.0.1:$st_port/v1/chat/completions" \
-            --concurrency "$n" --secs "$secs" --token "$TOKEN" --header "X-Keygate-Pool: streams")
-        wait
-        t1=$(cpu_ticks "$st_pid")
-        peak=$(peak_rss_mb "$st_pid")
-        events=$(jq -r '.events' <<<"$kg")
-        log "streams: $n, idle ${BENCH_STREAMS_AFTER:-60}s"
-        sleep "${BENCH_STREAMS_AFTER:-60}"
-        printf '%s\tkeygate\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" \
-            "$(jq -r '[.streams_per_s, .ttfb_p50_ms, .ttfb_p99_ms, .duration_p50_ms, .duration_p99_ms, .errors, .events] | @tsv' <<<"$kg")" \
-            "$idle" "$peak" \
-            "$(awk -v p="$peak" -v i="$idle" -v n="$n" 'BEGIN {printf "%.1f", (p - i) * 1024 / n}')" \
-            "$(awk -v a="$t0" -v b="$t1" -v e="$events" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", e ? (b - a) / hz * 1e6 / e : 0}')" \
-            "$(cat "$OUT/.streams-conns")" "$(rss_mb "$st_pid")" "$(upstream_conns)" >>"$OUT/streams.tsv"
+        for pool in $stream_pools; do
+            target=keygate
+            [[ $pool == streams ]] || target=keygate-h2
+            idle=$(rss_mb "$st_pid")
+            reset_hwm "$st_pid"
+            t0=$(cpu_ticks "$st_pid")
+            log "streams: $n concurrent, $target (Redis store, pool $pool), ${secs}s"
+            ( sleep $((secs / 2)); upstream_conns >"$OUT/.streams-conns" ) &
+            sampler=$!
+            kg=$("$streams_bin" --url "http://127.0.0.1:$st_port/v1/chat/completions" \
+                --concurrency "$n" --secs "$secs" --token "$TOKEN" --header "X-Keygate-Pool: $pool" \
+                ${client_h2[@]+"${client_h2[@]}"})
+            # Only the sampler: a bare `wait` would also wait for the noise watch, which never ends.
+            wait "$sampler"
+            t1=$(cpu_ticks "$st_pid")
+            peak=$(peak_rss_mb "$st_pid")
+            events=$(jq -r '.events' <<<"$kg")
+            log "streams: $n, $target, idle ${BENCH_STREAMS_AFTER:-60}s"
+            sleep "${BENCH_STREAMS_AFTER:-60}"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$target" \
+                "$(jq -r '[.streams_per_s, .ttfb_p50_ms, .ttfb_p99_ms, .duration_p50_ms, .duration_p99_ms, .errors, .events] | @tsv' <<<"$kg")" \
+                "$idle" "$peak" \
+                "$(awk -v p="$peak" -v i="$idle" -v n="$n" 'BEGIN {printf "%.1f", (p - i) * 1024 / n}')" \
+                "$(awk -v a="$t0" -v b="$t1" -v e="$events" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", e ? (b - a) / hz * 1e6 / e : 0}')" \
+                "$(cat "$OUT/.streams-conns")" "$(rss_mb "$st_pid")" "$(upstream_conns)" >>"$OUT/streams.tsv"
+        done
     done
     stop_pid "$st_pid"
     stop_pid "$MOCK_STREAMS_PID"

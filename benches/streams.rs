@@ -9,7 +9,8 @@
 //! ```
 //!
 //! One HTTP/1.1 connection per open stream (as the SDKs do without HTTP/2), so N streams hold N
-//! sockets here, and 2N in a proxy between this and the provider.
+//! sockets here, and 2N in a proxy between this and the provider. `--http2` speaks HTTP/2 with
+//! prior knowledge instead, 100 streams per connection.
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,11 @@ struct Args {
     secs: u64,
     token: String,
     headers: Vec<(String, String)>,
+    http2: bool,
 }
+
+/// Streams per connection with `--http2` (servers commonly allow 100-256).
+const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -33,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         secs: 10,
         token: "bench-token".into(),
         headers: Vec::new(),
+        http2: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
                 let (k, v) = h.split_once(':').ok_or("--header takes NAME:VALUE")?;
                 args.headers.push((k.trim().into(), v.trim().into()));
             }
+            "--http2" => args.http2 = true,
             "--bench" => {} // added by `cargo bench`
             other => return Err(format!("unknown argument {other}")),
         }
@@ -117,17 +124,30 @@ async fn main() {
     };
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
-    let client: Http = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.concurrency)
-        .build(connector);
+    // HTTP/2: one client (one connection) per 100 slots, since one client keeps a single
+    // HTTP/2 connection per host and queues streams past the server's limit.
+    let clients: Vec<Http> = if args.http2 {
+        (0..args.concurrency.div_ceil(H2_STREAMS_PER_CONNECTION))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .build(connector.clone())
+            })
+            .collect()
+    } else {
+        vec![Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(args.concurrency)
+            .build(connector)]
+    };
     let body = Bytes::from_static(
         br#"{"model":"gpt-4.1","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Say something short."}]}"#,
     );
     let end = Instant::now() + Duration::from_secs(args.secs);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.concurrency {
-        let (client, args, body) = (client.clone(), args.clone(), body.clone());
+    for slot in 0..args.concurrency {
+        let client = clients[(slot / H2_STREAMS_PER_CONNECTION).min(clients.len() - 1)].clone();
+        let (args, body) = (args.clone(), body.clone());
         tasks.spawn(async move {
             let mut samples = Vec::new();
             let mut errors = Vec::new();

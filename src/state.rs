@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use axum::http::HeaderValue;
@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod budget;
 pub mod circuit;
+pub mod upstream_client;
 
 use crate::config::{Config, PoolConfig};
 use crate::metrics::Metrics;
@@ -21,6 +22,7 @@ use crate::store::budget::BudgetRecord;
 use crate::store::redis::RedisStore;
 use crate::store::{KeyStore, PoolSpec, SyncReceipt};
 use crate::upstream::scrub::Scrubber;
+use upstream_client::UpstreamClient;
 
 /// One pool as the proxy uses it: config, store spec, the upstream and the keys' secrets.
 pub struct PoolRuntime {
@@ -32,7 +34,7 @@ pub struct PoolRuntime {
     pub auth: HashMap<KeyId, KeyAuth>,
     /// Every secret of the pool, found and masked in whatever an upstream answers.
     pub scrubber: Arc<Scrubber>,
-    /// The upstream HTTP client (connection pool), with this pool's connect timeout.
+    /// The upstream HTTP client (connection pool), with this pool's timeouts and HTTP/2 mode.
     pub http: UpstreamClient,
 }
 
@@ -63,13 +65,6 @@ pub struct Gateway {
     pub clients: Vec<ClientAuth>,
 }
 
-/// hyper_util's pooled client, HTTP/1.1 or HTTP/2 (by ALPN over TLS), plain or TLS upstreams.
-/// It follows no redirect and adds nothing but `Host`.
-pub type UpstreamClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    http_body_util::Full<bytes::Bytes>,
->;
-
 /// The proxy variables other HTTP clients (reqwest, curl) honour. keygate's upstream client
 /// connects directly and never routes a request, and its key, through a proxy it was not
 /// configured with; a replica started with one of these set names them in a warning (never their
@@ -87,26 +82,6 @@ pub fn ignored_proxy_env(env: impl Fn(&str) -> Option<String>) -> Vec<&'static s
         .into_iter()
         .filter(|n| env(n).is_some_and(|v| !v.is_empty()))
         .collect()
-}
-
-fn http_client(pool: &PoolConfig) -> UpstreamClient {
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::{TokioExecutor, TokioTimer};
-    let mut tcp = HttpConnector::new();
-    tcp.set_connect_timeout(Some(Duration::from_millis(pool.timeouts.connect_ms)));
-    tcp.set_nodelay(true);
-    tcp.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(tcp);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(TokioTimer::new())
-        .build(connector)
 }
 
 impl Gateway {
@@ -143,7 +118,7 @@ impl Gateway {
                 base_url,
                 auth,
                 scrubber: Arc::new(Scrubber::new(p.keys.iter().map(|k| &k.secret))),
-                http: http_client(p),
+                http: UpstreamClient::new(p),
             };
             pools.insert(p.name.clone(), Arc::new(rt));
         }

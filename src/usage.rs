@@ -125,8 +125,20 @@ pub struct SseUsageScanner {
     has_data: bool,
     /// The current event passed [`MAX_EVENT_BYTES`]: skip its bytes until it ends.
     oversized: bool,
+    /// The current event's data was parsed in place (its blank line is still to come).
+    parsed: bool,
     usage: Option<Usage>,
     model: Option<String>,
+}
+
+/// Whether `rest`, the bytes after a line ending, starts with the blank line that ends an event
+/// (`after_cr`: that ending was `\r`, so a `\n` first completes it).
+fn ends_event(rest: &[u8], after_cr: bool) -> bool {
+    let rest = match rest {
+        [b'\n', tail @ ..] if after_cr => tail,
+        _ => rest,
+    };
+    matches!(rest.first(), Some(b'\n' | b'\r'))
 }
 
 impl SseUsageScanner {
@@ -134,19 +146,30 @@ impl SseUsageScanner {
         SseUsageScanner::default()
     }
 
-    /// Observes the next chunk of the stream.
+    /// Observes the next chunk of the stream. A line that lies whole in the chunk is read where
+    /// it is; only a line cut by a chunk boundary is copied (and only the `data` of an event
+    /// with more than one `data` line, or whose end is in a later chunk).
     pub fn feed(&mut self, mut chunk: &[u8]) {
         while let Some((&first, rest)) = chunk.split_first() {
             if std::mem::take(&mut self.after_cr) && first == b'\n' {
                 chunk = rest;
                 continue;
             }
-            match chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', chunk) {
                 Some(end) => {
-                    self.push_line_bytes(&chunk[..end]);
+                    let line = &chunk[..end];
                     self.after_cr = chunk[end] == b'\r';
-                    self.end_line();
                     chunk = &chunk[end + 1..];
+                    if self.line_started || self.oversized || line.is_empty() {
+                        self.push_line_bytes(line);
+                        self.end_line();
+                    } else if self.data.len() + line.len() > MAX_EVENT_BYTES {
+                        self.line_started = true;
+                        self.drop_event();
+                        self.end_line();
+                    } else {
+                        self.whole_line(line, ends_event(chunk, self.after_cr));
+                    }
                 }
                 None => {
                     self.push_line_bytes(chunk);
@@ -199,30 +222,51 @@ impl SseUsageScanner {
             return;
         }
         let line = std::mem::take(&mut self.line);
-        // A line without a colon is a field name with an empty value; `:` starts a comment.
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(colon) => (&line[..colon], &line[colon + 1..]),
-            None => (&line[..], &[][..]),
-        };
-        if field == b"data" {
-            let value = value.strip_prefix(b" ").unwrap_or(value);
-            if self.has_data {
-                self.data.push(b'\n');
-            }
-            self.data.extend_from_slice(value);
-            self.has_data = true;
-        }
+        self.whole_line(&line, false);
         // Reuse the line buffer's allocation.
         self.line = line;
         self.line.clear();
     }
 
-    fn end_event(&mut self) {
-        if self.has_data && !self.oversized && self.data != b"[DONE]" {
-            if let Some(envelope) = Envelope::parse(&self.data) {
+    /// One complete, non-empty line of the current event. When it is the event's only `data`
+    /// line and the event ends right after it (`event_ends`), the data is parsed in place.
+    fn whole_line(&mut self, line: &[u8], event_ends: bool) {
+        // A line without a colon is a field name with an empty value; `:` starts a comment.
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(colon) => (&line[..colon], &line[colon + 1..]),
+            None => (line, &[][..]),
+        };
+        if field != b"data" {
+            return;
+        }
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        if !self.has_data && event_ends {
+            self.parse_data(value);
+            self.parsed = true;
+        } else {
+            if self.has_data {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(value);
+        }
+        self.has_data = true;
+    }
+
+    fn parse_data(&mut self, data: &[u8]) {
+        if data != b"[DONE]" {
+            if let Some(envelope) = Envelope::parse(data) {
                 self.observe(&envelope);
             }
         }
+    }
+
+    fn end_event(&mut self) {
+        if self.has_data && !self.oversized && !self.parsed {
+            let data = std::mem::take(&mut self.data);
+            self.parse_data(&data);
+            self.data = data;
+        }
+        self.parsed = false;
         self.data.clear();
         self.has_data = false;
         self.oversized = false;

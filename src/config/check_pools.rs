@@ -10,7 +10,7 @@ use super::limits::{check_pool_limits, check_token_room, RawKeyLimits};
 use super::wire::{check_account_id, check_header_lists, check_paths, HeaderLists, DEFAULT_PATHS};
 use super::{
     CanaryConfig, KeyConfig, Limits, Policy, PoolConfig, PoolLimits, RotationConfig, Secret,
-    StickyBy, Timeouts, STABLE_GROUP,
+    StickyBy, Timeouts, UpstreamHttp2, STABLE_GROUP,
 };
 use crate::pool::is_valid_id;
 
@@ -82,6 +82,14 @@ fn check_pool(
     if let Some(timeouts) = &timeouts {
         check_timeouts(timeouts, &timeouts_path, ctx);
     }
+    let upstream_http2 = match raw.upstream_http2.as_deref() {
+        None => Some(UpstreamHttp2::default()),
+        Some(text) => UpstreamHttp2::parse(text).or_else(|| {
+            let message = format!("must be one of {}", UpstreamHttp2::NAMES.join(", "));
+            ctx.problem(format!("{path}.upstream_http2"), message);
+            None
+        }),
+    };
     let canary_path = format!("{path}.canary");
     let canary = (ctx.decode::<RawCanary>(toml::Value::Table(raw.canary), &canary_path))
         .and_then(|raw| check_canary(raw, &canary_path, ctx));
@@ -114,6 +122,7 @@ fn check_pool(
         fallbacks: raw.fallbacks,
         policy: policy?,
         timeouts: timeouts?,
+        upstream_http2: upstream_http2?,
         canary: canary?,
         rotation: rotation?,
         keys,
@@ -234,7 +243,20 @@ fn check_timeouts(timeouts: &Timeouts, path: &str, ctx: &mut Ctx) {
             ctx.problem(format!("{path}.{field}"), message);
         }
     }
+    if timeouts.idle_connections > MAX_IDLE_CONNECTIONS {
+        let message = format!("must be at most {MAX_IDLE_CONNECTIONS}");
+        ctx.problem(format!("{path}.idle_connections"), message);
+    }
+    if !(1..=MAX_IDLE_TIMEOUT_MS).contains(&timeouts.idle_timeout_ms) {
+        let message = format!("must be 1..={MAX_IDLE_TIMEOUT_MS}");
+        ctx.problem(format!("{path}.idle_timeout_ms"), message);
+    }
 }
+
+/// Idle upstream connections a pool may keep per host (each holds a file descriptor).
+const MAX_IDLE_CONNECTIONS: usize = 100_000;
+/// An hour: longer than any upstream keeps an idle connection open.
+const MAX_IDLE_TIMEOUT_MS: u64 = 3_600_000;
 
 fn check_canary(raw: RawCanary, path: &str, ctx: &mut Ctx) -> Option<CanaryConfig> {
     let group_ok = if !is_valid_id(&raw.group) {

@@ -307,6 +307,7 @@ pub(super) struct RawPool {
     pub(super) policy: toml::Table,
     #[serde(default)]
     pub(super) timeouts: toml::Table,
+    pub(super) upstream_http2: Option<String>,
     #[serde(default)]
     pub(super) canary: toml::Table,
     #[serde(default)]

@@ -265,6 +265,8 @@ pub struct PoolConfig {
     pub fallbacks: BTreeMap<String, Vec<String>>,
     pub policy: Policy,
     pub timeouts: Timeouts,
+    /// Whether the upstream client speaks HTTP/2 (README, "Upstream connections").
+    pub upstream_http2: UpstreamHttp2,
     pub canary: CanaryConfig,
     /// `[pools.rotation]`: defaults of rotation plans (README, "Rotating keys").
     pub rotation: RotationConfig,
@@ -384,6 +386,10 @@ pub struct Timeouts {
     /// Until the response head arrives, across all attempts of a request: a hung upstream fails
     /// the request in this time, not `max_attempts × first_byte_ms`. `None`: `first_byte_ms`.
     pub first_byte_total_ms: Option<u64>,
+    /// Idle keep-alive connections kept per upstream host; more are closed when they fall idle.
+    pub idle_connections: usize,
+    /// How long an idle upstream connection is kept before it is closed.
+    pub idle_timeout_ms: u64,
 }
 
 impl Timeouts {
@@ -400,6 +406,33 @@ impl Default for Timeouts {
             first_byte_ms: 30_000,
             total_ms: 300_000,
             first_byte_total_ms: None,
+            idle_connections: 256,
+            idle_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[[pools]] upstream_http2`: how the upstream client chooses between HTTP/1.1 and HTTP/2.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpstreamHttp2 {
+    /// HTTP/2 when a TLS upstream offers it by ALPN, else HTTP/1.1 (plaintext upstreams).
+    #[default]
+    Alpn,
+    /// HTTP/2 always, without negotiation: h2c to plaintext upstreams that speak it.
+    PriorKnowledge,
+    /// HTTP/1.1 only (ALPN offers only `http/1.1`).
+    Never,
+}
+
+impl UpstreamHttp2 {
+    pub const NAMES: [&'static str; 3] = ["alpn", "prior_knowledge", "never"];
+
+    pub fn parse(s: &str) -> Option<UpstreamHttp2> {
+        match s {
+            "alpn" => Some(UpstreamHttp2::Alpn),
+            "prior_knowledge" => Some(UpstreamHttp2::PriorKnowledge),
+            "never" => Some(UpstreamHttp2::Never),
+            _ => None,
         }
     }
 }

@@ -16,6 +16,7 @@ use super::report::{report_in_background, report_success, Reported};
 use super::{forward, Call};
 use crate::error::ApiError;
 use crate::pool::{KeyId, KeyState, Outcome};
+use crate::state::upstream_client::Lease;
 use crate::state::AppState;
 use crate::store::KeyStoreExt;
 use crate::store::{random_draw, Chosen, Report, SelectRequest, Selection, Unavailable};
@@ -115,9 +116,13 @@ impl Attempt<'_> {
         *upstream.uri_mut() = call.uri.clone();
         *upstream.headers_mut() =
             forward::upstream_headers(&call.headers, &pool.config.headers, key_auth);
-        let send = call.pool.http.request(upstream);
+        let (send, lease) = call.pool.http.request(upstream);
         let started = Instant::now();
-        match tokio::time::timeout(first_byte, send).await {
+        let answer = tokio::time::timeout(first_byte, send).await;
+        if let Ok(Ok(resp)) = &answer {
+            call.pool.http.answered_over(resp.version());
+        }
+        match answer {
             Err(_) => failed(call, chosen, Outcome::Timeout, 0, None, started).await,
             Ok(Err(e)) => {
                 // A connect timeout is a connect error too (the pool's connect_ms).
@@ -132,7 +137,8 @@ impl Attempt<'_> {
             }
             Ok(Ok(resp)) if forward::is_encoded(resp.headers()) => encoded(call, chosen, &resp),
             Ok(Ok(resp)) if resp.status().is_success() => {
-                succeeded(call, chosen, resp, started, self.model, ticket.take())
+                let held = (ticket.take(), lease);
+                succeeded(call, chosen, resp, started, self.model, held)
             }
             Ok(Ok(resp)) => answered_error(call, chosen, resp, started).await,
         }
@@ -145,7 +151,7 @@ fn succeeded(
     resp: UpstreamResponse,
     started: Instant,
     model: Option<&str>,
-    ticket: Option<BudgetTicket>,
+    held: (Option<BudgetTicket>, Lease),
 ) -> Step {
     let pool = call.pool.config.name.clone();
     let verdict = classify(resp.status(), resp.headers(), None, SystemTime::now());
@@ -185,7 +191,7 @@ fn succeeded(
         chosen,
         model.map(|m| m.chars().take(64).collect()),
         reported,
-        ticket,
+        held,
     );
     let scrub = StreamScrub::new(call.pool.scrubber.clone());
     let body = ObservedBody::new(resp, call.deadline, scrub, on_end);
@@ -202,10 +208,12 @@ fn stream_end(
     chosen: Chosen,
     model: Option<String>,
     success_report: Reported,
-    mut ticket: Option<BudgetTicket>,
+    (mut ticket, lease): (Option<BudgetTicket>, Lease),
 ) -> super::body::OnEnd {
     Box::new(
         move |ending: Ending, usage: Option<Usage>, answered: Option<String>| {
+            // The upstream stream is over: its place on the upstream connection is free.
+            drop(lease);
             if let (Some(t), Some(u)) = (ticket.as_mut(), &usage) {
                 t.set_usage(u.total_tokens.max(u.prompt_tokens + u.completion_tokens));
             }

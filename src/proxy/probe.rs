@@ -113,7 +113,8 @@ async fn probe(pool: &PoolRuntime, key: &KeyId) -> Finding {
     let limit = Duration::from_millis(pool.config.timeouts.first_byte_ms)
         .min(Duration::from_secs(policy.auth_bench_s));
     let answer = async {
-        let resp = pool.http.request(request).await.ok()?;
+        let (send, _lease) = pool.http.request(request);
+        let resp = send.await.ok()?;
         let status = resp.status();
         let body = http_body_util::Limited::new(resp.into_body(), MAX_PROBE_BODY)
             .collect()

@@ -107,6 +107,29 @@ fn stream_final_chunk_usage_and_model_are_seen() {
 }
 
 #[test]
+fn events_that_arrive_whole_are_read_in_place_without_a_copy() {
+    // One chunk per event, as an upstream sends them, in each line-ending style.
+    for ending in ["\n", "\r\n", "\r"] {
+        let text = CHAT_STREAM.replace('\n', ending);
+        let mut scanner = SseUsageScanner::new();
+        for event in text.split_inclusive(&format!("{ending}{ending}")) {
+            scanner.feed(event.as_bytes());
+        }
+        assert_eq!(scanner.usage(), Some(CHAT_USAGE), "{ending:?}");
+        assert_eq!(
+            (scanner.line.capacity(), scanner.data.capacity()),
+            (0, 0),
+            "nothing buffered with {ending:?} line endings"
+        );
+    }
+    // An event cut in two is still read whole, through the buffers.
+    let bytes = CHAT_STREAM.as_bytes();
+    let cut = CHAT_STREAM.find("\"usage\":{").expect("usage event");
+    let scanner = scan(&[&bytes[..cut], &bytes[cut..]]);
+    assert_eq!(scanner.usage(), Some(CHAT_USAGE));
+}
+
+#[test]
 fn stream_split_at_every_byte_boundary_gives_identical_usage() {
     let bytes = CHAT_STREAM.as_bytes();
     for split in 0..=bytes.len() {

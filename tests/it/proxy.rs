@@ -5,6 +5,7 @@ mod batch;
 mod budgets;
 mod learned;
 mod lifecycle;
+mod upstream_conns;
 
 use std::collections::HashMap;
 use std::time::Instant;

@@ -84,18 +84,45 @@ fn pool_names_and_limits_are_checked() {
         &text,
         "pools[1].name: duplicate pool \"prod\" (also pools[0])",
     );
-    assert_problem(
-        &pool_with("max_attempts = 0", &[key]),
-        "pools[0].max_attempts: must be 1..=10",
+    for (extra, problem) in [
+        ("max_attempts = 0", "pools[0].max_attempts: must be 1..=10"),
+        ("max_attempts = 11", "pools[0].max_attempts: must be 1..=10"),
+        (
+            "[pools.timeouts]\nconnect_ms = 0",
+            "pools[0].timeouts.connect_ms: must be at least 1",
+        ),
+        (
+            "[pools.timeouts]\nidle_connections = 100001",
+            "pools[0].timeouts.idle_connections: must be at most 100000",
+        ),
+        (
+            "[pools.timeouts]\nidle_timeout_ms = 0",
+            "pools[0].timeouts.idle_timeout_ms: must be 1..=3600000",
+        ),
+        (
+            "upstream_http2 = \"h2c\"",
+            "pools[0].upstream_http2: must be one of alpn, prior_knowledge, never",
+        ),
+    ] {
+        assert_problem(&pool_with(extra, &[key]), problem);
+    }
+    let negative = problems(
+        &pool_with("[pools.timeouts]\nidle_connections = -1", &[key]),
+        &[],
     );
-    assert_problem(
-        &pool_with("max_attempts = 11", &[key]),
-        "pools[0].max_attempts: must be 1..=10",
+    assert!(
+        negative.iter().any(|p| p.contains("idle_connections")),
+        "{negative:?}"
     );
-    assert_problem(
-        &pool_with("[pools.timeouts]\nconnect_ms = 0", &[key]),
-        "pools[0].timeouts.connect_ms: must be at least 1",
+    let tuned = "upstream_http2 = \"prior_knowledge\"\n[pools.timeouts]\nidle_connections = 0\nidle_timeout_ms = 500";
+    let config = parse(&pool_with(tuned, &[key]), &[]).expect("valid");
+    let pool = &config.pools[0];
+    assert_eq!(pool.upstream_http2, UpstreamHttp2::PriorKnowledge);
+    let idle = (
+        pool.timeouts.idle_connections,
+        pool.timeouts.idle_timeout_ms,
     );
+    assert_eq!(idle, (0, 500));
     let policy = "[pools.policy]\ncooldown_default_s = 60\ncooldown_max_s = 30\nbreaker_errors = 0";
     assert_problem(
         &pool_with(policy, &[key]),

@@ -48,6 +48,8 @@ type Rules = Arc<Mutex<Vec<(Vec<u8>, Fault)>>>;
 #[derive(Debug, Default)]
 pub struct ProxyStats {
     pub accepted: AtomicU64,
+    /// Connections accepted and not yet closed (by either side, or by a fault).
+    pub open: AtomicU64,
     /// Bytes keygate sent towards the target (forwarded or not).
     pub bytes_up: AtomicU64,
     /// Bytes forwarded from the target to keygate.
@@ -148,12 +150,15 @@ async fn accept_loop(listener: TcpListener, shared: Shared, stop: CancellationTo
             },
         };
         shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        shared.stats.open.fetch_add(1, Ordering::Relaxed);
         let (shared, stop) = (shared.clone(), stop.clone());
         tokio::spawn(async move {
+            let stats = shared.stats.clone();
             tokio::select! {
                 _ = stop.cancelled() => {}
                 _ = connection(client, shared) => {}
             }
+            stats.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

@@ -1,0 +1,149 @@
+//! One pool's upstream HTTP client: hyper_util's pooled client over hyper-rustls (BENCHMARKS.md,
+//! "The upstream client"), built from the pool's `upstream_http2` and `[pools.timeouts]`
+//! (README, "Upstream connections").
+//!
+//! HTTP/1.1 carries one request per connection at a time; idle connections are kept up to
+//! `idle_connections` per host, each for at most `idle_timeout_ms`. HTTP/2 carries many streams
+//! on one connection, but hyper_util's pool holds a single connection per host and queues the
+//! streams an upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` does not admit. Long SSE streams
+//! would wait there for others to end, so once the upstream has answered over HTTP/2 requests
+//! are spread over several clients (one connection each), each carrying at most
+//! [`H2_STREAMS_PER_CONNECTION`] at once.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{PoolConfig, UpstreamHttp2};
+
+/// Streams one HTTP/2 connection carries at once before the next request goes to another: the
+/// limit HTTP/2 peers assume before a server's SETTINGS arrive (servers commonly allow 100-256).
+pub const H2_STREAMS_PER_CONNECTION: usize = 100;
+
+/// The response head's read buffer of an HTTP/1.1 upstream connection: hyper's default, the
+/// largest response head keygate accepts.
+const H1_MAX_BUF: usize = 64 * 1024;
+
+type Inner = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One client (HTTP/2: one connection) and the requests it carries now.
+struct Slot {
+    client: Inner,
+    in_flight: AtomicUsize,
+}
+
+/// A pool's upstream client; follows no redirect and adds nothing but `Host`.
+pub struct UpstreamClient {
+    connector: hyper_rustls::HttpsConnector<HttpConnector>,
+    mode: UpstreamHttp2,
+    idle_connections: usize,
+    idle_timeout: Duration,
+    slots: RwLock<Vec<Arc<Slot>>>,
+    /// The upstream answered over HTTP/2 (by ALPN or prior knowledge): spread the streams.
+    h2_seen: AtomicBool,
+}
+
+/// One request's place in a client, given back when dropped (when its response body has ended
+/// or been dropped).
+pub struct Lease(Arc<Slot>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl UpstreamClient {
+    pub fn new(pool: &PoolConfig) -> UpstreamClient {
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(Duration::from_millis(pool.timeouts.connect_ms)));
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http();
+        let connector = match pool.upstream_http2 {
+            UpstreamHttp2::Never => builder.enable_http1().wrap_connector(tcp),
+            UpstreamHttp2::Alpn | UpstreamHttp2::PriorKnowledge => {
+                builder.enable_http1().enable_http2().wrap_connector(tcp)
+            }
+        };
+        let client = UpstreamClient {
+            connector,
+            mode: pool.upstream_http2,
+            idle_connections: pool.timeouts.idle_connections,
+            idle_timeout: Duration::from_millis(pool.timeouts.idle_timeout_ms),
+            slots: RwLock::new(Vec::new()),
+            h2_seen: AtomicBool::new(pool.upstream_http2 == UpstreamHttp2::PriorKnowledge),
+        };
+        let first = client.slot();
+        client.write_slots().push(first);
+        client
+    }
+
+    fn slot(&self) -> Arc<Slot> {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_max_idle_per_host(self.idle_connections)
+            .pool_idle_timeout(self.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http1_max_buf_size(H1_MAX_BUF)
+            .http2_only(self.mode == UpstreamHttp2::PriorKnowledge);
+        Arc::new(Slot {
+            client: builder.build(self.connector.clone()),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn write_slots(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Slot>>> {
+        self.slots.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `request`; the lease holds its place until the response (body included) is done.
+    pub fn request(&self, request: http::Request<Full<Bytes>>) -> (ResponseFuture, Lease) {
+        let slot = self.pick();
+        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        (slot.client.request(request), Lease(slot))
+    }
+
+    /// Notes the protocol an answer came in: HTTP/2 turns on spreading over connections.
+    pub fn answered_over(&self, version: http::Version) {
+        if version == http::Version::HTTP_2 && !self.h2_seen.load(Ordering::Relaxed) {
+            self.h2_seen.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// HTTP/1.1: the one client. HTTP/2: the first client with room for another stream, else a
+    /// new one.
+    fn pick(&self) -> Arc<Slot> {
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        if !self.h2_seen.load(Ordering::Relaxed) {
+            return slots[0].clone();
+        }
+        let has_room =
+            |s: &Arc<Slot>| s.in_flight.load(Ordering::Acquire) < H2_STREAMS_PER_CONNECTION;
+        if let Some(slot) = slots.iter().find(|s| has_room(s)) {
+            return slot.clone();
+        }
+        drop(slots);
+        let mut slots = self.write_slots();
+        if let Some(slot) = slots.iter().find(|s| has_room(s)) {
+            return slot.clone();
+        }
+        let slot = self.slot();
+        slots.push(slot.clone());
+        slot
+    }
+
+    /// Clients (HTTP/2: connections) this pool has opened so far.
+    pub fn clients(&self) -> usize {
+        self.slots.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
