@@ -402,15 +402,15 @@ budget_replica() {
     local label=$1 limits=$2
     alloc_port
     local port=$PORT cfg="$OUT/keygate-$label.toml"
-    gen_config "$cfg" "127.0.0.1:$port" "redis://127.0.0.1:$REDIS_PORT/0" "kg$label$round" '"b16"'
+    gen_config "$cfg" "127.0.0.1:$port" "redis://127.0.0.1:$REDIS_PORT/0" "kg$label$round" '"b64"'
     {
-        gen_pool b16 "http://127.0.0.1:$MOCK_FAST_PORT/v1" 16
+        gen_pool b64 "http://127.0.0.1:$MOCK_FAST_PORT/v1" 64
         # A [pools.limits] table after the keys belongs to the same (last) pool.
         [[ -z $limits ]] || printf '\n[pools.limits]\n%s\n' "$limits"
     } >>"$cfg"
     start_keygate "keygate-$label" "$cfg" "$port"
     local pid=$LAST_PID
-    SUT_KG=("$pid") SUT_PORTS=("$port") SUT_NGX=() POOL_HEADER=b16
+    SUT_KG=("$pid") SUT_PORTS=("$port") SUT_NGX=() POOL_HEADER=b64
     URL="http://127.0.0.1:$port/v1/chat/completions"
     run_point budgets fast "$label" w1 "$URL"
     for pt in ${BUDGET_POINTS:-c64 c1}; do run_point budgets fast "$label" "$pt" "$URL"; done
@@ -419,11 +419,15 @@ budget_replica() {
 
 if has_phase budgets; then
     use_mode fast
-    not_binding='rpm = 1000000
-tpm = 100000000
+    # A key's request schedule has millisecond steps, so rpm 60,000 (one request per key per
+    # millisecond) is the most it enforces; 64 keys at that rate carry 64,000 req/s, about three
+    # times what one replica serves here. Each request reserves its prompt estimate plus
+    # default_completion_tokens (1,024), hence the large tpm.
+    not_binding='rpm = 60000
+tpm = 10000000000
 max_concurrent = 1000'
     for round in 1 2 3; do
-        log "budgets: round $round, 16 keys without and with budgets that never bind"
+        log "budgets: round $round, 64 keys without and with budgets that never bind"
         budget_replica budgets-off ""
         budget_replica budgets-on "$not_binding"
     done

@@ -83,7 +83,7 @@ if grep -q '^sizepair	' "$TSV"; then
 fi
 if grep -q '^budgets	' "$TSV"; then
     echo
-    echo "## Budgets configured but not binding (16 keys, Redis store, interleaved rounds, a fresh replica each)"
+    echo "## Budgets configured but not binding (64 keys, Redis store, interleaved rounds, a fresh replica each)"
     echo
     table budgets
 fi

@@ -32,12 +32,15 @@ struct Rig {
     http: reqwest::Client,
 }
 
-/// A rotation section with short times, so a whole plan runs in seconds.
+/// A rotation section with short times, so a whole plan runs in seconds. The latency guard
+/// gets 5 s of slack: on a loaded machine one slow canary request would roll a plan back, and
+/// no test here is about latency (`rotation/guards.rs` tests that guard).
 fn rotation_section(eval_ms: u64, lease_ms: u64, dwell_s: u64) -> String {
     format!(
         "[pools.canary]\ngroup = \"canary\"\npercent = 0\n\n\
          [pools.rotation]\nsteps = [5, 25, 50, 100]\nmin_requests = 5\nmin_dwell_s = {dwell_s}\n\
-         eval_interval_ms = {eval_ms}\nlease_ms = {lease_ms}\ndrain_wait_ms = 500\n"
+         eval_interval_ms = {eval_ms}\nlease_ms = {lease_ms}\ndrain_wait_ms = 500\n\
+         p99_slack_ms = 5000\n"
     )
 }
 
