@@ -98,7 +98,7 @@ pub async fn build_state(
     leases.start(store.clone(), renew_every);
     let gateway = Gateway::from_config(config)?;
     metrics.initialise_pools(&gateway.config.pools);
-    for pool in gateway.pools.values().filter(|p| p.spec.has_budgets()) {
+    for pool in gateway.pools.values().filter(|p| p.has_budgets) {
         // Exported from the start (zero), so dashboards see the family before the first wait.
         metrics.budget_wait.with_label_values(&[&pool.spec.name]);
     }

@@ -28,6 +28,8 @@ use upstream_client::UpstreamClient;
 pub struct PoolRuntime {
     pub config: Arc<PoolConfig>,
     pub spec: PoolSpec,
+    /// `spec.has_budgets()`, computed once: it looks at every key, and a pool may hold 10,000.
+    pub has_budgets: bool,
     /// The configured base URL, parsed; requests only ever go to its scheme, host and port.
     pub base_url: url::Url,
     /// Per key id: what an attempt sends.
@@ -112,9 +114,11 @@ impl Gateway {
                 };
                 auth.insert(id, key_auth);
             }
+            let spec = PoolSpec::from_config(p);
             let rt = PoolRuntime {
                 config: p.clone(),
-                spec: PoolSpec::from_config(p),
+                has_budgets: spec.has_budgets(),
+                spec,
                 base_url,
                 auth,
                 scrubber: Arc::new(Scrubber::new(p.keys.iter().map(|k| &k.secret))),

@@ -155,7 +155,7 @@ fn succeeded(
 ) -> Step {
     let pool = call.pool.config.name.clone();
     let verdict = classify(resp.status(), resp.headers(), None, SystemTime::now());
-    let hints = (call.pool.spec.has_budgets())
+    let hints = (call.pool.has_budgets)
         .then(|| provider_hints(&read_hints(resp.headers(), SystemTime::now())));
     call.state.metrics.record_attempt(
         &pool,

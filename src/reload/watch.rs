@@ -31,6 +31,7 @@ pub fn spawn_reload_watcher(
         let mut file_tick = tokio::time::interval(every);
         file_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut file = FileWatch {
+            stamp: stamp(&path),
             hash: file_hash(&path),
             path,
         };
@@ -49,14 +50,31 @@ pub fn spawn_reload_watcher(
     }))
 }
 
-/// The config file and the hash it had at the last look.
+/// The config file, its size, modification time and inode at the last look, and its hash.
 struct FileWatch {
     path: PathBuf,
+    stamp: Option<Stamp>,
     hash: String,
+}
+
+type Stamp = (u64, std::time::SystemTime, u64);
+
+/// What changes whenever the file's content does (also when a symlink is swapped to a new
+/// target, as Kubernetes does with a ConfigMap): read on every tick instead of the whole file,
+/// which for a 10,000-key pool is over a megabyte to read and hash.
+fn stamp(path: &std::path::Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?, meta.ino()))
 }
 
 impl FileWatch {
     async fn reload_if_changed(&mut self, state: &AppState) {
+        let stamp = stamp(&self.path);
+        if stamp.is_some() && stamp == self.stamp {
+            return;
+        }
+        self.stamp = stamp;
         let now = file_hash(&self.path);
         if now.is_empty() || now == self.hash {
             return;

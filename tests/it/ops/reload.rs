@@ -356,3 +356,52 @@ async fn sighup_and_keygate_reload_make_a_running_process_reload_its_config_file
         );
     }
 }
+
+/// The file watch (`server.config_watch_ms`) sees a config swapped the way Kubernetes swaps a
+/// ConfigMap, by pointing a symlink at a new file, and a file rewritten in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_watch_reloads_a_config_swapped_by_symlink_or_rewritten_in_place() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let toml = |keys: &[TestKey]| config_toml(Some(&redis.url()), &mock.base_url(), keys, "");
+    let env = [
+        ("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("KEYGATE_SERVER__CONFIG_WATCH_MS", "100"),
+    ];
+    let kp = KeygateProcess::start(&toml(&K3), &env).await;
+    let dir = kp.proc.dir();
+    let file = dir.join("keygate.toml");
+    let c = http();
+    let keys_url = kp.url("/admin/pools/p/keys");
+    let listed_ids = |c: reqwest::Client, url: String| async move {
+        let r = c.get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        let v: Value = r.json().await.unwrap();
+        let keys = v["keys"].as_array().cloned().unwrap_or_default();
+        keys.iter()
+            .filter(|k| !k["fingerprint"].is_null())
+            .map(|k| k["id"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<String>>()
+    };
+
+    // Swapped by symlink: the path becomes a link to a new file holding k4 as well.
+    let with_k4 = [K3[0].clone(), K3[1].clone(), K3[2].clone(), K4];
+    let next = dir.join("keygate.next.toml");
+    std::fs::write(&next, toml(&with_k4)).unwrap();
+    let link = dir.join("keygate.link");
+    std::os::unix::fs::symlink(&next, &link).unwrap();
+    std::fs::rename(&link, &file).unwrap();
+    wait_until(Duration::from_secs(10), "k4 listed after the swap", || {
+        let (c, url) = (c.clone(), keys_url.clone());
+        async move { listed_ids(c, url).await.contains(&"k4".to_string()) }
+    })
+    .await;
+
+    // Rewritten in place (through the link): k4 leaves again.
+    std::fs::write(&next, toml(&K3)).unwrap();
+    wait_until(Duration::from_secs(10), "k4 gone after the rewrite", || {
+        let (c, url) = (c.clone(), keys_url.clone());
+        async move { !listed_ids(c, url).await.contains(&"k4".to_string()) }
+    })
+    .await;
+    assert_eq!(listed_ids(c.clone(), keys_url.clone()).await.len(), 3);
+}
