@@ -101,9 +101,17 @@ async fn concurrent_selects_share_three_script_calls_and_match_one_by_one_select
     let sels: Vec<SelectRequest> = reqs.iter().map(|r| select_req(r, t)).collect();
 
     let before = evalsha_calls(&server);
-    // One task polls all 30: the first two find a free lane each and are sent alone; the other
-    // 28 wait for them and go together in the third call.
-    let together = futures::future::join_all(sels.iter().map(|q| redis.select("p", q))).await;
+    // One pass over all 30 while Redis is stopped: the first two find a free lane each and are
+    // sent alone; the other 28 queue behind them. Only then may Redis answer (on a runtime
+    // worker, a lane's answer could otherwise come back while the pass is still queuing, and
+    // take only part of the queue). The 28 then go together in the third call.
+    server.pause();
+    let mut all = Box::pin(futures::future::join_all(
+        sels.iter().map(|q| redis.select("p", q)),
+    ));
+    assert!(futures::poll!(&mut all).is_pending());
+    server.resume();
+    let together = all.await;
     assert_eq!(evalsha_calls(&server) - before, 3);
 
     let mut one_by_one = Vec::new();
