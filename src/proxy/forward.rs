@@ -121,8 +121,8 @@ fn plain_path_byte(b: u8) -> bool {
 /// string `upstream_url` builds, under the base's own scheme, host, port and path. `None` for
 /// anything else (and for a path the checks refuse), which takes the full parse.
 fn plain_upstream_uri(base: &url::Url, path: &str, query: Option<&str>) -> Option<String> {
-    let plain_query =
-        |q: &str| q.bytes().all(|b| plain_path_byte(b) || b == b'?') && !q.contains('\'');
+    // `'` is not a plain byte: `url` encodes it in the query of http(s) URLs.
+    let plain_query = |q: &str| q.bytes().all(|b| plain_path_byte(b) || b == b'?');
     if !path.bytes().all(plain_path_byte)
         || !query.is_none_or(plain_query)
         || base.query().is_some()
