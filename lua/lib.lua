@@ -37,6 +37,85 @@ end
 
 local function num(v) return tonumber(v) or 0 end
 
+-- Deferred writes (select.lua and report_batch.lua set DEFER = true and call flush() before
+-- they return; every other script writes at once). A call that benches and brings back many
+-- keys would otherwise send one HINCRBY per counter change and one HSET per field group: with
+-- budgets that is most of its cost (BENCHMARKS.md, "Budgets: the select call's Redis work").
+-- Deferred are the counters (hincr: the meta hash's cnt:<state>, ver, lease_seq and the class
+-- counts kg:{P}:clsn:<g>) and a key hash's fields (kset). Reads within the call see them:
+-- kget and load_key overlay a key's pending fields, pending() gives a counter's pending delta.
+-- Sets (class sets, due index, probe sets, leases) are written at once.
+local DEFER = false
+local counters, counter_order = {}, {}
+local kdirty, kdirty_order = {}, {}
+
+-- The pending table of `name` in `tables` (created and listed in `order` on first use).
+local function pending_table(tables, order, name)
+  local t = tables[name]
+  if not t then
+    t = {}
+    tables[name] = t
+    order[#order + 1] = name
+  end
+  return t
+end
+
+local function hincr(h, f, d)
+  if not DEFER then return redis.call('HINCRBY', h, f, d) end
+  local t = pending_table(counters, counter_order, h)
+  t[f] = (t[f] or 0) + d
+end
+
+local function pending(h, f)
+  local t = counters[h]
+  return t and t[f] or 0
+end
+
+-- Sets fields of key `id`: kset(id, field, value, field, value, ...).
+local function kset(id, ...)
+  if not DEFER then return redis.call('HSET', kkey(id), ...) end
+  local t = pending_table(kdirty, kdirty_order, id)
+  local a = {...}
+  for i = 1, #a, 2 do t[a[i]] = a[i + 1] end
+end
+
+-- HMGET of key `id`'s fields, with the call's pending writes in place.
+local function kget(id, fields)
+  local v = redis.call('HMGET', kkey(id), unpack(fields))
+  local t = kdirty[id]
+  if t then
+    for i, f in ipairs(fields) do
+      local x = t[f]
+      if x ~= nil then v[i] = x end
+    end
+  end
+  return v
+end
+
+-- An integer as the decimal string Redis would store (a Lua number passed to redis.call is
+-- printed as a double, which costs more).
+local fmt_int = string.format
+local function int(x) return fmt_int('%d', x) end
+
+-- Writes what the call deferred: one HSET per key written, one HINCRBY per counter moved.
+local function flush()
+  for _, id in ipairs(kdirty_order) do
+    local a = {}
+    for f, x in pairs(kdirty[id]) do
+      a[#a + 1] = f
+      if type(x) == 'number' then x = int(x) end
+      a[#a + 1] = x
+    end
+    redis.call('HSET', kkey(id), unpack(a))
+  end
+  for _, h in ipairs(counter_order) do
+    for f, d in pairs(counters[h]) do
+      if d ~= 0 then redis.call('HINCRBY', h, f, int(d)) end
+    end
+  end
+  counters, counter_order, kdirty, kdirty_order = {}, {}, {}, {}
+end
+
 -- The weight class of a weight in 1..=1000: floor(log2(w)), by exact integer comparison.
 local function wclass(w)
   local c = 0
@@ -50,20 +129,20 @@ local function cls_move(g, id, w, sign)
   local c = wclass(w)
   if sign > 0 then redis.call('ZADD', cls_key(g, c), w, id)
   else redis.call('ZREM', cls_key(g, c), id) end
-  redis.call('HINCRBY', clsn_key(g), c, sign)
-  redis.call('HINCRBY', clsn_key(g), 'total', sign * w)
+  hincr(clsn_key(g), tostring(c), sign)
+  hincr(clsn_key(g), 'total', sign * w)
 end
 
 -- Loads the fields the transitions need into a Lua table.
 local FIELDS = {'status', 'reason', 'weight', 'group', 'errors', 'strikes', 'cooldown_until_ms',
   'window_start_ms', 'open_ms'}
-local function load_key(id)
-  local v = redis.call('HMGET', kkey(id), unpack(FIELDS))
+local function key_of(id, v)
   if not v[1] then return nil end
   return {id = id, status = v[1], reason = v[2] or '', weight = num(v[3]), group = v[4] or 'stable',
     errors = num(v[5]), strikes = num(v[6]), cooldown_until_ms = num(v[7]),
     window_start_ms = num(v[8]), open_ms = num(v[9])}
 end
+local function load_key(id) return key_of(id, kget(id, FIELDS)) end
 
 local function selectable(status, weight) return status == 'active' and weight > 0 end
 
@@ -71,7 +150,7 @@ local function selectable(status, weight) return status == 'active' and weight >
 -- shows of a key's status, reason, deadline, weight, group or membership, or the canary
 -- percent, bumps it, so a replica can skip re-reading an unchanged pool. Counters (successes,
 -- errors, last_used_ms...) do not bump it.
-local function bump() redis.call('HINCRBY', META, 'ver', 1) end
+local function bump() hincr(META, 'ver', 1) end
 
 -- The one place a key's status changes: keeps the class sets, the probe sets, the due index
 -- and the per-state counters consistent with the key hash.
@@ -82,40 +161,39 @@ local function set_status(k, status, reason, deadline)
   if was and not now_in then cls_move(k.group, k.id, k.weight, -1)
   elseif now_in and not was then cls_move(k.group, k.id, k.weight, 1) end
   if old ~= status then
-    redis.call('HINCRBY', META, 'cnt:' .. old, -1)
-    redis.call('HINCRBY', META, 'cnt:' .. status, 1)
+    hincr(META, 'cnt:' .. old, -1)
+    hincr(META, 'cnt:' .. status, 1)
     if old == 'half_open' then redis.call('ZREM', probe_key(k.group), k.id) end
     if status == 'half_open' then redis.call('ZADD', probe_key(k.group), 0, k.id) end
   end
   if deadline then
-    redis.call('ZADD', DUE, deadline, k.id)
-  else
+    redis.call('ZADD', DUE, int(deadline), k.id)
+  elseif not k.off_due then
     redis.call('ZREM', DUE, k.id)
   end
   k.status, k.reason = status, reason
-  redis.call('HSET', kkey(k.id), 'status', status, 'reason', reason,
-    'cooldown_until_ms', deadline or 0)
+  kset(k.id, 'status', status, 'reason', reason, 'cooldown_until_ms', deadline or 0)
   bump()
 end
 
 -- Moves one key whose deadline has passed to its next state: cooling -> active,
 -- open -> half_open, disabled(quota) -> active (anything else just leaves the due index).
+-- Every id recovered leaves the due index: the caller has removed it already.
 local function recover_key(id)
   local k = load_key(id)
-  if not k then
-    redis.call('ZREM', DUE, id)
-  elseif k.status == 'cooling' or (k.status == 'disabled' and k.reason == 'quota') then
+  if not k then return end
+  k.off_due = true
+  if k.status == 'cooling' or (k.status == 'disabled' and k.reason == 'quota') then
     set_status(k, 'active', '', nil)
   elseif k.status == 'open' then
     set_status(k, 'half_open', 'breaker', nil)
-  else
-    redis.call('ZREM', DUE, id)
   end
 end
 
--- Recovers keys whose deadline has passed, at most `limit` per call.
+-- Recovers keys whose deadline has passed, at most `limit` per call (one ZREM for all of them).
 local function recover_due(now, limit)
   local ids = redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, limit)
+  if #ids > 0 then redis.call('ZREM', DUE, unpack(ids)) end
   for _, id in ipairs(ids) do recover_key(id) end
   return #ids
 end
@@ -126,7 +204,7 @@ local function state_counts()
   for i, s in ipairs(STATES) do f[i] = 'cnt:' .. s end
   local v = redis.call('HMGET', META, unpack(f))
   local out = {}
-  for i = 1, #STATES do out[i] = num(v[i]) end
+  for i = 1, #STATES do out[i] = num(v[i]) + pending(META, f[i]) end
   return out
 end
 
@@ -142,7 +220,7 @@ local function set_group(k, g)
     redis.call('ZADD', probe_key(g), 0, k.id)
   end
   k.group = g
-  redis.call('HSET', kkey(k.id), 'group', g)
+  kset(k.id, 'group', g)
   bump()
 end
 
@@ -150,7 +228,7 @@ local function set_weight(k, w)
   if selectable(k.status, k.weight) then cls_move(k.group, k.id, k.weight, -1) end
   k.weight = w
   if selectable(k.status, w) then cls_move(k.group, k.id, w, 1) end
-  redis.call('HSET', kkey(k.id), 'weight', w)
+  kset(k.id, 'weight', w)
   bump()
 end
 
@@ -176,8 +254,7 @@ end
 
 -- A key's budget: rpm and tpm are the limits in force (configured, else learned); cfg_rpm and
 -- cfg_tpm the configured ones.
-local function budget_load(id)
-  local v = redis.call('HMGET', kkey(id), unpack(BFIELDS))
+local function budget_of(v)
   local cfg_rpm, cfg_tpm = num(v[1]), num(v[2])
   local rpm, tpm = cfg_rpm, cfg_tpm
   if rpm == 0 then rpm = num(v[10]) end
@@ -185,6 +262,42 @@ local function budget_load(id)
   return {rpm = rpm, tpm = tpm, conc = num(v[3]), rpd = num(v[4]), tpd = num(v[5]),
     tat_r = num(v[6]), tat_rd = num(v[7]), tat_t = num(v[8]), tat_td = num(v[9]),
     cfg_rpm = cfg_rpm, cfg_tpm = cfg_tpm}
+end
+local function budget_load(id) return budget_of(kget(id, BFIELDS)) end
+
+-- A key and its budget in one read: k (nil when the key is gone) and b. k holds only what
+-- set_status and budget_place use (status, reason, weight, group, cooldown_until_ms): every
+-- field an HMGET names is a scan of the key's hash (a listpack of about 30 fields).
+local KBFIELDS = {'status', 'reason', 'weight', 'group', 'cooldown_until_ms'}
+local NK = #KBFIELDS
+for _, f in ipairs(BFIELDS) do KBFIELDS[#KBFIELDS + 1] = f end
+local function load_key_budget(id)
+  local v = kget(id, KBFIELDS)
+  if not v[1] then return nil end
+  local k = {id = id, status = v[1], reason = v[2] or '', weight = num(v[3]),
+    group = v[4] or 'stable', cooldown_until_ms = num(v[5])}
+  local bv = {}
+  for i = 1, #BFIELDS do bv[i] = v[NK + i] end
+  return k, budget_of(bv)
+end
+
+-- Per key, the size of its lease set as this call last saw it (ZCARD, expired leases
+-- included until a purge drops them); kept up to date by this call's own adds and removals.
+local lease_count = {}
+
+-- The number of leases of key `id` counted against its max_concurrent `conc` when `need` more
+-- would be taken: expired leases are purged (and the set counted again) only when the count
+-- could reach a threshold that matters (every slot taken, or half of them after `need` more),
+-- so below those the raw count decides the same as the exact one.
+local function leases_held(id, now, conc, need)
+  local c = lease_count[id]
+  if not c then c = redis.call('ZCARD', inflight_key(id)) end
+  if c >= conc or 2 * (c + need) >= conc then
+    local ik = inflight_key(id)
+    if redis.call('ZREMRANGEBYSCORE', ik, '-inf', now) > 0 then c = redis.call('ZCARD', ik) end
+  end
+  lease_count[id] = c
+  return c
 end
 
 local function token_step(tokens, limit, mrt, window)
@@ -200,23 +313,30 @@ local function budget_headroom(id, b, now)
   if b.rpd > 0 and b.tat_rd > at then at = b.tat_rd end
   if b.tpm > 0 and b.tat_t > at then at = b.tat_t end
   if b.tpd > 0 and b.tat_td > at then at = b.tat_td end
-  if b.conc > 0 then
-    local ik = inflight_key(id)
-    redis.call('ZREMRANGEBYSCORE', ik, '-inf', now)
-    if redis.call('ZCARD', ik) >= b.conc then
-      local first = redis.call('ZRANGE', ik, 0, 0, 'WITHSCORES')
-      return at, tonumber(first[2])
-    end
+  if b.conc > 0 and leases_held(id, now, b.conc, 1) >= b.conc then
+    local first = redis.call('ZRANGE', inflight_key(id), 0, 0, 'WITHSCORES')
+    return at, tonumber(first[2])
   end
   return at, nil
+end
+
+-- The next lease id (the meta field lease_seq, counted up; deferred: read once per call).
+local lease_seq = nil
+local function next_lease()
+  if not DEFER then return redis.call('HINCRBY', META, 'lease_seq', 1) end
+  if not lease_seq then lease_seq = num(redis.call('HGET', META, 'lease_seq')) end
+  lease_seq = lease_seq + 1
+  hincr(META, 'lease_seq', 1)
+  return lease_seq
 end
 
 -- Whether the last budget_spend left the key's in-flight slots at least half taken (1, else 0):
 -- the end of such a request is written at once rather than with the next success batch.
 local spent_crowded = 0
 
--- Spends one request of `tokens` starting at `start`; answers its lease id (0: none).
-local function budget_spend(id, b, start, tokens, mrt, lease_ms)
+-- Spends one request of `tokens` starting at `start`, at `now`; answers its lease id (0: none).
+-- "Crowded" counts the leases unexpired at `now`.
+local function budget_spend(id, b, start, tokens, mrt, lease_ms, now)
   spent_crowded = 0
   local f = {}
   local function move(field, tat, step)
@@ -229,11 +349,13 @@ local function budget_spend(id, b, start, tokens, mrt, lease_ms)
   if b.rpd > 0 then b.tat_rd = move('tat_rd', b.tat_rd, ceil_div(DAY, b.rpd)) end
   if b.tpm > 0 then b.tat_t = move('tat_t', b.tat_t, token_step(tokens, b.tpm, mrt, MINUTE)) end
   if b.tpd > 0 then b.tat_td = move('tat_td', b.tat_td, token_step(tokens, b.tpd, mrt, DAY)) end
-  if #f > 0 then redis.call('HSET', kkey(id), unpack(f)) end
+  if #f > 0 then kset(id, unpack(f)) end
   if b.conc <= 0 then return 0 end
-  local lease = redis.call('HINCRBY', META, 'lease_seq', 1)
-  redis.call('ZADD', inflight_key(id), start + lease_ms, lease)
-  if 2 * redis.call('ZCARD', inflight_key(id)) >= b.conc then spent_crowded = 1 end
+  local lease = next_lease()
+  local c = leases_held(id, now, b.conc, 1)
+  c = c + redis.call('ZADD', inflight_key(id), int(start + lease_ms), int(lease))
+  lease_count[id] = c
+  if 2 * c >= b.conc then spent_crowded = 1 end
   return lease
 end
 
@@ -250,31 +372,39 @@ local function budget_settle(id, b, delta, mrt, now)
       else
         tat = math.max(tat - math.floor(-delta * window / room), now)
       end
-      b[field] = tat
-      redis.call('HSET', kkey(id), field, tat)
+      if tat ~= b[field] then
+        b[field] = tat
+        kset(id, field, tat)
+      end
     end
   end
 end
 
 -- Puts a key where its budget says: benched ('cooling' 'budget'/'busy' until its headroom) or,
 -- if it was benched by its budget and has headroom again, active. Keys in any other state are
--- left alone. Answers whether the key is now benched by its budget.
+-- left alone. An active key whose rate schedules let it start again within LAZY_MS stays
+-- active (selection skips it until then, select.lua try_budgeted): with zero burst every
+-- request puts its key's schedule one interval ahead, and benching and bringing back the key
+-- for an interval of a few milliseconds would cost more than the few draws that land on it.
+-- Answers whether the key is now benched by its budget, and when its rate schedules allow
+-- its next start.
+local LAZY_MS = 10
 local function budget_place(k, b, now)
   local benched = k.status == 'cooling' and (k.reason == 'budget' or k.reason == 'busy')
-  if k.status ~= 'active' and not benched then return false end
+  if k.status ~= 'active' and not benched then return false, 0 end
   local at, busy = budget_headroom(k.id, b, now)
   local reason, deadline = nil, nil
   if busy then reason, deadline = 'busy', math.max(at, busy)
-  elseif at > now then reason, deadline = 'budget', at end
+  elseif at > now + (benched and 0 or LAZY_MS) then reason, deadline = 'budget', at end
   if reason then
     if not benched or k.reason ~= reason or k.cooldown_until_ms ~= deadline then
       set_status(k, 'cooling', reason, deadline)
       k.cooldown_until_ms = deadline
     end
-    return true
+    return true, at
   end
   if benched then set_status(k, 'active', '', nil) end
-  return false
+  return false, at
 end
 
 -- Takes in what the provider said about a key at `seen` (src/store/budget.rs KeyBudget::learn
@@ -316,16 +446,18 @@ local function budget_learn(id, b, h, seen, learn, mrt)
       f[#f + 1], f[#f + 2] = 'tat_t', at
     end
   end
-  if #f > 0 then redis.call('HSET', kkey(id), unpack(f)) end
+  if #f > 0 then kset(id, unpack(f)) end
 end
 
 -- Ends one request on a budgeted key: frees its lease (lease '0': none), replaces its token
 -- reservation by real usage (delta = real - reserved), and puts the key where its budget says.
 local function budget_end(id, lease, delta, mrt, now)
-  local k = load_key(id)
+  local k, b = load_key_budget(id)
   if not k then return end
-  if lease ~= '0' then redis.call('ZREM', inflight_key(id), lease) end
-  local b = budget_load(id)
+  if lease ~= '0' then
+    local removed = redis.call('ZREM', inflight_key(id), lease)
+    if lease_count[id] then lease_count[id] = lease_count[id] - removed end
+  end
   budget_settle(id, b, delta, mrt, now)
   budget_place(k, b, now)
 end

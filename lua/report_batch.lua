@@ -29,6 +29,7 @@
 -- does (benched by its budget, or back from it).
 
 if redis.call('EXISTS', META) == 0 then return {'nopool'} end
+DEFER = true
 local now = clock(ARGV[1])
 local applied, held = 0, 0
 local call, fmt = redis.call, string.format
@@ -65,12 +66,11 @@ if nhints > 0 or i <= #ARGV then
   local mrt, learn = num(meta[1]), meta[2] == '1'
   for _ = 1, nhints do
     local id = ARGV[i]
-    local k = load_key(id)
+    local k, b = load_key_budget(id)
     if k then
       local seen = math.max(now - (tonumber(ARGV[i + 1]) or 0), 0)
       local h = {}
       for j = 1, 6 do h[j] = tonumber(ARGV[i + 1 + j]) or -1 end
-      local b = budget_load(id)
       budget_learn(id, b, h, seen, learn, mrt)
       budget_place(k, b, now)
     end
@@ -81,4 +81,5 @@ if nhints > 0 or i <= #ARGV then
     i = i + 3
   end
 end
+flush()
 return {'ok', applied, held, now}

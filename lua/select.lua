@@ -32,10 +32,17 @@
 -- a drawn key without headroom is benched (lib.lua budget_place) and the draw repeats, at most
 -- 8 times; with no key at hand, the earliest budget-benched key due within max_wait_ms is
 -- reserved for its future slot. Without budgets none of this runs.
+-- Counter changes and key-hash fields are written once at the end of the call (lib.lua
+-- DEFER / flush): a key benched and brought back within one call costs one HSET, and the
+-- state counts, class counts, change counter and lease sequence one HINCRBY each per call.
+-- With budgets, a pick costs its draw, one HMGET of the key and its budget, a ZCARD and a
+-- ZADD of its lease set (max_concurrent), and, when its schedule benches it, a ZREM of its
+-- class set and a ZADD of the due index.
 
 local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'canary_fallback',
   'config_hash', 'probe_lease_ms', 'cnt:half_open', 'budgets', 'max_wait_ms', 'lease_ms', 'mrt')
 if not meta[4] then return {'nopool'} end
+DEFER = true
 local now = clock(ARGV[1])
 
 local BUDGET = meta[7] == '1'
@@ -58,10 +65,8 @@ do
 end
 
 -- The half-open count as of now: recovery may have just turned an open key half-open.
-local half_open = num(meta[6])
-if recover_due(now, math.min(8 * #reqs, 64)) > 0 then
-  half_open = num(redis.call('HGET', META, 'cnt:half_open'))
-end
+recover_due(now, math.min(8 * #reqs, 64))
+local half_open = num(meta[6]) + pending(META, 'cnt:half_open')
 local canary_group, percent = meta[1] or 'canary', num(meta[2])
 local fallback_ok, lease = meta[3] ~= '0', num(meta[5])
 -- The key ids the current request already tried.
@@ -117,18 +122,22 @@ local function class_counts(g)
   local c = classes[g]
   if c then return c[1], c[2], c[3] end
   -- Fields: total, and c -> member count of each class that ever had a member (at most 11).
-  local v = redis.call('HGETALL', clsn_key(g))
+  -- The call's pending class-count changes (lib.lua hincr) are added in.
+  local h = clsn_key(g)
+  local v = redis.call('HGETALL', h)
+  local f = {}
+  for j = 1, #v, 2 do f[v[j]] = tonumber(v[j + 1]) end
+  for name, d in pairs(counters[h] or {}) do f[name] = (f[name] or 0) + d end
   local total, n, summ = 0, {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 0
-  for j = 1, #v, 2 do
-    local f, x = v[j], tonumber(v[j + 1])
-    if f == 'total' then
+  for name, x in pairs(f) do
+    if name == 'total' then
       total = x
     else
-      local i = tonumber(f) + 1
+      local i = tonumber(name) + 1
       n[i] = x
-      summ = summ + x * BOUND[i]
     end
   end
+  for i = 1, 10 do summ = summ + n[i] * BOUND[i] end
   classes[g] = {total, n, summ}
   return total, n, summ
 end
@@ -169,8 +178,8 @@ end
 local function try_weighted(g)
   local total, n, summ = class_counts(g)
   local nex = 0
-  for id in pairs(excluded) do
-    local k = load_key(id)
+  for id, v in pairs(excluded) do
+    local k = type(v) == 'table' and v or load_key(id)
     if k and k.group == g and selectable(k.status, k.weight) then
       total = total - k.weight
       nex = nex + 1
@@ -207,44 +216,107 @@ local function try_group(g)
   return nil
 end
 
--- try_group with the budget check: a drawn key without headroom is benched and the draw
--- repeats (reseeded, as the memory store's sampler is). Answers id, probe, lease.
+-- The keys the current request drew that have no headroom yet but will within LAZY_MS (lib.lua
+-- budget_place leaves them active): {k, b, at} in the order drawn. They join the request's
+-- excluded keys (a copy: requests that exclude nothing share one empty set). A request skips
+-- at most SKIPS keys; from the next such draw on, it benches that key and the skipped ones
+-- (most of the pool is then a few ms from headroom). Neither costs an attempt: each removes
+-- a key that has no headroom from this request's choice, as benching every spent key at once
+-- would have, so the attempts go to keys benched for other reasons (busy, further out).
+local SKIPS = 16
+local skipped, skips = {}, 0
+local function bench_skipped(k, b, at)
+  skipped[#skipped + 1] = {k, b, at}
+  for _, s in ipairs(skipped) do
+    set_status(s[1], 'cooling', 'budget', s[3])
+    s[1].cooldown_until_ms = s[3]
+  end
+  skipped = {}
+  classes, copies = {}, {}
+end
+local function skip(k, b, at)
+  if skips == 0 then
+    local ex = {}
+    for id, v in pairs(excluded) do ex[id] = v end
+    excluded = ex
+  end
+  skipped[#skipped + 1] = {k, b, at}
+  skips = skips + 1
+  excluded[k.id] = k
+end
+
+-- The keys this call spent, id -> {k, b}: a later request of the batch that draws one needs
+-- not read it again (the call's `now` does not move, so it is still a few ms from headroom).
+local spent = {}
+
+-- try_group with the budget check: a drawn key without headroom is benched, or skipped when
+-- its headroom returns within LAZY_MS, and the draw repeats (reseeded, as the memory store's
+-- sampler is); 8 attempts, which only keys benched further out than LAZY_MS take. Answers
+-- id, probe, lease.
 local function try_budgeted(g, rand, tokens)
   if not BUDGET then
     local id, probe = try_group(g)
     return id, probe, 0
   end
-  for _ = 1, 8 do
+  local attempts = 0
+  while attempts < 8 do
     seed(rand)
     local id, probe = try_group(g)
     if not id then return nil end
-    local k, b = load_key(id), budget_load(id)
-    if probe == 1 then return id, probe, budget_spend(id, b, now, tokens, mrt, lease_ms) end
-    if not budget_place(k, b, now) then
-      local lease = budget_spend(id, b, now, tokens, mrt, lease_ms)
+    local k, b
+    local s = spent[id]
+    if s then k, b = s[1], s[2] else k, b = load_key_budget(id) end
+    if probe == 1 then return id, probe, budget_spend(id, b, now, tokens, mrt, lease_ms, now) end
+    local benched, at = budget_place(k, b, now)
+    if benched then
+      attempts = attempts + 1
+      classes, copies = {}, {}
+    elseif at > now and skips < SKIPS then
+      skip(k, b, at)
+    elseif at > now then
+      bench_skipped(k, b, at)
+    else
+      local lease = budget_spend(id, b, now, tokens, mrt, lease_ms, now)
       if budget_place(k, b, now) then classes, copies = {}, {} end
+      spent[id] = {k, b}
       return id, probe, lease
     end
-    classes, copies = {}, {}
   end
   return nil
 end
 
--- No key has headroom now: reserve the earliest budget-benched key of `groups` whose rate
--- headroom comes within max_wait_ms (one not busy). Answers key, wait_ms, lease.
+-- No key has headroom now: reserve the skipped key whose headroom comes first (the first
+-- drawn of equals), else the earliest budget-benched key of `groups` whose rate headroom comes
+-- within max_wait_ms (one not busy). Skipped keys that cannot be waited for are benched, so
+-- the answer without a key counts them. Answers key, wait_ms, lease.
 local function try_wait(groups, tokens)
-  if not BUDGET or max_wait <= 0 then return nil end
+  if not BUDGET then return nil end
+  local best = nil
+  for _, s in ipairs(skipped) do
+    if not best or s[3] < best[3] then best = s end
+  end
+  if best and best[3] <= now + max_wait then
+    local k, b, at = best[1], best[2], best[3]
+    local lease = budget_spend(k.id, b, at, tokens, mrt, lease_ms, now)
+    budget_place(k, b, now)
+    spent[k.id] = {k, b}
+    return k, at - now, lease
+  end
+  if #skipped > 0 then
+    local last = table.remove(skipped)
+    bench_skipped(last[1], last[2], last[3])
+  end
+  if max_wait <= 0 then return nil end
   local due = redis.call('ZRANGEBYSCORE', DUE, '-inf', now + max_wait, 'WITHSCORES', 'LIMIT', 0, 8)
   for j = 1, #due, 2 do
     local id = due[j]
-    local k = load_key(id)
+    local k, b = load_key_budget(id)
     if k and k.status == 'cooling' and k.reason == 'budget' and groups[k.group]
       and not excluded[id] then
-      local b = budget_load(id)
       local at, busy = budget_headroom(id, b, now)
       if not busy and at <= now + max_wait then
         local start = math.max(at, now)
-        local lease = budget_spend(id, b, start, tokens, mrt, lease_ms)
+        local lease = budget_spend(id, b, start, tokens, mrt, lease_ms, now)
         budget_place(k, b, now)
         return k, start - now, lease
       end
@@ -256,6 +328,7 @@ end
 -- One request's reply (see the top).
 local function select_one(rand, route, bucket, tokens)
   seed(rand)
+  skipped, skips = {}, 0
   local primary = 'stable'
   if route == 'canary' or (route == 'bucket' and bucket < percent) then primary = canary_group end
   spent_crowded = 0
@@ -279,7 +352,7 @@ local function select_one(rand, route, bucket, tokens)
   if first[2] then
     earliest = tonumber(first[2])
     if BUDGET then
-      local f = redis.call('HMGET', kkey(first[1]), 'status', 'reason')
+      local f = kget(first[1], {'status', 'reason'})
       if f[1] == 'cooling' and (f[2] == 'budget' or f[2] == 'busy') then budget_first = 1 end
     end
   end
@@ -300,4 +373,5 @@ for i, r in ipairs(reqs) do
   excluded = r[4]
   replies[i] = select_one(r[1], r[2], r[3], r[5])
 end
+flush()
 return replies

@@ -61,7 +61,10 @@ end
 local keys = {}
 for _, id in ipairs(scan[2]) do
   local due = redis.call('ZSCORE', DUE, id)
-  if due and tonumber(due) <= now then recover_key(id) end
+  if due and tonumber(due) <= now then
+    redis.call('ZREM', DUE, id)
+    recover_key(id)
+  end
   local v = redis.call('HMGET', kkey(id), unpack(F))
   if v[1] then
     keys[#keys + 1] = {id = id, status = v[1], reason = v[2] or '', weight = num(v[3]),

@@ -84,6 +84,13 @@ pub(crate) struct BudgetMeta {
     pub lease_seq: u64,
     /// `spent_crowded` of lib.lua: the last spend left the key's slots at least half taken.
     pub spent_crowded: bool,
+    /// `skipped` of select.lua: the keys the current request drew that regain headroom within
+    /// `LAZY_MS`, (id, when), in the order drawn.
+    pub skipped: Vec<(String, u64)>,
+    /// How many keys the current request skipped.
+    pub skips: usize,
+    /// The current request's excluded keys and the skipped ones.
+    pub exclude: Vec<KeyId>,
 }
 
 /// The embedded store.
@@ -244,13 +251,14 @@ impl PoolState {
     pub(super) fn try_group(
         &mut self,
         group: &str,
-        req: &SelectRequest<'_>,
+        rand: u64,
+        exclude: &[KeyId],
         now: u64,
     ) -> Option<(String, bool)> {
-        if let Some(id) = self.try_probe(group, now, req.exclude) {
+        if let Some(id) = self.try_probe(group, now, exclude) {
             return Some((id, true));
         }
-        self.try_weighted(group, req.rand, req.exclude)
+        self.try_weighted(group, rand, exclude)
             .map(|id| (id, false))
     }
 
@@ -267,6 +275,10 @@ impl PoolState {
             "stable".to_string()
         };
         self.budgets.spent_crowded = false;
+        self.budgets.skipped.clear();
+        self.budgets.skips = 0;
+        self.budgets.exclude.clear();
+        self.budgets.exclude.extend_from_slice(req.exclude);
         let mut found = self
             .try_budgeted(&primary, req, now)
             .map(|(id, p, lease)| (id, primary.clone(), p, 0, lease));

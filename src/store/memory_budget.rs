@@ -7,6 +7,13 @@ use super::memory::{KeyRow, PoolState};
 use super::{KeyHints, KeyId, LeaseEnd, PoolSpec, SelectRequest, Settlement};
 use crate::pool::KeyState;
 
+/// `LAZY_MS` of lib.lua: an active key whose rate schedules let it start again within this
+/// many milliseconds stays active; selection skips it until then.
+pub(crate) const LAZY_MS: u64 = 10;
+
+/// `SKIPS` of select.lua: how many such keys one request skips before it benches them.
+const SKIPS: usize = 16;
+
 /// A key chosen under budgets: (id, group, probe, wait_ms, lease).
 pub(crate) type Budgeted = (String, String, bool, u64, u64);
 
@@ -42,17 +49,20 @@ impl PoolState {
         self.settle_ended(ended, now);
     }
 
-    /// `budget_place` of lib.lua: benches a key without headroom, brings back a benched key
-    /// that has it again; answers whether the key is benched by its budget.
-    pub(super) fn budget_place(&mut self, id: &str, k: &mut KeyRow, now: u64) -> bool {
+    /// `budget_place` of lib.lua: benches a key without headroom (an active one only when its
+    /// rate schedules are more than [`LAZY_MS`] ahead), brings back a benched key that has it
+    /// again; answers whether the key is benched by its budget, and when its rate schedules
+    /// allow its next start.
+    pub(super) fn budget_place(&mut self, id: &str, k: &mut KeyRow, now: u64) -> (bool, u64) {
         let benched = k.status == KeyState::Cooling && (k.reason == "budget" || k.reason == "busy");
         if k.status != KeyState::Active && !benched {
-            return false;
+            return (false, 0);
         }
         let h = k.budget.headroom(now);
+        let lazy = if benched { 0 } else { LAZY_MS };
         let target = match h.busy_until {
             Some(busy) => Some(("busy", h.at.max(busy))),
-            None if h.at > now => Some(("budget", h.at)),
+            None if h.at > now + lazy => Some(("budget", h.at)),
             None => None,
         };
         match target {
@@ -60,20 +70,22 @@ impl PoolState {
                 if !benched || k.reason != reason || k.cooldown_until_ms != deadline {
                     self.set_status(id, k, KeyState::Cooling, reason, Some(deadline));
                 }
-                true
+                (true, h.at)
             }
             None => {
                 if benched {
                     self.set_status(id, k, KeyState::Active, "", None);
                 }
-                false
+                (false, h.at)
             }
         }
     }
 
-    /// `budget_spend` of lib.lua on row `k`; answers the lease id (0: none).
-    fn budget_spend(&mut self, k: &mut KeyRow, start: u64, tokens: u64) -> u64 {
+    /// `budget_spend` of lib.lua on row `k` at `now`; answers the lease id (0: none). Leases
+    /// expired by `now` do not count towards "crowded".
+    fn budget_spend(&mut self, k: &mut KeyRow, start: u64, tokens: u64, now: u64) -> u64 {
         self.budgets.spent_crowded = false;
+        k.budget.expire(now);
         let lease = if k.budget.limits.conc > 0 {
             self.budgets.lease_seq += 1;
             Some((self.budgets.lease_seq, start + self.budgets.lease_ms))
@@ -89,61 +101,125 @@ impl PoolState {
         lease.map_or(0, |(id, _)| id)
     }
 
-    /// `try_budgeted` of select.lua: answers (id, probe, lease).
+    /// `try_budgeted` of select.lua: answers (id, probe, lease). Keys drawn that regain
+    /// headroom within [`LAZY_MS`] are skipped: they join `budgets.skipped` and
+    /// `budgets.exclude`.
     pub(super) fn try_budgeted(
         &mut self,
         group: &str,
         req: &SelectRequest<'_>,
         now: u64,
     ) -> Option<(String, bool, u64)> {
+        let mut exclude = std::mem::take(&mut self.budgets.exclude);
+        let mut found = None;
         if !self.budgets.on {
-            return self.try_group(group, req, now).map(|(id, p)| (id, p, 0));
-        }
-        let tokens = req.tokens.min(self.budgets.max_request_tokens);
-        for _ in 0..8 {
-            let (id, probe) = self.try_group(group, req, now)?;
-            let mut k = self.row(&id).ok()?;
-            if probe {
-                let lease = self.budget_spend(&mut k, now, tokens);
+            found = (self.try_group(group, req.rand, &exclude, now)).map(|(id, p)| (id, p, 0));
+        } else {
+            let tokens = req.tokens.min(self.budgets.max_request_tokens);
+            let mut attempts = 0;
+            while attempts < 8 {
+                let Some((id, probe)) = self.try_group(group, req.rand, &exclude, now) else {
+                    break;
+                };
+                let Ok(mut k) = self.row(&id) else { break };
+                if probe {
+                    let lease = self.budget_spend(&mut k, now, tokens, now);
+                    self.put(&id, k);
+                    found = Some((id, probe, lease));
+                    break;
+                }
+                let (benched, at) = self.budget_place(&id, &mut k, now);
+                if !benched && at <= now {
+                    let lease = self.budget_spend(&mut k, now, tokens, now);
+                    self.budget_place(&id, &mut k, now);
+                    self.put(&id, k);
+                    found = Some((id, probe, lease));
+                    break;
+                }
                 self.put(&id, k);
-                return Some((id, probe, lease));
+                if !benched && self.budgets.skips < SKIPS {
+                    if let Some(key) = KeyId::new(&id) {
+                        exclude.push(key);
+                    }
+                    self.budgets.skipped.push((id, at));
+                    self.budgets.skips += 1;
+                    continue;
+                }
+                if benched {
+                    attempts += 1;
+                } else {
+                    self.budgets.skipped.push((id, at));
+                    self.bench_skipped();
+                }
             }
-            if !self.budget_place(&id, &mut k, now) {
-                let lease = self.budget_spend(&mut k, now, tokens);
-                self.budget_place(&id, &mut k, now);
-                self.put(&id, k);
-                return Some((id, probe, lease));
-            }
-            self.put(&id, k);
         }
-        None
+        self.budgets.exclude = exclude;
+        found
     }
 
-    /// `try_wait` of select.lua: reserves the earliest future slot of a budget-benched key of
-    /// `groups` due within max_wait_ms.
+    /// `bench_skipped` of select.lua: benches every key in `budgets.skipped` until its
+    /// headroom returns.
+    fn bench_skipped(&mut self) {
+        for (id, at) in std::mem::take(&mut self.budgets.skipped) {
+            if let Ok(mut k) = self.row(&id) {
+                self.set_status(&id, &mut k, KeyState::Cooling, "budget", Some(at));
+                self.put(&id, k);
+            }
+        }
+    }
+
+    /// `try_wait` of select.lua: reserves the skipped key whose headroom comes first, else the
+    /// earliest future slot of a budget-benched key of `groups` due within max_wait_ms; benches
+    /// the skipped keys it cannot wait for.
     pub(super) fn try_wait(
         &mut self,
         groups: &[&str],
         req: &SelectRequest<'_>,
         now: u64,
     ) -> Option<Budgeted> {
-        let max_wait = self.budgets.max_wait_ms;
-        if !self.budgets.on || max_wait == 0 {
+        if !self.budgets.on {
             return None;
         }
+        let max_wait = self.budgets.max_wait_ms;
         let tokens = req.tokens.min(self.budgets.max_request_tokens);
+        let skipped = std::mem::take(&mut self.budgets.skipped);
+        let best = skipped
+            .iter()
+            .fold(None::<&(String, u64)>, |best, s| match best {
+                Some(b) if b.1 <= s.1 => Some(b),
+                _ => Some(s),
+            });
+        if let Some((id, at)) = best.filter(|(_, at)| *at <= now + max_wait) {
+            let (id, at) = (id.clone(), *at);
+            let mut k = self.row(&id).ok()?;
+            let lease = self.budget_spend(&mut k, at, tokens, now);
+            self.budget_place(&id, &mut k, now);
+            let group = k.group.clone();
+            self.put(&id, k);
+            return Some((id, group, false, at - now, lease));
+        }
+        self.budgets.skipped = skipped;
+        self.bench_skipped();
+        if max_wait == 0 {
+            return None;
+        }
+        let exclude = &self.budgets.exclude;
         let due: Vec<String> = (self.due.iter())
             .take_while(|(d, _)| *d <= now + max_wait)
             .take(8)
             .map(|(_, id)| id.clone())
             .collect();
-        for id in due {
+        let excluded: Vec<bool> = (due.iter())
+            .map(|id| exclude.iter().any(|e| e.as_str() == id))
+            .collect();
+        for (id, excluded) in due.into_iter().zip(excluded) {
             let Ok(mut k) = self.row(&id) else { continue };
             let candidate = k.status == KeyState::Cooling
                 && k.reason == "budget"
                 && groups.contains(&k.group.as_str())
-                && !req.exclude.iter().any(|e| e.as_str() == id);
+                && !excluded;
             if !candidate {
+                self.put(&id, k);
                 continue;
             }
             let h = k.budget.headroom(now);
@@ -152,7 +228,7 @@ impl PoolState {
                 continue;
             }
             let start = h.at.max(now);
-            let lease = self.budget_spend(&mut k, start, tokens);
+            let lease = self.budget_spend(&mut k, start, tokens, now);
             self.budget_place(&id, &mut k, now);
             let group = k.group.clone();
             self.put(&id, k);

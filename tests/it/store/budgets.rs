@@ -204,7 +204,58 @@ pub async fn a_pool_without_budgets_is_never_benched(s: &Subject) {
     }
 }
 
+/// A key whose next slot is within `LAZY_MS` (10 ms) stays active and is skipped, never spent
+/// early; when every key is a few ms from its slot the skipped keys are benched, so the 429
+/// counts them and tells when the first comes back.
+pub async fn a_key_a_few_ms_from_its_slot_is_skipped_not_benched_nor_spent_early(s: &Subject) {
+    // rpm 12,120: one request every ceil(60600 / 12120) = 5 ms per key.
+    setup(s, &["a", "b"], rpm(12_120), budget(0, 10_000, 1000)).await;
+    let st = &*s.store;
+    let first = select(st, T0, 0).await.unwrap().key;
+    let second = select(st, T0, 0).await.unwrap().key;
+    assert_ne!(
+        first, second,
+        "the spent key is skipped, the other one taken"
+    );
+    let snap = st.snapshot("p", Some(T0)).await.unwrap();
+    assert!(
+        snap.keys.iter().all(|k| k.status == KeyState::Active),
+        "both keys stay in rotation: {:?}",
+        snap.keys
+            .iter()
+            .map(|k| (k.status, &k.reason))
+            .collect::<Vec<_>>()
+    );
+    // Both keys are 5 ms from their next slot: no key now, and both are benched until then.
+    let none = select(st, T0 + 1, 0).await.unwrap_err();
+    assert!(none.budget_bound);
+    assert_eq!(none.retry_at_ms, Some(T0 + 5));
+    let snap = st.snapshot("p", Some(T0 + 1)).await.unwrap();
+    assert!(snap
+        .keys
+        .iter()
+        .all(|k| (k.status, k.reason.as_str()) == (KeyState::Cooling, "budget")));
+    // At the slot both are back, and each is taken once more.
+    let a = select(st, T0 + 5, 0).await.unwrap().key;
+    let b = select(st, T0 + 5, 0).await.unwrap().key;
+    assert_ne!(a, b);
+}
+
+/// With `max_wait_ms`, a request that finds every key a few ms from its slot waits for the
+/// skipped key that comes back first, and that slot is spent.
+pub async fn a_request_waits_for_a_skipped_key_within_max_wait(s: &Subject) {
+    setup(s, &["a"], rpm(12_120), budget(100, 10_000, 1000)).await;
+    let st = &*s.store;
+    assert_eq!(select(st, T0, 0).await.unwrap().wait_ms, 0);
+    let waited = select(st, T0 + 2, 0).await.unwrap();
+    assert_eq!(waited.wait_ms, 3);
+    // The reserved slot moved the schedule to T0 + 10: the next request waits 8 ms from T0 + 2.
+    assert_eq!(select(st, T0 + 2, 0).await.unwrap().wait_ms, 8);
+}
+
 conformance!(
+    a_key_a_few_ms_from_its_slot_is_skipped_not_benched_nor_spent_early,
+    a_request_waits_for_a_skipped_key_within_max_wait,
     rpm_spaces_requests_and_benches_the_key_until_its_next_slot,
     rpm_never_exceeds_the_limit_in_any_minute_and_uses_it,
     max_concurrent_holds_slots_until_the_request_ends,
