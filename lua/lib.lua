@@ -237,6 +237,9 @@ end
 --   l_rpm l_tpm                      limits the provider announced (x-ratelimit-limit-*), in
 --                                    force where b_rpm / b_tpm is 0 (0: none learned)
 --   tat_r tat_rd tat_t tat_td        theoretical arrival times (ms) of its GCRA schedules
+--   n_in                             at least the size of its lease set (each lease taken adds
+--                                    one, each freed takes its removal off; expired ones count
+--                                    until a recount): the set is counted only near a threshold
 -- kg:{P}:inflight:<id>  zset  lease id -> expiry ms, the key's requests in flight
 -- meta fields: budgets (1: some key has limits, or the pool learns them), learn (1: the pool
 -- learns limits), max_wait_ms, lease_ms, mrt (max request tokens), lease_seq. A key without
@@ -244,7 +247,7 @@ end
 -- the due index until its headroom returns.
 local MINUTE, DAY = 60600, 87264000
 local BFIELDS = {'b_rpm', 'b_tpm', 'b_conc', 'b_rpd', 'b_tpd', 'tat_r', 'tat_rd', 'tat_t',
-  'tat_td', 'l_rpm', 'l_tpm'}
+  'tat_td', 'l_rpm', 'l_tpm', 'n_in'}
 
 local function inflight_key(id) return B .. ':inflight:' .. id end
 local function ceil_div(a, b)
@@ -261,7 +264,7 @@ local function budget_of(v)
   if tpm == 0 then tpm = num(v[11]) end
   return {rpm = rpm, tpm = tpm, conc = num(v[3]), rpd = num(v[4]), tpd = num(v[5]),
     tat_r = num(v[6]), tat_rd = num(v[7]), tat_t = num(v[8]), tat_td = num(v[9]),
-    cfg_rpm = cfg_rpm, cfg_tpm = cfg_tpm}
+    cfg_rpm = cfg_rpm, cfg_tpm = cfg_tpm, n_in = v[12] and tonumber(v[12]) or nil}
 end
 local function budget_load(id) return budget_of(kget(id, BFIELDS)) end
 
@@ -271,32 +274,52 @@ local function budget_load(id) return budget_of(kget(id, BFIELDS)) end
 local KBFIELDS = {'status', 'reason', 'weight', 'group', 'cooldown_until_ms'}
 local NK = #KBFIELDS
 for _, f in ipairs(BFIELDS) do KBFIELDS[#KBFIELDS + 1] = f end
+-- A script that changes a key's status only through the k its load_key_budget answered may
+-- set kb_memo = {}: a key's k and b are then read once per call and shared (report_batch.lua,
+-- whose batch ends many requests on each key).
+local kb_memo = nil
 local function load_key_budget(id)
+  if kb_memo then
+    local m = kb_memo[id]
+    if m then return m[1], m[2] end
+  end
   local v = kget(id, KBFIELDS)
   if not v[1] then return nil end
   local k = {id = id, status = v[1], reason = v[2] or '', weight = num(v[3]),
     group = v[4] or 'stable', cooldown_until_ms = num(v[5])}
   local bv = {}
   for i = 1, #BFIELDS do bv[i] = v[NK + i] end
-  return k, budget_of(bv)
+  local b = budget_of(bv)
+  if kb_memo then kb_memo[id] = {k, b} end
+  return k, b
 end
 
--- Per key, the size of its lease set as this call last saw it (ZCARD, expired leases
--- included until a purge drops them); kept up to date by this call's own adds and removals.
+-- Per key, n_in as this call last saw or wrote it.
 local lease_count = {}
+local function set_lease_count(id, b, c)
+  lease_count[id] = c
+  if b.n_in ~= c then
+    b.n_in = c
+    kset(id, 'n_in', c)
+  end
+end
 
 -- The number of leases of key `id` counted against its max_concurrent `conc` when `need` more
--- would be taken: expired leases are purged (and the set counted again) only when the count
--- could reach a threshold that matters (every slot taken, or half of them after `need` more),
--- so below those the raw count decides the same as the exact one.
-local function leases_held(id, now, conc, need)
-  local c = lease_count[id]
-  if not c then c = redis.call('ZCARD', inflight_key(id)) end
-  if c >= conc or 2 * (c + need) >= conc then
-    local ik = inflight_key(id)
-    if redis.call('ZREMRANGEBYSCORE', ik, '-inf', now) > 0 then c = redis.call('ZCARD', ik) end
+-- would be taken: n_in, at least the set's size; the set is purged of expired leases and
+-- counted only when n_in could reach a threshold that matters (every slot taken, or half of
+-- them after `need` more), so below those n_in decides the same as the exact count.
+local function leases_held(id, b, now, conc, need)
+  local ik = inflight_key(id)
+  local c = lease_count[id] or b.n_in
+  if not c then
+    c = redis.call('ZCARD', ik)
+    set_lease_count(id, b, c)
   end
-  lease_count[id] = c
+  if c >= conc or 2 * (c + need) >= conc then
+    redis.call('ZREMRANGEBYSCORE', ik, '-inf', now)
+    c = redis.call('ZCARD', ik)
+    set_lease_count(id, b, c)
+  end
   return c
 end
 
@@ -313,7 +336,7 @@ local function budget_headroom(id, b, now)
   if b.rpd > 0 and b.tat_rd > at then at = b.tat_rd end
   if b.tpm > 0 and b.tat_t > at then at = b.tat_t end
   if b.tpd > 0 and b.tat_td > at then at = b.tat_td end
-  if b.conc > 0 and leases_held(id, now, b.conc, 1) >= b.conc then
+  if b.conc > 0 and leases_held(id, b, now, b.conc, 1) >= b.conc then
     local first = redis.call('ZRANGE', inflight_key(id), 0, 0, 'WITHSCORES')
     return at, tonumber(first[2])
   end
@@ -352,9 +375,9 @@ local function budget_spend(id, b, start, tokens, mrt, lease_ms, now)
   if #f > 0 then kset(id, unpack(f)) end
   if b.conc <= 0 then return 0 end
   local lease = next_lease()
-  local c = leases_held(id, now, b.conc, 1)
+  local c = leases_held(id, b, now, b.conc, 1)
   c = c + redis.call('ZADD', inflight_key(id), int(start + lease_ms), int(lease))
-  lease_count[id] = c
+  set_lease_count(id, b, c)
   if 2 * c >= b.conc then spent_crowded = 1 end
   return lease
 end
@@ -456,7 +479,8 @@ local function budget_end(id, lease, delta, mrt, now)
   if not k then return end
   if lease ~= '0' then
     local removed = redis.call('ZREM', inflight_key(id), lease)
-    if lease_count[id] then lease_count[id] = lease_count[id] - removed end
+    local c = lease_count[id] or b.n_in
+    if c then set_lease_count(id, b, math.max(c - removed, 0)) end
   end
   budget_settle(id, b, delta, mrt, now)
   budget_place(k, b, now)

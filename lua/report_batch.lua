@@ -30,6 +30,7 @@
 
 if redis.call('EXISTS', META) == 0 then return {'nopool'} end
 DEFER = true
+kb_memo = {}
 local now = clock(ARGV[1])
 local applied, held = 0, 0
 local call, fmt = redis.call, string.format
