@@ -22,7 +22,17 @@ local META = B .. ':meta'
 local DUE = B .. ':due'
 local LAYOUT = 'cls1'
 
-local function kkey(id) return B .. ':key:' .. id end
+-- A key hash's name, built once per id and call (a select or a batch names each key several
+-- times).
+local kkeys = {}
+local function kkey(id)
+  local k = kkeys[id]
+  if not k then
+    k = B .. ':key:' .. id
+    kkeys[id] = k
+  end
+  return k
+end
 local function cls_key(g, c) return B .. ':cls:' .. g .. ':' .. c end
 local function clsn_key(g) return B .. ':clsn:' .. g end
 local function probe_key(g) return B .. ':probe:' .. g end
@@ -72,11 +82,14 @@ local function pending(h, f)
 end
 
 -- Sets fields of key `id`: kset(id, field, value, field, value, ...).
-local function kset(id, ...)
-  if not DEFER then return redis.call('HSET', kkey(id), ...) end
+local function kset(id, f, x, ...)
+  if not DEFER then return redis.call('HSET', kkey(id), f, x, ...) end
   local t = pending_table(kdirty, kdirty_order, id)
-  local a = {...}
-  for i = 1, #a, 2 do t[a[i]] = a[i + 1] end
+  t[f] = x
+  if select('#', ...) > 0 then
+    local a = {...}
+    for i = 1, #a, 2 do t[a[i]] = a[i + 1] end
+  end
 end
 
 -- HMGET of key `id`'s fields, with the call's pending writes in place.
@@ -97,8 +110,13 @@ end
 local fmt_int = string.format
 local function int(x) return fmt_int('%d', x) end
 
--- Writes what the call deferred: one HSET per key written, one HINCRBY per counter moved.
+-- Removes the leases of ended requests the call deferred (set in the budget part below).
+local flush_lease_ends
+
+-- Writes what the call deferred: one HSET per key written, one HINCRBY per counter moved, one
+-- ZREM per key whose requests ended.
 local function flush()
+  if flush_lease_ends then flush_lease_ends() end
   for _, id in ipairs(kdirty_order) do
     local a = {}
     for f, x in pairs(kdirty[id]) do
@@ -238,8 +256,8 @@ end
 --                                    force where b_rpm / b_tpm is 0 (0: none learned)
 --   tat_r tat_rd tat_t tat_td        theoretical arrival times (ms) of its GCRA schedules
 --   n_in                             at least the size of its lease set (each lease taken adds
---                                    one, each freed takes its removal off; expired ones count
---                                    until a recount): the set is counted only near a threshold
+--                                    one; freed and expired ones count until a recount): the
+--                                    set is counted only near a threshold
 -- kg:{P}:inflight:<id>  zset  lease id -> expiry ms, the key's requests in flight
 -- meta fields: budgets (1: some key has limits, or the pool learns them), learn (1: the pool
 -- learns limits), max_wait_ms, lease_ms, mrt (max request tokens), lease_seq. A key without
@@ -257,16 +275,18 @@ end
 
 -- A key's budget: rpm and tpm are the limits in force (configured, else learned); cfg_rpm and
 -- cfg_tpm the configured ones.
-local function budget_of(v)
-  local cfg_rpm, cfg_tpm = num(v[1]), num(v[2])
+-- v: the values of BFIELDS, from index o + 1 on.
+local function budget_of(v, o)
+  local cfg_rpm, cfg_tpm = num(v[o + 1]), num(v[o + 2])
   local rpm, tpm = cfg_rpm, cfg_tpm
-  if rpm == 0 then rpm = num(v[10]) end
-  if tpm == 0 then tpm = num(v[11]) end
-  return {rpm = rpm, tpm = tpm, conc = num(v[3]), rpd = num(v[4]), tpd = num(v[5]),
-    tat_r = num(v[6]), tat_rd = num(v[7]), tat_t = num(v[8]), tat_td = num(v[9]),
-    cfg_rpm = cfg_rpm, cfg_tpm = cfg_tpm, n_in = v[12] and tonumber(v[12]) or nil}
+  if rpm == 0 then rpm = num(v[o + 10]) end
+  if tpm == 0 then tpm = num(v[o + 11]) end
+  local n_in = v[o + 12]
+  return {rpm = rpm, tpm = tpm, conc = num(v[o + 3]), rpd = num(v[o + 4]), tpd = num(v[o + 5]),
+    tat_r = num(v[o + 6]), tat_rd = num(v[o + 7]), tat_t = num(v[o + 8]), tat_td = num(v[o + 9]),
+    cfg_rpm = cfg_rpm, cfg_tpm = cfg_tpm, n_in = n_in and tonumber(n_in) or nil}
 end
-local function budget_load(id) return budget_of(kget(id, BFIELDS)) end
+local function budget_load(id) return budget_of(kget(id, BFIELDS), 0) end
 
 -- A key and its budget in one read: k (nil when the key is gone) and b. k holds only what
 -- set_status and budget_place use (status, reason, weight, group, cooldown_until_ms): every
@@ -287,9 +307,7 @@ local function load_key_budget(id)
   if not v[1] then return nil end
   local k = {id = id, status = v[1], reason = v[2] or '', weight = num(v[3]),
     group = v[4] or 'stable', cooldown_until_ms = num(v[5])}
-  local bv = {}
-  for i = 1, #BFIELDS do bv[i] = v[NK + i] end
-  local b = budget_of(bv)
+  local b = budget_of(v, NK)
   if kb_memo then kb_memo[id] = {k, b} end
   return k, b
 end
@@ -308,14 +326,33 @@ end
 -- would be taken: n_in, at least the set's size; the set is purged of expired leases and
 -- counted only when n_in could reach a threshold that matters (every slot taken, or half of
 -- them after `need` more), so below those n_in decides the same as the exact count.
+-- Deferred lease removals (report_batch.lua: its batch ends many requests on each key): key id
+-- -> lease ids, removed with one ZREM per key before the set is next counted and at flush.
+-- n_in is not lowered for them: it stays at least the set's size.
+local ended, ended_order = {}, {}
+local function remove_ended(id)
+  local l = ended[id]
+  if not l then return end
+  ended[id] = nil
+  for i = 1, #l, 512 do
+    redis.call('ZREM', inflight_key(id), unpack(l, i, math.min(i + 511, #l)))
+  end
+end
+flush_lease_ends = function()
+  for _, id in ipairs(ended_order) do remove_ended(id) end
+  ended_order = {}
+end
+
 local function leases_held(id, b, now, conc, need)
   local ik = inflight_key(id)
   local c = lease_count[id] or b.n_in
   if not c then
+    remove_ended(id)
     c = redis.call('ZCARD', ik)
     set_lease_count(id, b, c)
   end
   if c >= conc or 2 * (c + need) >= conc then
+    remove_ended(id)
     redis.call('ZREMRANGEBYSCORE', ik, '-inf', now)
     c = redis.call('ZCARD', ik)
     set_lease_count(id, b, c)
@@ -361,18 +398,23 @@ local spent_crowded = 0
 -- "Crowded" counts the leases unexpired at `now`.
 local function budget_spend(id, b, start, tokens, mrt, lease_ms, now)
   spent_crowded = 0
-  local f = {}
-  local function move(field, tat, step)
-    local v = math.max(start, tat) + step
-    f[#f + 1] = field
-    f[#f + 1] = v
-    return v
+  local max = math.max
+  if b.rpm > 0 then
+    b.tat_r = max(start, b.tat_r) + ceil_div(MINUTE, b.rpm)
+    kset(id, 'tat_r', b.tat_r)
   end
-  if b.rpm > 0 then b.tat_r = move('tat_r', b.tat_r, ceil_div(MINUTE, b.rpm)) end
-  if b.rpd > 0 then b.tat_rd = move('tat_rd', b.tat_rd, ceil_div(DAY, b.rpd)) end
-  if b.tpm > 0 then b.tat_t = move('tat_t', b.tat_t, token_step(tokens, b.tpm, mrt, MINUTE)) end
-  if b.tpd > 0 then b.tat_td = move('tat_td', b.tat_td, token_step(tokens, b.tpd, mrt, DAY)) end
-  if #f > 0 then kset(id, unpack(f)) end
+  if b.rpd > 0 then
+    b.tat_rd = max(start, b.tat_rd) + ceil_div(DAY, b.rpd)
+    kset(id, 'tat_rd', b.tat_rd)
+  end
+  if b.tpm > 0 then
+    b.tat_t = max(start, b.tat_t) + token_step(tokens, b.tpm, mrt, MINUTE)
+    kset(id, 'tat_t', b.tat_t)
+  end
+  if b.tpd > 0 then
+    b.tat_td = max(start, b.tat_td) + token_step(tokens, b.tpd, mrt, DAY)
+    kset(id, 'tat_td', b.tat_td)
+  end
   if b.conc <= 0 then return 0 end
   local lease = next_lease()
   local c = leases_held(id, b, now, b.conc, 1)
@@ -477,7 +519,10 @@ end
 local function budget_end(id, lease, delta, mrt, now)
   local k, b = load_key_budget(id)
   if not k then return end
-  if lease ~= '0' then
+  if lease ~= '0' and DEFER then
+    local l = pending_table(ended, ended_order, id)
+    l[#l + 1] = lease
+  elseif lease ~= '0' then
     local removed = redis.call('ZREM', inflight_key(id), lease)
     local c = lease_count[id] or b.n_in
     if c then set_lease_count(id, b, math.max(c - removed, 0)) end
