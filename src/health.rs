@@ -117,7 +117,7 @@ pub async fn refresh_key_gauges(state: &AppState) {
         if s.keys.iter().any(|k| k.budget.is_some()) {
             let usable = (s.keys.iter())
                 .filter(|k| !matches!(k.status, KeyState::Disabled | KeyState::Draining))
-                .map(|k| k.budget.clone())
+                .map(|k| k.budget.as_deref().cloned())
                 .collect();
             let mut budgets = lock(&state.health.budgets);
             budgets.insert(name.clone(), Arc::new(usable));

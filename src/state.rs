@@ -44,9 +44,36 @@ pub struct PoolRuntime {
 pub struct KeyAuth {
     /// `Bearer <secret>`, marked sensitive (never logged by http/hyper).
     pub header: HeaderValue,
-    /// `OpenAI-Organization` / `OpenAI-Project`: the key's own, else the pool's, else none.
+    /// `OpenAI-Organization` / `OpenAI-Project`; `None` when neither is set (most keys): one
+    /// pointer in each of a pool's 10,000 entries instead of two 40-byte header values.
+    pub account: Option<Box<Account>>,
+}
+
+/// A key's `OpenAI-Organization` / `OpenAI-Project`: the key's own, else the pool's, else none.
+pub struct Account {
     pub organization: Option<HeaderValue>,
     pub project: Option<HeaderValue>,
+}
+
+impl KeyAuth {
+    /// `Authorization` plus the account headers; `None` for an account without either.
+    pub fn new(header: HeaderValue, account: Account) -> KeyAuth {
+        let set = account.organization.is_some() || account.project.is_some();
+        KeyAuth {
+            header,
+            account: set.then(|| Box::new(account)),
+        }
+    }
+
+    /// The `OpenAI-Organization` this key sends.
+    pub fn organization(&self) -> Option<&HeaderValue> {
+        self.account.as_ref()?.organization.as_ref()
+    }
+
+    /// The `OpenAI-Project` this key sends.
+    pub fn project(&self) -> Option<&HeaderValue> {
+        self.account.as_ref()?.project.as_ref()
+    }
 }
 
 /// A client token's owner and the pools it may use.
@@ -107,11 +134,13 @@ impl Gateway {
                         )
                     })?;
                 v.set_sensitive(true);
-                let key_auth = KeyAuth {
-                    header: v,
-                    organization: account(&k.organization, &p.organization),
-                    project: account(&k.project, &p.project),
-                };
+                let key_auth = KeyAuth::new(
+                    v,
+                    Account {
+                        organization: account(&k.organization, &p.organization),
+                        project: account(&k.project, &p.project),
+                    },
+                );
                 auth.insert(id, key_auth);
             }
             let spec = PoolSpec::from_config(p);

@@ -145,7 +145,7 @@ fn key_view(k: &KeyRecord, fingerprint: Option<&String>, now_ms: u64) -> KeyView
         last_status: k.last_status,
         last_used_ms: k.last_used_ms,
         fingerprint: fingerprint.cloned(),
-        budget: k.budget.clone(),
+        budget: k.budget.as_deref().cloned(),
     }
 }
 

@@ -76,6 +76,7 @@ impl KeySeries {
         }
         let c = zeroed();
         c[i].fetch_add(1, Ordering::Relaxed);
+        groups.reserve_exact(1); // nearly every key has one group: a first push reserves four
         groups.push((group.into(), c));
     }
 
@@ -110,6 +111,7 @@ impl KeySeries {
         let i = match t.iter().position(|(m, _)| &**m == model) {
             Some(i) => i,
             None if t.len() < MODELS_PER_KEY - 1 => {
+                t.reserve_exact(1); // most keys see one or two models: a first push reserves four
                 t.push((model.into(), [0, 0]));
                 t.len() - 1
             }

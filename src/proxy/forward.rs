@@ -41,10 +41,10 @@ pub fn upstream_headers(client: &HeaderMap, lists: &HeaderLists, key: &KeyAuth) 
         http::header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
-    if let Some(org) = &key.organization {
+    if let Some(org) = key.organization() {
         out.insert(HeaderName::from_static("openai-organization"), org.clone());
     }
-    if let Some(project) = &key.project {
+    if let Some(project) = key.project() {
         out.insert(HeaderName::from_static("openai-project"), project.clone());
     }
     out
@@ -207,6 +207,7 @@ pub fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Account;
 
     fn base() -> url::Url {
         url::Url::parse("https://api.example.com/v1").unwrap()
@@ -273,11 +274,22 @@ mod tests {
     }
 
     fn key(org: Option<&'static str>) -> KeyAuth {
-        KeyAuth {
-            header: HeaderValue::from_static("Bearer sk-pool"),
-            organization: org.map(HeaderValue::from_static),
-            project: None,
-        }
+        KeyAuth::new(
+            HeaderValue::from_static("Bearer sk-pool"),
+            Account {
+                organization: org.map(HeaderValue::from_static),
+                project: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_key_without_an_account_holds_none_and_sends_no_account_headers() {
+        assert!(key(None).account.is_none());
+        assert!(key(Some("org-1")).account.is_some());
+        let up = upstream_headers(&HeaderMap::new(), &HeaderLists::default(), &key(None));
+        assert!(up.get("openai-organization").is_none());
+        assert!(up.get("openai-project").is_none());
     }
 
     #[test]

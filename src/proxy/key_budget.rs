@@ -174,7 +174,7 @@ mod tests {
             canary_group: "canary".into(),
             canary_percent: 0,
             canary_fallback: true,
-            keys: Vec::new(),
+            keys: Arc::new([]),
             budget: Default::default(),
         };
         s.budget.max_request_tokens = max_request_tokens;

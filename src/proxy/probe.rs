@@ -104,10 +104,10 @@ async fn probe(pool: &PoolRuntime, key: &KeyId) -> Finding {
         http::header::ACCEPT_ENCODING,
         http::HeaderValue::from_static("identity"),
     );
-    if let Some(org) = &auth.organization {
+    if let Some(org) = auth.organization() {
         headers.insert("openai-organization", org.clone());
     }
-    if let Some(project) = &auth.project {
+    if let Some(project) = auth.project() {
         headers.insert("openai-project", project.clone());
     }
     let limit = Duration::from_millis(pool.config.timeouts.first_byte_ms)

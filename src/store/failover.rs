@@ -261,10 +261,12 @@ impl Shared {
         if !lock(&self.stale).remove(pool) {
             return;
         }
-        let snapshot = lock(&self.last_seen).get(pool).cloned();
-        if let (Some(spec), Some(snapshot)) = (self.spec(pool), snapshot) {
+        // Seeded from the kept snapshot in place, under its lock: a copy of a 10,000-key
+        // snapshot is megabytes of peak RSS, and a single failed call while healthy seeds too.
+        let last_seen = lock(&self.last_seen);
+        if let (Some(spec), Some(snapshot)) = (self.spec(pool), last_seen.get(pool)) {
             let replicas = self.replicas.load(Ordering::Acquire).max(1);
-            self.memory.seed_share(&spec, &snapshot, replicas);
+            self.memory.seed_share(&spec, snapshot, replicas);
         }
     }
 

@@ -25,12 +25,15 @@ impl PoolState {
         self.budgets.lease_ms = spec.budget.lease_ms;
         self.budgets.max_request_tokens = spec.budget.max_request_tokens;
         self.budgets.learn = spec.budget.learn;
-        for sk in &spec.keys {
+        for sk in spec.keys.iter() {
             if let Some(k) = self.keys.get_mut(sk.id.as_str()) {
-                if !spec.budget.learn {
+                // Written only when they change: a write allocates the key's budget slot.
+                if !spec.budget.learn && !k.budget.learned.is_empty() {
                     k.budget.learned = Default::default();
                 }
-                k.budget.limits = sk.limits;
+                if k.budget.limits != sk.limits {
+                    k.budget.limits = sk.limits;
+                }
             }
         }
     }

@@ -248,9 +248,10 @@ pub struct KeyRecord {
     pub last_used_ms: u64,
     pub successes: u64,
     pub failures: u64,
-    /// Its budget (README "Budgets"); absent for a key without limits.
+    /// Its budget (README "Budgets"); absent for a key without limits. Boxed: a snapshot
+    /// holds one record per key, and most keys have none (80 bytes a key otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub budget: Option<budget::BudgetRecord>,
+    pub budget: Option<Box<budget::BudgetRecord>>,
 }
 
 /// Every key of a pool, read at one moment of the store's clock.

@@ -1,6 +1,8 @@
 //! What a pool is to the store: its policy in milliseconds, its canary settings and its keys
 //! (ids, weights, groups; never secrets), derived once from config.
 
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 
 use super::budget::KeyLimits;
@@ -86,7 +88,9 @@ pub struct PoolSpec {
     pub canary_group: String,
     pub canary_percent: u8,
     pub canary_fallback: bool,
-    pub keys: Vec<SpecKey>,
+    /// Shared by every copy of the spec (the gateway's, the Redis store's and the failover
+    /// store's): at 10,000 keys one list is over a megabyte.
+    pub keys: Arc<[SpecKey]>,
     pub budget: BudgetSpec,
 }
 
@@ -150,7 +154,7 @@ impl PoolSpec {
             self.budget.max_request_tokens.to_string(),
             if self.budget.learn { "1" } else { "0" }.to_string(),
         ];
-        for k in &self.keys {
+        for k in self.keys.iter() {
             let l = &k.limits;
             args.push(k.id.to_string());
             args.push(k.weight.to_string());

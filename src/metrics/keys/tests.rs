@@ -160,3 +160,20 @@ fn a_key_exports_every_cooldown_reason_at_zero_before_its_first() {
     }
     assert!(!text.contains("reason=\"success\""), "{text}");
 }
+
+#[test]
+fn a_key_with_one_group_and_one_model_holds_room_for_one_of_each() {
+    let t = KeyTable::default();
+    let s = t.get("p", "k1");
+    for _ in 0..3 {
+        s.count_request("stable", Outcome::Success);
+        s.count_tokens("gpt-4.1-mini", 10, 5);
+    }
+    assert_eq!(s.requests.read().unwrap().capacity(), 1);
+    assert_eq!(s.tokens.lock().unwrap().capacity(), 1);
+    s.count_request("canary", Outcome::Success);
+    s.count_tokens("gpt-4.1", 1, 1);
+    assert_eq!(s.requests("stable", Outcome::Success), 3);
+    assert_eq!(s.requests("canary", Outcome::Success), 1);
+    assert_eq!(s.tokens.lock().unwrap().len(), 2);
+}

@@ -13,7 +13,7 @@ use keygate::config::{name_matches, Config, HeaderLists, DEFAULT_EXPOSED, DEFAUL
 use keygate::proxy::forward::{downstream_headers, upstream_headers, upstream_uri, upstream_url};
 use keygate::proxy::request::inspect;
 use keygate::proxy::route::request_id;
-use keygate::state::KeyAuth;
+use keygate::state::{Account, KeyAuth};
 use proptest::prelude::*;
 
 /// A config using every section, each field set: the configuration example (the config
@@ -358,11 +358,13 @@ proptest! {
         let client = header_map(&pairs);
         let mut auth = HeaderValue::from_static("Bearer sk-pool-key");
         auth.set_sensitive(true);
-        let key = KeyAuth {
-            header: auth.clone(),
-            organization: Some(HeaderValue::from_static("org-pool")),
-            project: None,
-        };
+        let key = KeyAuth::new(
+            auth.clone(),
+            Account {
+                organization: Some(HeaderValue::from_static("org-pool")),
+                project: None,
+            },
+        );
         let up = upstream_headers(&client, &lists(), &key);
         let auths: Vec<_> = up.get_all("authorization").iter().collect();
         prop_assert_eq!(auths, vec![&auth]);

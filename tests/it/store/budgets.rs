@@ -1,6 +1,8 @@
 //! Per-key budgets (README "Budgets"), run against both stores with a virtual clock: request and
 //! token schedules, in-flight leases, settlement, waiting for a reserved slot.
 
+use std::sync::Arc;
+
 use keygate::pool::{KeyId, KeyState};
 use keygate::store::budget::KeyLimits;
 use keygate::store::spec::BudgetSpec;
@@ -16,7 +18,7 @@ const T0: u64 = 1_700_000_000_000;
 async fn setup(s: &Subject, keys: &[&str], limits: KeyLimits, budget: BudgetSpec) {
     let triples: Vec<(&str, u32, &str)> = keys.iter().map(|k| (*k, 1, "stable")).collect();
     let mut sp = spec("p", &triples);
-    for k in &mut sp.keys {
+    for k in Arc::make_mut(&mut sp.keys) {
         k.limits = limits;
     }
     sp.budget = budget;

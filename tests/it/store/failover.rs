@@ -499,7 +499,7 @@ async fn while_redis_is_away_each_replica_spends_only_its_share_of_a_keys_budget
     )
     .unwrap();
     let mut sp = crate::harness::spec("p", &[("k1", 1, "stable")]);
-    sp.keys[0].limits = KeyLimits {
+    Arc::make_mut(&mut sp.keys)[0].limits = KeyLimits {
         rpm: 600,
         tpm: 90_000,
         conc: 3,

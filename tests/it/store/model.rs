@@ -158,7 +158,7 @@ fn budget_spec(name: &str) -> keygate::store::PoolSpec {
         l(60, 0, 1, 0),
         l(120, 50_000, 3, 500),
     ];
-    for (k, lim) in s.keys.iter_mut().zip(limits) {
+    for (k, lim) in Arc::make_mut(&mut s.keys).iter_mut().zip(limits) {
         k.limits = lim;
     }
     s.budget = keygate::store::spec::BudgetSpec {
