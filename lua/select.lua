@@ -35,9 +35,10 @@
 -- Counter changes and key-hash fields are written once at the end of the call (lib.lua
 -- DEFER / flush): a key benched and brought back within one call costs one HSET, and the
 -- state counts, class counts, change counter and lease sequence one HINCRBY each per call.
--- With budgets, a pick costs its draw, one HMGET of the key and its budget, a ZCARD and a
--- ZADD of its lease set (max_concurrent), and, when its schedule benches it, a ZREM of its
--- class set and a ZADD of the due index.
+-- With budgets, a pick costs its draw, one HMGET of the key and its budget (none for a key
+-- this call spent already), a ZADD of its lease set (max_concurrent; the set is counted only
+-- near a threshold, lib.lua n_in), and, when its schedule benches it (further out than
+-- LAZY_MS), a ZREM of its class set and a ZADD of the due index.
 
 local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'canary_fallback',
   'config_hash', 'probe_lease_ms', 'cnt:half_open', 'budgets', 'max_wait_ms', 'lease_ms', 'mrt')
