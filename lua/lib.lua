@@ -286,7 +286,6 @@ local function budget_of(v, o)
     tat_r = num(v[o + 6]), tat_rd = num(v[o + 7]), tat_t = num(v[o + 8]), tat_td = num(v[o + 9]),
     cfg_rpm = cfg_rpm, cfg_tpm = cfg_tpm, n_in = n_in and tonumber(n_in) or nil}
 end
-local function budget_load(id) return budget_of(kget(id, BFIELDS), 0) end
 
 -- A key and its budget in one read: k (nil when the key is gone) and b. k holds only what
 -- set_status and budget_place use (status, reason, weight, group, cooldown_until_ms): every
