@@ -20,7 +20,7 @@
 local B = KEYS[1]
 local META = B .. ':meta'
 local DUE = B .. ':due'
-local LAYOUT = 'cls1'
+local LAYOUT = 'cls2'
 
 -- A key hash's name, built once per id and call (a select or a batch names each key several
 -- times).
@@ -112,11 +112,14 @@ local function int(x) return fmt_int('%d', x) end
 
 -- Removes the leases of ended requests the call deferred (set in the budget part below).
 local flush_lease_ends
+-- Writes the budgets the call changed (set in the budget part below).
+local flush_budgets
 
--- Writes what the call deferred: one HSET per key written, one HINCRBY per counter moved, one
--- ZREM per key whose requests ended.
+-- Writes what the call deferred: one ZREM per key whose requests ended, one HSET of every budget
+-- changed, one HSET per key hash written, one HINCRBY per counter moved.
 local function flush()
   if flush_lease_ends then flush_lease_ends() end
+  if flush_budgets then flush_budgets() end
   for _, id in ipairs(kdirty_order) do
     local a = {}
     for f, x in pairs(kdirty[id]) do
@@ -250,22 +253,29 @@ local function set_weight(k, w)
   bump()
 end
 
--- Budgets (README "Budgets"; src/store/budget.rs does the same integer steps). Key hash fields:
---   b_rpm b_tpm b_conc b_rpd b_tpd   the key's configured limits (0: none)
---   l_rpm l_tpm                      limits the provider announced (x-ratelimit-limit-*), in
---                                    force where b_rpm / b_tpm is 0 (0: none learned)
---   tat_r tat_rd tat_t tat_td        theoretical arrival times (ms) of its GCRA schedules
---   n_in                             at least the size of its lease set (each lease taken adds
---                                    one; freed and expired ones count until a recount): the
---                                    set is counted only near a threshold
+-- Budgets (README "Budgets"; src/store/budget.rs does the same integer steps).
+-- kg:{P}:budget  hash  key id -> the key's budget, a struct.pack (BUDGET_FMT) of twelve doubles
+--   (integers, exact below 2^53); a key without an entry has no limits:
+--     b_rpm b_tpm b_conc b_rpd b_tpd  the key's configured limits (0: none)
+--     l_rpm l_tpm                     limits the provider announced (x-ratelimit-limit-*), in
+--                                     force where b_rpm / b_tpm is 0 (0: none learned)
+--     tat_r tat_rd tat_t tat_td       theoretical arrival times (ms) of its GCRA schedules
+--     n_in                            at least the size of its lease set (each lease taken adds
+--                                     one; freed and expired ones count until a recount; -1: not
+--                                     counted yet): the set is counted only near a threshold
+--   One field per key in one hash, rather than twelve fields of the key hash: a pick reads its
+--   key's budget with one HGET, and a call writes every budget it changed with one HSET
+--   (BENCHMARKS.md, "Budgets: the select call's Redis work"). README "Budgets" shows how to read
+--   an entry with redis-cli.
 -- kg:{P}:inflight:<id>  zset  lease id -> expiry ms, the key's requests in flight
 -- meta fields: budgets (1: some key has limits, or the pool learns them), learn (1: the pool
 -- learns limits), max_wait_ms, lease_ms, mrt (max request tokens), lease_seq. A key without
 -- headroom is 'cooling' with reason 'budget' (rate) or 'busy' (every slot taken) and sits in
 -- the due index until its headroom returns.
 local MINUTE, DAY = 60600, 87264000
-local BFIELDS = {'b_rpm', 'b_tpm', 'b_conc', 'b_rpd', 'b_tpd', 'tat_r', 'tat_rd', 'tat_t',
-  'tat_td', 'l_rpm', 'l_tpm', 'n_in'}
+local BUDGETS = B .. ':budget'
+local BUDGET_FMT = '<dddddddddddd'
+local spack, sunpack = struct.pack, struct.unpack
 
 local function inflight_key(id) return B .. ':inflight:' .. id end
 local function ceil_div(a, b)
@@ -273,42 +283,83 @@ local function ceil_div(a, b)
   return math.floor((a + b - 1) / b)
 end
 
--- A key's budget: rpm and tpm are the limits in force (configured, else learned); cfg_rpm and
--- cfg_tpm the configured ones.
--- v: the values of BFIELDS, from index o + 1 on.
-local function budget_of(v, o)
-  local cfg_rpm, cfg_tpm = num(v[o + 1]), num(v[o + 2])
+-- A key's budget from its packed entry (nil: none): rpm and tpm are the limits in force
+-- (configured, else learned); cfg_rpm and cfg_tpm the configured ones, l_rpm and l_tpm the
+-- learned ones.
+local function budget_of(packed)
+  local cfg_rpm, cfg_tpm, conc, rpd, tpd, l_rpm, l_tpm = 0, 0, 0, 0, 0, 0, 0
+  local tat_r, tat_rd, tat_t, tat_td, n_in = 0, 0, 0, 0, -1
+  if packed then
+    cfg_rpm, cfg_tpm, conc, rpd, tpd, l_rpm, l_tpm, tat_r, tat_rd, tat_t, tat_td, n_in =
+      sunpack(BUDGET_FMT, packed)
+  end
   local rpm, tpm = cfg_rpm, cfg_tpm
-  if rpm == 0 then rpm = num(v[o + 10]) end
-  if tpm == 0 then tpm = num(v[o + 11]) end
-  local n_in = v[o + 12]
-  return {rpm = rpm, tpm = tpm, conc = num(v[o + 3]), rpd = num(v[o + 4]), tpd = num(v[o + 5]),
-    tat_r = num(v[o + 6]), tat_rd = num(v[o + 7]), tat_t = num(v[o + 8]), tat_td = num(v[o + 9]),
-    cfg_rpm = cfg_rpm, cfg_tpm = cfg_tpm, n_in = n_in and tonumber(n_in) or nil}
+  if rpm == 0 then rpm = l_rpm end
+  if tpm == 0 then tpm = l_tpm end
+  return {rpm = rpm, tpm = tpm, conc = conc, rpd = rpd, tpd = tpd, tat_r = tat_r,
+    tat_rd = tat_rd, tat_t = tat_t, tat_td = tat_td, cfg_rpm = cfg_rpm, cfg_tpm = cfg_tpm,
+    l_rpm = l_rpm, l_tpm = l_tpm, n_in = n_in >= 0 and n_in or nil}
+end
+local function pack_budget(b)
+  return spack(BUDGET_FMT, b.cfg_rpm, b.cfg_tpm, b.conc, b.rpd, b.tpd, b.l_rpm, b.l_tpm,
+    b.tat_r, b.tat_rd, b.tat_t, b.tat_td, b.n_in or -1)
 end
 
--- A key and its budget in one read: k (nil when the key is gone) and b. k holds only what
--- set_status and budget_place use (status, reason, weight, group, cooldown_until_ms): every
--- field an HMGET names is a scan of the key's hash (a listpack of about 30 fields).
-local KBFIELDS = {'status', 'reason', 'weight', 'group', 'cooldown_until_ms'}
-local NK = #KBFIELDS
-for _, f in ipairs(BFIELDS) do KBFIELDS[#KBFIELDS + 1] = f end
+-- Each key's budget as this call read and changed it (every change goes through its table and
+-- bsave), so an entry is read at most once per call; with DEFER the changed ones are written
+-- with one HSET at flush.
+local bcache = {}
+local bdirty, bdirty_order = {}, {}
+
+local function bsave(id, b)
+  if not DEFER then return redis.call('HSET', BUDGETS, id, pack_budget(b)) end
+  if not bdirty[id] then
+    bdirty[id] = true
+    bdirty_order[#bdirty_order + 1] = id
+  end
+end
+flush_budgets = function()
+  local a = {}
+  for i, id in ipairs(bdirty_order) do
+    a[#a + 1] = id
+    a[#a + 1] = pack_budget(bcache[id])
+    if #a >= 1024 or i == #bdirty_order then
+      redis.call('HSET', BUDGETS, unpack(a))
+      a = {}
+    end
+  end
+  bdirty, bdirty_order = {}, {}
+end
+
+-- Key id's budget alone (a key drawn from a class set: its status is known).
+local function load_budget(id)
+  local b = bcache[id]
+  if b then return b end
+  b = budget_of(redis.call('HGET', BUDGETS, id))
+  bcache[id] = b
+  return b
+end
+
+-- A key and its budget: k (nil when the key is gone) and b. k holds only what set_status and
+-- budget_place use (status, reason, weight, group, cooldown_until_ms).
+local KFIELDS = {'status', 'reason', 'weight', 'group', 'cooldown_until_ms'}
+local function key_head(id, v)
+  return {id = id, status = v[1], reason = v[2] or '', weight = num(v[3]),
+    group = v[4] or 'stable', cooldown_until_ms = num(v[5])}
+end
 -- A script that changes a key's status only through the k its load_key_budget answered may
--- set kb_memo = {}: a key's k and b are then read once per call and shared (report_batch.lua,
--- whose batch ends many requests on each key).
+-- set kb_memo = {}: a key's k is then read once per call and shared (report_batch.lua, whose
+-- batch ends many requests on each key).
 local kb_memo = nil
 local function load_key_budget(id)
-  if kb_memo then
-    local m = kb_memo[id]
-    if m then return m[1], m[2] end
+  local k = kb_memo and kb_memo[id]
+  if not k then
+    local v = kget(id, KFIELDS)
+    if not v[1] then return nil end
+    k = key_head(id, v)
+    if kb_memo then kb_memo[id] = k end
   end
-  local v = kget(id, KBFIELDS)
-  if not v[1] then return nil end
-  local k = {id = id, status = v[1], reason = v[2] or '', weight = num(v[3]),
-    group = v[4] or 'stable', cooldown_until_ms = num(v[5])}
-  local b = budget_of(v, NK)
-  if kb_memo then kb_memo[id] = {k, b} end
-  return k, b
+  return k, load_budget(id)
 end
 
 -- Per key, n_in as this call last saw or wrote it.
@@ -317,7 +368,7 @@ local function set_lease_count(id, b, c)
   lease_count[id] = c
   if b.n_in ~= c then
     b.n_in = c
-    kset(id, 'n_in', c)
+    bsave(id, b)
   end
 end
 
@@ -398,22 +449,11 @@ local spent_crowded = 0
 local function budget_spend(id, b, start, tokens, mrt, lease_ms, now)
   spent_crowded = 0
   local max = math.max
-  if b.rpm > 0 then
-    b.tat_r = max(start, b.tat_r) + ceil_div(MINUTE, b.rpm)
-    kset(id, 'tat_r', b.tat_r)
-  end
-  if b.rpd > 0 then
-    b.tat_rd = max(start, b.tat_rd) + ceil_div(DAY, b.rpd)
-    kset(id, 'tat_rd', b.tat_rd)
-  end
-  if b.tpm > 0 then
-    b.tat_t = max(start, b.tat_t) + token_step(tokens, b.tpm, mrt, MINUTE)
-    kset(id, 'tat_t', b.tat_t)
-  end
-  if b.tpd > 0 then
-    b.tat_td = max(start, b.tat_td) + token_step(tokens, b.tpd, mrt, DAY)
-    kset(id, 'tat_td', b.tat_td)
-  end
+  if b.rpm > 0 then b.tat_r = max(start, b.tat_r) + ceil_div(MINUTE, b.rpm) end
+  if b.rpd > 0 then b.tat_rd = max(start, b.tat_rd) + ceil_div(DAY, b.rpd) end
+  if b.tpm > 0 then b.tat_t = max(start, b.tat_t) + token_step(tokens, b.tpm, mrt, MINUTE) end
+  if b.tpd > 0 then b.tat_td = max(start, b.tat_td) + token_step(tokens, b.tpd, mrt, DAY) end
+  bsave(id, b)
   if b.conc <= 0 then return 0 end
   local lease = next_lease()
   local c = leases_held(id, b, now, b.conc, 1)
@@ -424,24 +464,24 @@ local function budget_spend(id, b, start, tokens, mrt, lease_ms, now)
 end
 
 -- Replaces a reservation by real usage: delta = real - reserved tokens.
+local function settle_schedule(id, b, field, limit, window, delta, mrt, now)
+  if limit <= 0 then return end
+  local room = math.max(limit - mrt, 1)
+  local tat = b[field]
+  if delta > 0 then
+    tat = math.max(tat, now) + ceil_div(delta * window, room)
+  else
+    tat = math.max(tat - math.floor(-delta * window / room), now)
+  end
+  if tat ~= b[field] then
+    b[field] = tat
+    bsave(id, b)
+  end
+end
 local function budget_settle(id, b, delta, mrt, now)
   if delta == 0 then return end
-  for _, s in ipairs({{b.tpm, MINUTE, 'tat_t'}, {b.tpd, DAY, 'tat_td'}}) do
-    local limit, window, field = s[1], s[2], s[3]
-    if limit > 0 then
-      local room = math.max(limit - mrt, 1)
-      local tat = num(b[field])
-      if delta > 0 then
-        tat = math.max(tat, now) + ceil_div(delta * window, room)
-      else
-        tat = math.max(tat - math.floor(-delta * window / room), now)
-      end
-      if tat ~= b[field] then
-        b[field] = tat
-        kset(id, field, tat)
-      end
-    end
-  end
+  settle_schedule(id, b, 'tat_t', b.tpm, MINUTE, delta, mrt, now)
+  settle_schedule(id, b, 'tat_td', b.tpd, DAY, delta, mrt, now)
 end
 
 -- Puts a key where its budget says: benched ('cooling' 'budget'/'busy' until its headroom) or,
@@ -479,14 +519,13 @@ end
 -- that its starts before the reset fit in remaining plus one request (one largest reservation
 -- of tokens) of slack. Never earlier.
 local function budget_learn(id, b, h, seen, learn, mrt)
-  local f = {}
   if learn and b.cfg_rpm == 0 and h[5] > 0 and h[5] ~= b.rpm then
-    b.rpm = h[5]
-    f[#f + 1], f[#f + 2] = 'l_rpm', b.rpm
+    b.rpm, b.l_rpm = h[5], h[5]
+    bsave(id, b)
   end
   if learn and b.cfg_tpm == 0 and h[6] > mrt and h[6] ~= b.tpm then
-    b.tpm = h[6]
-    f[#f + 1], f[#f + 2] = 'l_tpm', b.tpm
+    b.tpm, b.l_tpm = h[6], h[6]
+    bsave(id, b)
   end
   -- How long `remaining` must last: the reset, else the time the limit takes to refill what
   -- is spent, else a minute; the schedule moves to `window - free` from seen (not earlier).
@@ -500,24 +539,30 @@ local function budget_learn(id, b, h, seen, learn, mrt)
     local at = target(h[1], h[2], h[5], (h[1] + 1) * ceil_div(MINUTE, b.rpm))
     if at > b.tat_r then
       b.tat_r = at
-      f[#f + 1], f[#f + 2] = 'tat_r', at
+      bsave(id, b)
     end
   end
   if b.tpm > 0 and h[3] >= 0 then
     local at = target(h[3], h[4], h[6], math.floor((h[3] + mrt) * MINUTE / b.tpm))
     if at > b.tat_t then
       b.tat_t = at
-      f[#f + 1], f[#f + 2] = 'tat_t', at
+      bsave(id, b)
     end
   end
-  if #f > 0 then kset(id, unpack(f)) end
 end
 
 -- Ends one request on a budgeted key: frees its lease (lease '0': none), replaces its token
 -- reservation by real usage (delta = real - reserved), and puts the key where its budget says.
+-- With DEFER the key is placed once, by place_ended (report_batch.lua calls it before flush):
+-- where its budget leaves it after all the call's ends, as placing it after each would.
+local to_place, to_place_order = {}, {}
 local function budget_end(id, lease, delta, mrt, now)
   local k, b = load_key_budget(id)
   if not k then return end
+  if DEFER and not to_place[id] then
+    to_place[id] = k
+    to_place_order[#to_place_order + 1] = id
+  end
   if lease ~= '0' and DEFER then
     local l = pending_table(ended, ended_order, id)
     l[#l + 1] = lease
@@ -527,5 +572,9 @@ local function budget_end(id, lease, delta, mrt, now)
     if c then set_lease_count(id, b, math.max(c - removed, 0)) end
   end
   budget_settle(id, b, delta, mrt, now)
-  budget_place(k, b, now)
+  if not DEFER then budget_place(k, b, now) end
+end
+local function place_ended(now)
+  for _, id in ipairs(to_place_order) do budget_place(to_place[id], bcache[id], now) end
+  to_place, to_place_order = {}, {}
 end

@@ -26,7 +26,9 @@
 -- The successes never change a status: a half-open key is re-activated only by its probe's own
 -- report, and successes carrying a cooldown hint go through report.lua, never through a batch.
 -- Hints and ended requests change only budget state, and a key's status only as budget_place
--- does (benched by its budget, or back from it).
+-- does (benched by its budget, or back from it). Their cost: one HMGET of every budget the
+-- batch names, per key one ZREM of its ended leases (and its hash read, unless it also had
+-- successes), one HSET of every budget changed; each key is placed once, after all its ends.
 
 if redis.call('EXISTS', META) == 0 then return {'nopool'} end
 DEFER = true
@@ -35,6 +37,10 @@ local now = clock(ARGV[1])
 local applied, held = 0, 0
 local call, fmt = redis.call, string.format
 local nkeys = tonumber(ARGV[2]) or 0
+-- With a budget part (hints or ended requests follow the successes), the success read also
+-- takes what budget_place needs of the key (lib.lua load_key_budget reads it once per call).
+local tail = 3 + 4 * nkeys
+local budget_part = (tonumber(ARGV[tail]) or 0) > 0 or tail + 1 <= #ARGV
 for i = 3, 2 + 4 * nkeys - 3, 4 do
   local n = tonumber(ARGV[i + 1]) or 0
   local seen = now - (tonumber(ARGV[i + 3]) or 0)
@@ -45,7 +51,14 @@ for i = 3, 2 + 4 * nkeys - 3, 4 do
   -- atomic, so old + n written back is the same as HINCRBY, and max(old, seen) written back is
   -- last_used_ms kept or moved forward. The write's fields are spelled out, not built as a table
   -- for unpack: at 10,000 keys this loop runs about once per request.
-  local v = call('HMGET', KK, 'status', 'failed_at_ms', 'last_used_ms', 'successes')
+  local v
+  if budget_part then
+    v = call('HMGET', KK, 'status', 'failed_at_ms', 'last_used_ms', 'successes', 'reason',
+      'weight', 'group', 'cooldown_until_ms')
+    if v[1] then kb_memo[ARGV[i]] = key_head(ARGV[i], {v[1], v[5], v[6], v[7], v[8]}) end
+  else
+    v = call('HMGET', KK, 'status', 'failed_at_ms', 'last_used_ms', 'successes')
+  end
   if v[1] and n > 0 then
     applied = applied + 1
     local succ = fmt('%d', num(v[4]) + n)
@@ -65,6 +78,28 @@ i = i + 1
 if nhints > 0 or i <= #ARGV then
   local meta = call('HMGET', META, 'mrt', 'learn')
   local mrt, learn = num(meta[1]), meta[2] == '1'
+  -- Every budget the batch names, read with one HMGET (lib.lua load_budget then finds them).
+  local ids, seen_id = {}, {}
+  local function want(id)
+    if not seen_id[id] then
+      seen_id[id] = true
+      ids[#ids + 1] = id
+    end
+  end
+  local j = i
+  for _ = 1, nhints do
+    want(ARGV[j])
+    j = j + 8
+  end
+  while j + 2 <= #ARGV do
+    want(ARGV[j])
+    j = j + 3
+  end
+  for c = 1, #ids, 512 do
+    local part = {unpack(ids, c, math.min(c + 511, #ids))}
+    local v = call('HMGET', BUDGETS, unpack(part))
+    for x, id in ipairs(part) do bcache[id] = budget_of(v[x]) end
+  end
   for _ = 1, nhints do
     local id = ARGV[i]
     local k, b = load_key_budget(id)
@@ -81,6 +116,7 @@ if nhints > 0 or i <= #ARGV then
     budget_end(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, mrt, now)
     i = i + 3
   end
+  place_ended(now)
 end
 flush()
 return {'ok', applied, held, now}

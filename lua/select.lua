@@ -35,10 +35,11 @@
 -- Counter changes and key-hash fields are written once at the end of the call (lib.lua
 -- DEFER / flush): a key benched and brought back within one call costs one HSET, and the
 -- state counts, class counts, change counter and lease sequence one HINCRBY each per call.
--- With budgets, a pick costs its draw, one HMGET of the key and its budget (none for a key
--- this call spent already), a ZADD of its lease set (max_concurrent; the set is counted only
--- near a threshold, lib.lua n_in), and, when its schedule benches it (further out than
--- LAZY_MS), a ZREM of its class set and a ZADD of the due index.
+-- With budgets, a pick costs its draw, one HGET of its budget entry (none for a key this call
+-- read already; a key drawn from its class set is active, so its hash is not read), a ZADD of
+-- its lease set (max_concurrent; the set is counted only near a threshold, lib.lua n_in), and,
+-- when its schedule benches it (further out than LAZY_MS), a ZREM of its class set and a ZADD
+-- of the due index; the call writes every budget it changed with one HSET.
 
 local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'canary_fallback',
   'config_hash', 'probe_lease_ms', 'cnt:half_open', 'budgets', 'max_wait_ms', 'lease_ms', 'mrt')
@@ -196,12 +197,16 @@ local function try_weighted(g)
     end
     local id, w = member(g, i, floor(draw() * n[i]), n[i])
     local acc = floor(draw() * BOUND[i])
-    if id and not excluded[id] and acc < tonumber(w) then return id end
+    if id then
+      w = tonumber(w)
+      if not excluded[id] and acc < w then return id, w end
+    end
   end
   for i = 10, 1, -1 do
     if n[i] > 0 then
-      for _, id in ipairs(redis.call('ZRANGE', cls_key(g, CLS[i]), 0, nex)) do
-        if not excluded[id] then return id end
+      local m = redis.call('ZRANGE', cls_key(g, CLS[i]), 0, nex, 'WITHSCORES')
+      for j = 1, #m, 2 do
+        if not excluded[m[j]] then return m[j], tonumber(m[j + 1]) end
       end
     end
   end
@@ -212,8 +217,9 @@ local function try_group(g)
   -- No half-open key in the pool (the per-state counter): no probe set to look at.
   local id = half_open > 0 and try_probe(g) or nil
   if id then return id, 1 end
-  id = try_weighted(g)
-  if id then return id, 0 end
+  local w
+  id, w = try_weighted(g)
+  if id then return id, 0, w end
   return nil
 end
 
@@ -262,11 +268,20 @@ local function try_budgeted(g, rand, tokens)
   local attempts = 0
   while attempts < 8 do
     seed(rand)
-    local id, probe = try_group(g)
+    local id, probe, w = try_group(g)
     if not id then return nil end
     local k, b
     local s = spent[id]
-    if s then k, b = s[1], s[2] else k, b = load_key_budget(id) end
+    if s then
+      k, b = s[1], s[2]
+    elseif probe == 0 then
+      -- Drawn from its class set: active, of weight w, in group g (lib.lua's invariant), so
+      -- only its budget is read.
+      k = {id = id, status = 'active', reason = '', weight = w, group = g, cooldown_until_ms = 0}
+      b = load_budget(id)
+    else
+      k, b = load_key_budget(id)
+    end
     if probe == 1 then return id, probe, budget_spend(id, b, now, tokens, mrt, lease_ms, now) end
     local benched, at = budget_place(k, b, now)
     if benched then

@@ -30,20 +30,23 @@ local now = clock(ARGV[1])
 local scan = redis.call('SSCAN', B .. ':keys', ARGV[2], 'COUNT', tonumber(ARGV[3]) or 256)
 local F = {'status', 'reason', 'weight', 'group', 'errors', 'strikes', 'cooldown_until_ms',
   'last_status', 'last_used_ms', 'successes', 'failures'}
--- Budget fields are read only in a pool with budgets (a pool without costs what it did before).
-if redis.call('HGET', META, 'budgets') == '1' then
-  for _, f in ipairs({'b_rpm', 'b_tpm', 'b_conc', 'b_rpd', 'b_tpd', 'tat_r', 'tat_rd', 'tat_t',
-    'tat_td', 'l_rpm', 'l_tpm'}) do F[#F + 1] = f end
+-- Budgets are read only in a pool with budgets (a pool without costs what it did before): one
+-- HMGET of the page's entries of kg:{P}:budget.
+local budgets = {}
+if redis.call('HGET', META, 'budgets') == '1' and #scan[2] > 0 then
+  local v = redis.call('HMGET', BUDGETS, unpack(scan[2]))
+  for i, id in ipairs(scan[2]) do budgets[id] = v[i] end
 end
 
 -- The key's budget record, nil without limits (src/store/budget.rs KeyBudget::record).
-local function budget_record(id, v)
-  if not v[12] then return nil end
-  local rpm, tpm, conc, rpd, tpd = num(v[12]), num(v[13]), num(v[14]), num(v[15]), num(v[16])
+local function budget_record(id)
+  if not budgets[id] then return nil end
+  local b = budget_of(budgets[id])
+  local rpm, tpm, conc, rpd, tpd = b.rpm, b.tpm, b.conc, b.rpd, b.tpd
   -- Learned limits are in force where the config sets none.
   local learned = {rpm = 0, tpm = 0}
-  if rpm == 0 then rpm, learned.rpm = num(v[21]), num(v[21]) end
-  if tpm == 0 then tpm, learned.tpm = num(v[22]), num(v[22]) end
+  if b.cfg_rpm == 0 then learned.rpm = b.l_rpm end
+  if b.cfg_tpm == 0 then learned.tpm = b.l_tpm end
   if rpm + tpm + conc + rpd + tpd == 0 then return nil end
   local function pick(l1, t1, l2, t2)
     local m = 0
@@ -55,8 +58,8 @@ local function budget_record(id, v)
   if conc > 0 then inflight = redis.call('ZCOUNT', inflight_key(id), '(' .. now, '+inf') end
   return {limits = {rpm = rpm, tpm = tpm, max_concurrent = conc, rpd = rpd, tpd = tpd},
     learned = learned,
-    next_request_ms = pick(rpm, num(v[17]), rpd, num(v[18])),
-    next_tokens_ms = pick(tpm, num(v[19]), tpd, num(v[20])), in_flight = inflight}
+    next_request_ms = pick(rpm, b.tat_r, rpd, b.tat_rd),
+    next_tokens_ms = pick(tpm, b.tat_t, tpd, b.tat_td), in_flight = inflight}
 end
 local keys = {}
 for _, id in ipairs(scan[2]) do
@@ -70,7 +73,7 @@ for _, id in ipairs(scan[2]) do
     keys[#keys + 1] = {id = id, status = v[1], reason = v[2] or '', weight = num(v[3]),
       group = v[4] or 'stable', errors = num(v[5]), strikes = num(v[6]),
       cooldown_until_ms = num(v[7]), last_status = num(v[8]), last_used_ms = num(v[9]),
-      successes = num(v[10]), failures = num(v[11]), budget = budget_record(id, v)}
+      successes = num(v[10]), failures = num(v[11]), budget = budget_record(id)}
   end
 end
 local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'ver')

@@ -19,15 +19,17 @@
 -- config itself changes. Keys missing from the config go to draining (reason "removed") and come
 -- back to active if they return to the config.
 --
--- A pool written by an older keygate (meta field layout missing: Fenwick trees kg:{P}:tree:<g>,
--- kg:{P}:slots) is converted once, even when its config is unchanged: the class sets are built
--- from the key hashes and the old keys are deleted.
+-- A pool written by an older keygate is converted once, even when its config is unchanged:
+-- layout missing (Fenwick trees kg:{P}:tree:<g>, kg:{P}:slots): the class sets are built from
+-- the key hashes and the old keys are deleted; layout missing or 'cls1' (a key's budget in
+-- twelve fields b_rpm ... n_in): each key's budget moves into its entry of kg:{P}:budget
+-- (lib.lua, "Budgets"), schedules and learned limits kept.
 
 local hm = redis.call('HMGET', META, 'config_hash', 'layout')
 if hm[1] == ARGV[1] and hm[2] == LAYOUT then return {'unchanged'} end
 local created, updated, removed = 0, 0, 0
 local fresh = redis.call('EXISTS', META) == 0
-if not fresh and hm[2] ~= LAYOUT then
+if not fresh and not hm[2] then
   for _, g in ipairs(redis.call('SMEMBERS', B .. ':groups')) do
     redis.call('DEL', B .. ':tree:' .. g)
   end
@@ -38,6 +40,25 @@ if not fresh and hm[2] ~= LAYOUT then
     if k then
       redis.call('HDEL', kkey(id), 'slot')
       if selectable(k.status, k.weight) then cls_move(k.group, id, k.weight, 1) end
+    end
+  end
+end
+if not fresh and hm[2] ~= LAYOUT then
+  local old = {'b_rpm', 'b_tpm', 'b_conc', 'b_rpd', 'b_tpd', 'l_rpm', 'l_tpm', 'tat_r', 'tat_rd',
+    'tat_t', 'tat_td', 'n_in'}
+  for _, id in ipairs(redis.call('SMEMBERS', B .. ':keys')) do
+    local o = redis.call('HMGET', kkey(id), unpack(old))
+    local any = false
+    for j = 1, #old do any = any or o[j] ~= false end
+    if any then
+      local b = budget_of(nil)
+      b.cfg_rpm, b.cfg_tpm, b.conc, b.rpd, b.tpd = num(o[1]), num(o[2]), num(o[3]), num(o[4]),
+        num(o[5])
+      b.l_rpm, b.l_tpm, b.tat_r, b.tat_rd, b.tat_t, b.tat_td = num(o[6]), num(o[7]), num(o[8]),
+        num(o[9]), num(o[10]), num(o[11])
+      b.n_in = o[12] and tonumber(o[12]) or nil
+      bsave(id, b)
+      redis.call('HDEL', kkey(id), unpack(old))
     end
   end
 end
@@ -55,9 +76,18 @@ local in_config = {}
 for i = 17, #ARGV, 8 do
   local id, w, g = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   in_config[id] = true
-  local limits = {'b_rpm', ARGV[i + 3], 'b_tpm', ARGV[i + 4], 'b_conc', ARGV[i + 5],
-    'b_rpd', ARGV[i + 6], 'b_tpd', ARGV[i + 7]}
-  if ARGV[16] ~= '1' then redis.call('HDEL', kkey(id), 'l_rpm', 'l_tpm') end
+  -- The key's configured limits go into its budget entry (learned ones dropped without learn);
+  -- a key that never had limits gets no entry.
+  local packed = redis.call('HGET', BUDGETS, id)
+  local b = budget_of(packed)
+  b.cfg_rpm, b.cfg_tpm, b.conc, b.rpd, b.tpd = num(ARGV[i + 3]), num(ARGV[i + 4]),
+    num(ARGV[i + 5]), num(ARGV[i + 6]), num(ARGV[i + 7])
+  if ARGV[16] ~= '1' then b.l_rpm, b.l_tpm = 0, 0 end
+  local function write_limits()
+    if packed or b.cfg_rpm + b.cfg_tpm + b.conc + b.rpd + b.tpd + b.l_rpm + b.l_tpm > 0 then
+      bsave(id, b)
+    end
+  end
   local k = load_key(id)
   if not k then
     redis.call('HSET', kkey(id), 'status', 'active', 'reason', '', 'weight', w, 'group', g,
@@ -67,12 +97,12 @@ for i = 17, #ARGV, 8 do
     redis.call('SADD', B .. ':keys', id)
     redis.call('HINCRBY', META, 'cnt:active', 1)
     cls_move(g, id, w, 1)
-    redis.call('HSET', kkey(id), unpack(limits))
+    write_limits()
     created = created + 1
   else
     local cfg = redis.call('HMGET', kkey(id), 'cfg_weight', 'cfg_group')
     local touched = false
-    redis.call('HSET', kkey(id), unpack(limits))
+    write_limits()
     if tonumber(cfg[1]) ~= w then
       set_weight(k, w)
       redis.call('HSET', kkey(id), 'cfg_weight', w)

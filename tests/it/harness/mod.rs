@@ -23,6 +23,36 @@ use keygate::store::{KeyStore, PoolSpec, StorePolicy};
 
 pub use redis_server::RedisServer;
 
+/// README "Budgets": the redis-cli script that reads a key's budget entry (one packed field of
+/// `kg:{P}:budget`; KEYS[1] the hash, ARGV[1] the key id) as name, value pairs. The README shows
+/// it as a redis-cli command; keep the two the same.
+pub const READ_BUDGET: &str = "local b = redis.call('HGET', KEYS[1], ARGV[1]) \
+if not b then return {} end \
+local v = {struct.unpack('<dddddddddddd', b)} \
+local n = {'b_rpm', 'b_tpm', 'b_conc', 'b_rpd', 'b_tpd', 'l_rpm', 'l_tpm', \
+'tat_r', 'tat_rd', 'tat_t', 'tat_td', 'n_in'} \
+local out = {} \
+for i = 1, 12 do out[2 * i - 1] = n[i]; out[2 * i] = string.format('%d', v[i]) end \
+return out";
+
+/// A key's budget entry read with [`READ_BUDGET`]: field name -> value.
+pub fn read_budget(
+    conn: &mut redis::Connection,
+    hash: &str,
+    key: &str,
+) -> std::collections::HashMap<String, i64> {
+    let pairs: Vec<String> = redis::cmd("EVAL")
+        .arg(READ_BUDGET)
+        .arg(1)
+        .arg(hash)
+        .arg(key)
+        .query(conn)
+        .expect("the README's budget script runs");
+    (pairs.chunks(2))
+        .map(|p| (p[0].clone(), p[1].parse().expect("an integer")))
+        .collect()
+}
+
 pub fn kid(s: &str) -> KeyId {
     KeyId::new(s).expect("valid id")
 }

@@ -12,7 +12,7 @@ use redis::Commands;
 
 use crate::harness::gateway::{chat, config_toml, http, key, parse_config, post_chat};
 use crate::harness::gateway::{TestGateway, TestKey};
-use crate::harness::{wait_until, RedisServer};
+use crate::harness::{read_budget, wait_until, RedisServer};
 
 const K2: [TestKey; 2] = [
     key("k1", "sk-batch-one-1111"),
@@ -221,7 +221,7 @@ async fn a_budgeted_request_settles_its_real_usage_and_frees_its_slot_in_the_suc
         Duration::from_secs(5),
         "real usage replaced the estimates",
         || async {
-            let tat = field(&redis, "k1", "tat_t");
+            let tat = read_budget(&mut redis.conn(), "kg:{p}:budget", "k1")["tat_t"] as u64;
             tat > started && tat < ended + 1_000
         },
     )

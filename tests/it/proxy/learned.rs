@@ -10,7 +10,7 @@ use reqwest::Method;
 
 use crate::admin::{admin, key_of, pool_view, start_admin};
 use crate::harness::gateway::{chat, config_toml, http, key, post_chat, TestKey};
-use crate::harness::{wait_until, RedisServer};
+use crate::harness::{read_budget, wait_until, RedisServer};
 
 const K2: [TestKey; 2] = [
     key("k1", "sk-learn-one-1111"),
@@ -57,11 +57,10 @@ async fn a_provider_announcing_less_headroom_keeps_keygate_off_the_key_until_its
     // Once the batch carrying the hint landed, k1's schedule is ~3 s ahead.
     let tat = || {
         let mut conn = redis.conn();
-        let tat: u64 = redis::cmd("HGET")
-            .arg("kg:{p}:key:k1")
-            .arg("tat_r")
-            .query(&mut conn)
-            .unwrap_or(0);
+        // The README's redis-cli command for reading a key's budget ("Budgets").
+        let tat = read_budget(&mut conn, "kg:{p}:budget", "k1")
+            .get("tat_r")
+            .map_or(0, |t| *t as u64);
         let (s, us): (u64, u64) = redis::cmd("TIME").query(&mut conn).unwrap();
         (tat, s * 1000 + us / 1000)
     };

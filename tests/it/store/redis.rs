@@ -8,7 +8,7 @@ use keygate::pool::{KeyState, Outcome};
 use keygate::store::{KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection};
 use redis::Commands;
 
-use crate::harness::{kid, redis_store, spec, RedisServer};
+use crate::harness::{kid, read_budget, redis_store, spec, RedisServer};
 
 async fn selectable(s: &dyn KeyStore, pool: &str) -> Vec<String> {
     let mut seen = Vec::new();
@@ -246,4 +246,79 @@ async fn requests_that_find_their_pool_lost_at_once_recreate_it_with_one_sync() 
     assert_eq!(syncs, 1, "one sync re-created the pool for all 16 requests");
     let active: u64 = server.conn().hget("kg:{p}:meta", "cnt:active").unwrap();
     assert_eq!(active, 300);
+}
+
+/// A pool whose budgets an older keygate kept in twelve key-hash fields (layout `cls1`) is
+/// converted at the next sync: each key's schedules move into its `kg:{P}:budget` entry and
+/// keep holding the key back, and the old fields are gone.
+#[tokio::test]
+async fn budgets_an_older_keygate_kept_in_key_hash_fields_survive_the_upgrade() {
+    use keygate::store::budget::KeyLimits;
+
+    const T0: u64 = 1_700_000_000_000;
+    let server = RedisServer::start();
+    let mut sp = spec("p", &[("k1", 1, "stable"), ("k2", 1, "stable")]);
+    for k in Arc::make_mut(&mut sp.keys) {
+        k.limits = KeyLimits {
+            rpm: 60,
+            ..KeyLimits::default()
+        };
+    }
+    sp.budget.lease_ms = 10_000;
+    sp.budget.max_request_tokens = 1_000;
+    redis_store(&server, "kg").sync(&sp).await.unwrap();
+    // Rewrite the pool as the older layout held it: k1's next request not before T0 + 5 s.
+    let mut c = server.conn();
+    for (id, tat_r) in [("k1", T0 + 5_000), ("k2", 0)] {
+        let _: () = c.hdel("kg:{p}:budget", id).unwrap();
+        let old: Vec<(&str, u64)> = vec![
+            ("b_rpm", 60),
+            ("b_tpm", 0),
+            ("b_conc", 0),
+            ("b_rpd", 0),
+            ("b_tpd", 0),
+            ("l_rpm", 0),
+            ("l_tpm", 0),
+            ("tat_r", tat_r),
+            ("tat_rd", 0),
+            ("tat_t", 0),
+            ("tat_td", 0),
+            ("n_in", 0),
+        ];
+        let _: () = c.hset_multiple(format!("kg:{{p}}:key:{id}"), &old).unwrap();
+    }
+    let _: () = c.hset("kg:{p}:meta", "layout", "cls1").unwrap();
+
+    let upgraded = redis_store(&server, "kg");
+    upgraded.sync(&sp).await.unwrap();
+    let b1 = read_budget(&mut c, "kg:{p}:budget", "k1");
+    assert_eq!((b1["b_rpm"], b1["tat_r"]), (60, (T0 + 5_000) as i64));
+    let h: HashMap<String, String> = c.hgetall("kg:{p}:key:k1").unwrap();
+    assert!(
+        !h.contains_key("tat_r") && !h.contains_key("b_rpm"),
+        "old fields left: {h:?}"
+    );
+    // At T0 only k2 has headroom; then nothing until k2's next slot (T0 + 1010), which comes
+    // before k1's kept schedule.
+    let pick = |now: u64| {
+        let upgraded = &upgraded;
+        async move {
+            let req = SelectRequest {
+                route: Route::Stable,
+                exclude: &[],
+                rand: 7,
+                now_ms: Some(now),
+                tokens: 0,
+            };
+            upgraded.select("p", &req).await.unwrap()
+        }
+    };
+    match pick(T0).await {
+        Selection::Key(c) => assert_eq!(c.key.as_str(), "k2"),
+        Selection::None(u) => panic!("no key at T0: {u:?}"),
+    }
+    match pick(T0).await {
+        Selection::None(u) => assert_eq!(u.retry_at_ms, Some(T0 + 1_010)),
+        Selection::Key(c) => panic!("{} chosen before its slot", c.key),
+    }
 }
