@@ -277,7 +277,16 @@ local BUDGETS = B .. ':budget'
 local BUDGET_FMT = '<dddddddddddd'
 local spack, sunpack = struct.pack, struct.unpack
 
-local function inflight_key(id) return B .. ':inflight:' .. id end
+-- A lease set's name, built once per id and call, like kkey.
+local ikeys = {}
+local function inflight_key(id)
+  local k = ikeys[id]
+  if not k then
+    k = B .. ':inflight:' .. id
+    ikeys[id] = k
+  end
+  return k
+end
 local function ceil_div(a, b)
   if b <= 0 then return 0 end
   return math.floor((a + b - 1) / b)
@@ -440,6 +449,14 @@ local function next_lease()
   return lease_seq
 end
 
+-- A lease expiry as the string ZADD takes: most leases of a call expire at its now + lease_ms,
+-- formatted once.
+local expiry_ms, expiry_str = nil, nil
+local function expiry_of(ms)
+  if ms ~= expiry_ms then expiry_ms, expiry_str = ms, int(ms) end
+  return expiry_str
+end
+
 -- Whether the last budget_spend left the key's in-flight slots at least half taken (1, else 0):
 -- the end of such a request is written at once rather than with the next success batch.
 local spent_crowded = 0
@@ -457,7 +474,7 @@ local function budget_spend(id, b, start, tokens, mrt, lease_ms, now)
   if b.conc <= 0 then return 0 end
   local lease = next_lease()
   local c = leases_held(id, b, now, b.conc, 1)
-  c = c + redis.call('ZADD', inflight_key(id), int(start + lease_ms), int(lease))
+  c = c + redis.call('ZADD', inflight_key(id), expiry_of(start + lease_ms), int(lease))
   set_lease_count(id, b, c)
   if 2 * c >= b.conc then spent_crowded = 1 end
   return lease
@@ -470,7 +487,8 @@ local function settle_schedule(id, b, field, limit, window, delta, mrt, now)
   local tat = b[field]
   if delta > 0 then
     tat = math.max(tat, now) + ceil_div(delta * window, room)
-  else
+  elseif tat > now then
+    -- A schedule at or before now stays (every moment up to now allows the same): no write.
     tat = math.max(tat - math.floor(-delta * window / room), now)
   end
   if tat ~= b[field] then

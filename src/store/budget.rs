@@ -283,7 +283,9 @@ impl KeyBudget {
     }
 
     /// Replaces a reservation by the real usage: `delta = real - reserved` tokens moves the
-    /// token schedules later (ceil) or earlier (floor), never before `now`.
+    /// token schedules later (ceil) or earlier (floor), never before `now`; a schedule already
+    /// at or before `now` stays where it is when the request used less (every moment up to
+    /// `now` allows the same, and the Redis store then writes nothing).
     pub fn settle(&mut self, delta: i64, max_request: u64, now: u64) {
         let l = self.effective();
         for (limit, window, tat) in [
@@ -297,6 +299,8 @@ impl KeyBudget {
             let mag = delta.unsigned_abs().saturating_mul(window);
             *tat = if delta > 0 {
                 (*tat).max(now) + div_ceil(mag, room)
+            } else if *tat <= now {
+                *tat
             } else {
                 tat.saturating_sub(mag / room).max(now)
             };
