@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Replays what one replica at c=64 asks of Redis for a budgeted pool, without the replica.
+
+Usage: budget_replay.py PORT PREFIX POOL ITERATIONS [off]
+
+Sends ITERATIONS calls of lua/select.lua (12 requests each, as the replica's coalesced selects
+carry at c=64) and, every 10 calls, one lua/report_batch.lua carrying those requests' successes
+and ends (lease freed, 1,000 tokens less than reserved), like the replica's success batch.
+With "off" the pool's meta field `budgets` is taken as 0 and no ends are sent: the same calls
+without budgets. The pool must exist (a replica synced it). bench/budget_replay.sh runs it
+against a redis-server under callgrind, so the count of Redis instructions per request does not
+move with the machine's load (BENCHMARKS.md, "Budgets: the select call's Redis work").
+Standard library only: a minimal RESP2 client.
+"""
+import os
+import random
+import socket
+import sys
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+
+
+class Redis:
+    def __init__(self, port):
+        self.s = socket.create_connection(('127.0.0.1', port))
+        self.f = self.s.makefile('rb')
+
+    def call(self, *args):
+        out = [b'*%d\r\n' % len(args)]
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out.append(b'$%d\r\n%s\r\n' % (len(a), a))
+        self.s.sendall(b''.join(out))
+        return self.read()
+
+    def read(self):
+        line = self.f.readline()
+        kind, rest = line[:1], line[1:-2]
+        if kind == b'+':
+            return rest
+        if kind == b'-':
+            raise RuntimeError(rest.decode())
+        if kind == b':':
+            return int(rest)
+        if kind == b'$':
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self.f.read(n + 2)
+            return data[:-2]
+        if kind == b'*':
+            n = int(rest)
+            return None if n < 0 else [self.read() for _ in range(n)]
+        raise RuntimeError('bad reply: %r' % line)
+
+
+def script(name):
+    with open(os.path.join(ROOT, 'lua', 'lib.lua')) as lib, \
+            open(os.path.join(ROOT, 'lua', name)) as body:
+        return lib.read() + '\n' + body.read()
+
+
+def main():
+    port, prefix, pool, iters = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    off = len(sys.argv) > 5 and sys.argv[5] == 'off'
+    r = Redis(port)
+    base = '%s:{%s}' % (prefix, pool)
+    if off:
+        r.call('HSET', base + ':meta', 'budgets', '0')
+    select = r.call('SCRIPT', 'LOAD', script('select.lua')).decode()
+    report = r.call('SCRIPT', 'LOAD', script('report_batch.lua')).decode()
+    rng = random.Random(1)
+    ends, successes, picked = [], {}, 0
+    for it in range(iters):
+        args = ['0']
+        for _ in range(12):
+            args += [rng.randrange(2 ** 53), 'bucket', rng.randrange(100), 1051, 0]
+        for reply in r.call('EVALSHA', select, 1, base, *args):
+            if reply[0] == b'key':
+                picked += 1
+                key, lease = reply[1].decode(), reply[6]
+                ends.append((key, lease))
+                successes[key] = successes.get(key, 0) + 1
+        if it % 10 == 9:
+            a = ['0', len(successes)]
+            for key, n in successes.items():
+                a += [key, n, 200, 1]
+            a.append(0)
+            if not off:
+                for key, lease in ends:
+                    a += [key, lease, -1000]
+            r.call('EVALSHA', report, 1, base, *a)
+            ends, successes = [], {}
+    print('requests %d of %d picked a key' % (picked, iters * 12))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# bench/budget_replay.sh [KEYGATE] [ITERATIONS]: Redis's instructions per request for a pool of
+# 64 keys with budgets that do not bind (the budgets phase's limits), and for the same pool
+# without budgets: a redis-server under callgrind, the pool synced by KEYGATE (default
+# target/release/keygate), then bench/budget_replay.py replays ITERATIONS (default 100) select
+# calls of 12 requests and a success batch every 10 calls. The count does not move with the
+# machine's load, so two versions of lua/ compare within about 1% (BENCHMARKS.md, "Budgets: the
+# select call's Redis work"). Needs valgrind, redis-server and python3; about 2 minutes.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+KEYGATE=${1:-$ROOT/target/release/keygate}
+ITERS=${2:-100}
+OUT=$(mktemp -d /tmp/budget-replay.XXXXXX)
+RP=19741 MP=19742 KP=19743
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+cat >"$OUT/keygate.toml" <<T
+[server]
+listen = "127.0.0.1:$KP"
+[store]
+redis_url = "redis://127.0.0.1:$RP/0"
+prefix = "kgreplay"
+[[clients]]
+name = "bench"
+token_sha256 = "2e1cd9e349a106b57eb7685ec093ff2a4bb9b31de6ad2a11c0e87b94d85a19bd"
+pools = ["b64"]
+
+[[pools]]
+name = "b64"
+base_url = "http://127.0.0.1:$MP/v1"
+T
+for i in $(seq -w 1 64); do
+    printf '\n[[pools.keys]]\nid = "b64-%s"\nsecret = "sk-bench-b64-%s"\n' "$i" "$i" >>"$OUT/keygate.toml"
+done
+printf '\n[pools.limits]\nrpm = 60600\ntpm = 10000000000\nmax_concurrent = 1000\n' >>"$OUT/keygate.toml"
+
+for mode in on off; do
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$mode" \
+        redis-server --port $RP --save '' --appendonly no >"$OUT/redis.$mode.log" 2>&1 &
+    rpid=$!
+    pids+=("$rpid")
+    until redis-cli -p $RP ping >/dev/null 2>&1; do sleep 0.2; done
+    "$KEYGATE" mock-upstream --listen 127.0.0.1:$MP --delay-ms 0 >"$OUT/mock.log" 2>&1 &
+    mpid=$!
+    RUST_LOG=warn "$KEYGATE" serve --config "$OUT/keygate.toml" >"$OUT/keygate.log" 2>&1 &
+    kpid=$!
+    until [[ $(redis-cli -p $RP exists 'kgreplay:{b64}:meta') == 1 ]]; do sleep 0.2; done
+    kill "$kpid" "$mpid"
+    wait "$kpid" "$mpid" 2>/dev/null || true
+    arg=""
+    [[ $mode == off ]] && arg=off
+    python3 "$ROOT/bench/budget_replay.py" $RP kgreplay b64 20 $arg >/dev/null # warm-up
+    callgrind_control -z "$rpid" >/dev/null
+    python3 "$ROOT/bench/budget_replay.py" $RP kgreplay b64 "$ITERS" $arg >"$OUT/replay.$mode.txt"
+    redis-cli -p $RP shutdown nosave >/dev/null 2>&1 || true
+    wait "$rpid" || true
+    ir=$(callgrind_annotate "$OUT/callgrind.$mode" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    echo "budgets $mode: $(( ir / (ITERS * 12) )) Redis instructions per request ($(cat "$OUT/replay.$mode.txt"))"
+done
+echo "callgrind files: $OUT"
