@@ -21,9 +21,10 @@
 #   logging the embedded replica again with RUST_LOG=info (a log line per request), c=64 and c=1
 #   pinned  (a)-(d) fast mode at c=1 and c=64 with redis, keygate and nginx on core 0, the mock
 #           and oha on core 1
-#   streams 1,000, 4,000 and 8,000 concurrent SSE streams straight to a pacing mock and through
-#           one replica: stream rate, time to first byte, duration, memory per open stream, CPU
-#           per event, upstream connections held, and all of it again after a minute idle
+#   streams 1,000, 4,000 and 8,000 concurrent SSE streams straight to a pacing mock, through bare
+#           nginx (the floor) and through one replica: stream rate, time to first byte, duration,
+#           memory per open stream, CPU per event, upstream connections held, and all of it
+#           again after a minute idle
 #   profile (BENCH_PROFILE=1) perf record of one replica (Redis store) at c=64
 # Results: bench/results/<UTC time>/ (results.tsv, summary.md, storm.tsv, logs/, oha/).
 #
@@ -61,10 +62,10 @@ trap 'exit 130' INT TERM
 
 has_phase() { [[ ",$PHASES," == *",$1,"* ]]; }
 
-# The streams phase needs neither oha nor nginx.
+# The streams phase needs neither oha nor nginx (without nginx it has no nginx-bare rows).
 if [[ $PHASES == streams ]]; then
     OHA=${OHA:-$(command -v oha || echo none)}
-    NGINX=${NGINX_FOR_STREAMS:-true}
+    [[ -x $NGINX ]] || NGINX=true
 else
     find_oha
 fi
@@ -518,6 +519,7 @@ if has_phase streams; then
         keyflags+=(--key "$(printf 'sk-bench-streams-%05d' "$i")=slow:$interval")
         keyflags+=(--key "$(printf 'sk-bench-streams-h2-%05d' "$i")=slow:$interval")
     done
+    keyflags+=(--key "sk-bench-bare-0000000000000000=slow:$interval")
     start_bg mock-streams "$KEYGATE" mock-upstream --listen "127.0.0.1:$MOCK_STREAMS_PORT" "${keyflags[@]}"
     MOCK_STREAMS_PID=$LAST_PID
     wait_http "http://127.0.0.1:$MOCK_STREAMS_PORT/_mock/stats"
@@ -538,6 +540,18 @@ if has_phase streams; then
     } >>"$OUT/keygate-streams.toml"
     start_keygate keygate-streams "$OUT/keygate-streams.toml" "$st_port"
     st_pid=$LAST_PID
+    # The floor for a proxied stream: bare nginx (bench/nginx.bare.conf.template, 2 workers,
+    # proxy_buffering off) in front of the same mock, with room for 2 connections per stream.
+    ngx_streams_pid=""
+    if [[ ${BENCH_STREAM_NGINX:-1} == 1 && $NGINX != true ]]; then
+        sed -e 's/worker_connections 4096;/worker_connections 10000;/' \
+            -e 's/^worker_processes __WORKERS__;/&\nworker_rlimit_nofile 20000;/' \
+            "$ROOT/bench/nginx.bare.conf.template" >"$OUT/nginx.streams.conf.template"
+        alloc_port
+        ngx_streams_port=$PORT
+        NGINX_TEMPLATE="$OUT/nginx.streams.conf.template" start_nginx streams "$ngx_streams_port" "$MOCK_STREAMS_PORT"
+        ngx_streams_pid=$LAST_PID
+    fi
     # upstream_conns: ESTABLISHED connections from the replica to the streams mock.
     upstream_conns() { ss -Htn state established "( dport = :$MOCK_STREAMS_PORT )" 2>/dev/null | wc -l; }
     rss_mb() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
@@ -549,6 +563,27 @@ if has_phase streams; then
             --concurrency "$n" --secs "$secs" --token sk-bench-direct ${client_h2[@]+"${client_h2[@]}"})
         printf '%s\tdirect\t%s\t-\t-\t-\t-\t-\t-\t-\n' "$n" \
             "$(jq -r '[.streams_per_s, .ttfb_p50_ms, .ttfb_p99_ms, .duration_p50_ms, .duration_p99_ms, .errors, .events] | @tsv' <<<"$direct")" >>"$OUT/streams.tsv"
+        if [[ -n $ngx_streams_pid ]]; then
+            # nginx: its CPU per event and memory per open stream (master and workers), no idle wait.
+            mapfile -t ngx_pids < <(with_children "$ngx_streams_pid")
+            ngx_idle=$(for p in "${ngx_pids[@]}"; do rss_mb "$p"; echo; done | awk '{s += $1} END {printf "%.1f", s}')
+            t0=$(cpu_ticks "${ngx_pids[@]}")
+            log "streams: $n concurrent, nginx-bare, ${secs}s"
+            ( sleep $((secs / 2)); for p in "${ngx_pids[@]}"; do rss_mb "$p"; echo; done |
+                awk '{s += $1} END {printf "%.1f", s}' >"$OUT/.streams-ngx-rss" ) &
+            sampler=$!
+            ngx=$("$streams_bin" --url "http://127.0.0.1:$ngx_streams_port/v1/chat/completions" \
+                --concurrency "$n" --secs "$secs" --token sk-bench-direct ${client_h2[@]+"${client_h2[@]}"})
+            wait "$sampler"
+            t1=$(cpu_ticks "${ngx_pids[@]}")
+            events=$(jq -r '.events' <<<"$ngx")
+            ngx_load=$(cat "$OUT/.streams-ngx-rss")
+            printf '%s\tnginx-bare\t%s\t%s\t%s\t%s\t%s\t-\t-\t-\n' "$n" \
+                "$(jq -r '[.streams_per_s, .ttfb_p50_ms, .ttfb_p99_ms, .duration_p50_ms, .duration_p99_ms, .errors, .events] | @tsv' <<<"$ngx")" \
+                "$ngx_idle" "$ngx_load" \
+                "$(awk -v p="$ngx_load" -v i="$ngx_idle" -v n="$n" 'BEGIN {printf "%.1f", (p - i) * 1024 / n}')" \
+                "$(awk -v a="$t0" -v b="$t1" -v e="$events" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", e ? (b - a) / hz * 1e6 / e : 0}')" >>"$OUT/streams.tsv"
+        fi
         for pool in $stream_pools; do
             target=keygate
             [[ $pool == streams ]] || target=keygate-h2
@@ -577,6 +612,7 @@ if has_phase streams; then
         done
     done
     stop_pid "$st_pid"
+    [[ -z $ngx_streams_pid ]] || stop_pid "$ngx_streams_pid"
     stop_pid "$MOCK_STREAMS_PID"
 fi
 

@@ -210,4 +210,11 @@ if [[ -f $DIR/streams.tsv ]]; then
             printf "- %d streams, %s: rate %.2f of direct (target ≥ 0.95); time to first byte added p50 %.2f ms (≤ 0.2), p99 %.2f ms (≤ 2); duration added p50 %.2f ms, p99 %.2f ms; errors %s (target 0); %.1f KB per open stream (≤ 16); idle RSS %s MB, %s MB a minute after (target within 10%% of idle); upstream connections %s under load, %s after\n",
                 $1, $2, $3 / x[3], $4 - x[4], $5 - x[5], $6 - x[6], $7 - x[7], $8, $12, $10, $15, $14, $16
         }' "$DIR/streams.tsv"
+    # The floor: bare nginx proxying the same streams (its rows carry no idle wait).
+    awk -F'\t' 'NR > 1 && $2 == "direct" { d[$1] = $0; next }
+        NR > 1 && $2 == "nginx-bare" && ($1 in d) {
+            split(d[$1], x, "\t")
+            printf "- %d streams, nginx-bare (the floor): rate %.2f of direct; time to first byte added p50 %.2f ms, p99 %.2f ms; errors %s; %.1f KB per open stream; %.1f µs of CPU per event\n",
+                $1, $3 / x[3], $4 - x[4], $5 - x[5], $8, $12, $13
+        }' "$DIR/streams.tsv"
 fi
