@@ -22,17 +22,21 @@ local META = B .. ':meta'
 local DUE = B .. ':due'
 local LAYOUT = 'cls2'
 
--- A key hash's name, built once per id and call (a select or a batch names each key several
--- times).
-local kkeys = {}
-local function kkey(id)
-  local k = kkeys[id]
-  if not k then
-    k = B .. ':key:' .. id
-    kkeys[id] = k
+-- A function that answers prefix .. id, built once per id and call (a select or a batch names
+-- each key several times).
+local function names(prefix)
+  local built = {}
+  return function(id)
+    local k = built[id]
+    if not k then
+      k = prefix .. id
+      built[id] = k
+    end
+    return k
   end
-  return k
 end
+-- A key hash's name.
+local kkey = names(B .. ':key:')
 local function cls_key(g, c) return B .. ':cls:' .. g .. ':' .. c end
 local function clsn_key(g) return B .. ':clsn:' .. g end
 local function probe_key(g) return B .. ':probe:' .. g end
@@ -277,16 +281,8 @@ local BUDGETS = B .. ':budget'
 local BUDGET_FMT = '<dddddddddddd'
 local spack, sunpack = struct.pack, struct.unpack
 
--- A lease set's name, built once per id and call, like kkey.
-local ikeys = {}
-local function inflight_key(id)
-  local k = ikeys[id]
-  if not k then
-    k = B .. ':inflight:' .. id
-    ikeys[id] = k
-  end
-  return k
-end
+-- A lease set's name.
+local inflight_key = names(B .. ':inflight:')
 local function ceil_div(a, b)
   if b <= 0 then return 0 end
   return math.floor((a + b - 1) / b)
