@@ -83,10 +83,8 @@ for i = 17, #ARGV, 8 do
   b.cfg_rpm, b.cfg_tpm, b.conc, b.rpd, b.tpd = num(ARGV[i + 3]), num(ARGV[i + 4]),
     num(ARGV[i + 5]), num(ARGV[i + 6]), num(ARGV[i + 7])
   if ARGV[16] ~= '1' then b.l_rpm, b.l_tpm = 0, 0 end
-  local function write_limits()
-    if packed or b.cfg_rpm + b.cfg_tpm + b.conc + b.rpd + b.tpd + b.l_rpm + b.l_tpm > 0 then
-      bsave(id, b)
-    end
+  if packed or b.cfg_rpm + b.cfg_tpm + b.conc + b.rpd + b.tpd + b.l_rpm + b.l_tpm > 0 then
+    bsave(id, b)
   end
   local k = load_key(id)
   if not k then
@@ -97,12 +95,10 @@ for i = 17, #ARGV, 8 do
     redis.call('SADD', B .. ':keys', id)
     redis.call('HINCRBY', META, 'cnt:active', 1)
     cls_move(g, id, w, 1)
-    write_limits()
     created = created + 1
   else
     local cfg = redis.call('HMGET', kkey(id), 'cfg_weight', 'cfg_group')
     local touched = false
-    write_limits()
     if tonumber(cfg[1]) ~= w then
       set_weight(k, w)
       redis.call('HSET', kkey(id), 'cfg_weight', w)

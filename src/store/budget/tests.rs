@@ -102,3 +102,22 @@ fn settle_credits_never_before_now() {
     b.settle(-100_000, 0, 500);
     assert_eq!(b.tat_t, 500);
 }
+
+#[test]
+fn settling_less_leaves_a_schedule_at_or_before_now_where_it_is() {
+    let mut b = KeyBudget {
+        limits: KeyLimits {
+            tpm: 10_000,
+            ..KeyLimits::default()
+        },
+        ..KeyBudget::default()
+    };
+    b.spend(100, 1000, 0, None);
+    let tat = b.tat_t;
+    // Settled after the schedule passed: it stays (not pulled up to now)...
+    b.settle(-500, 0, tat + 2_000);
+    assert_eq!(b.tat_t, tat);
+    // ...while using more still books from now on.
+    b.settle(100, 0, tat + 2_000);
+    assert_eq!(b.tat_t, tat + 2_000 + 606);
+}
