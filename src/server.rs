@@ -137,7 +137,7 @@ impl RateLimitedLog {
     }
 }
 
-fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
+fn http_builders(limits: &ConnLimits) -> conn::Builders {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -150,11 +150,7 @@ fn http_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
-    if limits.http2 {
-        builder
-    } else {
-        builder.http1_only()
-    }
+    conn::Builders::new(builder, limits.http2)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains for at most `grace`.
@@ -165,7 +161,7 @@ pub async fn serve(
     cap: ConnCap,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = Arc::new(http_builder(&limits));
+    let builder = Arc::new(http_builders(&limits));
     let (draining, hard_stop) = (CancellationToken::new(), CancellationToken::new());
     let connections = TaskTracker::new();
     let accept_errors = RateLimitedLog::default();

@@ -4,6 +4,12 @@
 //! hyper itself has no deadline there); afterwards `idle_timeout` applies between requests,
 //! for HTTP/1.1 keep-alive and HTTP/2 alike. A request counts as in flight from the moment
 //! hyper hands it over until its response body has ended or been dropped.
+//!
+//! With h2c on, the connection's first bytes are peeked (not read) to choose HTTP/1.1 or
+//! HTTP/2 before hyper starts: hyper_util's own detection reads the first 24 bytes apart and
+//! hands them back to hyper's HTTP/1.1 reader as a first read of their own, after which that
+//! reader's buffer grows from 8 to 16 KiB for the rest of the request; that was 8 KiB of every
+//! open stream from an HTTP/1.1 client (BENCHMARKS.md, "Memory per open stream").
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,6 +36,61 @@ use super::ConnLimits;
 
 /// How long an idle connection told to close (HTTP/2 GOAWAY) may take before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// What an HTTP/2 client sends first (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The builders connections are served with, all configured alike.
+pub(super) struct Builders {
+    /// HTTP/1.1 only; the only one when h2c is off.
+    http1: auto::Builder<TokioExecutor>,
+    /// HTTP/2 only, for a client whose first bytes are the preface; none when h2c is off.
+    http2: Option<auto::Builder<TokioExecutor>>,
+    /// Reads the first bytes itself to decide: for a client whose preface has only partly
+    /// arrived.
+    detect: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    pub fn new(builder: auto::Builder<TokioExecutor>, http2: bool) -> Builders {
+        Builders {
+            http1: builder.clone().http1_only(),
+            http2: http2.then(|| builder.clone().http2_only()),
+            detect: builder,
+        }
+    }
+}
+
+/// The protocol a connection's first bytes show.
+#[derive(Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// The start of the HTTP/2 preface, not all of it yet.
+    Unsure,
+}
+
+/// `first`: what has arrived so far (empty: the client closed, which HTTP/1.1 handles).
+fn protocol_of(first: &[u8]) -> Protocol {
+    let n = first.len().min(H2_PREFACE.len());
+    if n == 0 || first[..n] != H2_PREFACE[..n] {
+        Protocol::Http1
+    } else if n == H2_PREFACE.len() {
+        Protocol::Http2
+    } else {
+        Protocol::Unsure
+    }
+}
+
+/// Waits for the connection's first bytes and peeks at them (they stay in the socket for hyper).
+async fn first_bytes(stream: &TcpStream) -> Protocol {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    match stream.peek(&mut buf).await {
+        Ok(n) => protocol_of(&buf[..n]),
+        // hyper meets the same error on its first read and ends the connection.
+        Err(_) => Protocol::Http1,
+    }
+}
 
 /// What the watchdog knows of a connection's requests.
 struct Activity {
@@ -143,12 +204,33 @@ pub(super) async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
     router: Router,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     limits: ConnLimits,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
 ) {
     let activity = Activity::new();
+    let builder = match &builders.http2 {
+        None => &builders.http1,
+        Some(http2) => {
+            // Before any request: the first-request deadline and a shutdown end the wait.
+            let first_request_by = activity.opened + limits.header_read_timeout;
+            let protocol = tokio::select! {
+                p = first_bytes(&stream) => p,
+                _ = shutdown.cancelled() => return,
+                _ = hard_stop.cancelled() => return,
+                _ = tokio::time::sleep_until(first_request_by) => {
+                    tracing::debug!(%remote, "connection closed: no request within the header timeout");
+                    return;
+                }
+            };
+            match protocol {
+                Protocol::Http1 => &builders.http1,
+                Protocol::Http2 => http2,
+                Protocol::Unsure => &builders.detect,
+            }
+        }
+    };
     let svc = TowerToHyperService::new(tracked_service(router, remote, activity.clone()));
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
@@ -236,4 +318,53 @@ fn tracked_service(
             Ok(resp.map(|body| Guarded::wrap(body, in_flight)))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_whole_preface_is_http2_its_start_is_unsure_anything_else_http1() {
+        assert_eq!(protocol_of(H2_PREFACE), Protocol::Http2);
+        let mut more = H2_PREFACE.to_vec();
+        more.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        assert_eq!(protocol_of(&more), Protocol::Http2);
+        assert_eq!(protocol_of(&H2_PREFACE[..1]), Protocol::Unsure);
+        assert_eq!(protocol_of(&H2_PREFACE[..23]), Protocol::Unsure);
+        assert_eq!(
+            protocol_of(b"POST /v1/chat/completions HTTP/1.1\r\n"),
+            Protocol::Http1
+        );
+        assert_eq!(protocol_of(b"PRI * HTTP/1.1\r\n"), Protocol::Http1);
+        assert_eq!(protocol_of(b"G"), Protocol::Http1);
+        assert_eq!(protocol_of(b""), Protocol::Http1);
+    }
+
+    #[tokio::test]
+    async fn first_bytes_peeks_without_taking_them() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        assert_eq!(first_bytes(&server).await, Protocol::Unsure);
+        client.write_all(&H2_PREFACE[10..]).await.unwrap();
+        // The peeked bytes are still there for whoever serves the connection.
+        let mut all = [0u8; 24];
+        server.read_exact(&mut all).await.unwrap();
+        assert_eq!(&all, H2_PREFACE);
+
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(first_bytes(&server).await, Protocol::Http1);
+    }
 }

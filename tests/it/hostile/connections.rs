@@ -188,3 +188,29 @@ async fn an_h2c_client_is_served_and_its_connection_closed_once_idle() {
     let again = h2.get(env.gw().url("/healthz")).send().await.unwrap();
     assert_eq!(again.status(), 200, "a new connection is served");
 }
+
+/// The gateway peeks at a connection's first bytes to tell h2c from HTTP/1.1 (src/server/conn.rs):
+/// whether it sees the whole preface or only its start (then hyper's own detection waits for the
+/// rest; the unit tests there show a partial preface is seen as such), the client gets HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_preface_sent_in_two_pieces_is_served_as_http2() {
+    let env = Isolated::start(|toml| toml).await;
+    let open = &env.gw().state.metrics.limits.connections_open;
+    let mut s = TcpStream::connect(env.addr()).await.unwrap();
+    s.write_all(&H2_PREFACE[..10]).await.unwrap();
+    wait_until(WAIT, "the connection accepted", || async {
+        open.get() == 1
+    })
+    .await;
+    s.write_all(&H2_PREFACE[10..]).await.unwrap();
+    s.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).await.unwrap(); // an empty SETTINGS frame
+                                                                // The server's first frame: SETTINGS (type 4) on stream 0; HTTP/1.1 would answer a 400.
+    let mut head = [0u8; 9];
+    tokio::time::timeout(WAIT, s.read_exact(&mut head))
+        .await
+        .expect("an answer within the wait")
+        .expect("nine bytes: a frame header");
+    assert_eq!(head[3], 0x4, "an HTTP/2 SETTINGS frame first, got {head:?}");
+    assert_eq!(&head[5..9], &[0, 0, 0, 0], "on stream 0");
+    env.assert_still_serving().await;
+}
