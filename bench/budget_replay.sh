@@ -12,28 +12,15 @@ KEYGATE=${1:-$ROOT/target/release/keygate}
 ITERS=${2:-100}
 OUT=$(mktemp -d /tmp/budget-replay.XXXXXX)
 RP=19741 MP=19742 KP=19743
+BENCH_DIR=$ROOT/bench
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh" # gen_config, gen_pool
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap stop_all EXIT
 
-cat >"$OUT/keygate.toml" <<T
-[server]
-listen = "127.0.0.1:$KP"
-[store]
-redis_url = "redis://127.0.0.1:$RP/0"
-prefix = "kgreplay"
-[[clients]]
-name = "bench"
-token_sha256 = "2e1cd9e349a106b57eb7685ec093ff2a4bb9b31de6ad2a11c0e87b94d85a19bd"
-pools = ["b64"]
-
-[[pools]]
-name = "b64"
-base_url = "http://127.0.0.1:$MP/v1"
-T
-for i in $(seq -w 1 64); do
-    printf '\n[[pools.keys]]\nid = "b64-%s"\nsecret = "sk-bench-b64-%s"\n' "$i" "$i" >>"$OUT/keygate.toml"
-done
+gen_config "$OUT/keygate.toml" "127.0.0.1:$KP" "redis://127.0.0.1:$RP/0" kgreplay '"b64"'
+gen_pool b64 "http://127.0.0.1:$MP/v1" 64 >>"$OUT/keygate.toml"
 printf '\n[pools.limits]\nrpm = 60600\ntpm = 10000000000\nmax_concurrent = 1000\n' >>"$OUT/keygate.toml"
 
 for mode in on off; do

@@ -70,6 +70,16 @@ fn rpm(n: u64) -> KeyBudget {
     }
 }
 
+fn tpm(n: u64) -> KeyBudget {
+    KeyBudget {
+        limits: KeyLimits {
+            tpm: n,
+            ..KeyLimits::default()
+        },
+        ..KeyBudget::default()
+    }
+}
+
 #[test]
 fn rpm_spacing_bounds_every_minute_window() {
     let mut b = rpm(60);
@@ -90,13 +100,7 @@ fn rpm_spacing_bounds_every_minute_window() {
 
 #[test]
 fn settle_credits_never_before_now() {
-    let mut b = KeyBudget {
-        limits: KeyLimits {
-            tpm: 10_000,
-            ..KeyLimits::default()
-        },
-        ..KeyBudget::default()
-    };
+    let mut b = tpm(10_000);
     b.spend(100, 1000, 0, None);
     assert_eq!(b.tat_t, 100 + 6060);
     b.settle(-100_000, 0, 500);
@@ -105,13 +109,7 @@ fn settle_credits_never_before_now() {
 
 #[test]
 fn settling_less_leaves_a_schedule_at_or_before_now_where_it_is() {
-    let mut b = KeyBudget {
-        limits: KeyLimits {
-            tpm: 10_000,
-            ..KeyLimits::default()
-        },
-        ..KeyBudget::default()
-    };
+    let mut b = tpm(10_000);
     b.spend(100, 1000, 0, None);
     let tat = b.tat_t;
     // Settled after the schedule passed: it stays (not pulled up to now)...
