@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Replays what one replica at c=64 asks of Redis for a budgeted pool, without the replica.
 
-Usage: budget_replay.py PORT PREFIX POOL ITERATIONS [off]
+Usage: budget_replay.py PORT PREFIX POOL ITERATIONS [off] [evalsha]
 
 Sends ITERATIONS calls of lua/select.lua (12 requests each, as the replica's coalesced selects
 carry at c=64) and, every 10 calls, one lua/report_batch.lua carrying those requests' successes
 and ends (lease freed, 1,000 tokens less than reserved), like the replica's success batch.
 With "off" the pool's meta field `budgets` is taken as 0 and no ends are sent: the same calls
-without budgets. The pool must exist (a replica synced it). bench/budget_replay.sh runs it
+without budgets. The scripts run as the replica runs them: functions of the keygate library the
+replica loaded (`FCALL`), or with "evalsha" as lua/lib.lua plus the script by `EVALSHA` (what
+a Redis without Functions runs). The pool must exist (a replica synced it). bench/budget_replay.sh runs it
 against a redis-server under callgrind, so the count of Redis instructions per request does not
 move with the machine's load (BENCHMARKS.md, "Budgets: the select call's Redis work").
 Standard library only: a minimal RESP2 client.
@@ -55,27 +57,46 @@ class Redis:
 
 
 def script(name):
+    """The EVALSHA form of lua/<name>, as src/store/scripts.rs builds it."""
     with open(os.path.join(ROOT, 'lua', 'lib.lua')) as lib, \
             open(os.path.join(ROOT, 'lua', name)) as body:
-        return lib.read() + '\n' + body.read()
+        return lib.read() + '\nbegin(KEYS)\n' + body.read()
+
+
+def functions(r):
+    """script name -> function name, from the keygate library Redis holds (None: none)."""
+    libs = r.call('FUNCTION', 'LIST', 'LIBRARYNAME', 'keygate_*')
+    if not libs:
+        return None
+    names = {}
+    lib = dict(zip(libs[0][::2], libs[0][1::2]))
+    for f in lib[b'functions']:
+        name = dict(zip(f[::2], f[1::2]))[b'name'].decode()
+        names[name.split('_', 2)[2]] = name
+    return names
 
 
 def main():
     port, prefix, pool, iters = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-    off = len(sys.argv) > 5 and sys.argv[5] == 'off'
+    off = 'off' in sys.argv[5:]
     r = Redis(port)
     base = '%s:{%s}' % (prefix, pool)
     if off:
         r.call('HSET', base + ':meta', 'budgets', '0')
-    select = r.call('SCRIPT', 'LOAD', script('select.lua')).decode()
-    report = r.call('SCRIPT', 'LOAD', script('report_batch.lua')).decode()
+    names = None if 'evalsha' in sys.argv[5:] else functions(r)
+    if names:
+        select, report, how = names['select'], names['report_batch'], 'FCALL'
+    else:
+        select = r.call('SCRIPT', 'LOAD', script('select.lua')).decode()
+        report = r.call('SCRIPT', 'LOAD', script('report_batch.lua')).decode()
+        how = 'EVALSHA'
     rng = random.Random(1)
     ends, successes, picked = [], {}, 0
     for it in range(iters):
         args = ['0']
         for _ in range(12):
             args += [rng.randrange(2 ** 53), 'bucket', rng.randrange(100), 1051, 0]
-        for reply in r.call('EVALSHA', select, 1, base, *args):
+        for reply in r.call(how, select, 1, base, *args):
             if reply[0] == b'key':
                 picked += 1
                 key, lease = reply[1].decode(), reply[6]
@@ -89,9 +110,9 @@ def main():
             if not off:
                 for key, lease in ends:
                     a += [key, lease, -1000]
-            r.call('EVALSHA', report, 1, base, *a)
+            r.call(how, report, 1, base, *a)
             ends, successes = [], {}
-    print('requests %d of %d picked a key' % (picked, iters * 12))
+    print('%s: requests %d of %d picked a key' % (how, picked, iters * 12))
 
 
 if __name__ == '__main__':

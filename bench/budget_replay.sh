@@ -5,7 +5,9 @@
 # target/release/keygate), then bench/budget_replay.py replays ITERATIONS (default 100) select
 # calls of 12 requests and a success batch every 10 calls. The count does not move with the
 # machine's load, so two versions of lua/ compare within about 1% (BENCHMARKS.md, "Budgets: the
-# select call's Redis work"). Needs valgrind, redis-server and python3; about 2 minutes.
+# select call's Redis work"). The scripts run as the replica loaded them (Functions, FCALL);
+# REPLAY_EVALSHA=1 runs them as EVALSHA scripts instead, as on a Redis without Functions.
+# Needs valgrind, redis-server and python3; about 2 minutes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 KEYGATE=${1:-$ROOT/target/release/keygate}
@@ -38,8 +40,11 @@ for mode in on off; do
     wait "$kpid" "$mpid" 2>/dev/null || true
     arg=""
     [[ $mode == off ]] && arg=off
+    [[ ${REPLAY_EVALSHA:-0} == 1 ]] && arg="$arg evalsha"
+    # shellcheck disable=SC2086 # $arg: zero, one or two words
     python3 "$ROOT/bench/budget_replay.py" $RP kgreplay b64 20 $arg >/dev/null # warm-up
     callgrind_control -z "$rpid" >/dev/null
+    # shellcheck disable=SC2086
     python3 "$ROOT/bench/budget_replay.py" $RP kgreplay b64 "$ITERS" $arg >"$OUT/replay.$mode.txt"
     redis-cli -p $RP shutdown nosave >/dev/null 2>&1 || true
     wait "$rpid" || true

@@ -209,7 +209,7 @@ metric_sum() {
 }
 
 # redis_reading: "client_cmds script_cmds cpu_seconds". Client commands are the ones a client
-# sends (EVALSHA, EVAL, PING, SCRIPT, HELLO, CLIENT ...): round trips. Script commands are the
+# sends (FCALL, EVALSHA, EVAL, PING, SCRIPT, FUNCTION, HELLO, CLIENT ...): round trips. Script commands are the
 # redis.call()s inside scripts, which Redis 7 counts under their own names. The INFO and CONFIG
 # calls of this script are neither.
 redis_reading() {
@@ -219,7 +219,7 @@ redis_reading() {
         /^cmdstat_/ {
             name = substr($1, 9)
             if (name ~ /^(info|config)/) next
-            if (name ~ /^(eval|evalsha|eval_ro|evalsha_ro|fcall|fcall_ro|ping|hello|select|multi|exec|auth|readonly|script\|.*|client\|.*|cluster\|.*|command.*)$/)
+            if (name ~ /^(eval|evalsha|eval_ro|evalsha_ro|fcall|fcall_ro|ping|hello|select|multi|exec|auth|readonly|script\|.*|function\|.*|client\|.*|cluster\|.*|command.*)$/)
                 top += $3
             else
                 inner += $3

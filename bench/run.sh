@@ -245,9 +245,10 @@ if has_phase matrix; then
     done
 fi
 
-# capture_scripts: the select and report EVALSHA calls replica 1 makes for one request, as
-# Redis saw them (SLOWLOG with a 0 µs threshold), one per line in $OUT/scripts.txt, so
-# redis-benchmark can replay them: the round trip of the real scripts from a C client.
+# capture_scripts: the select and report script calls (FCALL, or EVALSHA on a Redis without
+# Functions) replica 1 makes for one request, as Redis saw them (SLOWLOG with a 0 µs
+# threshold), one per line in $OUT/scripts.txt, so redis-benchmark can replay them: the round
+# trip of the real scripts from a C client.
 capture_scripts() {
     rcli config set slowlog-log-slower-than 0 >/dev/null
     rcli slowlog reset >/dev/null
@@ -259,15 +260,17 @@ capture_scripts() {
     rcli config set slowlog-log-slower-than 10000 >/dev/null
     rcli slowlog reset >/dev/null
     # Entries are [id, time, µs, [command args...], addr, name], newest first. The select is the
-    # EVALSHA of select.lua's SHA1 (lua/lib.lua, a newline, lua/select.lua: src/store/scripts.rs);
-    # any other EVALSHA on the pool: the report of the success (today a batch of one key, sent
-    # once the batch interval has passed).
+    # FCALL of the library's function kg_<version>_select, or the EVALSHA of select.lua's SHA1
+    # (lua/lib.lua, a newline, begin(KEYS), a newline, lua/select.lua: src/store/scripts.rs);
+    # any other script call on the pool: the report of the success (today a batch of one key,
+    # sent once the batch interval has passed).
     local sel
-    sel=$( (cat "$ROOT/lua/lib.lua" && printf '\n' && cat "$ROOT/lua/select.lua") | sha1sum | cut -c1-40)
-    jq -r --arg sel "$sel" '[.[] | .[3] | select(.[0] | ascii_downcase == "evalsha")
+    sel=$( (cat "$ROOT/lua/lib.lua" && printf '\nbegin(KEYS)\n' && cat "$ROOT/lua/select.lua") | sha1sum | cut -c1-40)
+    jq -r --arg sel "$sel" '[.[] | .[3] | select(.[0] | ascii_downcase | IN("evalsha", "fcall"))
         | select(.[3] == "kgbench:{fast}")]
-        | reverse | (map(select(.[1] == $sel)) | first), (map(select(.[1] != $sel)) | first)
-        | select(. != null) | @sh' "$OUT/slowlog.json" >"$OUT/scripts.txt"
+        | reverse | map(. + [(.[1] == $sel or (.[1] | endswith("_select")))])
+        | (map(select(.[-1])) | first), (map(select(.[-1] | not)) | first)
+        | select(. != null) | .[:-1] | @sh' "$OUT/slowlog.json" >"$OUT/scripts.txt"
     [[ $(wc -l <"$OUT/scripts.txt") == 2 ]] || die "could not capture select and report (see $OUT/slowlog.json)"
 }
 
@@ -315,7 +318,7 @@ if has_phase floor; then
         rep=$(bench_p50 "${report_cmd[@]}")
         read -r ping_same ping_other <<<"$(ping_placed)"
         printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$ping" "$sel" "$rep" "$ping_same" "$ping_other" >>"$OUT/rtt.tsv"
-        log "round $round: redis-benchmark -c 1 p50: PING $ping ms (same vCPU as Redis $ping_same, other $ping_other), select EVALSHA $sel ms, report EVALSHA $rep ms"
+        log "round $round: redis-benchmark -c 1 p50: PING $ping ms (same vCPU as Redis $ping_same, other $ping_other), select $sel ms, report $rep ms (the script calls replica 1 made)"
     done
 fi
 

@@ -56,7 +56,7 @@ if grep -q '^floor	' "$TSV"; then
     echo
     table floor
     echo
-    echo "redis-benchmark -c 1 p50 per round, ms (PING unpinned, and with redis-benchmark pinned to Redis's vCPU and to the other one; replays of replica 1's select and report EVALSHA):"
+    echo "redis-benchmark -c 1 p50 per round, ms (PING unpinned, and with redis-benchmark pinned to Redis's vCPU and to the other one; replays of replica 1's select and report script calls):"
     echo
     echo "| round | PING | PING, same vCPU | PING, other vCPU | select | report |"
     echo "|---|---:|---:|---:|---:|---:|"

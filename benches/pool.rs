@@ -104,8 +104,15 @@ struct Scripts {
 fn scripts() -> Scripts {
     let lib = include_str!("../lua/lib.lua");
     Scripts {
-        select: Script::new(&format!("{lib}\n{}", include_str!("../lua/select.lua"))),
-        report: Script::new(&format!("{lib}\n{}", include_str!("../lua/report.lua"))),
+        // As src/store/scripts.rs builds the EVALSHA form: lib.lua, begin(KEYS), the script.
+        select: Script::new(&format!(
+            "{lib}\nbegin(KEYS)\n{}",
+            include_str!("../lua/select.lua")
+        )),
+        report: Script::new(&format!(
+            "{lib}\nbegin(KEYS)\n{}",
+            include_str!("../lua/report.lua")
+        )),
     }
 }
 

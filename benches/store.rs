@@ -13,7 +13,8 @@
 //!      round-robin over all pools in the same window (2.5 × secs in all), because loopback
 //!      latency on a VM drifts from one phase to the next by more than the pool size changes it;
 //!   2. c=64: 64 tasks sharing one `RedisStore` (one multiplexed connection) for a fixed time;
-//!   3. Redis CPU per call: `cmdstat_evalsha` of a select-only and of a report-only phase (each
+//!   3. Redis CPU per call: `cmdstat_fcall` (or `cmdstat_evalsha` on a Redis without Functions)
+//!      of a select-only and of a report-only phase (each
 //!      after `CONFIG RESETSTAT`), and the main thread's CPU (`INFO cpu`) during the c=64 phase;
 //!   4. for the churn variant, the server time of a `rate_limited` report alone (the path that
 //!      takes a key out of the weight tree and into the due index).
@@ -153,7 +154,7 @@ impl Admin {
             .collect())
     }
 
-    /// `cmdstat_evalsha`: (calls, usec).
+    /// `cmdstat_fcall` and `cmdstat_evalsha`: (calls, usec).
     async fn evalsha(&mut self) -> Result<(u64, u64), BoxError> {
         Ok(evalsha_of(&self.commandstats().await?))
     }
@@ -316,11 +317,12 @@ fn pct(sorted_ns: &[u64], p: f64) -> f64 {
     sorted_ns[i] as f64 / 1000.0
 }
 
+/// The script calls: `FCALL`s and `EVALSHA`s together (calls, usec).
 fn evalsha_of(stats: &[(String, u64, u64)]) -> (u64, u64) {
     stats
         .iter()
-        .find(|(n, _, _)| n == "evalsha")
-        .map_or((0, 0), |&(_, c, u)| (c, u))
+        .filter(|(n, _, _)| n == "evalsha" || n == "fcall")
+        .fold((0, 0), |(c, u), &(_, c1, u1)| (c + c1, u + u1))
 }
 
 /// The commands a script ran, per script call: (command, calls, usec).
@@ -340,7 +342,12 @@ where
     let per = calls.max(1) as f64;
     let inner = stats
         .into_iter()
-        .filter(|(n, _, _)| !matches!(n.as_str(), "evalsha" | "info" | "config" | "script"))
+        .filter(|(n, _, _)| {
+            !matches!(
+                n.as_str(),
+                "evalsha" | "fcall" | "info" | "config" | "script"
+            ) && !n.starts_with("function")
+        })
         .map(|(n, c, u)| (n, c as f64 / per, u as f64 / per))
         .collect();
     Ok((usec as f64 / per, inner))

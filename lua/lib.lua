@@ -1,4 +1,9 @@
--- keygate shared Lua library: prepended to every script in this folder (see src/store/scripts.rs).
+-- keygate shared Lua library: every script in this folder runs after it (src/store/scripts.rs).
+-- It runs in two ways (ARCHITECTURE.md, "The store's scripts"): as one Redis Functions library
+-- loaded once, in which each script is a registered function, or, on a Redis without Functions,
+-- prefixed to each script sent with EVALSHA. Its top level only defines: what depends on the
+-- call (the pool's key names, the call's deferred writes and caches) is set by begin() at the
+-- bottom, which every script calls first, so no call sees what an earlier one left.
 --
 -- Key schema for pool P with prefix kg (KEYS[1] of every script is the pool base "kg:{P}";
 -- every key below is derived from it, so all of them hash to the same Cluster slot):
@@ -17,9 +22,8 @@
 --   kg:{P}:probe:<group>   zset   half-open key id -> probe lease expiry ms (0: no probe running)
 -- Invariant: a key is in its group's class set iff status == active and weight > 0.
 
-local B = KEYS[1]
-local META = B .. ':meta'
-local DUE = B .. ':due'
+-- Set by begin(): the pool base, its meta hash and its due index.
+local B, META, DUE
 local LAYOUT = 'cls2'
 
 -- A function that answers prefix .. id, built once per id and call (a select or a batch names
@@ -35,8 +39,8 @@ local function names(prefix)
     return k
   end
 end
--- A key hash's name.
-local kkey = names(B .. ':key:')
+-- A key hash's name (set by begin()).
+local kkey
 local function cls_key(g, c) return B .. ':cls:' .. g .. ':' .. c end
 local function clsn_key(g) return B .. ':clsn:' .. g end
 local function probe_key(g) return B .. ':probe:' .. g end
@@ -59,9 +63,9 @@ local function num(v) return tonumber(v) or 0 end
 -- counts kg:{P}:clsn:<g>) and a key hash's fields (kset). Reads within the call see them:
 -- kget and load_key overlay a key's pending fields, pending() gives a counter's pending delta.
 -- Sets (class sets, due index, probe sets, leases) are written at once.
-local DEFER = false
-local counters, counter_order = {}, {}
-local kdirty, kdirty_order = {}, {}
+local DEFER
+local counters, counter_order
+local kdirty, kdirty_order
 
 -- The pending table of `name` in `tables` (created and listed in `order` on first use).
 local function pending_table(tables, order, name)
@@ -111,8 +115,8 @@ end
 
 -- An integer as the decimal string Redis would store (a Lua number passed to redis.call is
 -- printed as a double, which costs more).
-local fmt_int = string.format
-local function int(x) return fmt_int('%d', x) end
+-- (A Functions library may not read the string table while it loads: looked up per call.)
+local function int(x) return string.format('%d', x) end
 
 -- Removes the leases of ended requests the call deferred (set in the budget part below).
 local flush_lease_ends
@@ -277,12 +281,11 @@ end
 -- headroom is 'cooling' with reason 'budget' (rate) or 'busy' (every slot taken) and sits in
 -- the due index until its headroom returns.
 local MINUTE, DAY = 60600, 87264000
-local BUDGETS = B .. ':budget'
+local BUDGETS
 local BUDGET_FMT = '<dddddddddddd'
-local spack, sunpack = struct.pack, struct.unpack
 
--- A lease set's name.
-local inflight_key = names(B .. ':inflight:')
+-- A lease set's name (set by begin()).
+local inflight_key
 local function ceil_div(a, b)
   if b <= 0 then return 0 end
   return math.floor((a + b - 1) / b)
@@ -296,7 +299,7 @@ local function budget_of(packed)
   local tat_r, tat_rd, tat_t, tat_td, n_in = 0, 0, 0, 0, -1
   if packed then
     cfg_rpm, cfg_tpm, conc, rpd, tpd, l_rpm, l_tpm, tat_r, tat_rd, tat_t, tat_td, n_in =
-      sunpack(BUDGET_FMT, packed)
+      struct.unpack(BUDGET_FMT, packed)
   end
   local rpm, tpm = cfg_rpm, cfg_tpm
   if rpm == 0 then rpm = l_rpm end
@@ -306,15 +309,15 @@ local function budget_of(packed)
     l_rpm = l_rpm, l_tpm = l_tpm, n_in = n_in >= 0 and n_in or nil}
 end
 local function pack_budget(b)
-  return spack(BUDGET_FMT, b.cfg_rpm, b.cfg_tpm, b.conc, b.rpd, b.tpd, b.l_rpm, b.l_tpm,
+  return struct.pack(BUDGET_FMT, b.cfg_rpm, b.cfg_tpm, b.conc, b.rpd, b.tpd, b.l_rpm, b.l_tpm,
     b.tat_r, b.tat_rd, b.tat_t, b.tat_td, b.n_in or -1)
 end
 
 -- Each key's budget as this call read and changed it (every change goes through its table and
 -- bsave), so an entry is read at most once per call; with DEFER the changed ones are written
 -- with one HSET at flush.
-local bcache = {}
-local bdirty, bdirty_order = {}, {}
+local bcache
+local bdirty, bdirty_order
 
 local function bsave(id, b)
   if not DEFER then return redis.call('HSET', BUDGETS, id, pack_budget(b)) end
@@ -355,7 +358,7 @@ end
 -- A script that changes a key's status only through the k its load_key_budget answered may
 -- set kb_memo = {}: a key's k is then read once per call and shared (report_batch.lua, whose
 -- batch ends many requests on each key).
-local kb_memo = nil
+local kb_memo
 local function load_key_budget(id)
   local k = kb_memo and kb_memo[id]
   if not k then
@@ -368,7 +371,7 @@ local function load_key_budget(id)
 end
 
 -- Per key, n_in as this call last saw or wrote it.
-local lease_count = {}
+local lease_count
 local function set_lease_count(id, b, c)
   lease_count[id] = c
   if b.n_in ~= c then
@@ -384,7 +387,7 @@ end
 -- Deferred lease removals (report_batch.lua: its batch ends many requests on each key): key id
 -- -> lease ids, removed with one ZREM per key before the set is next counted and at flush.
 -- n_in is not lowered for them: it stays at least the set's size.
-local ended, ended_order = {}, {}
+local ended, ended_order
 local function remove_ended(id)
   local l = ended[id]
   if not l then return end
@@ -436,7 +439,7 @@ local function budget_headroom(id, b, now)
 end
 
 -- The next lease id (the meta field lease_seq, counted up; deferred: read once per call).
-local lease_seq = nil
+local lease_seq
 local function next_lease()
   if not DEFER then return redis.call('HINCRBY', META, 'lease_seq', 1) end
   if not lease_seq then lease_seq = num(redis.call('HGET', META, 'lease_seq')) end
@@ -447,7 +450,7 @@ end
 
 -- A lease expiry as the string ZADD takes: most leases of a call expire at its now + lease_ms,
 -- formatted once.
-local expiry_ms, expiry_str = nil, nil
+local expiry_ms, expiry_str
 local function expiry_of(ms)
   if ms ~= expiry_ms then expiry_ms, expiry_str = ms, int(ms) end
   return expiry_str
@@ -455,7 +458,7 @@ end
 
 -- Whether the last budget_spend left the key's in-flight slots at least half taken (1, else 0):
 -- the end of such a request is written at once rather than with the next success batch.
-local spent_crowded = 0
+local spent_crowded
 
 -- Spends one request of `tokens` starting at `start`, at `now`; answers its lease id (0: none).
 -- "Crowded" counts the leases unexpired at `now`.
@@ -569,7 +572,7 @@ end
 -- reservation by real usage (delta = real - reserved), and puts the key where its budget says.
 -- With DEFER the key is placed once, by place_ended (report_batch.lua calls it before flush):
 -- where its budget leaves it after all the call's ends, as placing it after each would.
-local to_place, to_place_order = {}, {}
+local to_place, to_place_order
 local function budget_end(id, lease, delta, mrt, now)
   local k, b = load_key_budget(id)
   if not k then return end
@@ -591,4 +594,19 @@ end
 local function place_ended(now)
   for _, id in ipairs(to_place_order) do budget_place(to_place[id], bcache[id], now) end
   to_place, to_place_order = {}, {}
+end
+
+-- Starts a call on pool base keys[1]: the pool's key names, and every deferred write, cache and
+-- memo of the call empty. Every script calls it before anything else (src/store/scripts.rs
+-- puts the call in front of each script's body); with Functions the library's top level ran
+-- once, when it was loaded, and this is all that runs again per call.
+local function begin(keys)
+  B = keys[1]
+  META, DUE, BUDGETS = B .. ':meta', B .. ':due', B .. ':budget'
+  kkey, inflight_key = names(B .. ':key:'), names(B .. ':inflight:')
+  DEFER = false
+  counters, counter_order, kdirty, kdirty_order = {}, {}, {}, {}
+  bcache, bdirty, bdirty_order, kb_memo, lease_count = {}, {}, {}, nil, {}
+  ended, ended_order, to_place, to_place_order = {}, {}, {}, {}
+  lease_seq, expiry_ms, expiry_str, spent_crowded = nil, nil, nil, 0
 end

@@ -1,4 +1,4 @@
--- Rotation plan helpers: prepended (after lib.lua) to every rotation_*.lua script
+-- Rotation plan helpers: every rotation_*.lua script runs after lib.lua and this file
 -- (src/store/scripts.rs). The rotation plan of pool P lives beside the pool's keys:
 --   kg:{P}:rot         hash  the plan: id state new_keys old_keys steps step step_started_ms
 --                            min_requests min_dwell_ms max_error_increase max_p99_ratio
@@ -13,10 +13,11 @@
 -- percent (rotation_write.lua checks both inside the script); operators (rotation_start,
 -- rotation_control) act with their own authority and are recorded as replica "admin".
 
-local ROT = B .. ':rot'
-local LEASE = B .. ':rot:lease'
-local HIST = B .. ':rot:hist'
-local STATS = B .. ':rot:stats'
+-- The plan's key names, set per call by rotation_begin() (after lib.lua begin()).
+local ROT, LEASE, HIST, STATS
+local function rotation_begin()
+  ROT, LEASE, HIST, STATS = B .. ':rot', B .. ':rot:lease', B .. ':rot:hist', B .. ':rot:stats'
+end
 
 local function history(now, fence, replica, event, detail)
   redis.call('LPUSH', HIST, now .. ' ' .. fence .. ' ' .. replica .. ' ' .. event .. ' ' .. (detail or ''))

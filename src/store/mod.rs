@@ -37,6 +37,7 @@ pub mod redis;
 pub mod reload_bus;
 pub mod rotation;
 mod scripts;
+pub use scripts::{function_of, sha_of};
 mod sentinel;
 pub mod spec;
 pub mod successes;

@@ -4,9 +4,11 @@
 //! A pool that Redis lost (restart without persistence, `FLUSHALL`) answers `nopool`; the store
 //! then re-creates it from the last spec it synced and repeats the call (for any call but a
 //! rotation op: `Op::is_rotation`), so the caller never sees the loss (and tells the listener of
-//! [`RedisStore::on_recreated`], so the failover layer can write back what it knew). `NOSCRIPT`
-//! after a restart or `SCRIPT FLUSH` is handled by `invoke_async`, which loads the script and runs
-//! it again.
+//! [`RedisStore::on_recreated`], so the failover layer can write back what it knew). The scripts
+//! are functions of one library (`redis/shared.rs` `Core::eval`): a Redis that lost it (a restart,
+//! `FUNCTION FLUSH`) answers "Function not found", and the call loads it and runs again; on a
+//! Redis without Functions, `NOSCRIPT` after a restart or `SCRIPT FLUSH` is handled by
+//! `invoke_async`, which loads the script and runs it again.
 //!
 //! One deadline covers a whole store call, re-creation and script loading included: a dead,
 //! hung (`SIGSTOP`) or black-holed Redis never holds a caller longer than `timeout`.
@@ -23,6 +25,7 @@ mod shared;
 mod snapshot;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -91,6 +94,7 @@ impl RedisStore {
             prefix: prefix.to_string(),
             timeout,
             scripts: Scripts::new(),
+            functions: AtomicBool::new(true),
         });
         Ok(RedisStore {
             selects: Coalescer::new(core.clone()),
@@ -110,11 +114,16 @@ impl RedisStore {
         self.core.pool_base(pool)
     }
 
-    /// Loads every script into Redis now (EVALSHA then never pays the NOSCRIPT round trip; on a
-    /// Cluster, every node gets them).
+    /// Loads the script library into Redis now (on a Cluster, every master), so no call pays
+    /// the load; on a Redis without Functions, every script for EVALSHA (which then never pays
+    /// the NOSCRIPT round trip).
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
         let deadline = Instant::now() + self.core.timeout * 4;
+        if self.core.functions.load(Ordering::Relaxed) && self.core.load_library(deadline).await? {
+            return Ok(());
+        }
         for s in self.core.scripts.all() {
+            let s = &s.script;
             self.core
                 .call(deadline, |mut h| async move { s.load_async(&mut h).await })
                 .await?;

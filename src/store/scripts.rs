@@ -1,4 +1,8 @@
-//! The Lua scripts of `lua/`, each prefixed with `lua/lib.lua` and built once at start-up.
+//! The Lua scripts of `lua/`, built once at start-up in two forms (ARCHITECTURE.md, "The
+//! store's scripts"): one Redis Functions library holding every script as a function, loaded
+//! once per Redis (`FUNCTION LOAD`, called with `FCALL`), and, for a Redis without Functions
+//! (before 7.0, or an ACL that forbids them), each script prefixed with `lua/lib.lua` for
+//! `EVALSHA`. Both run the same Lua: each script's body starts with lib.lua's `begin`.
 
 use redis::Script;
 
@@ -7,62 +11,172 @@ use super::Op;
 const LIB: &str = include_str!("../../lua/lib.lua");
 const ROTATION_LIB: &str = include_str!("../../lua/rotation_lib.lua");
 
-fn build(body: &str) -> Script {
-    Script::new(&format!("{LIB}\n{body}"))
+/// A script of `lua/`: its file name, its body, and whether it uses `lua/rotation_lib.lua`.
+macro_rules! lua {
+    ($file:literal, $rotation:literal) => {
+        ($file, include_str!(concat!("../../lua/", $file)), $rotation)
+    };
 }
 
-/// A rotation script: `lib.lua`, then `rotation_lib.lua`, then the script.
-fn build_rotation(body: &str) -> Script {
-    Script::new(&format!("{LIB}\n{ROTATION_LIB}\n{body}"))
+/// Every script, in the order of [`Scripts::all`].
+const SOURCES: [(&str, &str, bool); 17] = [
+    lua!("select.lua", false),
+    lua!("report.lua", false),
+    lua!("report_batch.lua", false),
+    lua!("set_state.lua", false),
+    lua!("set_weight.lua", false),
+    lua!("set_group.lua", false),
+    lua!("set_canary.lua", false),
+    lua!("reset.lua", false),
+    lua!("settle.lua", false),
+    lua!("snapshot.lua", false),
+    lua!("sync.lua", false),
+    lua!("rotation_start.lua", true),
+    lua!("rotation_control.lua", true),
+    lua!("rotation_lease.lua", true),
+    lua!("rotation_write.lua", true),
+    lua!("rotation_stats.lua", true),
+    lua!("rotation_read.lua", true),
+];
+
+/// What a script's body runs after: the call's start (lib.lua `begin`, and for a rotation
+/// script rotation_lib.lua `rotation_begin`).
+fn start(rotation: bool) -> &'static str {
+    if rotation {
+        "begin(KEYS) rotation_begin()"
+    } else {
+        "begin(KEYS)"
+    }
+}
+
+/// The version of the library: the first 12 hex digits of the SHA1 of every source. Function
+/// names carry it, so replicas of two versions (a rolling upgrade) each call their own code.
+fn version() -> String {
+    let mut all = format!("{LIB}\n{ROTATION_LIB}");
+    for (_, body, _) in SOURCES {
+        all.push('\n');
+        all.push_str(body);
+    }
+    Script::new(&all).get_hash()[..12].to_string()
+}
+
+/// The function that runs `lua/<file>` in the library of `version`.
+fn function_name(version: &str, file: &str) -> String {
+    format!("kg_{version}_{}", file.trim_end_matches(".lua"))
+}
+
+/// The name `FCALL` calls `lua/<file>` by in this build's library (None: no such script).
+/// Tests use it to find the script calls Redis logged.
+pub fn function_of(file: &str) -> Option<String> {
+    SOURCES
+        .iter()
+        .any(|(f, _, _)| *f == file)
+        .then(|| function_name(&version(), file))
+}
+
+/// The SHA1 `EVALSHA` calls `lua/<file>` by (None: no such script). Tests use it as
+/// [`function_of`].
+pub fn sha_of(file: &str) -> Option<String> {
+    Scripts::new()
+        .all_named()
+        .into_iter()
+        .find(|(f, _)| *f == file)
+        .map(|(_, lua)| lua.script.get_hash().to_string())
+}
+
+/// One script in both forms.
+pub(crate) struct Lua {
+    /// For `EVALSHA`: lib.lua (and rotation_lib.lua), then the script.
+    pub script: Script,
+    /// Its function's name in [`Library`].
+    pub function: String,
+}
+
+/// The Functions library: every script of `lua/` as one function, lib.lua's definitions made
+/// once when Redis loads it (a script call then runs only its own body: BENCHMARKS.md, "Redis
+/// Functions, not EVALSHA").
+pub(crate) struct Library {
+    pub name: String,
+    pub code: String,
+}
+
+fn library(version: &str) -> Library {
+    let name = format!("keygate_{version}");
+    let mut code = format!("#!lua name={name}\n{LIB}\n{ROTATION_LIB}\n");
+    for (file, body, rotation) in SOURCES {
+        // The body's KEYS and ARGV are the function's arguments; its top-level `return`s end
+        // the function.
+        code.push_str(&format!(
+            "redis.register_function('{}', function(KEYS, ARGV)\n{}\n{body}\nend)\n",
+            function_name(version, file),
+            start(rotation),
+        ));
+    }
+    Library { name, code }
 }
 
 /// Every script the Redis store runs; built once (hashing each source), shared by all calls.
 pub(crate) struct Scripts {
-    pub select: Script,
-    pub report: Script,
-    pub report_batch: Script,
-    pub set_state: Script,
-    pub set_weight: Script,
-    pub set_group: Script,
-    pub set_canary: Script,
-    pub reset: Script,
-    pub settle: Script,
-    pub snapshot: Script,
-    pub sync: Script,
-    pub rotation_start: Script,
-    pub rotation_control: Script,
-    pub rotation_lease: Script,
-    pub rotation_write: Script,
-    pub rotation_stats: Script,
-    pub rotation_read: Script,
+    pub select: Lua,
+    pub report: Lua,
+    pub report_batch: Lua,
+    pub set_state: Lua,
+    pub set_weight: Lua,
+    pub set_group: Lua,
+    pub set_canary: Lua,
+    pub reset: Lua,
+    pub settle: Lua,
+    pub snapshot: Lua,
+    pub sync: Lua,
+    pub rotation_start: Lua,
+    pub rotation_control: Lua,
+    pub rotation_lease: Lua,
+    pub rotation_write: Lua,
+    pub rotation_stats: Lua,
+    pub rotation_read: Lua,
+    pub library: Library,
 }
 
 impl Scripts {
     pub fn new() -> Scripts {
+        let version = version();
+        let [select, report, report_batch, set_state, set_weight, set_group, set_canary, reset, settle, snapshot, sync, rotation_start, rotation_control, rotation_lease, rotation_write, rotation_stats, rotation_read] =
+            SOURCES.map(|(file, body, rotation)| {
+                let libs = if rotation {
+                    format!("{LIB}\n{ROTATION_LIB}")
+                } else {
+                    LIB.to_string()
+                };
+                Lua {
+                    script: Script::new(&format!("{libs}\n{}\n{body}", start(rotation))),
+                    function: function_name(&version, file),
+                }
+            });
         Scripts {
-            select: build(include_str!("../../lua/select.lua")),
-            report: build(include_str!("../../lua/report.lua")),
-            report_batch: build(include_str!("../../lua/report_batch.lua")),
-            set_state: build(include_str!("../../lua/set_state.lua")),
-            set_weight: build(include_str!("../../lua/set_weight.lua")),
-            set_group: build(include_str!("../../lua/set_group.lua")),
-            set_canary: build(include_str!("../../lua/set_canary.lua")),
-            reset: build(include_str!("../../lua/reset.lua")),
-            settle: build(include_str!("../../lua/settle.lua")),
-            snapshot: build(include_str!("../../lua/snapshot.lua")),
-            sync: build(include_str!("../../lua/sync.lua")),
-            rotation_start: build_rotation(include_str!("../../lua/rotation_start.lua")),
-            rotation_control: build_rotation(include_str!("../../lua/rotation_control.lua")),
-            rotation_lease: build_rotation(include_str!("../../lua/rotation_lease.lua")),
-            rotation_write: build_rotation(include_str!("../../lua/rotation_write.lua")),
-            rotation_stats: build_rotation(include_str!("../../lua/rotation_stats.lua")),
-            rotation_read: build_rotation(include_str!("../../lua/rotation_read.lua")),
+            select,
+            report,
+            report_batch,
+            set_state,
+            set_weight,
+            set_group,
+            set_canary,
+            reset,
+            settle,
+            snapshot,
+            sync,
+            rotation_start,
+            rotation_control,
+            rotation_lease,
+            rotation_write,
+            rotation_stats,
+            rotation_read,
+            library: library(&version),
         }
     }
 
     /// The one script that applies `op` (its ARGV in `redis/ops.rs`, its reply in
     /// `redis/reply.rs`).
-    pub fn for_op(&self, op: &Op<'_>) -> &Script {
+    pub fn for_op(&self, op: &Op<'_>) -> &Lua {
         match op {
             Op::Report(_) => &self.report,
             Op::Successes(_) => &self.report_batch,
@@ -81,7 +195,12 @@ impl Scripts {
         }
     }
 
-    pub fn all(&self) -> [&Script; 17] {
+    /// Every script with its file name in `lua/`.
+    fn all_named(&self) -> Vec<(&'static str, &Lua)> {
+        SOURCES.iter().map(|(f, _, _)| *f).zip(self.all()).collect()
+    }
+
+    pub fn all(&self) -> [&Lua; 17] {
         [
             &self.select,
             &self.report,
@@ -101,5 +220,40 @@ impl Scripts {
             &self.rotation_stats,
             &self.rotation_read,
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_script_is_a_function_of_the_library_named_after_its_version() {
+        let s = Scripts::new();
+        let v = version();
+        assert_eq!(s.library.name, format!("keygate_{v}"));
+        assert!(s
+            .library
+            .code
+            .starts_with(&format!("#!lua name=keygate_{v}\n")));
+        for lua in s.all() {
+            assert!(
+                lua.function.starts_with(&format!("kg_{v}_")),
+                "{}",
+                lua.function
+            );
+            let registered = format!("redis.register_function('{}',", lua.function);
+            assert_eq!(
+                s.library.code.matches(&registered).count(),
+                1,
+                "{registered}"
+            );
+        }
+        assert_eq!(function_of("select.lua"), Some(format!("kg_{v}_select")));
+        assert_eq!(function_of("nothing.lua"), None);
+        for (file, lua) in s.all_named() {
+            assert_eq!(lua.function, function_name(&v, file));
+            assert_eq!(sha_of(file).as_deref(), Some(lua.script.get_hash()));
+        }
     }
 }

@@ -3,9 +3,9 @@
 //! find it lost at once), tells its listener (the failover layer, which writes back what it knew),
 //! and makes the call again, all within the call's deadline.
 
-use redis::Script;
 use tokio::time::Instant;
 
+use super::super::scripts::Lua;
 use super::reply::{parse_sync, words};
 use super::RedisStore;
 use crate::store::{PoolSpec, StoreError, SyncReceipt};
@@ -36,7 +36,7 @@ impl RedisStore {
     /// whole of it shares one deadline.
     pub(super) async fn eval_pool<A: AsRef<str>>(
         &self,
-        script: &Script,
+        script: &Lua,
         pool: &str,
         args: &[A],
     ) -> Result<Vec<String>, StoreError> {

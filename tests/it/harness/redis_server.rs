@@ -225,16 +225,37 @@ impl RedisServer {
             .collect()
     }
 
-    /// How many `EVALSHA`s of `lua/<file>` were logged (see [`script_sha`]).
+    /// How many calls of `lua/<file>` were logged: `FCALL`s of its function, or `EVALSHA`s of
+    /// it on a Redis without Functions (see [`script_sha`]).
     pub fn logged_script_calls(&self, file: &str) -> usize {
-        let sha = script_sha(file);
+        let (function, sha) = (script_function(file), script_sha(file));
         self.logged_commands()
             .iter()
             .filter(|c| {
-                c.first().is_some_and(|c| c.eq_ignore_ascii_case("evalsha"))
-                    && c.get(1) == Some(&sha)
+                let cmd = c.first().map(|c| c.to_ascii_lowercase());
+                match cmd.as_deref() {
+                    Some("fcall") => c.get(1) == Some(&function),
+                    Some("evalsha") => c.get(1) == Some(&sha),
+                    _ => false,
+                }
             })
             .count()
+    }
+
+    /// How many `EVALSHA`s (of any script) were logged.
+    pub fn logged_evalshas(&self) -> usize {
+        self.logged_commands()
+            .iter()
+            .filter(|c| c.first().is_some_and(|c| c.eq_ignore_ascii_case("evalsha")))
+            .count()
+    }
+
+    /// `FUNCTION FLUSH`: every function library gone, keys kept.
+    pub fn function_flush(&self) {
+        let _: () = redis::cmd("FUNCTION")
+            .arg("FLUSH")
+            .query(&mut self.conn())
+            .expect("FUNCTION FLUSH");
     }
 
     /// `SCRIPT FLUSH`: every cached script gone, keys kept.
@@ -269,12 +290,12 @@ pub fn signal_quiet(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
 }
 
-/// The SHA1 Redis knows `lua/<file>` by: the file prefixed with `lua/lib.lua`, as
-/// `src/store/scripts.rs` builds it.
+/// The SHA1 Redis knows `lua/<file>` by for `EVALSHA`, as `src/store/scripts.rs` builds it.
 pub fn script_sha(file: &str) -> String {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/lua/");
-    let read = |f: &str| std::fs::read_to_string(format!("{dir}{f}")).expect("lua file");
-    redis::Script::new(&format!("{}\n{}", read("lib.lua"), read(file)))
-        .get_hash()
-        .to_string()
+    keygate::store::sha_of(file).expect("a script of lua/")
+}
+
+/// The function `FCALL` runs `lua/<file>` by.
+pub fn script_function(file: &str) -> String {
+    keygate::store::function_of(file).expect("a script of lua/")
 }

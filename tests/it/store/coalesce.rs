@@ -11,7 +11,7 @@ use keygate::store::memory::MemoryStore;
 use keygate::store::redis::RedisStore;
 use keygate::store::{KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection, StoreError};
 
-use super::batch::evalsha_calls;
+use super::batch::script_calls;
 use crate::harness::{kid, redis_store, spec, RedisServer};
 
 const T0: u64 = 1_700_000_000_000;
@@ -100,7 +100,7 @@ async fn concurrent_selects_share_three_script_calls_and_match_one_by_one_select
     let reqs: Vec<_> = (0..30).map(request).collect();
     let sels: Vec<SelectRequest> = reqs.iter().map(|r| select_req(r, t)).collect();
 
-    let before = evalsha_calls(&server);
+    let before = script_calls(&server);
     // One pass over all 30 while Redis is stopped: the first two find a free lane each and are
     // sent alone; the other 28 queue behind them. Only then may Redis answer (on a runtime
     // worker, a lane's answer could otherwise come back while the pass is still queuing, and
@@ -112,7 +112,7 @@ async fn concurrent_selects_share_three_script_calls_and_match_one_by_one_select
     assert!(futures::poll!(&mut all).is_pending());
     server.resume();
     let together = all.await;
-    assert_eq!(evalsha_calls(&server) - before, 3);
+    assert_eq!(script_calls(&server) - before, 3);
 
     let mut one_by_one = Vec::new();
     for r in &reqs {

@@ -283,11 +283,14 @@ async fn flushall_script_flush_and_an_empty_restart_under_load_fail_no_request_a
 
     tokio::task::block_in_place(|| redis.flushall());
     let flushall = wait_rebuilt(&redis, "pool re-created after FLUSHALL").await;
-    tokio::task::block_in_place(|| redis.script_flush());
+    tokio::task::block_in_place(|| {
+        redis.function_flush();
+        redis.script_flush();
+    });
     let served = mock.total_requests();
     wait_until(
         Duration::from_secs(10),
-        "traffic after SCRIPT FLUSH",
+        "traffic after FUNCTION FLUSH and SCRIPT FLUSH",
         || async { mock.total_requests() >= served + 100 },
     )
     .await;

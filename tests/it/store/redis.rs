@@ -10,7 +10,8 @@ use redis::Commands;
 
 use crate::harness::{kid, read_budget, redis_store, spec, RedisServer};
 
-async fn selectable(s: &dyn KeyStore, pool: &str) -> Vec<String> {
+/// The key each of 48 stable selects spread over the rand range picks, in order.
+async fn picks(s: &dyn KeyStore, pool: &str) -> Vec<String> {
     let mut seen = Vec::new();
     for i in 0..48u64 {
         let req = SelectRequest {
@@ -21,12 +22,17 @@ async fn selectable(s: &dyn KeyStore, pool: &str) -> Vec<String> {
             tokens: 0,
         };
         if let Selection::Key(c) = s.select(pool, &req).await.unwrap() {
-            if !seen.contains(&c.key.to_string()) {
-                seen.push(c.key.to_string());
-            }
+            seen.push(c.key.to_string());
         }
     }
+    seen
+}
+
+/// The keys those selects find, each once, sorted.
+async fn selectable(s: &dyn KeyStore, pool: &str) -> Vec<String> {
+    let mut seen = picks(s, pool).await;
     seen.sort();
+    seen.dedup();
     seen
 }
 
@@ -246,6 +252,101 @@ async fn requests_that_find_their_pool_lost_at_once_recreate_it_with_one_sync() 
     assert_eq!(syncs, 1, "one sync re-created the pool for all 16 requests");
     let active: u64 = server.conn().hget("kg:{p}:meta", "cnt:active").unwrap();
     assert_eq!(active, 300);
+}
+
+async fn select_one(store: &dyn KeyStore, pool: &str) -> Selection {
+    let req = SelectRequest {
+        route: Route::Stable,
+        exclude: &[],
+        rand: 7,
+        now_ms: None,
+        tokens: 0,
+    };
+    store.select(pool, &req).await.unwrap()
+}
+
+fn logged(server: &RedisServer, first: &str, second: &str) -> usize {
+    server
+        .logged_commands()
+        .iter()
+        .filter(|c| {
+            c.len() >= 2 && c[0].eq_ignore_ascii_case(first) && c[1].eq_ignore_ascii_case(second)
+        })
+        .count()
+}
+
+/// Every script runs as a function of the one library Redis loaded (no `EVALSHA`), and a Redis
+/// that lost the library (`FUNCTION FLUSH`; a restart is the same) gets it back from the next
+/// call, which still answers.
+#[tokio::test]
+async fn scripts_run_as_functions_and_a_lost_library_is_loaded_again_by_the_next_call() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, "kg");
+    store
+        .sync(&spec("p", &[("k1", 1, "stable")]))
+        .await
+        .unwrap();
+    server.log_all_commands();
+    assert!(matches!(select_one(&store, "p").await, Selection::Key(_)));
+    assert_eq!(server.logged_script_calls("select.lua"), 1);
+    assert_eq!(server.logged_evalshas(), 0);
+
+    server.function_flush();
+    server.log_all_commands();
+    assert!(matches!(select_one(&store, "p").await, Selection::Key(_)));
+    assert_eq!(
+        logged(&server, "function", "load"),
+        1,
+        "the library loaded once"
+    );
+    assert_eq!(
+        server.logged_script_calls("select.lua"),
+        2,
+        "the call Redis refused, then the same call again"
+    );
+    assert_eq!(server.logged_evalshas(), 0);
+}
+
+/// On a Redis without Functions (before 7.0: here `FCALL` and `FUNCTION` are renamed away) the
+/// same scripts run with `EVALSHA`, and pick exactly what the library picks on a Redis with
+/// Functions.
+#[tokio::test]
+async fn a_redis_without_functions_runs_the_same_scripts_with_evalsha() {
+    let with = RedisServer::start();
+    let without = RedisServer::start_with(&[
+        "--rename-command",
+        "FCALL",
+        "",
+        "--rename-command",
+        "FUNCTION",
+        "",
+    ]);
+    let sp = spec(
+        "p",
+        &[
+            ("k1", 1, "stable"),
+            ("k2", 3, "stable"),
+            ("k3", 2, "stable"),
+        ],
+    );
+    let (a, b) = (redis_store(&with, "kg"), redis_store(&without, "kg"));
+    for s in [&a, &b] {
+        s.sync(&sp).await.unwrap();
+        // The first select loads its script (on `without`: NOSCRIPT, SCRIPT LOAD, EVALSHA).
+        assert!(matches!(select_one(s, "p").await, Selection::Key(_)));
+    }
+    with.log_all_commands();
+    without.log_all_commands();
+    let by_function = picks(&a, "p").await;
+    assert_eq!(by_function.len(), 48);
+    assert_eq!(picks(&b, "p").await, by_function);
+    assert_eq!(without.logged_script_calls("select.lua"), 48);
+    assert_eq!(without.logged_evalshas(), 48);
+    assert_eq!(with.logged_script_calls("select.lua"), 48);
+    assert_eq!(with.logged_evalshas(), 0);
+
+    without.script_flush();
+    assert_eq!(picks(&b, "p").await, by_function, "after SCRIPT FLUSH");
 }
 
 /// A pool whose budgets an older keygate kept in twelve key-hash fields (layout `cls1`) is

@@ -115,7 +115,7 @@ async fn a_paged_snapshot_of_10000_keys_returns_each_key_once_as_written_and_no_
         .iter()
         .filter(|e| {
             e.3.first()
-                .is_some_and(|a| a.to_ascii_lowercase().starts_with("eval"))
+                .is_some_and(|a| matches!(a.to_ascii_lowercase().as_str(), "fcall" | "evalsha"))
         })
         .map(|e| e.2)
         .collect();

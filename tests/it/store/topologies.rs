@@ -219,8 +219,8 @@ async fn on_a_three_master_cluster_pools_spread_over_slots_and_every_operation_r
         .collect();
     assert_eq!(slots.len(), 3, "three different slots");
 
-    // The store itself: every operation on every pool, then again after SCRIPT FLUSH on
-    // every node (scripts are loaded again on the node that lacks them).
+    // The store itself: every operation on every pool, then again after FUNCTION FLUSH and
+    // SCRIPT FLUSH on every node (the library is loaded again on every master).
     let endpoint = Endpoint::Cluster {
         nodes: cluster.seeds(),
     };
@@ -249,7 +249,10 @@ async fn on_a_three_master_cluster_pools_spread_over_slots_and_every_operation_r
         );
     }
     for n in &cluster.nodes {
-        block_in_place(|| n.script_flush());
+        block_in_place(|| {
+            n.function_flush();
+            n.script_flush();
+        });
     }
     // k1 cools, k2 went to the canary group: a canary selection finds k2.
     let req = SelectRequest {
