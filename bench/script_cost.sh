@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# bench/script_cost.sh [KEYGATE] [CALLS]: Redis's instructions per script call, for the select
+# call of one request (what a replica sends at c=1) and of 12 (a coalesced call at c=64), run
+# as keygate runs it (FCALL of the library) and as on a Redis without Functions (EVALSHA of
+# lua/lib.lua, begin(KEYS) and lua/select.lua), plus PING and lib.lua alone for scale. A
+# redis-server under callgrind holds a 64-key pool synced by KEYGATE (default
+# target/release/keygate), without budgets (BUDGETS=1: the budgets phase's limits);
+# redis-benchmark -c 1 sends each call CALLS times (default 500) between callgrind_control -z
+# and -d. The count does not move with the machine's load (BENCHMARKS.md, "Redis Functions,
+# not EVALSHA"). Needs valgrind, redis-server, redis-benchmark; about a minute.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+KEYGATE=${1:-$ROOT/target/release/keygate}
+N=${2:-500}
+OUT=$(mktemp -d /tmp/script-cost.XXXXXX)
+RP=19744 MP=19745 KP=19746
+BENCH_DIR=$ROOT/bench
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh" # gen_config, gen_pool
+pids=()
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap stop_all EXIT
+
+gen_config "$OUT/keygate.toml" "127.0.0.1:$KP" "redis://127.0.0.1:$RP/0" kgcost '"b64"'
+gen_pool b64 "http://127.0.0.1:$MP/v1" 64 >>"$OUT/keygate.toml"
+if [[ ${BUDGETS:-0} == 1 ]]; then
+    printf '\n[pools.limits]\nrpm = 60600\ntpm = 10000000000\nmax_concurrent = 1000\n' >>"$OUT/keygate.toml"
+fi
+valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind" \
+    redis-server --port $RP --save '' --appendonly no >"$OUT/redis.log" 2>&1 &
+rpid=$!
+pids+=("$rpid")
+until redis-cli -p $RP ping >/dev/null 2>&1; do sleep 0.2; done
+RUST_LOG=warn "$KEYGATE" serve --config "$OUT/keygate.toml" >"$OUT/keygate.log" 2>&1 &
+kpid=$!
+until [[ $(redis-cli -p $RP exists 'kgcost:{b64}:meta') == 1 ]]; do sleep 0.2; done
+kill "$kpid"
+wait "$kpid" 2>/dev/null || true
+
+lib=$(cat "$ROOT/lua/lib.lua")
+sel_sha=$(redis-cli -p $RP script load "$lib
+begin(KEYS)
+$(cat "$ROOT/lua/select.lua")")
+lib_sha=$(redis-cli -p $RP script load "$lib
+begin(KEYS)
+return 1")
+sel_fn=$(redis-cli -p $RP function list libraryname 'keygate_*' | grep -o 'kg_[0-9a-f]*_select' | head -1)
+[[ -n $sel_fn ]] || die "the replica loaded no keygate library"
+one=(0 12345 bucket 5 1051 0)
+twelve=(0)
+for i in $(seq 12); do twelve+=($((i * 750000000000003)) bucket $((i * 7)) 1051 0); done
+
+# cost LABEL COMMAND...: instructions per call of COMMAND.
+cost() {
+    local label=$1 dump ir
+    shift
+    redis-benchmark -p $RP -c 1 -n 20 -q "$@" >/dev/null 2>&1 # warm-up
+    callgrind_control -z "$rpid" >/dev/null 2>&1
+    redis-benchmark -p $RP -c 1 -n "$N" -q "$@" >/dev/null 2>&1
+    callgrind_control -d "$rpid" >/dev/null 2>&1
+    dump=$(ls -t "$OUT"/callgrind.* | head -1)
+    ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    printf '%-28s %9d instructions per call\n' "$label" $((ir / N))
+}
+cost "PING" ping
+cost "lib.lua alone (EVALSHA)" evalsha "$lib_sha" 1 'kgcost:{b64}'
+cost "select x1, EVALSHA" evalsha "$sel_sha" 1 'kgcost:{b64}' "${one[@]}"
+cost "select x1, FCALL" fcall "$sel_fn" 1 'kgcost:{b64}' "${one[@]}"
+cost "select x12, EVALSHA" evalsha "$sel_sha" 1 'kgcost:{b64}' "${twelve[@]}"
+cost "select x12, FCALL" fcall "$sel_fn" 1 'kgcost:{b64}' "${twelve[@]}"
+echo "callgrind files: $OUT"
