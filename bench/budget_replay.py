@@ -60,7 +60,10 @@ def script(name):
     """The EVALSHA form of lua/<name>, as src/store/scripts.rs builds it."""
     with open(os.path.join(ROOT, 'lua', 'lib.lua')) as lib, \
             open(os.path.join(ROOT, 'lua', name)) as body:
-        return lib.read() + '\nbegin(KEYS)\n' + body.read()
+        text = lib.read() + '\nbegin(KEYS)\n' + body.read()
+    if name == 'select.lua':  # it defines select_call, the call (src/store/scripts.rs SOURCES)
+        text += '\nreturn select_call(KEYS, ARGV)\n'
+    return text
 
 
 def functions(r):

@@ -261,11 +261,12 @@ capture_scripts() {
     rcli slowlog reset >/dev/null
     # Entries are [id, time, µs, [command args...], addr, name], newest first. The select is the
     # FCALL of the library's function kg_<version>_select, or the EVALSHA of select.lua's SHA1
-    # (lua/lib.lua, a newline, begin(KEYS), a newline, lua/select.lua: src/store/scripts.rs);
+    # (lua/lib.lua, begin(KEYS), lua/select.lua, its select_call: src/store/scripts.rs);
     # any other script call on the pool: the report of the success (today a batch of one key,
     # sent once the batch interval has passed).
     local sel
-    sel=$( (cat "$ROOT/lua/lib.lua" && printf '\nbegin(KEYS)\n' && cat "$ROOT/lua/select.lua") | sha1sum | cut -c1-40)
+    sel=$( (cat "$ROOT/lua/lib.lua" && printf '\nbegin(KEYS)\n' && cat "$ROOT/lua/select.lua" &&
+        printf '\nreturn select_call(KEYS, ARGV)\n') | sha1sum | cut -c1-40)
     jq -r --arg sel "$sel" '[.[] | .[3] | select(.[0] | ascii_downcase | IN("evalsha", "fcall"))
         | select(.[3] == "kgbench:{fast}")]
         | reverse | map(. + [(.[1] == $sel or (.[1] | endswith("_select")))])

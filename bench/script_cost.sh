@@ -2,7 +2,8 @@
 # bench/script_cost.sh [KEYGATE] [CALLS]: Redis's instructions per script call, for the select
 # call of one request (what a replica sends at c=1) and of 12 (a coalesced call at c=64), run
 # as keygate runs it (FCALL of the library) and as on a Redis without Functions (EVALSHA of
-# lua/lib.lua, begin(KEYS) and lua/select.lua), plus PING and lib.lua alone for scale. A
+# lua/lib.lua, begin(KEYS), lua/select.lua and its select_call), plus PING and lib.lua alone
+# for scale. A
 # redis-server under callgrind holds a 64-key pool synced by KEYGATE (default
 # target/release/keygate), without budgets (BUDGETS=1: the budgets phase's limits);
 # redis-benchmark -c 1 sends each call CALLS times (default 500) between callgrind_control -z
@@ -40,7 +41,8 @@ wait "$kpid" 2>/dev/null || true
 lib=$(cat "$ROOT/lua/lib.lua")
 sel_sha=$(redis-cli -p $RP script load "$lib
 begin(KEYS)
-$(cat "$ROOT/lua/select.lua")")
+$(cat "$ROOT/lua/select.lua")
+return select_call(KEYS, ARGV)")
 lib_sha=$(redis-cli -p $RP script load "$lib
 begin(KEYS)
 return 1")

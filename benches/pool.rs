@@ -104,9 +104,10 @@ struct Scripts {
 fn scripts() -> Scripts {
     let lib = include_str!("../lua/lib.lua");
     Scripts {
-        // As src/store/scripts.rs builds the EVALSHA form: lib.lua, begin(KEYS), the script.
+        // As src/store/scripts.rs builds the EVALSHA form: lib.lua, begin(KEYS), the script
+        // (and select.lua's call, select_call).
         select: Script::new(&format!(
-            "{lib}\nbegin(KEYS)\n{}",
+            "{lib}\nbegin(KEYS)\n{}\nreturn select_call(KEYS, ARGV)\n",
             include_str!("../lua/select.lua")
         )),
         report: Script::new(&format!(

@@ -41,38 +41,12 @@
 -- when its schedule benches it (further out than LAZY_MS), a ZREM of its class set and a ZADD
 -- of the due index; the call writes every budget it changed with one HSET.
 
-local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'canary_fallback',
-  'config_hash', 'probe_lease_ms', 'cnt:half_open', 'budgets', 'max_wait_ms', 'lease_ms', 'mrt')
-if not meta[4] then return {'nopool'} end
-DEFER = true
-local now = clock(ARGV[1])
-
-local BUDGET = meta[7] == '1'
-local max_wait, lease_ms, mrt = num(meta[8]), num(meta[9]), num(meta[10])
-
--- The requests of the batch: {rand, route, bucket, excluded set, tokens}. Requests that exclude
--- nothing share one empty set (nothing writes to a set once parsed).
-local reqs = {}
-do
-  local none = {}
-  local i = 2
-  while i + 4 <= #ARGV do
-    local ex, n = none, tonumber(ARGV[i + 4]) or 0
-    if n > 0 then ex = {} end
-    for j = i + 5, i + 4 + n do ex[ARGV[j]] = true end
-    reqs[#reqs + 1] = {tonumber(ARGV[i]) or 0, ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, ex,
-      math.min(tonumber(ARGV[i + 3]) or 0, mrt)}
-    i = i + 5 + n
-  end
-end
-
--- The half-open count as of now: recovery may have just turned an open key half-open.
-recover_due(now, math.min(8 * #reqs, 64))
-local half_open = num(meta[6]) + pending(META, 'cnt:half_open')
-local canary_group, percent = meta[1] or 'canary', num(meta[2])
-local fallback_ok, lease = meta[3] ~= '0', num(meta[5])
+-- The call's state, set by select_call() at the bottom, which runs per call (the functions
+-- above it are made once, when Redis loads the library: src/store/scripts.rs).
+local now, BUDGET, max_wait, lease_ms, mrt
+local half_open, canary_group, percent, fallback_ok, lease
 -- The key ids the current request already tried.
-local excluded = {}
+local excluded
 
 local function try_probe(g)
   local n = 1
@@ -99,7 +73,7 @@ end
 -- taken, scanning classes from high to low by rank.
 local PM_M = 2147483647
 local ROUNDS = 64
-local floor = math.floor
+local floor
 -- Index c + 1 for class c: its bound 2^(c+1) - 1 (the largest weight it can hold) and its name.
 local BOUND = {1, 3, 7, 15, 31, 63, 127, 255, 511, 1023}
 local CLS = {'0', '1', '2', '3', '4', '5', '6', '7', '8', '9'}
@@ -119,7 +93,7 @@ end
 -- Each group's class counts, read once per batch (selection changes no class set, except a
 -- budget benching a key, which clears this and the copies below):
 -- {total weight, member count per class, summed upper-bound mass}.
-local classes = {}
+local classes
 local function class_counts(g)
   local c = classes[g]
   if c then return c[1], c[2], c[3] end
@@ -152,9 +126,9 @@ end
 -- call: selection changes no class set. A larger class is read one member per draw (O(log n)
 -- each, whatever the pool size).
 -- The largest class read whole in this call (none in a call of one).
-local WHOLE = #reqs > 1 and math.max(16, 2 * #reqs) or 0
+local WHOLE
 -- Per group: the names of its class sets (built once per call), and the copies read whole.
-local set_names, copies = {}, {}
+local set_names, copies
 -- The member of rank r (0-based) of class i of group g and its weight (nil when there is none).
 local function member(g, i, r, n_i)
   local names = set_names[g]
@@ -231,7 +205,7 @@ end
 -- a key that has no headroom from this request's choice, as benching every spent key at once
 -- would have, so the attempts go to keys benched for other reasons (busy, further out).
 local SKIPS = 16
-local skipped, skips = {}, 0
+local skipped, skips
 local function bench_skipped(k, b, at)
   skipped[#skipped + 1] = {k, b, at}
   for _, s in ipairs(skipped) do
@@ -254,7 +228,7 @@ end
 
 -- The keys this call spent, id -> {k, b}: a later request of the batch that draws one needs
 -- not read it again (the call's `now` does not move, so it is still a few ms from headroom).
-local spent = {}
+local spent
 
 -- try_group with the budget check: a drawn key without headroom is benched, or skipped when
 -- its headroom returns within LAZY_MS, and the draw repeats (reseeded, as the memory store's
@@ -384,10 +358,47 @@ local function select_one(rand, route, bucket, tokens)
   return reply
 end
 
-local replies = {}
-for i, r in ipairs(reqs) do
-  excluded = r[4]
-  replies[i] = select_one(r[1], r[2], r[3], r[5])
+-- One call: the replies to every request of the batch, in order.
+local function select_call(KEYS, ARGV)
+  local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'canary_fallback',
+    'config_hash', 'probe_lease_ms', 'cnt:half_open', 'budgets', 'max_wait_ms', 'lease_ms', 'mrt')
+  if not meta[4] then return {'nopool'} end
+  DEFER = true
+  now = clock(ARGV[1])
+  floor = math.floor
+
+  BUDGET = meta[7] == '1'
+  max_wait, lease_ms, mrt = num(meta[8]), num(meta[9]), num(meta[10])
+
+  -- The requests of the batch: {rand, route, bucket, excluded set, tokens}. Requests that
+  -- exclude nothing share one empty set (nothing writes to a set once parsed).
+  local reqs = {}
+  local none = {}
+  local i = 2
+  while i + 4 <= #ARGV do
+    local ex, n = none, tonumber(ARGV[i + 4]) or 0
+    if n > 0 then ex = {} end
+    for j = i + 5, i + 4 + n do ex[ARGV[j]] = true end
+    reqs[#reqs + 1] = {tonumber(ARGV[i]) or 0, ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, ex,
+      math.min(tonumber(ARGV[i + 3]) or 0, mrt)}
+    i = i + 5 + n
+  end
+
+  -- The half-open count as of now: recovery may have just turned an open key half-open.
+  recover_due(now, math.min(8 * #reqs, 64))
+  half_open = num(meta[6]) + pending(META, 'cnt:half_open')
+  canary_group, percent = meta[1] or 'canary', num(meta[2])
+  fallback_ok, lease = meta[3] ~= '0', num(meta[5])
+  excluded = none
+  classes, set_names, copies, spent = {}, {}, {}, {}
+  WHOLE = #reqs > 1 and math.max(16, 2 * #reqs) or 0
+  skipped, skips = {}, 0
+
+  local replies = {}
+  for n, r in ipairs(reqs) do
+    excluded = r[4]
+    replies[n] = select_one(r[1], r[2], r[3], r[5])
+  end
+  flush()
+  return replies
 end
-flush()
-return replies

@@ -11,16 +11,36 @@ use super::Op;
 const LIB: &str = include_str!("../../lua/lib.lua");
 const ROTATION_LIB: &str = include_str!("../../lua/rotation_lib.lua");
 
-/// A script of `lua/`: its file name, its body, and whether it uses `lua/rotation_lib.lua`.
+/// A script of `lua/`.
+#[derive(Clone, Copy)]
+struct Source {
+    file: &'static str,
+    body: &'static str,
+    /// It uses `lua/rotation_lib.lua`.
+    rotation: bool,
+    /// None: the whole body runs at every call. Some(f): the body only defines (its functions
+    /// are made once, when Redis loads the library), and its function `f(KEYS, ARGV)` is the
+    /// call (`lua/select.lua`'s `select_call`).
+    entry: Option<&'static str>,
+}
+
 macro_rules! lua {
     ($file:literal, $rotation:literal) => {
-        ($file, include_str!(concat!("../../lua/", $file)), $rotation)
+        lua!($file, $rotation, None)
+    };
+    ($file:literal, $rotation:literal, $entry:expr) => {
+        Source {
+            file: $file,
+            body: include_str!(concat!("../../lua/", $file)),
+            rotation: $rotation,
+            entry: $entry,
+        }
     };
 }
 
 /// Every script, in the order of [`Scripts::all`].
-const SOURCES: [(&str, &str, bool); 17] = [
-    lua!("select.lua", false),
+const SOURCES: [Source; 17] = [
+    lua!("select.lua", false, Some("select_call")),
     lua!("report.lua", false),
     lua!("report_batch.lua", false),
     lua!("set_state.lua", false),
@@ -49,13 +69,46 @@ fn start(rotation: bool) -> &'static str {
     }
 }
 
+impl Source {
+    /// The `EVALSHA` form: the libraries, the call's start, the body (and its entry's call).
+    fn eval_form(&self) -> String {
+        let libs = if self.rotation {
+            format!("{LIB}\n{ROTATION_LIB}")
+        } else {
+            LIB.to_string()
+        };
+        let (start, body) = (start(self.rotation), self.body);
+        match self.entry {
+            None => format!("{libs}\n{start}\n{body}"),
+            Some(f) => format!("{libs}\n{start}\n{body}\nreturn {f}(KEYS, ARGV)\n"),
+        }
+    }
+
+    /// Its part of the library: the function `name`, and for a body that defines, the
+    /// definitions (in a block of their own: their locals stay the script's).
+    fn library_form(&self, name: &str) -> String {
+        let (start, body) = (start(self.rotation), self.body);
+        match self.entry {
+            // The body's KEYS and ARGV are the function's arguments; its top-level `return`s
+            // end the function.
+            None => format!(
+                "redis.register_function('{name}', function(KEYS, ARGV)\n{start}\n{body}\nend)\n"
+            ),
+            Some(f) => format!(
+                "do\n{body}\nredis.register_function('{name}', function(KEYS, ARGV)\n{start}\n\
+                 return {f}(KEYS, ARGV)\nend)\nend\n"
+            ),
+        }
+    }
+}
+
 /// The version of the library: the first 12 hex digits of the SHA1 of every source. Function
 /// names carry it, so replicas of two versions (a rolling upgrade) each call their own code.
 fn version() -> String {
     let mut all = format!("{LIB}\n{ROTATION_LIB}");
-    for (_, body, _) in SOURCES {
+    for src in SOURCES {
         all.push('\n');
-        all.push_str(body);
+        all.push_str(src.body);
     }
     Script::new(&all).get_hash()[..12].to_string()
 }
@@ -70,7 +123,7 @@ fn function_name(version: &str, file: &str) -> String {
 pub fn function_of(file: &str) -> Option<String> {
     SOURCES
         .iter()
-        .any(|(f, _, _)| *f == file)
+        .any(|src| src.file == file)
         .then(|| function_name(&version(), file))
 }
 
@@ -103,14 +156,8 @@ pub(crate) struct Library {
 fn library(version: &str) -> Library {
     let name = format!("keygate_{version}");
     let mut code = format!("#!lua name={name}\n{LIB}\n{ROTATION_LIB}\n");
-    for (file, body, rotation) in SOURCES {
-        // The body's KEYS and ARGV are the function's arguments; its top-level `return`s end
-        // the function.
-        code.push_str(&format!(
-            "redis.register_function('{}', function(KEYS, ARGV)\n{}\n{body}\nend)\n",
-            function_name(version, file),
-            start(rotation),
-        ));
+    for src in SOURCES {
+        code.push_str(&src.library_form(&function_name(version, src.file)));
     }
     Library { name, code }
 }
@@ -141,16 +188,9 @@ impl Scripts {
     pub fn new() -> Scripts {
         let version = version();
         let [select, report, report_batch, set_state, set_weight, set_group, set_canary, reset, settle, snapshot, sync, rotation_start, rotation_control, rotation_lease, rotation_write, rotation_stats, rotation_read] =
-            SOURCES.map(|(file, body, rotation)| {
-                let libs = if rotation {
-                    format!("{LIB}\n{ROTATION_LIB}")
-                } else {
-                    LIB.to_string()
-                };
-                Lua {
-                    script: Script::new(&format!("{libs}\n{}\n{body}", start(rotation))),
-                    function: function_name(&version, file),
-                }
+            SOURCES.map(|src| Lua {
+                script: Script::new(&src.eval_form()),
+                function: function_name(&version, src.file),
             });
         Scripts {
             select,
@@ -197,7 +237,7 @@ impl Scripts {
 
     /// Every script with its file name in `lua/`.
     fn all_named(&self) -> Vec<(&'static str, &Lua)> {
-        SOURCES.iter().map(|(f, _, _)| *f).zip(self.all()).collect()
+        SOURCES.iter().map(|src| src.file).zip(self.all()).collect()
     }
 
     pub fn all(&self) -> [&Lua; 17] {
