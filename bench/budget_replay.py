@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Replays what one replica at c=64 asks of Redis for a budgeted pool, without the replica.
 
-Usage: budget_replay.py PORT PREFIX POOL ITERATIONS [off] [evalsha]
+Usage: budget_replay.py PORT PREFIX POOL ITERATIONS [off] [evalsha] [selects]
 
 Sends ITERATIONS calls of lua/select.lua (12 requests each, as the replica's coalesced selects
 carry at c=64) and, every 10 calls, one lua/report_batch.lua carrying those requests' successes
 and ends (lease freed, 1,000 tokens less than reserved), like the replica's success batch.
 With "off" the pool's meta field `budgets` is taken as 0 and no ends are sent: the same calls
-without budgets. The scripts run as the replica runs them: functions of the keygate library the
+without budgets; with "selects", no success batch is sent. The scripts run as the replica runs them: functions of the keygate library the
 replica loaded (`FCALL`), or with "evalsha" as lua/lib.lua plus the script by `EVALSHA` (what
 a Redis without Functions runs). The pool must exist (a replica synced it). bench/budget_replay.sh runs it
 against a redis-server under callgrind, so the count of Redis instructions per request does not
@@ -113,7 +113,8 @@ def main():
             if not off:
                 for key, lease in ends:
                     a += [key, lease, -1000]
-            r.call(how, report, 1, base, *a)
+            if 'selects' not in sys.argv[5:]:
+                r.call(how, report, 1, base, *a)
             ends, successes = [], {}
     print('%s: requests %d of %d picked a key' % (how, picked, iters * 12))
 

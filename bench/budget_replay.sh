@@ -6,7 +6,9 @@
 # calls of 12 requests and a success batch every 10 calls. The count does not move with the
 # machine's load, so two versions of lua/ compare within about 1% (BENCHMARKS.md, "Budgets: the
 # select call's Redis work"). The scripts run as the replica loaded them (Functions, FCALL);
-# REPLAY_EVALSHA=1 runs them as EVALSHA scripts instead, as on a Redis without Functions.
+# REPLAY_EVALSHA=1 runs them as EVALSHA scripts instead, as on a Redis without Functions;
+# REPLAY_LIMITS='rpm = 60600' (\n between lines) replaces the pool's limits, and
+# REPLAY_SELECTS_ONLY=1 sends no success batch (the select calls' share alone).
 # Needs valgrind, redis-server and python3; about 2 minutes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +25,7 @@ trap stop_all EXIT
 
 gen_config "$OUT/keygate.toml" "127.0.0.1:$KP" "redis://127.0.0.1:$RP/0" kgreplay '"b64"'
 gen_pool b64 "http://127.0.0.1:$MP/v1" 64 >>"$OUT/keygate.toml"
-printf '\n[pools.limits]\nrpm = 60600\ntpm = 10000000000\nmax_concurrent = 1000\n' >>"$OUT/keygate.toml"
+printf '\n[pools.limits]\n%b\n' "${REPLAY_LIMITS:-rpm = 60600\ntpm = 10000000000\nmax_concurrent = 1000}" >>"$OUT/keygate.toml"
 
 for mode in on off; do
     valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$mode" \
@@ -41,6 +43,7 @@ for mode in on off; do
     arg=""
     [[ $mode == off ]] && arg=off
     [[ ${REPLAY_EVALSHA:-0} == 1 ]] && arg="$arg evalsha"
+    [[ ${REPLAY_SELECTS_ONLY:-0} == 1 ]] && arg="$arg selects"
     # shellcheck disable=SC2086 # $arg: zero, one or two words
     python3 "$ROOT/bench/budget_replay.py" $RP kgreplay b64 20 $arg >/dev/null # warm-up
     callgrind_control -z "$rpid" >/dev/null
