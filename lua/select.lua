@@ -142,6 +142,17 @@ local function member(g, i, r, n_i)
     names[i] = key
   end
   local c = copies[key]
+  if i == 1 then
+    -- Class 0 holds weight 1 alone (weights are whole numbers), so its members are read without
+    -- their scores, which Redis would print as doubles for the script to parse back
+    -- (BENCHMARKS.md, "Redis Functions, not EVALSHA": 4,500 instructions a read).
+    if not c and n_i <= WHOLE then
+      c = redis.call('ZRANGE', key, 0, -1)
+      copies[key] = c
+    end
+    if c then return c[r + 1], 1 end
+    return redis.call('ZRANGE', key, r, r)[1], 1
+  end
   if not c and n_i <= WHOLE then
     c = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
     copies[key] = c
