@@ -15,10 +15,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 KEYGATE=${1:-$ROOT/target/release/keygate}
 ITERS=${2:-100}
 OUT=$(mktemp -d /tmp/budget-replay.XXXXXX)
-RP=19741 MP=19742 KP=19743
+RP=19741 MP=19742 KP=19743 # MP: the pool's base_url, never called
 BENCH_DIR=$ROOT/bench
 # shellcheck source=bench/lib.sh
-source "$BENCH_DIR/lib.sh" # gen_config, gen_pool
+source "$BENCH_DIR/lib.sh" # gen_config, gen_pool, callgrind_redis, callgrind_total
 pids=()
 stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap stop_all EXIT
@@ -28,18 +28,9 @@ gen_pool b64 "http://127.0.0.1:$MP/v1" 64 >>"$OUT/keygate.toml"
 printf '\n[pools.limits]\n%b\n' "${REPLAY_LIMITS:-rpm = 60600\ntpm = 10000000000\nmax_concurrent = 1000}" >>"$OUT/keygate.toml"
 
 for mode in on off; do
-    valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$mode" \
-        redis-server --port $RP --save '' --appendonly no >"$OUT/redis.$mode.log" 2>&1 &
-    rpid=$!
+    callgrind_redis "$OUT" "$mode" $RP "$OUT/keygate.toml" "$KEYGATE" 'kgreplay:{b64}:meta'
+    rpid=$CALLGRIND_REDIS_PID
     pids+=("$rpid")
-    until redis-cli -p $RP ping >/dev/null 2>&1; do sleep 0.2; done
-    "$KEYGATE" mock-upstream --listen 127.0.0.1:$MP --delay-ms 0 >"$OUT/mock.log" 2>&1 &
-    mpid=$!
-    RUST_LOG=warn "$KEYGATE" serve --config "$OUT/keygate.toml" >"$OUT/keygate.log" 2>&1 &
-    kpid=$!
-    until [[ $(redis-cli -p $RP exists 'kgreplay:{b64}:meta') == 1 ]]; do sleep 0.2; done
-    kill "$kpid" "$mpid"
-    wait "$kpid" "$mpid" 2>/dev/null || true
     arg=""
     [[ $mode == off ]] && arg=off
     [[ ${REPLAY_EVALSHA:-0} == 1 ]] && arg="$arg evalsha"
@@ -51,7 +42,7 @@ for mode in on off; do
     python3 "$ROOT/bench/budget_replay.py" $RP kgreplay b64 "$ITERS" $arg >"$OUT/replay.$mode.txt"
     redis-cli -p $RP shutdown nosave >/dev/null 2>&1 || true
     wait "$rpid" || true
-    ir=$(callgrind_annotate "$OUT/callgrind.$mode" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    ir=$(callgrind_total "$OUT/callgrind.$mode")
     echo "budgets $mode: $(( ir / (ITERS * 12) )) Redis instructions per request ($(cat "$OUT/replay.$mode.txt"))"
 done
 echo "callgrind files: $OUT"

@@ -325,3 +325,27 @@ run_point() {
         }' <<<"$stats" >>"$OUT/results.tsv"
     log "$(tail -1 "$OUT/results.tsv" | cut -f1-4,7,9-13,14,16,17,23,24)"
 }
+
+# ---------------------------------------------------------------- callgrind
+
+# callgrind_redis OUT NAME PORT CONFIG KEYGATE META: a redis-server on PORT under callgrind
+# (output OUT/callgrind.NAME) holding the pool of CONFIG, synced into it by one start of KEYGATE
+# (which loads the script library too, then is stopped) once key META exists. Sets
+# CALLGRIND_REDIS_PID; the caller stops it (bench/budget_replay.sh, bench/script_cost.sh).
+callgrind_redis() {
+    local out=$1 name=$2 port=$3 config=$4 keygate=$5 meta=$6 kpid
+    valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.$name" \
+        redis-server --port "$port" --save '' --appendonly no >"$out/redis.$name.log" 2>&1 &
+    CALLGRIND_REDIS_PID=$!
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.2; done
+    RUST_LOG=warn "$keygate" serve --config "$config" >"$out/keygate.$name.log" 2>&1 &
+    kpid=$!
+    until [[ $(redis-cli -p "$port" exists "$meta") == 1 ]]; do sleep 0.2; done
+    kill "$kpid"
+    wait "$kpid" 2>/dev/null || true
+}
+
+# callgrind_total FILE: the instructions a callgrind output file counted.
+callgrind_total() {
+    callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
+}

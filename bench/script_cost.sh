@@ -14,10 +14,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 KEYGATE=${1:-$ROOT/target/release/keygate}
 N=${2:-500}
 OUT=$(mktemp -d /tmp/script-cost.XXXXXX)
-RP=19744 MP=19745 KP=19746
+RP=19744 MP=19745 KP=19746 # MP: the pool's base_url, never called
 BENCH_DIR=$ROOT/bench
 # shellcheck source=bench/lib.sh
-source "$BENCH_DIR/lib.sh" # gen_config, gen_pool
+source "$BENCH_DIR/lib.sh" # gen_config, gen_pool, callgrind_redis, callgrind_total, die
 pids=()
 stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap stop_all EXIT
@@ -27,16 +27,9 @@ gen_pool b64 "http://127.0.0.1:$MP/v1" 64 >>"$OUT/keygate.toml"
 if [[ ${BUDGETS:-0} == 1 ]]; then
     printf '\n[pools.limits]\nrpm = 60600\ntpm = 10000000000\nmax_concurrent = 1000\n' >>"$OUT/keygate.toml"
 fi
-valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind" \
-    redis-server --port $RP --save '' --appendonly no >"$OUT/redis.log" 2>&1 &
-rpid=$!
+callgrind_redis "$OUT" calls $RP "$OUT/keygate.toml" "$KEYGATE" 'kgcost:{b64}:meta'
+rpid=$CALLGRIND_REDIS_PID
 pids+=("$rpid")
-until redis-cli -p $RP ping >/dev/null 2>&1; do sleep 0.2; done
-RUST_LOG=warn "$KEYGATE" serve --config "$OUT/keygate.toml" >"$OUT/keygate.log" 2>&1 &
-kpid=$!
-until [[ $(redis-cli -p $RP exists 'kgcost:{b64}:meta') == 1 ]]; do sleep 0.2; done
-kill "$kpid"
-wait "$kpid" 2>/dev/null || true
 
 lib=$(cat "$ROOT/lua/lib.lua")
 sel_sha=$(redis-cli -p $RP script load "$lib
@@ -60,8 +53,8 @@ cost() {
     callgrind_control -z "$rpid" >/dev/null 2>&1
     redis-benchmark -p $RP -c 1 -n "$N" -q "$@" >/dev/null 2>&1
     callgrind_control -d "$rpid" >/dev/null 2>&1
-    dump=$(ls -t "$OUT"/callgrind.* | head -1)
-    ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    dump=$(ls -t "$OUT"/callgrind.calls.* | head -1)
+    ir=$(callgrind_total "$dump")
     printf '%-28s %9d instructions per call\n' "$label" $((ir / N))
 }
 cost "PING" ping
