@@ -376,7 +376,7 @@ local function select_call(KEYS, ARGV)
   if not meta[4] then return {'nopool'} end
   DEFER = true
   now = clock(ARGV[1])
-  floor = math.floor
+  floor = math.floor -- (a library may not read `math` while Redis loads it)
 
   BUDGET = meta[7] == '1'
   max_wait, lease_ms, mrt = num(meta[8]), num(meta[9]), num(meta[10])
