@@ -18,19 +18,16 @@ OUT=$(mktemp -d /tmp/budget-replay.XXXXXX)
 RP=19741 MP=19742 KP=19743 # MP: the pool's base_url, never called
 BENCH_DIR=$ROOT/bench
 # shellcheck source=bench/lib.sh
-source "$BENCH_DIR/lib.sh" # gen_config, gen_pool, callgrind_redis, callgrind_total
-pids=()
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap stop_all EXIT
+source "$BENCH_DIR/lib.sh" # gen_config, gen_pool, callgrind_redis, callgrind_total, cleanup
+trap cleanup EXIT
 
 gen_config "$OUT/keygate.toml" "127.0.0.1:$KP" "redis://127.0.0.1:$RP/0" kgreplay '"b64"'
 gen_pool b64 "http://127.0.0.1:$MP/v1" 64 >>"$OUT/keygate.toml"
-printf '\n[pools.limits]\n%b\n' "${REPLAY_LIMITS:-rpm = 60600\ntpm = 10000000000\nmax_concurrent = 1000}" >>"$OUT/keygate.toml"
+printf '\n[pools.limits]\n%b\n' "${REPLAY_LIMITS:-$NOT_BINDING_LIMITS}" >>"$OUT/keygate.toml"
 
 for mode in on off; do
     callgrind_redis "$OUT" "$mode" $RP "$OUT/keygate.toml" "$KEYGATE" 'kgreplay:{b64}:meta'
     rpid=$CALLGRIND_REDIS_PID
-    pids+=("$rpid")
     arg=""
     [[ $mode == off ]] && arg=off
     [[ ${REPLAY_EVALSHA:-0} == 1 ]] && arg="$arg evalsha"

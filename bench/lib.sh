@@ -82,6 +82,16 @@ wait_http() {
 
 # ---------------------------------------------------------------- configs
 
+# The budgets phase's limits, which never bind (bench/run.sh, bench/budget_replay.sh,
+# bench/script_cost.sh): a key's request schedule has whole-millisecond steps of
+# ceil(60,600 / rpm), so rpm 60,600 (one request per key per millisecond; rpm 60,000 would round
+# to 2 ms) is the most it enforces; 64 keys at that rate carry 64,600 req/s, about three times
+# what one replica serves here. Each request reserves its prompt estimate plus
+# default_completion_tokens (1,024), hence the large tpm.
+NOT_BINDING_LIMITS='rpm = 60600
+tpm = 10000000000
+max_concurrent = 1000'
+
 # gen_pool NAME BASE_URL NKEYS: one [[pools]] with NKEYS inline fake secrets sk-bench-NAME-NNNNN.
 gen_pool() {
     local name=$1 base=$2 n=$3
@@ -331,12 +341,13 @@ run_point() {
 # callgrind_redis OUT NAME PORT CONFIG KEYGATE META: a redis-server on PORT under callgrind
 # (output OUT/callgrind.NAME) holding the pool of CONFIG, synced into it by one start of KEYGATE
 # (which loads the script library too, then is stopped) once key META exists. Sets
-# CALLGRIND_REDIS_PID; the caller stops it (bench/budget_replay.sh, bench/script_cost.sh).
+# CALLGRIND_REDIS_PID (also in PIDS, for cleanup); bench/budget_replay.sh, bench/script_cost.sh.
 callgrind_redis() {
     local out=$1 name=$2 port=$3 config=$4 keygate=$5 meta=$6 kpid
     valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.$name" \
         redis-server --port "$port" --save '' --appendonly no >"$out/redis.$name.log" 2>&1 &
     CALLGRIND_REDIS_PID=$!
+    PIDS+=("$CALLGRIND_REDIS_PID")
     until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.2; done
     RUST_LOG=warn "$keygate" serve --config "$config" >"$out/keygate.$name.log" 2>&1 &
     kpid=$!

@@ -424,18 +424,10 @@ budget_replica() {
 
 if has_phase budgets; then
     use_mode fast
-    # A key's request schedule has whole-millisecond steps of ceil(60,600 / rpm), so rpm 60,600
-    # (one request per key per millisecond; rpm 60,000 would round to 2 ms) is the most it
-    # enforces; 64 keys at that rate carry 64,600 req/s, about three times what one replica
-    # serves here. Each request reserves its prompt estimate plus default_completion_tokens
-    # (1,024), hence the large tpm.
-    not_binding='rpm = 60600
-tpm = 10000000000
-max_concurrent = 1000'
     for round in 1 2 3; do
         log "budgets: round $round, 64 keys without and with budgets that never bind"
         budget_replica budgets-off ""
-        budget_replica budgets-on "$not_binding"
+        budget_replica budgets-on "$NOT_BINDING_LIMITS"
     done
 fi
 

@@ -17,19 +17,16 @@ OUT=$(mktemp -d /tmp/script-cost.XXXXXX)
 RP=19744 MP=19745 KP=19746 # MP: the pool's base_url, never called
 BENCH_DIR=$ROOT/bench
 # shellcheck source=bench/lib.sh
-source "$BENCH_DIR/lib.sh" # gen_config, gen_pool, callgrind_redis, callgrind_total, die
-pids=()
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap stop_all EXIT
+source "$BENCH_DIR/lib.sh" # gen_config, gen_pool, callgrind_redis, callgrind_total, cleanup, die
+trap cleanup EXIT
 
 gen_config "$OUT/keygate.toml" "127.0.0.1:$KP" "redis://127.0.0.1:$RP/0" kgcost '"b64"'
 gen_pool b64 "http://127.0.0.1:$MP/v1" 64 >>"$OUT/keygate.toml"
 if [[ ${BUDGETS:-0} == 1 ]]; then
-    printf '\n[pools.limits]\nrpm = 60600\ntpm = 10000000000\nmax_concurrent = 1000\n' >>"$OUT/keygate.toml"
+    printf '\n[pools.limits]\n%s\n' "$NOT_BINDING_LIMITS" >>"$OUT/keygate.toml"
 fi
 callgrind_redis "$OUT" calls $RP "$OUT/keygate.toml" "$KEYGATE" 'kgcost:{b64}:meta'
 rpid=$CALLGRIND_REDIS_PID
-pids+=("$rpid")
 
 lib=$(cat "$ROOT/lua/lib.lua")
 sel_sha=$(redis-cli -p $RP script load "$lib

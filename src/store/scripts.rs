@@ -187,11 +187,14 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub fn new() -> Scripts {
         let version = version();
+        // In the order of SOURCES (the array's length is checked by the compiler, the order by
+        // the test below).
+        let built = SOURCES.map(|src| Lua {
+            script: Script::new(&src.eval_form()),
+            function: function_name(&version, src.file),
+        });
         let [select, report, report_batch, set_state, set_weight, set_group, set_canary, reset, settle, snapshot, sync, rotation_start, rotation_control, rotation_lease, rotation_write, rotation_stats, rotation_read] =
-            SOURCES.map(|src| Lua {
-                script: Script::new(&src.eval_form()),
-                function: function_name(&version, src.file),
-            });
+            built;
         Scripts {
             select,
             report,

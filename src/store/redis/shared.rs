@@ -46,8 +46,7 @@ fn function_missing(e: &RedisError) -> bool {
 /// forbids `FUNCTION` or `FCALL` (`NOPERM`), or a load it refused.
 fn no_functions(e: &RedisError) -> bool {
     let text = e.to_string();
-    e.code() == Some("NOPERM")
-        || text.contains("unknown command")
+    text.contains("unknown command")
         || text.contains("NOPERM")
         || text.contains("Error registering functions")
         || text.contains("Error compiling function")
