@@ -24,6 +24,9 @@
 
 -- Set by begin(): the pool base, its meta hash and its due index.
 local B, META, DUE
+-- math.floor, math.max and math.min, set by begin(): a library may not read `math` while Redis
+-- loads it, and a global read per use costs more than an upvalue.
+local floor, max, min
 local LAYOUT = 'cls2'
 
 -- A function that answers prefix .. id, built once per id and call (a select or a batch names
@@ -50,7 +53,7 @@ local function clock(arg)
   local v = tonumber(arg) or 0
   if v > 0 then return v end
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 end
 
 local function num(v) return tonumber(v) or 0 end
@@ -288,29 +291,33 @@ local BUDGET_FMT = '<dddddddddddd'
 local inflight_key
 local function ceil_div(a, b)
   if b <= 0 then return 0 end
-  return math.floor((a + b - 1) / b)
+  return floor((a + b - 1) / b)
 end
 
--- A key's budget from its packed entry (nil: none): rpm and tpm are the limits in force
--- (configured, else learned); cfg_rpm and cfg_tpm the configured ones, l_rpm and l_tpm the
--- learned ones.
+-- A key's budget in a call is an array indexed by the names below (built from the packed entry
+-- with one table constructor; named fields cost Redis about 4,000 more instructions per request
+-- in bench/budget_replay.sh): [RPM] and [TPM] the limits in force (configured, else learned),
+-- then the packed entry's twelve fields in BUDGET_FMT's order; N_IN is -1 while the key's lease
+-- set was never counted.
+local RPM, TPM, CFG_RPM, CFG_TPM, CONC, RPD, TPD = 1, 2, 3, 4, 5, 6, 7
+local L_RPM, L_TPM, TAT_R, TAT_RD, TAT_T, TAT_TD, N_IN = 8, 9, 10, 11, 12, 13, 14
+-- A key's budget from its packed entry (nil: none).
 local function budget_of(packed)
-  local cfg_rpm, cfg_tpm, conc, rpd, tpd, l_rpm, l_tpm = 0, 0, 0, 0, 0, 0, 0
-  local tat_r, tat_rd, tat_t, tat_td, n_in = 0, 0, 0, 0, -1
+  local b
   if packed then
-    cfg_rpm, cfg_tpm, conc, rpd, tpd, l_rpm, l_tpm, tat_r, tat_rd, tat_t, tat_td, n_in =
-      struct.unpack(BUDGET_FMT, packed)
+    b = {0, 0, struct.unpack(BUDGET_FMT, packed)}
+    b[15] = nil -- (unpack's last value: where it stopped reading)
+  else
+    b = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1}
   end
-  local rpm, tpm = cfg_rpm, cfg_tpm
-  if rpm == 0 then rpm = l_rpm end
-  if tpm == 0 then tpm = l_tpm end
-  return {rpm = rpm, tpm = tpm, conc = conc, rpd = rpd, tpd = tpd, tat_r = tat_r,
-    tat_rd = tat_rd, tat_t = tat_t, tat_td = tat_td, cfg_rpm = cfg_rpm, cfg_tpm = cfg_tpm,
-    l_rpm = l_rpm, l_tpm = l_tpm, n_in = n_in >= 0 and n_in or nil}
+  local rpm, tpm = b[CFG_RPM], b[CFG_TPM]
+  if rpm == 0 then rpm = b[L_RPM] end
+  if tpm == 0 then tpm = b[L_TPM] end
+  b[RPM], b[TPM] = rpm, tpm
+  return b
 end
 local function pack_budget(b)
-  return struct.pack(BUDGET_FMT, b.cfg_rpm, b.cfg_tpm, b.conc, b.rpd, b.tpd, b.l_rpm, b.l_tpm,
-    b.tat_r, b.tat_rd, b.tat_t, b.tat_td, b.n_in or -1)
+  return struct.pack(BUDGET_FMT, unpack(b, CFG_RPM, N_IN))
 end
 
 -- Each key's budget as this call read and changed it (every change goes through its table and
@@ -355,6 +362,12 @@ local function key_head(id, v)
   return {id = id, status = v[1], reason = v[2] or '', weight = num(v[3]),
     group = v[4] or 'stable', cooldown_until_ms = num(v[5])}
 end
+-- Fills in a k that holds only id, status and reason (partial = true: report_batch.lua reads no
+-- more with a key's successes) before its status changes.
+local function key_rest(k)
+  local v = kget(k.id, {'weight', 'group', 'cooldown_until_ms'})
+  k.weight, k.group, k.cooldown_until_ms, k.partial = num(v[1]), v[2] or 'stable', num(v[3]), nil
+end
 -- A script that changes a key's status only through the k its load_key_budget answered may
 -- set kb_memo = {}: a key's k is then read once per call and shared (report_batch.lua, whose
 -- batch ends many requests on each key).
@@ -374,8 +387,8 @@ end
 local lease_count
 local function set_lease_count(id, b, c)
   lease_count[id] = c
-  if b.n_in ~= c then
-    b.n_in = c
+  if b[N_IN] ~= c then
+    b[N_IN] = c
     bsave(id, b)
   end
 end
@@ -393,7 +406,7 @@ local function remove_ended(id)
   if not l then return end
   ended[id] = nil
   for i = 1, #l, 512 do
-    redis.call('ZREM', inflight_key(id), unpack(l, i, math.min(i + 511, #l)))
+    redis.call('ZREM', inflight_key(id), unpack(l, i, min(i + 511, #l)))
   end
 end
 flush_lease_ends = function()
@@ -402,14 +415,17 @@ flush_lease_ends = function()
 end
 
 local function leases_held(id, b, now, conc, need)
-  local ik = inflight_key(id)
-  local c = lease_count[id] or b.n_in
+  local c = lease_count[id]
   if not c then
-    remove_ended(id)
-    c = redis.call('ZCARD', ik)
-    set_lease_count(id, b, c)
+    c = b[N_IN]
+    if c < 0 then
+      remove_ended(id)
+      c = redis.call('ZCARD', inflight_key(id))
+      set_lease_count(id, b, c)
+    end
   end
   if c >= conc or 2 * (c + need) >= conc then
+    local ik = inflight_key(id)
     remove_ended(id)
     redis.call('ZREMRANGEBYSCORE', ik, '-inf', now)
     c = redis.call('ZCARD', ik)
@@ -420,18 +436,18 @@ end
 
 local function token_step(tokens, limit, mrt, window)
   if limit <= 0 then return 0 end
-  return ceil_div(tokens * window, math.max(limit - mrt, 1))
+  return ceil_div(tokens * window, max(limit - mrt, 1))
 end
 
 -- The earliest start the rate schedules allow, and the earliest lease expiry when every
 -- in-flight slot is taken (nil otherwise). Expired leases are dropped first.
 local function budget_headroom(id, b, now)
   local at = 0
-  if b.rpm > 0 and b.tat_r > at then at = b.tat_r end
-  if b.rpd > 0 and b.tat_rd > at then at = b.tat_rd end
-  if b.tpm > 0 and b.tat_t > at then at = b.tat_t end
-  if b.tpd > 0 and b.tat_td > at then at = b.tat_td end
-  if b.conc > 0 and leases_held(id, b, now, b.conc, 1) >= b.conc then
+  if b[RPM] > 0 and b[TAT_R] > at then at = b[TAT_R] end
+  if b[RPD] > 0 and b[TAT_RD] > at then at = b[TAT_RD] end
+  if b[TPM] > 0 and b[TAT_T] > at then at = b[TAT_T] end
+  if b[TPD] > 0 and b[TAT_TD] > at then at = b[TAT_TD] end
+  if b[CONC] > 0 and leases_held(id, b, now, b[CONC], 1) >= b[CONC] then
     local first = redis.call('ZRANGE', inflight_key(id), 0, 0, 'WITHSCORES')
     return at, tonumber(first[2])
   end
@@ -464,31 +480,53 @@ local spent_crowded
 -- "Crowded" counts the leases unexpired at `now`.
 local function budget_spend(id, b, start, tokens, mrt, lease_ms, now)
   spent_crowded = 0
-  local max = math.max
-  if b.rpm > 0 then b.tat_r = max(start, b.tat_r) + ceil_div(MINUTE, b.rpm) end
-  if b.rpd > 0 then b.tat_rd = max(start, b.tat_rd) + ceil_div(DAY, b.rpd) end
-  if b.tpm > 0 then b.tat_t = max(start, b.tat_t) + token_step(tokens, b.tpm, mrt, MINUTE) end
-  if b.tpd > 0 then b.tat_td = max(start, b.tat_td) + token_step(tokens, b.tpd, mrt, DAY) end
+  -- (ceil_div and token_step inline, and max as a comparison: a pick runs this, and each
+  -- function call costs Redis about as much as the arithmetic.)
+  local lim, t = b[RPM], b[TAT_R]
+  if lim > 0 then
+    if t < start then t = start end
+    b[TAT_R] = t + floor((MINUTE + lim - 1) / lim)
+  end
+  lim, t = b[RPD], b[TAT_RD]
+  if lim > 0 then
+    if t < start then t = start end
+    b[TAT_RD] = t + floor((DAY + lim - 1) / lim)
+  end
+  lim, t = b[TPM], b[TAT_T]
+  if lim > 0 then
+    if t < start then t = start end
+    local room = lim - mrt
+    if room < 1 then room = 1 end
+    b[TAT_T] = t + floor((tokens * MINUTE + room - 1) / room)
+  end
+  lim, t = b[TPD], b[TAT_TD]
+  if lim > 0 then
+    if t < start then t = start end
+    local room = lim - mrt
+    if room < 1 then room = 1 end
+    b[TAT_TD] = t + floor((tokens * DAY + room - 1) / room)
+  end
   bsave(id, b)
-  if b.conc <= 0 then return 0 end
+  local conc = b[CONC]
+  if conc <= 0 then return 0 end
   local lease = next_lease()
-  local c = leases_held(id, b, now, b.conc, 1)
+  local c = leases_held(id, b, now, conc, 1)
   c = c + redis.call('ZADD', inflight_key(id), expiry_of(start + lease_ms), int(lease))
   set_lease_count(id, b, c)
-  if 2 * c >= b.conc then spent_crowded = 1 end
+  if 2 * c >= conc then spent_crowded = 1 end
   return lease
 end
 
 -- Replaces a reservation by real usage: delta = real - reserved tokens.
 local function settle_schedule(id, b, field, limit, window, delta, mrt, now)
   if limit <= 0 then return end
-  local room = math.max(limit - mrt, 1)
+  local room = max(limit - mrt, 1)
   local tat = b[field]
   if delta > 0 then
-    tat = math.max(tat, now) + ceil_div(delta * window, room)
+    tat = max(tat, now) + ceil_div(delta * window, room)
   elseif tat > now then
     -- A schedule at or before now stays (every moment up to now allows the same): no write.
-    tat = math.max(tat - math.floor(-delta * window / room), now)
+    tat = max(tat - floor(-delta * window / room), now)
   end
   if tat ~= b[field] then
     b[field] = tat
@@ -497,8 +535,25 @@ local function settle_schedule(id, b, field, limit, window, delta, mrt, now)
 end
 local function budget_settle(id, b, delta, mrt, now)
   if delta == 0 then return end
-  settle_schedule(id, b, 'tat_t', b.tpm, MINUTE, delta, mrt, now)
-  settle_schedule(id, b, 'tat_td', b.tpd, DAY, delta, mrt, now)
+  if b[TPM] > 0 then settle_schedule(id, b, TAT_T, b[TPM], MINUTE, delta, mrt, now) end
+  if b[TPD] > 0 then settle_schedule(id, b, TAT_TD, b[TPD], DAY, delta, mrt, now) end
+end
+
+-- How soon an active key's rate schedules must let it start again for it to stay active
+-- (budget_place, below).
+local LAZY_MS = 10
+-- Whether budget_place could bench an active key right after budget_spend: its rate schedules
+-- reach past LAZY_MS, or its lease count (at least the number in flight) fills every slot. A
+-- check without the lease set's recount, so it may answer yes where budget_place then
+-- finds a free slot, never no where budget_place would bench.
+local function budget_may_bench(id, b, now)
+  local late = now + LAZY_MS
+  if (b[RPM] > 0 and b[TAT_R] > late) or (b[RPD] > 0 and b[TAT_RD] > late)
+    or (b[TPM] > 0 and b[TAT_T] > late) or (b[TPD] > 0 and b[TAT_TD] > late) then
+    return true
+  end
+  local conc = b[CONC]
+  return conc > 0 and (lease_count[id] or b[N_IN]) >= conc
 end
 
 -- Puts a key where its budget says: benched ('cooling' 'budget'/'busy' until its headroom) or,
@@ -509,14 +564,14 @@ end
 -- for an interval of a few milliseconds would cost more than the few draws that land on it.
 -- Answers whether the key is now benched by its budget, and when its rate schedules allow
 -- its next start.
-local LAZY_MS = 10
 local function budget_place(k, b, now)
   local benched = k.status == 'cooling' and (k.reason == 'budget' or k.reason == 'busy')
   if k.status ~= 'active' and not benched then return false, 0 end
   local at, busy = budget_headroom(k.id, b, now)
   local reason, deadline = nil, nil
-  if busy then reason, deadline = 'busy', math.max(at, busy)
+  if busy then reason, deadline = 'busy', max(at, busy)
   elseif at > now + (benched and 0 or LAZY_MS) then reason, deadline = 'budget', at end
+  if (reason or benched) and k.partial then key_rest(k) end
   if reason then
     if not benched or k.reason ~= reason or k.cooldown_until_ms ~= deadline then
       set_status(k, 'cooling', reason, deadline)
@@ -536,12 +591,12 @@ end
 -- that its starts before the reset fit in remaining plus one request (one largest reservation
 -- of tokens) of slack. Never earlier.
 local function budget_learn(id, b, h, seen, learn, mrt)
-  if learn and b.cfg_rpm == 0 and h[5] > 0 and h[5] ~= b.rpm then
-    b.rpm, b.l_rpm = h[5], h[5]
+  if learn and b[CFG_RPM] == 0 and h[5] > 0 and h[5] ~= b[RPM] then
+    b[RPM], b[L_RPM] = h[5], h[5]
     bsave(id, b)
   end
-  if learn and b.cfg_tpm == 0 and h[6] > mrt and h[6] ~= b.tpm then
-    b.tpm, b.l_tpm = h[6], h[6]
+  if learn and b[CFG_TPM] == 0 and h[6] > mrt and h[6] ~= b[TPM] then
+    b[TPM], b[L_TPM] = h[6], h[6]
     bsave(id, b)
   end
   -- How long `remaining` must last: the reset, else the time the limit takes to refill what
@@ -549,20 +604,20 @@ local function budget_learn(id, b, h, seen, learn, mrt)
   local function target(remaining, reset, limit, free)
     local window = MINUTE
     if reset >= 0 then window = reset
-    elseif limit > 0 then window = math.floor(math.max(limit - remaining, 0) * MINUTE / limit) end
-    return seen + math.max(window - free, 0)
+    elseif limit > 0 then window = floor(max(limit - remaining, 0) * MINUTE / limit) end
+    return seen + max(window - free, 0)
   end
-  if b.rpm > 0 and h[1] >= 0 then
-    local at = target(h[1], h[2], h[5], (h[1] + 1) * ceil_div(MINUTE, b.rpm))
-    if at > b.tat_r then
-      b.tat_r = at
+  if b[RPM] > 0 and h[1] >= 0 then
+    local at = target(h[1], h[2], h[5], (h[1] + 1) * ceil_div(MINUTE, b[RPM]))
+    if at > b[TAT_R] then
+      b[TAT_R] = at
       bsave(id, b)
     end
   end
-  if b.tpm > 0 and h[3] >= 0 then
-    local at = target(h[3], h[4], h[6], math.floor((h[3] + mrt) * MINUTE / b.tpm))
-    if at > b.tat_t then
-      b.tat_t = at
+  if b[TPM] > 0 and h[3] >= 0 then
+    local at = target(h[3], h[4], h[6], floor((h[3] + mrt) * MINUTE / b[TPM]))
+    if at > b[TAT_T] then
+      b[TAT_T] = at
       bsave(id, b)
     end
   end
@@ -574,21 +629,34 @@ end
 -- where its budget leaves it after all the call's ends, as placing it after each would.
 local to_place, to_place_order
 local function budget_end(id, lease, delta, mrt, now)
-  local k, b = load_key_budget(id)
-  if not k then return end
-  if DEFER and not to_place[id] then
-    to_place[id] = k
-    to_place_order[#to_place_order + 1] = id
+  -- With DEFER, a key's later ends in the call find it in to_place (a batch ends about two
+  -- requests per key, and each Lua function call costs Redis about as much as the arithmetic).
+  local k = DEFER and to_place[id]
+  local b
+  if k then
+    b = bcache[id]
+  else
+    k, b = load_key_budget(id)
+    if not k then return end
+    if DEFER then
+      to_place[id] = k
+      to_place_order[#to_place_order + 1] = id
+    end
   end
   if lease ~= '0' and DEFER then
-    local l = pending_table(ended, ended_order, id)
+    local l = ended[id]
+    if not l then
+      l = {}
+      ended[id] = l
+      ended_order[#ended_order + 1] = id
+    end
     l[#l + 1] = lease
   elseif lease ~= '0' then
     local removed = redis.call('ZREM', inflight_key(id), lease)
-    local c = lease_count[id] or b.n_in
-    if c then set_lease_count(id, b, math.max(c - removed, 0)) end
+    local c = lease_count[id] or (b[N_IN] >= 0 and b[N_IN] or nil)
+    if c then set_lease_count(id, b, max(c - removed, 0)) end
   end
-  budget_settle(id, b, delta, mrt, now)
+  if delta ~= 0 then budget_settle(id, b, delta, mrt, now) end
   if not DEFER then budget_place(k, b, now) end
 end
 local function place_ended(now)
@@ -602,6 +670,7 @@ end
 -- once, when it was loaded, and this is all that runs again per call.
 local function begin(keys)
   B = keys[1]
+  floor, max, min = math.floor, math.max, math.min
   META, DUE, BUDGETS = B .. ':meta', B .. ':due', B .. ':budget'
   kkey, inflight_key = names(B .. ':key:'), names(B .. ':inflight:')
   DEFER = false

@@ -73,7 +73,6 @@ end
 -- taken, scanning classes from high to low by rank.
 local PM_M = 2147483647
 local ROUNDS = 64
-local floor
 -- Index c + 1 for class c: its bound 2^(c+1) - 1 (the largest weight it can hold) and its name.
 local BOUND = {1, 3, 7, 15, 31, 63, 127, 255, 511, 1023}
 local CLS = {'0', '1', '2', '3', '4', '5', '6', '7', '8', '9'}
@@ -237,9 +236,10 @@ local function skip(k, b, at)
   excluded[k.id] = k
 end
 
--- The keys this call spent, id -> {k, b}: a later request of the batch that draws one needs
--- not read it again (the call's `now` does not move, so it is still a few ms from headroom).
-local spent
+-- A drawn key's table for budget_place (drawn from its class set: active).
+local function active_key(id, w, g)
+  return {id = id, status = 'active', reason = '', weight = w, group = g, cooldown_until_ms = 0}
+end
 
 -- try_group with the budget check: a drawn key without headroom is benched, or skipped when
 -- its headroom returns within LAZY_MS, and the draw repeats (reseeded, as the memory store's
@@ -255,32 +255,34 @@ local function try_budgeted(g, rand, tokens)
     seed(rand)
     local id, probe, w = try_group(g)
     if not id then return nil end
-    local k, b
-    local s = spent[id]
-    if s then
-      k, b = s[1], s[2]
-    elseif probe == 0 then
-      -- Drawn from its class set: active, of weight w, in group g (lib.lua's invariant), so
-      -- only its budget is read.
-      k = {id = id, status = 'active', reason = '', weight = w, group = g, cooldown_until_ms = 0}
-      b = load_budget(id)
-    else
-      k, b = load_key_budget(id)
+    if probe == 1 then
+      local _, b = load_key_budget(id)
+      return id, probe, budget_spend(id, b, now, tokens, mrt, lease_ms, now)
     end
-    if probe == 1 then return id, probe, budget_spend(id, b, now, tokens, mrt, lease_ms, now) end
-    local benched, at = budget_place(k, b, now)
+    -- Drawn from its class set: active, of weight w, in group g (lib.lua's invariant), so
+    -- only its budget is read (at most once per call: a key this call spent is in bcache).
+    local b = load_budget(id)
+    local at, busy = budget_headroom(id, b, now)
+    if not busy and at <= now then
+      -- The common case, without the key's table: it has headroom now, so budget_place would
+      -- leave it active; after the spend it benches the key only when its headroom is gone.
+      local lease = budget_spend(id, b, now, tokens, mrt, lease_ms, now)
+      if budget_may_bench(id, b, now) then
+        budget_place(active_key(id, w, g), b, now)
+        classes, copies = {}, {}
+      end
+      return id, probe, lease
+    end
+    local k = active_key(id, w, g)
+    local benched
+    benched, at = budget_place(k, b, now)
     if benched then
       attempts = attempts + 1
       classes, copies = {}, {}
-    elseif at > now and skips < SKIPS then
+    elseif skips < SKIPS then
       skip(k, b, at)
-    elseif at > now then
-      bench_skipped(k, b, at)
     else
-      local lease = budget_spend(id, b, now, tokens, mrt, lease_ms, now)
-      if budget_place(k, b, now) then classes, copies = {}, {} end
-      spent[id] = {k, b}
-      return id, probe, lease
+      bench_skipped(k, b, at)
     end
   end
   return nil
@@ -300,7 +302,6 @@ local function try_wait(groups, tokens)
     local k, b, at = best[1], best[2], best[3]
     local lease = budget_spend(k.id, b, at, tokens, mrt, lease_ms, now)
     budget_place(k, b, now)
-    spent[k.id] = {k, b}
     return k, at - now, lease
   end
   if #skipped > 0 then
@@ -316,7 +317,7 @@ local function try_wait(groups, tokens)
       and not excluded[id] then
       local at, busy = budget_headroom(id, b, now)
       if not busy and at <= now + max_wait then
-        local start = math.max(at, now)
+        local start = max(at, now)
         local lease = budget_spend(id, b, start, tokens, mrt, lease_ms, now)
         budget_place(k, b, now)
         return k, start - now, lease
@@ -376,7 +377,6 @@ local function select_call(KEYS, ARGV)
   if not meta[4] then return {'nopool'} end
   DEFER = true
   now = clock(ARGV[1])
-  floor = math.floor -- (a library may not read `math` while Redis loads it)
 
   BUDGET = meta[7] == '1'
   max_wait, lease_ms, mrt = num(meta[8]), num(meta[9]), num(meta[10])
@@ -391,18 +391,18 @@ local function select_call(KEYS, ARGV)
     if n > 0 then ex = {} end
     for j = i + 5, i + 4 + n do ex[ARGV[j]] = true end
     reqs[#reqs + 1] = {tonumber(ARGV[i]) or 0, ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, ex,
-      math.min(tonumber(ARGV[i + 3]) or 0, mrt)}
+      min(tonumber(ARGV[i + 3]) or 0, mrt)}
     i = i + 5 + n
   end
 
   -- The half-open count as of now: recovery may have just turned an open key half-open.
-  recover_due(now, math.min(8 * #reqs, 64))
+  recover_due(now, min(8 * #reqs, 64))
   half_open = num(meta[6]) + pending(META, 'cnt:half_open')
   canary_group, percent = meta[1] or 'canary', num(meta[2])
   fallback_ok, lease = meta[3] ~= '0', num(meta[5])
   excluded = none
-  classes, set_names, copies, spent = {}, {}, {}, {}
-  WHOLE = #reqs > 1 and math.max(16, 2 * #reqs) or 0
+  classes, set_names, copies = {}, {}, {}
+  WHOLE = #reqs > 1 and max(16, 2 * #reqs) or 0
   skipped, skips = {}, 0
 
   local replies = {}

@@ -42,11 +42,11 @@ end
 local function budget_record(id)
   if not budgets[id] then return nil end
   local b = budget_of(budgets[id])
-  local rpm, tpm, conc, rpd, tpd = b.rpm, b.tpm, b.conc, b.rpd, b.tpd
+  local rpm, tpm, conc, rpd, tpd = b[RPM], b[TPM], b[CONC], b[RPD], b[TPD]
   -- Learned limits are in force where the config sets none.
   local learned = {rpm = 0, tpm = 0}
-  if b.cfg_rpm == 0 then learned.rpm = b.l_rpm end
-  if b.cfg_tpm == 0 then learned.tpm = b.l_tpm end
+  if b[CFG_RPM] == 0 then learned.rpm = b[L_RPM] end
+  if b[CFG_TPM] == 0 then learned.tpm = b[L_TPM] end
   if rpm + tpm + conc + rpd + tpd == 0 then return nil end
   local function pick(l1, t1, l2, t2)
     local m = 0
@@ -58,8 +58,8 @@ local function budget_record(id)
   if conc > 0 then inflight = redis.call('ZCOUNT', inflight_key(id), '(' .. now, '+inf') end
   return {limits = {rpm = rpm, tpm = tpm, max_concurrent = conc, rpd = rpd, tpd = tpd},
     learned = learned,
-    next_request_ms = pick(rpm, b.tat_r, rpd, b.tat_rd),
-    next_tokens_ms = pick(tpm, b.tat_t, tpd, b.tat_td), in_flight = inflight}
+    next_request_ms = pick(rpm, b[TAT_R], rpd, b[TAT_RD]),
+    next_tokens_ms = pick(tpm, b[TAT_T], tpd, b[TAT_TD]), in_flight = inflight}
 end
 local keys = {}
 for _, id in ipairs(scan[2]) do

@@ -52,11 +52,11 @@ if not fresh and hm[2] ~= LAYOUT then
     for j = 1, #old do any = any or o[j] ~= false end
     if any then
       local b = budget_of(nil)
-      b.cfg_rpm, b.cfg_tpm, b.conc, b.rpd, b.tpd = num(o[1]), num(o[2]), num(o[3]), num(o[4]),
+      b[CFG_RPM], b[CFG_TPM], b[CONC], b[RPD], b[TPD] = num(o[1]), num(o[2]), num(o[3]), num(o[4]),
         num(o[5])
-      b.l_rpm, b.l_tpm, b.tat_r, b.tat_rd, b.tat_t, b.tat_td = num(o[6]), num(o[7]), num(o[8]),
+      b[L_RPM], b[L_TPM], b[TAT_R], b[TAT_RD], b[TAT_T], b[TAT_TD] = num(o[6]), num(o[7]), num(o[8]),
         num(o[9]), num(o[10]), num(o[11])
-      b.n_in = o[12] and tonumber(o[12]) or nil
+      b[N_IN] = o[12] and tonumber(o[12]) or -1
       bsave(id, b)
       redis.call('HDEL', kkey(id), unpack(old))
     end
@@ -80,10 +80,10 @@ for i = 17, #ARGV, 8 do
   -- a key that never had limits gets no entry.
   local packed = redis.call('HGET', BUDGETS, id)
   local b = budget_of(packed)
-  b.cfg_rpm, b.cfg_tpm, b.conc, b.rpd, b.tpd = num(ARGV[i + 3]), num(ARGV[i + 4]),
+  b[CFG_RPM], b[CFG_TPM], b[CONC], b[RPD], b[TPD] = num(ARGV[i + 3]), num(ARGV[i + 4]),
     num(ARGV[i + 5]), num(ARGV[i + 6]), num(ARGV[i + 7])
-  if ARGV[16] ~= '1' then b.l_rpm, b.l_tpm = 0, 0 end
-  if packed or b.cfg_rpm + b.cfg_tpm + b.conc + b.rpd + b.tpd + b.l_rpm + b.l_tpm > 0 then
+  if ARGV[16] ~= '1' then b[L_RPM], b[L_TPM] = 0, 0 end
+  if packed or b[CFG_RPM] + b[CFG_TPM] + b[CONC] + b[RPD] + b[TPD] + b[L_RPM] + b[L_TPM] > 0 then
     bsave(id, b)
   end
   local k = load_key(id)

@@ -7,8 +7,8 @@ use keygate::pool::{KeyId, KeyState};
 use keygate::store::budget::KeyLimits;
 use keygate::store::spec::BudgetSpec;
 use keygate::store::{
-    Chosen, KeyStore, KeyStoreExt, LeaseEnd, Route, SelectRequest, Selection, Settlement,
-    Unavailable,
+    Chosen, KeyStore, KeyStoreExt, KeySuccesses, LeaseEnd, Route, SelectRequest, Selection,
+    Settlement, SuccessBatch, Unavailable,
 };
 
 use crate::harness::{kid, spec, Subject};
@@ -133,6 +133,53 @@ pub async fn max_concurrent_holds_slots_until_the_request_ends(s: &Subject) {
         "the freed slot is back at once"
     );
     assert!(select(st, T0 + 11, 0).await.is_err());
+}
+
+/// The success batch's path (`lua/report_batch.lua` reads only a key's status and reason with
+/// its successes): a key benched as busy comes back with its weight and group when the batch
+/// ends its request, and is chosen again.
+pub async fn a_busy_key_freed_by_the_success_batch_is_chosen_again(s: &Subject) {
+    let conc = KeyLimits {
+        conc: 1,
+        ..KeyLimits::default()
+    };
+    let mut sp = spec("p", &[("a", 3, "stable")]);
+    for k in Arc::make_mut(&mut sp.keys) {
+        k.limits = conc;
+    }
+    sp.budget = budget(0, 5_000, 1000);
+    s.store.sync(&sp).await.unwrap();
+    let st = &*s.store;
+    let first = select(st, T0, 0).await.unwrap();
+    let busy = select(st, T0 + 1, 0).await.unwrap_err();
+    assert_eq!(
+        busy.retry_at_ms,
+        Some(T0 + 5_000),
+        "benched until its lease expires"
+    );
+    let ended = [LeaseEnd {
+        key: kid("a"),
+        lease: first.lease,
+        tokens_delta: 0,
+    }];
+    let keys = [KeySuccesses {
+        key: kid("a"),
+        count: 1,
+        http_status: 200,
+        age_ms: 0,
+    }];
+    let batch = SuccessBatch {
+        keys: &keys,
+        hints: &[],
+        ended: &ended,
+        now_ms: Some(T0 + 10),
+    };
+    st.report_successes("p", &batch).await.unwrap();
+    let again = select(st, T0 + 10, 0).await.unwrap();
+    assert_eq!(again.key.as_str(), "a");
+    let snap = st.snapshot("p", Some(T0 + 10)).await.unwrap();
+    let a = snap.keys.iter().find(|k| k.id == "a").expect("key a");
+    assert_eq!((a.weight, a.group.as_str()), (3, "stable"));
 }
 
 pub async fn an_unrenewed_lease_expires_and_a_renewed_one_lives_on(s: &Subject) {
@@ -261,6 +308,7 @@ conformance!(
     rpm_spaces_requests_and_benches_the_key_until_its_next_slot,
     rpm_never_exceeds_the_limit_in_any_minute_and_uses_it,
     max_concurrent_holds_slots_until_the_request_ends,
+    a_busy_key_freed_by_the_success_batch_is_chosen_again,
     an_unrenewed_lease_expires_and_a_renewed_one_lives_on,
     tokens_space_requests_by_their_reservation_and_settle_to_real_usage,
     a_request_waits_for_the_earliest_slot_within_max_wait,
