@@ -182,6 +182,45 @@ pub async fn a_busy_key_freed_by_the_success_batch_is_chosen_again(s: &Subject) 
     assert_eq!((a.weight, a.group.as_str()), (3, "stable"));
 }
 
+/// A success batch that settles more tokens than a request reserved benches its key at once,
+/// until its token schedule allows the next start (an end that frees only gains headroom and
+/// leaves an active key as it is: `lua/lib.lua` budget_end).
+pub async fn a_batch_that_settles_more_tokens_than_reserved_benches_the_key(s: &Subject) {
+    let tpm = KeyLimits {
+        tpm: 10_000_000,
+        ..KeyLimits::default()
+    };
+    setup(s, &["a"], tpm, budget(0, 10_000, 1000)).await;
+    let st = &*s.store;
+    // 100 tokens against 9,999,000 a minute: the schedule moves 1 ms, the key stays active.
+    select(st, T0, 100).await.unwrap();
+    let keys = [KeySuccesses {
+        key: kid("a"),
+        count: 1,
+        http_status: 200,
+        age_ms: 0,
+    }];
+    let ended = [LeaseEnd {
+        key: kid("a"),
+        lease: 0,
+        tokens_delta: 900_000,
+    }];
+    let batch = SuccessBatch {
+        keys: &keys,
+        hints: &[],
+        ended: &ended,
+        now_ms: Some(T0 + 10),
+    };
+    st.report_successes("p", &batch).await.unwrap();
+    // 900,000 more tokens: ceil(900000 * 60600 / 9999000) = 5455 ms from T0 + 10.
+    let snap = st.snapshot("p", Some(T0 + 10)).await.unwrap();
+    let a = snap.keys.iter().find(|k| k.id == "a").expect("key a");
+    assert_eq!(
+        (a.status, a.reason.as_str(), a.cooldown_until_ms),
+        (KeyState::Cooling, "budget", T0 + 5_465)
+    );
+}
+
 pub async fn an_unrenewed_lease_expires_and_a_renewed_one_lives_on(s: &Subject) {
     let conc = KeyLimits {
         conc: 1,
@@ -309,6 +348,7 @@ conformance!(
     rpm_never_exceeds_the_limit_in_any_minute_and_uses_it,
     max_concurrent_holds_slots_until_the_request_ends,
     a_busy_key_freed_by_the_success_batch_is_chosen_again,
+    a_batch_that_settles_more_tokens_than_reserved_benches_the_key,
     an_unrenewed_lease_expires_and_a_renewed_one_lives_on,
     tokens_space_requests_by_their_reservation_and_settle_to_real_usage,
     a_request_waits_for_the_earliest_slot_within_max_wait,
