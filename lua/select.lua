@@ -117,17 +117,26 @@ local function class_counts(g)
   return total, n, summ
 end
 
--- In a batch of several requests, a class of at most 16 members (or of at most 2 per request)
--- is read whole the first time a draw lands in it, and later draws of the batch index that copy:
--- each ZRANGE by rank costs a redis.call with its conversions. With a batch of 10 selects from a
--- 4-key pool this makes the call cheaper (BENCHMARKS.md, "Small classes read whole"); a batch
--- of one reads by rank, as a whole class costs it more. The copy cannot go stale within the
+-- In a batch of several requests, a class of at most 16 members (or of at most 2 per request;
+-- class 0, read without scores, of at most 8 per request) is read whole the first time a draw
+-- lands in it, and later draws of the batch index that copy: each ZRANGE by rank costs a
+-- redis.call with its conversions. With a batch of 10 selects from a 4-key pool this makes the
+-- call cheaper, and a batch of 12 from 64 keys of weight 1 (BENCHMARKS.md, "Small classes read
+-- whole"); a batch of one reads by rank, as a whole class costs it more. The copy cannot go stale within the
 -- call: selection changes no class set. A larger class is read one member per draw (O(log n)
 -- each, whatever the pool size).
--- The largest class read whole in this call (none in a call of one).
-local WHOLE
+-- The largest class read whole in this call (none in a call of one): WHOLE0 for class 0, read
+-- without scores (a member costs about a tenth of a read by rank), WHOLE for the others.
+local WHOLE, WHOLE0
 -- Per group: the names of its class sets (built once per call), and the copies read whole.
 local set_names, copies
+-- A key benched in this call left its class set: the counts and copies are read again, and
+-- class 0 from then on only as small as the others (a call that benches many keys would
+-- otherwise read a large class whole once per bench).
+local function classes_changed()
+  classes, copies = {}, {}
+  WHOLE0 = WHOLE
+end
 -- The member of rank r (0-based) of class i of group g and its weight (nil when there is none).
 local function member(g, i, r, n_i)
   local names = set_names[g]
@@ -145,7 +154,7 @@ local function member(g, i, r, n_i)
     -- Class 0 holds weight 1 alone (weights are whole numbers), so its members are read without
     -- their scores, which Redis would print as doubles for the script to parse back
     -- (BENCHMARKS.md, "Redis Functions, not EVALSHA": 4,500 instructions a read).
-    if not c and n_i <= WHOLE then
+    if not c and n_i <= WHOLE0 then
       c = redis.call('ZRANGE', key, 0, -1)
       copies[key] = c
     end
@@ -223,7 +232,7 @@ local function bench_skipped(k, b, at)
     s[1].cooldown_until_ms = s[3]
   end
   skipped = {}
-  classes, copies = {}, {}
+  classes_changed()
 end
 local function skip(k, b, at)
   if skips == 0 then
@@ -269,7 +278,7 @@ local function try_budgeted(g, rand, tokens)
       local lease = budget_spend(id, b, now, tokens, mrt, lease_ms, now)
       if budget_may_bench(id, b, now) then
         budget_place(active_key(id, w, g), b, now)
-        classes, copies = {}, {}
+        classes_changed()
       end
       return id, probe, lease
     end
@@ -278,7 +287,7 @@ local function try_budgeted(g, rand, tokens)
     benched, at = budget_place(k, b, now)
     if benched then
       attempts = attempts + 1
-      classes, copies = {}, {}
+      classes_changed()
     elseif skips < SKIPS then
       skip(k, b, at)
     else
@@ -403,6 +412,7 @@ local function select_call(KEYS, ARGV)
   excluded = none
   classes, set_names, copies = {}, {}, {}
   WHOLE = #reqs > 1 and max(16, 2 * #reqs) or 0
+  WHOLE0 = #reqs > 1 and max(16, 8 * #reqs) or 0
   skipped, skips = {}, 0
 
   local replies = {}

@@ -12,6 +12,7 @@ use keygate::store::redis::RedisStore;
 use keygate::store::{KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection, StoreError};
 
 use super::batch::script_calls;
+use super::snapshot::command_calls;
 use crate::harness::{kid, redis_store, spec, RedisServer};
 
 const T0: u64 = 1_700_000_000_000;
@@ -143,6 +144,52 @@ async fn concurrent_selects_share_three_script_calls_and_match_one_by_one_select
         );
         assert_ne!(c.key.as_str(), "c4", "weight 0 is never chosen");
     }
+}
+
+/// A call of 12 selects from a pool of 64 keys of weight 1 reads their class set once, whole
+/// (`lua/select.lua` WHOLE0: a member read whole costs about a tenth of a read by rank), and
+/// still picks exactly what the memory store picks one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_selects_from_64_keys_read_their_class_once_and_pick_as_one_by_one() {
+    let ids: Vec<String> = (0..64).map(|i| format!("k{i:02}")).collect();
+    let keys: Vec<(&str, u32, &str)> = ids.iter().map(|id| (id.as_str(), 1, "stable")).collect();
+    let server = RedisServer::start();
+    let redis = redis_store(&server, "kg");
+    let memory = MemoryStore::new();
+    for s in [&redis as &dyn KeyStore, &memory] {
+        s.sync(&spec("p", &keys)).await.unwrap();
+    }
+    redis.load_scripts().await.unwrap();
+    let reqs: Vec<_> = (0..14u64)
+        .map(|i| {
+            (
+                Route::Stable,
+                Vec::new(),
+                i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11,
+            )
+        })
+        .collect();
+    let sels: Vec<SelectRequest> = reqs.iter().map(|r| select_req(r, T0)).collect();
+    let (calls, ranges) = (script_calls(&server), command_calls(&server, "zrange"));
+    // As above: the first two go alone, one per lane; the other 12 go together.
+    server.pause();
+    let mut all = Box::pin(futures::future::join_all(
+        sels.iter().map(|q| redis.select("p", q)),
+    ));
+    assert!(futures::poll!(&mut all).is_pending());
+    server.resume();
+    let together: Vec<Selection> = all.await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(script_calls(&server) - calls, 3);
+    assert_eq!(
+        command_calls(&server, "zrange") - ranges,
+        3,
+        "one read by rank for each select sent alone, one whole read for the 12"
+    );
+    let mut one_by_one = Vec::new();
+    for r in &reqs {
+        one_by_one.push(memory.select("p", &select_req(r, T0)).await.unwrap());
+    }
+    assert_eq!(together, one_by_one);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,7 +32,7 @@ fn big_spec(name: &str, n: usize) -> PoolSpec {
 }
 
 /// `calls` of one command in `INFO commandstats` (commands run by scripts included).
-fn command_calls(server: &RedisServer, command: &str) -> u64 {
+pub(super) fn command_calls(server: &RedisServer, command: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(&mut server.conn())
