@@ -641,9 +641,7 @@ local function budget_end(id, lease, delta, mrt, now)
     k, b = load_key_budget(id)
     if not k then return end
   end
-  -- An active key whose request ends with no more tokens than it reserved only gains headroom,
-  -- so budget_place would leave it as it is: it is placed only for another end of the call.
-  if DEFER and not to_place[id] and (k.status ~= 'active' or delta > 0) then
+  if DEFER and not to_place[id] then
     to_place[id] = k
     to_place_order[#to_place_order + 1] = id
   end

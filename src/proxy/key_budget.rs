@@ -80,9 +80,18 @@ impl BudgetTicket {
     }
 }
 
+/// Real tokens minus reserved ones, to settle. A request that reserved none (its pool budgets
+/// no tokens) settles nothing: its usage would only make the store place its key again.
+fn tokens_delta(reserved: u64, used: Option<u64>) -> i64 {
+    match (reserved, used) {
+        (0, _) | (_, None) => 0,
+        (r, Some(u)) => u as i64 - r as i64,
+    }
+}
+
 impl Drop for BudgetTicket {
     fn drop(&mut self) {
-        let delta = self.used.map_or(0, |u| u as i64 - self.reserved as i64);
+        let delta = tokens_delta(self.reserved, self.used);
         if self.lease != 0 {
             self.state.leases.release(&self.pool, self.lease);
         } else if delta == 0 {
@@ -179,6 +188,22 @@ mod tests {
         };
         s.budget.max_request_tokens = max_request_tokens;
         s
+    }
+
+    #[test]
+    fn only_a_request_that_reserved_tokens_settles_its_usage() {
+        assert_eq!(
+            tokens_delta(0, Some(500)),
+            0,
+            "no token budget: nothing to settle"
+        );
+        assert_eq!(
+            tokens_delta(300, None),
+            0,
+            "no usage seen: the reservation stands"
+        );
+        assert_eq!(tokens_delta(300, Some(500)), 200);
+        assert_eq!(tokens_delta(300, Some(100)), -200);
     }
 
     #[test]
