@@ -8,11 +8,12 @@
 -- ARGV[2]  n = how many ended requests follow
 -- ARGV[3..] n triples: key id, lease id (0: none), token delta (real - reserved, signed)
 -- then pairs: key id, lease id to renew (expiry moves to now + lease_ms; a lease already
--- gone stays gone)
+-- gone, or expired by now, stays gone: an expired lease may still be in its set, which is
+-- purged only when counted near a threshold, and the memory store drops it at once)
 --
 -- Reply: {"ok", now_ms}. Unknown keys are skipped.
 -- Cost: per ended request one HMGET, at most one ZREM, two HSETs and, when the key was benched
--- by its budget, the status change that brings it back; per renewal one ZADD XX.
+-- by its budget, the status change that brings it back; per renewal one ZSCORE and one ZADD XX.
 
 local meta = redis.call('HMGET', META, 'mrt', 'lease_ms')
 local mrt, lease_ms = num(meta[1]), num(meta[2])
@@ -24,7 +25,9 @@ for _ = 1, n do
   i = i + 3
 end
 while i + 1 <= #ARGV do
-  redis.call('ZADD', inflight_key(ARGV[i]), 'XX', now + lease_ms, ARGV[i + 1])
+  local ik, lease = inflight_key(ARGV[i]), ARGV[i + 1]
+  local expiry = tonumber(redis.call('ZSCORE', ik, lease))
+  if expiry and expiry > now then redis.call('ZADD', ik, 'XX', now + lease_ms, lease) end
   i = i + 2
 end
 return {'ok', now}

@@ -260,8 +260,10 @@ impl PoolState {
         self.settle_ended(s.ended, now);
         let until = now + self.budgets.lease_ms;
         for (key, lease) in s.renew {
+            // A lease expired by now stays expired, as in settle.lua.
             if let Some(exp) = (self.keys.get_mut(KeyId::as_str(key)))
                 .and_then(|k| k.budget.inflight.get_mut(lease))
+                .filter(|exp| **exp > now)
             {
                 *exp = until;
             }

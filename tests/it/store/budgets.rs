@@ -241,6 +241,22 @@ pub async fn an_unrenewed_lease_expires_and_a_renewed_one_lives_on(s: &Subject) 
     assert_eq!(again.key, x.key, "x's renewed lease expired at T0 + 1900");
 }
 
+/// A renewal that comes when the lease has already expired does not bring it back: its slot
+/// may already be free (the memory store drops an expired lease at once; Redis purges its lease
+/// set only when it counts it near a threshold, and `settle.lua` checks the expiry).
+pub async fn a_lease_renewed_after_it_expired_stays_expired(s: &Subject) {
+    let conc = KeyLimits {
+        conc: 1,
+        ..KeyLimits::default()
+    };
+    setup(s, &["a"], conc, budget(0, 1_000, 1000)).await;
+    let st = &*s.store;
+    let x = select(st, T0, 0).await.unwrap();
+    settle(st, &[], &[(x.key.clone(), x.lease)], T0 + 1_000).await;
+    let next = select(st, T0 + 1_001, 0).await;
+    assert!(next.is_ok(), "the slot is free: {next:?}");
+}
+
 pub async fn tokens_space_requests_by_their_reservation_and_settle_to_real_usage(s: &Subject) {
     let tpm = KeyLimits {
         tpm: 10_000,
@@ -350,6 +366,7 @@ conformance!(
     a_busy_key_freed_by_the_success_batch_is_chosen_again,
     a_batch_that_settles_more_tokens_than_reserved_benches_the_key,
     an_unrenewed_lease_expires_and_a_renewed_one_lives_on,
+    a_lease_renewed_after_it_expired_stays_expired,
     tokens_space_requests_by_their_reservation_and_settle_to_real_usage,
     a_request_waits_for_the_earliest_slot_within_max_wait,
     a_pool_without_budgets_is_never_benched,

@@ -151,12 +151,15 @@ fn budget_spec(name: &str) -> keygate::store::PoolSpec {
         rpd,
         tpd: 0,
     };
+    // max_concurrent 8 on k4: Redis counts a lease set only near a threshold (lib.lua
+    // leases_held), which with 1 or 2 slots is every time; with 8 it is not, and the stores must
+    // still agree (a renewal of an expired lease, once, found that they did not).
     let limits = [
         l(30, 0, 0, 0),
         l(0, 0, 2, 0),
         l(0, 20_000, 0, 0),
         l(60, 0, 1, 0),
-        l(120, 50_000, 3, 500),
+        l(120, 50_000, 8, 500),
     ];
     for (k, lim) in Arc::make_mut(&mut s.keys).iter_mut().zip(limits) {
         k.limits = lim;
