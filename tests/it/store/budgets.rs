@@ -7,8 +7,8 @@ use keygate::pool::{KeyId, KeyState};
 use keygate::store::budget::KeyLimits;
 use keygate::store::spec::BudgetSpec;
 use keygate::store::{
-    Chosen, KeyStore, KeyStoreExt, KeySuccesses, LeaseEnd, Route, SelectRequest, Selection,
-    Settlement, SuccessBatch, Unavailable,
+    Chosen, KeyRecord, KeyStore, KeyStoreExt, KeySuccesses, LeaseEnd, Route, SelectRequest,
+    Selection, Settlement, SuccessBatch, Unavailable,
 };
 
 use crate::harness::{kid, spec, Subject};
@@ -56,6 +56,34 @@ async fn settle(s: &dyn KeyStore, ended: &[LeaseEnd], renew: &[(KeyId, u64)], no
         now_ms: Some(now),
     };
     s.settle("p", &st).await.unwrap();
+}
+
+/// One success of `key` and the end of its request (`lease`, `tokens_delta`) in one success
+/// batch (`lua/report_batch.lua`).
+async fn success_batch(s: &dyn KeyStore, key: &str, lease: u64, tokens_delta: i64, now: u64) {
+    let keys = [KeySuccesses {
+        key: kid(key),
+        count: 1,
+        http_status: 200,
+        age_ms: 0,
+    }];
+    let ended = [LeaseEnd {
+        key: kid(key),
+        lease,
+        tokens_delta,
+    }];
+    let batch = SuccessBatch {
+        keys: &keys,
+        hints: &[],
+        ended: &ended,
+        now_ms: Some(now),
+    };
+    s.report_successes("p", &batch).await.unwrap();
+}
+
+async fn record(s: &dyn KeyStore, key: &str, now: u64) -> KeyRecord {
+    let snap = s.snapshot("p", Some(now)).await.unwrap();
+    snap.keys.into_iter().find(|k| k.id == key).expect("key")
 }
 
 fn rpm(n: u64) -> KeyLimits {
@@ -157,34 +185,15 @@ pub async fn a_busy_key_freed_by_the_success_batch_is_chosen_again(s: &Subject) 
         Some(T0 + 5_000),
         "benched until its lease expires"
     );
-    let ended = [LeaseEnd {
-        key: kid("a"),
-        lease: first.lease,
-        tokens_delta: 0,
-    }];
-    let keys = [KeySuccesses {
-        key: kid("a"),
-        count: 1,
-        http_status: 200,
-        age_ms: 0,
-    }];
-    let batch = SuccessBatch {
-        keys: &keys,
-        hints: &[],
-        ended: &ended,
-        now_ms: Some(T0 + 10),
-    };
-    st.report_successes("p", &batch).await.unwrap();
+    success_batch(st, "a", first.lease, 0, T0 + 10).await;
     let again = select(st, T0 + 10, 0).await.unwrap();
     assert_eq!(again.key.as_str(), "a");
-    let snap = st.snapshot("p", Some(T0 + 10)).await.unwrap();
-    let a = snap.keys.iter().find(|k| k.id == "a").expect("key a");
+    let a = record(st, "a", T0 + 10).await;
     assert_eq!((a.weight, a.group.as_str()), (3, "stable"));
 }
 
 /// A success batch that settles more tokens than a request reserved benches its key at once,
-/// until its token schedule allows the next start (an end that frees only gains headroom and
-/// leaves an active key as it is: `lua/lib.lua` budget_end).
+/// until its token schedule allows the next start.
 pub async fn a_batch_that_settles_more_tokens_than_reserved_benches_the_key(s: &Subject) {
     let tpm = KeyLimits {
         tpm: 10_000_000,
@@ -194,27 +203,9 @@ pub async fn a_batch_that_settles_more_tokens_than_reserved_benches_the_key(s: &
     let st = &*s.store;
     // 100 tokens against 9,999,000 a minute: the schedule moves 1 ms, the key stays active.
     select(st, T0, 100).await.unwrap();
-    let keys = [KeySuccesses {
-        key: kid("a"),
-        count: 1,
-        http_status: 200,
-        age_ms: 0,
-    }];
-    let ended = [LeaseEnd {
-        key: kid("a"),
-        lease: 0,
-        tokens_delta: 900_000,
-    }];
-    let batch = SuccessBatch {
-        keys: &keys,
-        hints: &[],
-        ended: &ended,
-        now_ms: Some(T0 + 10),
-    };
-    st.report_successes("p", &batch).await.unwrap();
+    success_batch(st, "a", 0, 900_000, T0 + 10).await;
     // 900,000 more tokens: ceil(900000 * 60600 / 9999000) = 5455 ms from T0 + 10.
-    let snap = st.snapshot("p", Some(T0 + 10)).await.unwrap();
-    let a = snap.keys.iter().find(|k| k.id == "a").expect("key a");
+    let a = record(st, "a", T0 + 10).await;
     assert_eq!(
         (a.status, a.reason.as_str(), a.cooldown_until_ms),
         (KeyState::Cooling, "budget", T0 + 5_465)
