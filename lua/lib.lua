@@ -434,11 +434,6 @@ local function leases_held(id, b, now, conc, need)
   return c
 end
 
-local function token_step(tokens, limit, mrt, window)
-  if limit <= 0 then return 0 end
-  return ceil_div(tokens * window, max(limit - mrt, 1))
-end
-
 -- The earliest start the rate schedules allow, and the earliest lease expiry when every
 -- in-flight slot is taken (nil otherwise). Expired leases are dropped first.
 local function budget_headroom(id, b, now)
@@ -480,8 +475,10 @@ local spent_crowded
 -- "Crowded" counts the leases unexpired at `now`.
 local function budget_spend(id, b, start, tokens, mrt, lease_ms, now)
   spent_crowded = 0
-  -- (ceil_div and token_step inline, and max as a comparison: a pick runs this, and each
-  -- function call costs Redis about as much as the arithmetic.)
+  -- Each schedule moves by its step, ceil(window / limit) for requests and
+  -- ceil(tokens * window / max(limit - mrt, 1)) for tokens, from start or later; written out
+  -- rather than through ceil_div and math.max: a pick runs this, and each function call costs
+  -- Redis about as much as the arithmetic.
   local lim, t = b[RPM], b[TAT_R]
   if lim > 0 then
     if t < start then t = start end

@@ -122,9 +122,10 @@ end
 -- lands in it, and later draws of the batch index that copy: each ZRANGE by rank costs a
 -- redis.call with its conversions. With a batch of 10 selects from a 4-key pool this makes the
 -- call cheaper, and a batch of 12 from 64 keys of weight 1 (BENCHMARKS.md, "Small classes read
--- whole"); a batch of one reads by rank, as a whole class costs it more. The copy cannot go stale within the
--- call: selection changes no class set. A larger class is read one member per draw (O(log n)
--- each, whatever the pool size).
+-- whole"); a batch of one reads by rank, as a whole class costs it more. The copy cannot go
+-- stale within the call: only a budget benching a key changes a class set, and that clears it
+-- (classes_changed). A larger class is read one member per draw (O(log n) each, whatever the
+-- pool size).
 -- The largest class read whole in this call (none in a call of one): WHOLE0 for class 0, read
 -- without scores (a member costs about a tenth of a read by rank), WHOLE for the others.
 local WHOLE, WHOLE0
@@ -276,8 +277,7 @@ local function try_budgeted(g, rand, tokens)
       -- The common case, without the key's table: it has headroom now, so budget_place would
       -- leave it active; after the spend it benches the key only when its headroom is gone.
       local lease = budget_spend(id, b, now, tokens, mrt, lease_ms, now)
-      if budget_may_bench(id, b, now) then
-        budget_place(active_key(id, w, g), b, now)
+      if budget_may_bench(id, b, now) and budget_place(active_key(id, w, g), b, now) then
         classes_changed()
       end
       return id, probe, lease
@@ -289,6 +289,7 @@ local function try_budgeted(g, rand, tokens)
       attempts = attempts + 1
       classes_changed()
     elseif skips < SKIPS then
+      -- Not benched: its headroom returns within LAZY_MS.
       skip(k, b, at)
     else
       bench_skipped(k, b, at)

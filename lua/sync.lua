@@ -52,10 +52,10 @@ if not fresh and hm[2] ~= LAYOUT then
     for j = 1, #old do any = any or o[j] ~= false end
     if any then
       local b = budget_of(nil)
-      b[CFG_RPM], b[CFG_TPM], b[CONC], b[RPD], b[TPD] = num(o[1]), num(o[2]), num(o[3]), num(o[4]),
-        num(o[5])
-      b[L_RPM], b[L_TPM], b[TAT_R], b[TAT_RD], b[TAT_T], b[TAT_TD] = num(o[6]), num(o[7]), num(o[8]),
-        num(o[9]), num(o[10]), num(o[11])
+      b[CFG_RPM], b[CFG_TPM], b[CONC], b[RPD], b[TPD] =
+        num(o[1]), num(o[2]), num(o[3]), num(o[4]), num(o[5])
+      b[L_RPM], b[L_TPM], b[TAT_R], b[TAT_RD], b[TAT_T], b[TAT_TD] =
+        num(o[6]), num(o[7]), num(o[8]), num(o[9]), num(o[10]), num(o[11])
       b[N_IN] = o[12] and tonumber(o[12]) or -1
       bsave(id, b)
       redis.call('HDEL', kkey(id), unpack(old))
