@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Replays what one replica at c=64 asks of Redis for a budgeted pool, without the replica.
 
-Usage: budget_replay.py PORT PREFIX POOL ITERATIONS [off] [evalsha] [selects]
+Usage: budget_replay.py PORT PREFIX POOL ITERATIONS [off] [evalsha] [selects] [hints]
 
 Sends ITERATIONS calls of lua/select.lua (12 requests each, as the replica's coalesced selects
 carry at c=64) and, every 10 calls, one lua/report_batch.lua carrying those requests' successes
 and ends (lease freed, 1,000 tokens less than reserved), like the replica's success batch.
 With "off" the pool's meta field `budgets` is taken as 0 and no ends are sent: the same calls
-without budgets; with "selects", no success batch is sent. The scripts run as the replica runs them: functions of the keygate library the
+without budgets; with "selects", no success batch is sent; with "hints", each batch carries
+the hint the bench's mock sends on every answer (10,000 requests a minute, 9,999 left) for every
+key it names. The scripts run as the replica runs them: functions of the keygate library the
 replica loaded (`FCALL`), or with "evalsha" as lua/lib.lua plus the script by `EVALSHA` (what
 a Redis without Functions runs). The pool must exist (a replica synced it). bench/budget_replay.sh runs it
 against a redis-server under callgrind, so the count of Redis instructions per request does not
@@ -82,6 +84,7 @@ def functions(r):
 def main():
     port, prefix, pool, iters = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
     off = 'off' in sys.argv[5:]
+    hints = 'hints' in sys.argv[5:]
     r = Redis(port)
     base = '%s:{%s}' % (prefix, pool)
     if off:
@@ -109,7 +112,14 @@ def main():
             a = ['0', len(successes)]
             for key, n in successes.items():
                 a += [key, n, 200, 1]
-            a.append(0)
+            if hints and not off:
+                # What the bench's mock says on every answer (src/mock/v1.rs): the newest
+                # answer's hints of each key, as the replica's batch carries them.
+                a.append(len(successes))
+                for key in successes:
+                    a += [key, 1, 9999, -1, -1, -1, 10000, -1]
+            else:
+                a.append(0)
             if not off:
                 for key, lease in ends:
                     a += [key, lease, -1000]

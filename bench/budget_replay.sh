@@ -8,7 +8,9 @@
 # select call's Redis work"). The scripts run as the replica loaded them (Functions, FCALL);
 # REPLAY_EVALSHA=1 runs them as EVALSHA scripts instead, as on a Redis without Functions;
 # REPLAY_LIMITS='rpm = 60600' (\n between lines) replaces the pool's limits, and
-# REPLAY_SELECTS_ONLY=1 sends no success batch (the select calls' share alone).
+# REPLAY_SELECTS_ONLY=1 sends no success batch (the select calls' share alone), and
+# REPLAY_HINTS=1 has every batch carry one provider hint per key, what the bench's mock announces
+# (the replica drops such hints: BENCHMARKS.md, "Hints that change nothing").
 # Needs valgrind, redis-server and python3; about 2 minutes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,6 +34,7 @@ for mode in on off; do
     [[ $mode == off ]] && arg=off
     [[ ${REPLAY_EVALSHA:-0} == 1 ]] && arg="$arg evalsha"
     [[ ${REPLAY_SELECTS_ONLY:-0} == 1 ]] && arg="$arg selects"
+    [[ ${REPLAY_HINTS:-0} == 1 ]] && arg="$arg hints"
     # shellcheck disable=SC2086 # $arg: zero, one or two words
     python3 "$ROOT/bench/budget_replay.py" $RP kgreplay b64 20 $arg >/dev/null # warm-up
     callgrind_control -z "$rpid" >/dev/null

@@ -18,7 +18,7 @@ pub mod upstream_client;
 use crate::config::{Config, PoolConfig};
 use crate::metrics::Metrics;
 use crate::pool::KeyId;
-use crate::store::budget::BudgetRecord;
+use crate::store::budget::{BudgetRecord, KeyLimits};
 use crate::store::redis::RedisStore;
 use crate::store::{KeyStore, PoolSpec, SyncReceipt};
 use crate::upstream::scrub::Scrubber;
@@ -30,6 +30,10 @@ pub struct PoolRuntime {
     pub spec: PoolSpec,
     /// `spec.has_budgets()`, computed once: it looks at every key, and a pool may hold 10,000.
     pub has_budgets: bool,
+    /// Per key id, its configured budget limits (empty when the pool has no budgets): what the
+    /// provider's `x-ratelimit-*` hints are measured against before they ride the success batch
+    /// (`ProviderHints::that_bind`).
+    pub limits: HashMap<KeyId, KeyLimits>,
     /// The configured base URL, parsed; requests only ever go to its scheme, host and port.
     pub base_url: url::Url,
     /// Per key id: what an attempt sends.
@@ -144,9 +148,15 @@ impl Gateway {
                 auth.insert(id, key_auth);
             }
             let spec = PoolSpec::from_config(p);
+            let has_budgets = spec.has_budgets();
+            let limits = (spec.keys.iter())
+                .filter(|_| has_budgets)
+                .map(|k| (k.id.clone(), k.limits))
+                .collect();
             let rt = PoolRuntime {
                 config: p.clone(),
-                has_budgets: spec.has_budgets(),
+                has_budgets,
+                limits,
                 spec,
                 base_url,
                 auth,

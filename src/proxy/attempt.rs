@@ -156,7 +156,12 @@ fn succeeded(
     let pool = call.pool.config.name.clone();
     let verdict = classify(resp.status(), resp.headers(), None, SystemTime::now());
     let hints = (call.pool.has_budgets)
-        .then(|| provider_hints(&read_hints(resp.headers(), SystemTime::now())));
+        .then(|| provider_hints(&read_hints(resp.headers(), SystemTime::now())))
+        .filter(|h| !h.is_empty())
+        .map(|h| match call.pool.limits.get(&chosen.key) {
+            Some(limits) => h.that_bind(limits, call.pool.spec.budget.max_request_tokens),
+            None => h,
+        });
     call.state.metrics.record_attempt(
         &pool,
         chosen.key.as_str(),

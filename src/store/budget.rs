@@ -323,6 +323,46 @@ impl ProviderHints {
     pub fn is_empty(&self) -> bool {
         *self == ProviderHints::default()
     }
+
+    /// These hints without what [`KeyBudget::learn`] would take in to no effect on a key whose
+    /// config sets `limits` (pool `max_request` tokens): a dimension (requests, tokens) whose
+    /// per-minute limit the config sets is dropped when its `remaining` at the configured pace
+    /// lasts the provider's whole window, so learn would move its schedule to no later than
+    /// the answer's arrival, a moment already past (README "Budgets", "Learned from the
+    /// provider"). A provider announces plenty of headroom on nearly every answer; each hint
+    /// the batch carries costs Redis a budget read and a placement of the key (BENCHMARKS.md,
+    /// "Hints that change nothing"). A dimension the config leaves unset is kept whole: its
+    /// limit may be learned.
+    pub fn that_bind(mut self, limits: &KeyLimits, max_request: u64) -> ProviderHints {
+        if limits.rpm > 0 {
+            let binds = self.remaining_requests.is_some_and(|r| {
+                let window = provider_window(r, self.reset_requests_ms, self.limit_requests);
+                let free = r
+                    .saturating_add(1)
+                    .saturating_mul(div_ceil(MINUTE_MS, limits.rpm));
+                window > free
+            });
+            if !binds {
+                self.remaining_requests = None;
+                self.reset_requests_ms = None;
+                self.limit_requests = None;
+            }
+        }
+        if limits.tpm > 0 {
+            let binds = self.remaining_tokens.is_some_and(|r| {
+                let window = provider_window(r, self.reset_tokens_ms, self.limit_tokens);
+                let free =
+                    r.saturating_add(max_request) as u128 * MINUTE_MS as u128 / limits.tpm as u128;
+                window as u128 > free
+            });
+            if !binds {
+                self.remaining_tokens = None;
+                self.reset_tokens_ms = None;
+                self.limit_tokens = None;
+            }
+        }
+        self
+    }
 }
 
 impl KeyBudget {

@@ -135,7 +135,7 @@ impl SuccessBatcher {
     }
 
     /// Buffers one success of `key`, with the provider's hints its answer carried (a pool with
-    /// budgets); `None` when this batcher takes none (interval 0, or shut down): report it at
+    /// budgets; `None`: the answer said nothing, empty: nothing that binds); `None` when this batcher takes none (interval 0, or shut down): report it at
     /// once instead.
     pub fn record(
         &self,
@@ -153,8 +153,17 @@ impl SuccessBatcher {
                 newest: now,
             });
             (tally.count, tally.http_status, tally.newest) = (tally.count + 1, http_status, now);
-            if let Some(h) = hints.filter(|h| !h.is_empty()) {
-                open.hints.insert(key.clone(), (h, now));
+            // The newest answer's hints stand for the key; hints that bind nothing (all the
+            // answer said was dropped by `ProviderHints::that_bind`) take the place of older
+            // ones as before, by leaving none.
+            match hints {
+                Some(h) if h.is_empty() => {
+                    open.hints.remove(key);
+                }
+                Some(h) => {
+                    open.hints.insert(key.clone(), (h, now));
+                }
+                None => {}
             }
         })?;
         Some(Ticket {

@@ -119,3 +119,125 @@ fn settling_less_leaves_a_schedule_at_or_before_now_where_it_is() {
     b.settle(100, 0, tat + 2_000);
     assert_eq!(b.tat_t, tat + 2_000 + 606);
 }
+
+#[test]
+fn hints_that_bind_keep_only_what_moves_a_configured_schedule() {
+    let limits = KeyLimits {
+        rpm: 60,
+        tpm: 100_000,
+        ..KeyLimits::default()
+    };
+    // What OpenAI and the bundled mock announce on nearly every answer: plenty left.
+    let plenty = ProviderHints {
+        remaining_requests: Some(59),
+        reset_requests_ms: Some(1_000),
+        remaining_tokens: Some(99_000),
+        reset_tokens_ms: Some(600),
+        limit_requests: Some(60),
+        limit_tokens: Some(100_000),
+    };
+    assert!(plenty.that_bind(&limits, 1_000).is_empty());
+    // 9 requests left for 20 s is fewer than 60 rpm would start: kept, the tokens dropped.
+    let few = ProviderHints {
+        remaining_requests: Some(9),
+        reset_requests_ms: Some(20_000),
+        ..plenty
+    };
+    let kept = few.that_bind(&limits, 1_000);
+    assert_eq!(
+        (
+            kept.remaining_requests,
+            kept.reset_requests_ms,
+            kept.limit_requests
+        ),
+        (Some(9), Some(20_000), Some(60))
+    );
+    assert_eq!((kept.remaining_tokens, kept.limit_tokens), (None, None));
+    // A dimension the config leaves unset is kept whole: its limit may be learned.
+    let unset = KeyLimits {
+        rpm: 60,
+        ..KeyLimits::default()
+    };
+    let kept = plenty.that_bind(&unset, 1_000);
+    assert_eq!(kept.remaining_requests, None);
+    assert_eq!(
+        (
+            kept.remaining_tokens,
+            kept.reset_tokens_ms,
+            kept.limit_tokens
+        ),
+        (Some(99_000), Some(600), Some(100_000))
+    );
+}
+
+mod hints_that_bind {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn opt(max: u64) -> impl Strategy<Value = Option<u64>> {
+        prop_oneof![Just(None), (0..max).prop_map(Some)]
+    }
+
+    fn hints() -> impl Strategy<Value = ProviderHints> {
+        (
+            opt(2_000),
+            opt(120_000),
+            opt(2_000_000),
+            opt(120_000),
+            opt(20_000),
+            opt(4_000_000),
+        )
+            .prop_map(|(rr, rsr, rt, rst, lr, lt)| ProviderHints {
+                remaining_requests: rr,
+                reset_requests_ms: rsr,
+                remaining_tokens: rt,
+                reset_tokens_ms: rst,
+                limit_requests: lr,
+                limit_tokens: lt,
+            })
+    }
+
+    proptest! {
+        /// Learning the filtered hints leaves a budget as learning them all would, but for a
+        /// schedule moved to the answer's arrival, a moment already past (every reader takes a
+        /// schedule in the past as now). `near` moves each announced reset to within a few ms
+        /// of what the remaining count lasts at the configured pace, where the two answers
+        /// part; schedules start at or before the arrival, where a move shows.
+        #[test]
+        fn learning_what_binds_is_learning_everything(
+            mut h in hints(),
+            rpm in prop_oneof![Just(0u64), 1..200_000u64],
+            tpm in prop_oneof![Just(0u64), 1..20_000_000u64],
+            near in proptest::option::of(proptest::array::uniform2(-3i64..=3)),
+            back in proptest::array::uniform2(0..200u64),
+            seen in 1_000..100_000u64,
+            learn in any::<bool>(),
+            max_request in 1..10_000u64,
+        ) {
+            if let Some([dr, dt]) = near {
+                let at = |free: u64, d: i64| Some(free.saturating_add_signed(d));
+                if let (Some(r), true) = (h.remaining_requests, rpm > 0) {
+                    h.reset_requests_ms = at((r + 1) * MINUTE_MS.div_ceil(rpm), dr);
+                }
+                if let (Some(r), true) = (h.remaining_tokens, tpm > 0) {
+                    h.reset_tokens_ms = at((r + max_request) * MINUTE_MS / tpm, dt);
+                }
+            }
+            let limits = KeyLimits { rpm, tpm, ..KeyLimits::default() };
+            let b = KeyBudget {
+                limits,
+                tat_r: seen - back[0],
+                tat_t: seen - back[1],
+                ..KeyBudget::default()
+            };
+            let (mut all, mut bound) = (b.clone(), b);
+            all.learn(&h, seen, learn, max_request);
+            bound.learn(&h.that_bind(&limits, max_request), seen, learn, max_request);
+            prop_assert_eq!(all.learned, bound.learned);
+            let past = |t: u64| t <= seen;
+            for (a, f) in [(all.tat_r, bound.tat_r), (all.tat_t, bound.tat_t)] {
+                prop_assert!(a == f || (past(a) && past(f)), "{} against {}", a, f);
+            }
+        }
+    }
+}

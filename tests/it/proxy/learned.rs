@@ -141,3 +141,111 @@ async fn a_limit_the_provider_announces_becomes_the_keys_learned_rpm_listed_and_
     assert_eq!(err["error"]["code"], "pool_exhausted", "{err}");
     assert_eq!(mock.requests(K2[0].secret), 2);
 }
+
+/// The hint groups of every `report_batch` call Redis's slowlog holds (it logs every command
+/// at threshold 0): per call, (key id, remaining requests) of each hint it carried. The batch's
+/// ARGV: now, k, k groups of 4, h, h groups of 8 (`lua/report_batch.lua`).
+fn batch_hints(conn: &mut redis::Connection) -> Vec<Vec<(String, String)>> {
+    let log: redis::Value = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query(conn)
+        .unwrap();
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        other => format!("{other:?}"),
+    };
+    let redis::Value::Array(entries) = log else {
+        panic!("SLOWLOG GET: {log:?}")
+    };
+    let mut calls = Vec::new();
+    for e in entries {
+        let redis::Value::Array(fields) = e else {
+            continue;
+        };
+        let Some(redis::Value::Array(args)) = fields.get(3) else {
+            continue;
+        };
+        let args: Vec<String> = args.iter().map(text).collect();
+        let batch = args.len() > 5
+            && args[0].eq_ignore_ascii_case("fcall")
+            && args[1].ends_with("report_batch");
+        if !batch {
+            continue;
+        }
+        // args: FCALL, function, 1, pool base, then the ARGV.
+        let argv = &args[4..];
+        let k: usize = argv[1].parse().unwrap();
+        let h_at = 2 + 4 * k;
+        let h: usize = argv[h_at].parse().unwrap();
+        let hints = (0..h)
+            .map(|i| {
+                let g = &argv[h_at + 1 + 8 * i..];
+                (g[0].clone(), g[2].clone())
+            })
+            .collect();
+        calls.push(hints);
+    }
+    calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_announcing_plenty_of_headroom_reach_the_store_without_their_hints() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&[
+            "SET",
+            "slowlog-log-slower-than",
+            "0",
+            "slowlog-max-len",
+            "100000",
+        ])
+        .query(&mut conn)
+        .unwrap();
+    let mock = MockUpstream::start().await;
+    // What providers say on nearly every answer: 59,999 of 60,000 left, reset in 100 ms.
+    let plenty = [
+        ("x-ratelimit-limit-requests", "60000"),
+        ("x-ratelimit-remaining-requests", "59999"),
+        ("x-ratelimit-reset-requests", "100ms"),
+    ];
+    mock.set_steady(K2[0].secret, answering(&plenty));
+    let toml = config_toml(Some(&redis.url()), &mock.base_url(), &K2[..1], "")
+        .replace("id = \"k1\"\n", "id = \"k1\"\nlimits = { rpm = 60000 }\n")
+        + "[pools.limits]\nmax_wait_ms = 1000\n";
+    let gw = crate::harness::gateway::TestGateway::start(&toml).await;
+    let c = http();
+    let body = chat("m", false);
+    for _ in 0..5 {
+        assert_eq!(post_chat(&c, &gw, &body, &[]).await.status(), 200);
+    }
+    wait_until(
+        Duration::from_secs(5),
+        "a success batch reached Redis",
+        || {
+            let n = batch_hints(&mut redis.conn()).len();
+            async move { n > 0 }
+        },
+    )
+    .await;
+    let calls = batch_hints(&mut conn);
+    assert!(
+        calls.iter().all(|hints| hints.is_empty()),
+        "a batch carried hints that bind nothing: {calls:?}"
+    );
+    // One request is left until the reset in 3 s: that binds, and rides the next batch.
+    let low = [
+        ("x-ratelimit-limit-requests", "60000"),
+        ("x-ratelimit-remaining-requests", "1"),
+        ("x-ratelimit-reset-requests", "3s"),
+    ];
+    mock.set_steady(K2[0].secret, answering(&low));
+    assert_eq!(post_chat(&c, &gw, &body, &[]).await.status(), 200);
+    wait_until(Duration::from_secs(5), "a batch carried k1's hint", || {
+        let calls = batch_hints(&mut redis.conn());
+        async move { calls.iter().flatten().any(|(k, r)| k == "k1" && r == "1") }
+    })
+    .await;
+}
