@@ -190,10 +190,26 @@ fn batch_hints(conn: &mut redis::Connection) -> Vec<Vec<(String, String)>> {
     calls
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_announcing_plenty_of_headroom_reach_the_store_without_their_hints() {
+/// What providers say on nearly every answer: 59,999 of 60,000 left, reset in 100 ms.
+const PLENTY: [(&str, &str); 3] = [
+    ("x-ratelimit-limit-requests", "60000"),
+    ("x-ratelimit-remaining-requests", "59999"),
+    ("x-ratelimit-reset-requests", "100ms"),
+];
+/// One request left until the reset in 3 s: fewer than keygate's pace would start.
+const LOW: [(&str, &str); 3] = [
+    ("x-ratelimit-limit-requests", "60000"),
+    ("x-ratelimit-remaining-requests", "1"),
+    ("x-ratelimit-reset-requests", "3s"),
+];
+
+/// A Redis that logs every command to its slowlog, and a gateway on it whose k1 has
+/// `rpm = 60000`, its successes batched every `flush_ms`.
+async fn slowlogged(
+    mock: &MockUpstream,
+    flush_ms: u64,
+) -> (RedisServer, crate::harness::gateway::TestGateway) {
     let redis = RedisServer::start();
-    let mut conn = redis.conn();
     let _: () = redis::cmd("CONFIG")
         .arg(&[
             "SET",
@@ -202,20 +218,24 @@ async fn answers_announcing_plenty_of_headroom_reach_the_store_without_their_hin
             "slowlog-max-len",
             "100000",
         ])
-        .query(&mut conn)
+        .query(&mut redis.conn())
         .unwrap();
-    let mock = MockUpstream::start().await;
-    // What providers say on nearly every answer: 59,999 of 60,000 left, reset in 100 ms.
-    let plenty = [
-        ("x-ratelimit-limit-requests", "60000"),
-        ("x-ratelimit-remaining-requests", "59999"),
-        ("x-ratelimit-reset-requests", "100ms"),
-    ];
-    mock.set_steady(K2[0].secret, answering(&plenty));
     let toml = config_toml(Some(&redis.url()), &mock.base_url(), &K2[..1], "")
         .replace("id = \"k1\"\n", "id = \"k1\"\nlimits = { rpm = 60000 }\n")
+        .replace(
+            "timeout_ms = 200\n",
+            &format!("timeout_ms = 200\nreport_flush_ms = {flush_ms}\n"),
+        )
         + "[pools.limits]\nmax_wait_ms = 1000\n";
     let gw = crate::harness::gateway::TestGateway::start(&toml).await;
+    (redis, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_announcing_plenty_of_headroom_reach_the_store_without_their_hints() {
+    let mock = MockUpstream::start().await;
+    mock.set_steady(K2[0].secret, answering(&PLENTY));
+    let (redis, gw) = slowlogged(&mock, 50).await;
     let c = http();
     let body = chat("m", false);
     for _ in 0..5 {
@@ -230,22 +250,45 @@ async fn answers_announcing_plenty_of_headroom_reach_the_store_without_their_hin
         },
     )
     .await;
-    let calls = batch_hints(&mut conn);
+    let calls = batch_hints(&mut redis.conn());
     assert!(
         calls.iter().all(|hints| hints.is_empty()),
         "a batch carried hints that bind nothing: {calls:?}"
     );
-    // One request is left until the reset in 3 s: that binds, and rides the next batch.
-    let low = [
-        ("x-ratelimit-limit-requests", "60000"),
-        ("x-ratelimit-remaining-requests", "1"),
-        ("x-ratelimit-reset-requests", "3s"),
-    ];
-    mock.set_steady(K2[0].secret, answering(&low));
+    // Fewer left than keygate's pace would start: that binds, and rides the next batch.
+    mock.set_steady(K2[0].secret, answering(&LOW));
     assert_eq!(post_chat(&c, &gw, &body, &[]).await.status(), 200);
     wait_until(Duration::from_secs(5), "a batch carried k1's hint", || {
         let calls = batch_hints(&mut redis.conn());
         async move { calls.iter().flatten().any(|(k, r)| k == "k1" && r == "1") }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_answer_with_plenty_of_headroom_takes_an_older_hints_place_in_the_batch() {
+    let mock = MockUpstream::start().await;
+    // Batches every 2 s: both answers below land in one.
+    let (redis, gw) = slowlogged(&mock, 2_000).await;
+    let c = http();
+    let body = chat("m", false);
+    mock.set_steady(K2[0].secret, answering(&LOW));
+    assert_eq!(post_chat(&c, &gw, &body, &[]).await.status(), 200);
+    mock.set_steady(K2[0].secret, answering(&PLENTY));
+    assert_eq!(post_chat(&c, &gw, &body, &[]).await.status(), 200);
+    wait_until(
+        Duration::from_secs(10),
+        "a success batch reached Redis",
+        || {
+            let n = batch_hints(&mut redis.conn()).len();
+            async move { n > 0 }
+        },
+    )
+    .await;
+    let calls = batch_hints(&mut redis.conn());
+    assert_eq!(
+        calls,
+        vec![vec![]],
+        "one batch, without the older answer's hint: the newest answer stands for the key"
+    );
 }
