@@ -97,7 +97,7 @@ def main():
         report = r.call('SCRIPT', 'LOAD', script('report_batch.lua')).decode()
         how = 'EVALSHA'
     rng = random.Random(1)
-    ends, successes, picked = [], {}, 0
+    ends, successes, picked, hinted = [], {}, 0, 0
     for it in range(iters):
         args = ['0']
         for _ in range(12):
@@ -116,6 +116,7 @@ def main():
                 # What the bench's mock says on every answer (src/mock/v1.rs): the newest
                 # answer's hints of each key, as the replica's batch carries them.
                 a.append(len(successes))
+                hinted += len(successes)
                 for key in successes:
                     a += [key, 1, 9999, -1, -1, -1, 10000, -1]
             else:
@@ -126,7 +127,8 @@ def main():
             if 'selects' not in sys.argv[5:]:
                 r.call(how, report, 1, base, *a)
             ends, successes = [], {}
-    print('%s: requests %d of %d picked a key' % (how, picked, iters * 12))
+    print('%s: requests %d of %d picked a key, %d provider hints sent'
+          % (how, picked, iters * 12, hinted))
 
 
 if __name__ == '__main__':

@@ -399,10 +399,10 @@ if has_phase sustained; then
     SWEEP_PHASE=sustained SWEEP_POINTS=c64 SECS=${BENCH_SUSTAIN_SECS:-75} sweep_size "$big"
 fi
 
-# budgets: the same 16-key pool without and with budgets that never bind (README "Budgets"):
-# rpm 1,000,000 (one request per key per millisecond, the schedule's finest step), tpm
-# 100,000,000 and max_concurrent 1,000 per key. Three interleaved rounds, a fresh replica (Redis
-# store, its own prefix) each, c=64 and c=1: what spending a budget inside select costs.
+# budgets: the same 64-key pool without and with budgets that never bind (README "Budgets";
+# bench/lib.sh NOT_BINDING_LIMITS: rpm 60,600, one request per key per millisecond, the
+# schedule's finest step). Three interleaved rounds, a fresh replica (Redis store, its own
+# prefix) each, c=64 and c=1: what spending a budget inside select costs.
 budget_replica() {
     local label=$1 limits=$2
     alloc_port
