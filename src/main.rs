@@ -14,14 +14,19 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read once when it starts (before `main`): a background thread returns
 /// freed pages to the OS about 100 ms after they fall free (`dirty_decay_ms`), so a burst (a
-/// snapshot of a large pool, a `/metrics` render) leaves no lasting resident memory behind.
+/// snapshot of a large pool, a `/metrics` render) leaves no lasting resident memory behind;
+/// 8 KiB objects (hyper's per-connection read and write buffers) come four to a 32 KiB slab
+/// instead of one to a slab of their own (`slab_sizes`), so thousands of open streams make a
+/// quarter of the extents, whose metadata jemalloc keeps after the load (BENCHMARKS.md,
+/// "Memory per open stream").
 /// `MALLOC_CONF` cannot change them: this build prefixes jemalloc's symbols, so its
 /// environment variable is `_RJEM_MALLOC_CONF`, which is read after this string and wins.
 #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 #[used]
-static malloc_conf: &[u8; 59] = b"background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0\0";
+static malloc_conf: &[u8; 82] =
+    b"background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0,slab_sizes:8192-8192:8\0";
 
 /// With `--features mimalloc`: less CPU per request, more resident memory (BENCHMARKS.md,
 /// "The allocator: jemalloc").
