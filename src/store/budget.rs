@@ -324,12 +324,12 @@ impl ProviderHints {
         *self == ProviderHints::default()
     }
 
-    /// These hints without what [`KeyBudget::learn`] would take in to no effect on a key whose
-    /// config sets `limits` (pool `max_request` tokens): a dimension (requests, tokens) whose
-    /// per-minute limit the config sets is dropped when its `remaining` at the configured pace
-    /// lasts the provider's whole window, so learn would move its schedule to no later than
-    /// the answer's arrival, a moment already past (README "Budgets", "Learned from the
-    /// provider"). A provider announces plenty of headroom on nearly every answer; each hint
+    /// These hints less what [`KeyBudget::learn`] would take in without effect, for a key whose
+    /// config sets `limits` (`max_request`: the pool's largest reservation): a dimension
+    /// (requests, tokens) whose per-minute limit the config sets is dropped when its
+    /// `remaining` at the configured pace lasts the provider's whole window, since learn would
+    /// move its schedule no later than the answer's arrival, a moment already past (README
+    /// "Budgets", "Learned from the provider"). A provider announces plenty of headroom on nearly every answer; each hint
     /// the batch carries costs Redis a budget read and a placement of the key (BENCHMARKS.md,
     /// "Hints that change nothing"). A dimension the config leaves unset is kept whole: its
     /// limit may be learned.
