@@ -190,6 +190,16 @@ fn batch_hints(conn: &mut redis::Connection) -> Vec<Vec<(String, String)>> {
     calls
 }
 
+/// [`batch_hints`] once at least one success batch has reached Redis (within `limit`).
+async fn batches(redis: &RedisServer, limit: Duration) -> Vec<Vec<(String, String)>> {
+    wait_until(limit, "a success batch reached Redis", || {
+        let n = batch_hints(&mut redis.conn()).len();
+        async move { n > 0 }
+    })
+    .await;
+    batch_hints(&mut redis.conn())
+}
+
 /// What providers say on nearly every answer: 59,999 of 60,000 left, reset in 100 ms.
 const PLENTY: [(&str, &str); 3] = [
     ("x-ratelimit-limit-requests", "60000"),
@@ -241,16 +251,7 @@ async fn answers_announcing_plenty_of_headroom_reach_the_store_without_their_hin
     for _ in 0..5 {
         assert_eq!(post_chat(&c, &gw, &body, &[]).await.status(), 200);
     }
-    wait_until(
-        Duration::from_secs(5),
-        "a success batch reached Redis",
-        || {
-            let n = batch_hints(&mut redis.conn()).len();
-            async move { n > 0 }
-        },
-    )
-    .await;
-    let calls = batch_hints(&mut redis.conn());
+    let calls = batches(&redis, Duration::from_secs(5)).await;
     assert!(
         calls.iter().all(|hints| hints.is_empty()),
         "a batch carried hints that bind nothing: {calls:?}"
@@ -276,16 +277,7 @@ async fn a_newer_answer_with_plenty_of_headroom_takes_an_older_hints_place_in_th
     assert_eq!(post_chat(&c, &gw, &body, &[]).await.status(), 200);
     mock.set_steady(K2[0].secret, answering(&PLENTY));
     assert_eq!(post_chat(&c, &gw, &body, &[]).await.status(), 200);
-    wait_until(
-        Duration::from_secs(10),
-        "a success batch reached Redis",
-        || {
-            let n = batch_hints(&mut redis.conn()).len();
-            async move { n > 0 }
-        },
-    )
-    .await;
-    let calls = batch_hints(&mut redis.conn());
+    let calls = batches(&redis, Duration::from_secs(10)).await;
     assert_eq!(
         calls,
         vec![vec![]],
