@@ -12,6 +12,8 @@
 # (bench/nginx.bare.conf.template) with one worker and no master process, so one process holds
 # all of its work. Results: BENCH_OUT (default bench/results/instr-<UTC time>/): per target a
 # callgrind dump and `requests.txt`, and summary.tsv (target, requests, instructions per request).
+# INSTR_LIMITS='rpm = 60600\nmax_concurrent = 1000' gives keygate's pool those budgets (README
+# "Budgets"; bench/lib.sh NOT_BINDING_LIMITS are the budgets phase's).
 # Needs valgrind (callgrind_control), wrk, redis-server, nginx.
 set -euo pipefail
 
@@ -77,6 +79,7 @@ for arg in "$@"; do
         fi
         gen_config "$OUT/$name/keygate.toml" "127.0.0.1:$port" "$redis" kginstr '"fast"'
         gen_pool fast "http://127.0.0.1:$mock/v1" 4 >>"$OUT/$name/keygate.toml"
+        [[ -z ${INSTR_LIMITS:-} ]] || printf '\n[pools.limits]\n%b\n' "$INSTR_LIMITS" >>"$OUT/$name/keygate.toml"
         start_bg "$name" env RUST_LOG="$KG_LOG" "${vg[@]}" "$bin" serve --config "$OUT/$name/keygate.toml"
         pid=$LAST_PID
         wait_http "http://127.0.0.1:$port/readyz" 120

@@ -20,7 +20,9 @@ use crate::state::upstream_client::Lease;
 use crate::state::AppState;
 use crate::store::KeyStoreExt;
 use crate::store::{random_draw, Chosen, Report, SelectRequest, Selection, Unavailable};
-use crate::upstream::classify::{classify, client_cause, is_model_not_found, Verdict};
+use crate::upstream::classify::{
+    classify, client_cause, is_model_not_found, success_verdict, Verdict,
+};
 use crate::upstream::headers::read_hints;
 use crate::upstream::scrub::StreamScrub;
 use crate::usage::Usage;
@@ -154,9 +156,11 @@ fn succeeded(
     held: (Option<BudgetTicket>, Lease),
 ) -> Step {
     let pool = call.pool.config.name.clone();
-    let verdict = classify(resp.status(), resp.headers(), None, SystemTime::now());
+    // A 2xx: its verdict and, in a pool with budgets, its hints for the store, from one read.
+    let read = read_hints(resp.headers(), SystemTime::now());
+    let verdict = success_verdict(&read);
     let hints = (call.pool.has_budgets)
-        .then(|| provider_hints(&read_hints(resp.headers(), SystemTime::now())))
+        .then(|| provider_hints(&read))
         .filter(|h| !h.is_empty())
         .map(|h| match call.pool.limits.get(&chosen.key) {
             Some(limits) => h.that_bind(limits, call.pool.spec.budget.max_request_tokens),

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use super::headers::read_hints;
+use super::headers::{read_hints, RateLimitHints};
 use crate::pool::Outcome;
 
 mod cause;
@@ -63,10 +63,7 @@ pub fn classify(
         cooldown: None,
     };
     match status.as_u16() {
-        200..=299 => Verdict {
-            outcome: Outcome::Success,
-            cooldown: read_hints(headers, now).exhausted_for(),
-        },
+        200..=299 => success_verdict(&read_hints(headers, now)),
         429 if body.is_some_and(says_insufficient_quota) => verdict(Outcome::QuotaExhausted),
         429 => Verdict {
             outcome: Outcome::RateLimited,
@@ -80,6 +77,16 @@ pub fn classify(
         500..=599 => verdict(Outcome::ServerError),
         // 400, 404, 409, 413, 422, every other 4xx, and 1xx/3xx passed through: not the key's fault.
         _ => verdict(Outcome::ClientError),
+    }
+}
+
+/// What [`classify`] answers for a 2xx whose headers carry `hints`: a success, cooling the key
+/// only when the answer says none of a budget is left (`exhausted_for`). For a caller that
+/// reads the hints for more than the verdict (a pool with budgets), once.
+pub fn success_verdict(hints: &RateLimitHints) -> Verdict {
+    Verdict {
+        outcome: Outcome::Success,
+        cooldown: hints.exhausted_for(),
     }
 }
 
