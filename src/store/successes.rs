@@ -135,8 +135,8 @@ impl SuccessBatcher {
     }
 
     /// Buffers one success of `key`, with the provider's hints its answer carried (a pool with
-    /// budgets; `None`: the answer said nothing, empty: nothing that binds); `None` when this batcher takes none (interval 0, or shut down): report it at
-    /// once instead.
+    /// budgets; `None`: the answer said nothing, empty: nothing that binds); `None` when this
+    /// batcher takes none (interval 0, or shut down): report it at once instead.
     pub fn record(
         &self,
         pool: &str,

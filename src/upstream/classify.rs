@@ -81,8 +81,8 @@ pub fn classify(
 }
 
 /// What [`classify`] answers for a 2xx whose headers carry `hints`: a success, cooling the key
-/// only when the answer says none of a budget is left (`exhausted_for`). For a caller that
-/// reads the hints for more than the verdict (a pool with budgets), once.
+/// only when the answer says none of a budget is left (`exhausted_for`). A caller that also
+/// passes the hints on (a pool with budgets) reads them once and calls this.
 pub fn success_verdict(hints: &RateLimitHints) -> Verdict {
     Verdict {
         outcome: Outcome::Success,
