@@ -55,6 +55,30 @@ async fn finish(responses: Vec<reqwest::Response>) {
     }
 }
 
+/// Waits until `conns` upstream connections are open while the mock still has all `streams`
+/// open: the streams are carried by those connections. hyper_util's pool may open one HTTP/2
+/// connection more than it uses: a request that found no connection in the pool can still start
+/// connecting once the first connection is in, and that spare one is closed as soon as it is
+/// up. So the test counts connections open while the streams run, not connections accepted.
+async fn wait_streams_carried_by(
+    proxy: &FaultProxy,
+    mock: &MockUpstream,
+    streams: u64,
+    conns: u64,
+) {
+    wait_open(
+        proxy,
+        &format!("{streams} streams carried by {conns} HTTP/2 connections"),
+        conns,
+    )
+    .await;
+    assert_eq!(
+        mock.open_streams(),
+        streams,
+        "every stream was still open when {conns} connections were"
+    );
+}
+
 async fn wait_open(proxy: &FaultProxy, what: &str, want: u64) {
     wait_until_or_explain(
         Duration::from_secs(20),
@@ -119,11 +143,8 @@ async fn concurrent_streams_to_an_http2_upstream_share_one_connection() {
     let proxy = FaultProxy::start(mock.addr).await;
     let gw = gateway(&proxy, "upstream_http2 = \"prior_knowledge\"").await;
     let streams = open_streams(&gw, &mock, 20).await;
-    assert_eq!(
-        proxy.stats.accepted.load(Ordering::Relaxed),
-        1,
-        "20 concurrent streams on one HTTP/2 connection"
-    );
+    wait_streams_carried_by(&proxy, &mock, 20, 1).await;
+    let accepted = proxy.stats.accepted.load(Ordering::Relaxed);
     finish(streams).await;
     // Non-streamed answers use the same connection.
     mock.set_steady(SECRET, Behavior::Ok);
@@ -131,7 +152,12 @@ async fn concurrent_streams_to_an_http2_upstream_share_one_connection() {
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.expect("json");
     assert_eq!(body["usage"]["completion_tokens"], 5);
-    assert_eq!(proxy.stats.accepted.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        proxy.stats.accepted.load(Ordering::Relaxed),
+        accepted,
+        "no new connection"
+    );
+    assert_eq!(proxy.stats.open.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,12 +167,9 @@ async fn streams_beyond_one_http2_connections_share_open_another_connection() {
     mock.set_steady(SECRET, Behavior::SlowStream { interval_ms: 500 });
     let proxy = FaultProxy::start(mock.addr).await;
     let gw = gateway(&proxy, "upstream_http2 = \"prior_knowledge\"").await;
-    let streams = open_streams(&gw, &mock, per_connection + per_connection / 2).await;
-    assert_eq!(
-        proxy.stats.accepted.load(Ordering::Relaxed),
-        2,
-        "{} streams at most on each HTTP/2 connection",
-        per_connection
-    );
+    let count = per_connection + per_connection / 2;
+    let streams = open_streams(&gw, &mock, count).await;
+    // At most `per_connection` streams on each HTTP/2 connection.
+    wait_streams_carried_by(&proxy, &mock, count as u64, 2).await;
     finish(streams).await;
 }
