@@ -15,20 +15,18 @@ use crate::store::budget::{PoolHeadroom, ProviderHints};
 use crate::store::{Chosen, KeyStoreExt, LeaseEnd, PoolSpec, Settlement};
 use crate::upstream::headers::{format_reset_duration, RateLimitHints};
 
-#[derive(serde::Deserialize)]
-struct Completion {
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-}
-
-/// The tokens a request reserves: its prompt estimated as a quarter of the body's bytes (an
-/// over-estimate for JSON), plus `max_completion_tokens`, `max_tokens` or the pool's default.
-/// A reservation above the pool's `max_request_tokens` is refused: budgets could not bound it.
-pub fn reservation(body: &[u8], spec: &PoolSpec, default_completion: u64) -> Result<u64, ApiError> {
-    let asked = serde_json::from_slice::<Completion>(body)
-        .ok()
-        .and_then(|c| c.max_completion_tokens.or(c.max_tokens));
-    let total = (body.len() as u64)
+/// The tokens a request reserves: its prompt estimated as a quarter of the body's `body_len`
+/// bytes (an over-estimate for JSON), plus the completion it `asked` for
+/// (`max_completion_tokens`, else `max_tokens`, read by `proxy::request::inspect`) or the
+/// pool's default. A reservation above the pool's `max_request_tokens` is refused: budgets
+/// could not bound it.
+pub fn reservation(
+    body_len: usize,
+    asked: Option<u64>,
+    spec: &PoolSpec,
+    default_completion: u64,
+) -> Result<u64, ApiError> {
+    let total = (body_len as u64)
         .div_ceil(4)
         .saturating_add(asked.unwrap_or(default_completion));
     let max = spec.budget.max_request_tokens;
@@ -206,22 +204,50 @@ mod tests {
         assert_eq!(tokens_delta(300, Some(100)), -200);
     }
 
+    /// The reservation of a JSON `body`, its completion read by the request's one parse.
+    fn reserve(body: &[u8], max_request_tokens: u64) -> Result<u64, ApiError> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            "application/json".parse().unwrap(),
+        );
+        let asked =
+            match crate::proxy::request::inspect(&http::Method::POST, &headers, body, |_| false) {
+                Ok(inspected) => inspected.max_completion,
+                Err(_) => None,
+            };
+        reservation(body.len(), asked, &spec(max_request_tokens), 7)
+    }
+
     #[test]
     fn a_reservation_is_the_body_quarter_plus_the_asked_completion() {
+        let quarter = |body: &[u8]| (body.len() as u64).div_ceil(4);
         let body = br#"{"model":"m","max_tokens":100,"messages":[]}"#;
-        let quarter = (body.len() as u64).div_ceil(4);
-        assert_eq!(reservation(body, &spec(1000), 7).unwrap(), quarter + 100);
+        assert_eq!(reserve(body, 1000).unwrap(), quarter(body) + 100);
         let body = br#"{"max_completion_tokens":50,"max_tokens":100}"#;
-        let quarter = (body.len() as u64).div_ceil(4);
-        assert_eq!(reservation(body, &spec(1000), 7).unwrap(), quarter + 50);
-        assert_eq!(reservation(b"{}", &spec(1000), 7).unwrap(), 1 + 7);
-        assert_eq!(reservation(b"not json", &spec(1000), 7).unwrap(), 2 + 7);
+        assert_eq!(
+            reserve(body, 1000).unwrap(),
+            quarter(body) + 50,
+            "the newer field first"
+        );
+        let body = br#"{"max_completion_tokens":null,"max_tokens":100}"#;
+        assert_eq!(reserve(body, 1000).unwrap(), quarter(body) + 100);
+        let body = br#"{"max_tokens":-3}"#;
+        assert_eq!(
+            reserve(body, 1000).unwrap(),
+            quarter(body) + 7,
+            "not a count: the default"
+        );
+        // A duplicate field takes the full parse, which reads the completion too.
+        let body = br#"{"model":"m","model":"m","max_tokens":40}"#;
+        assert_eq!(reserve(body, 1000).unwrap(), quarter(body) + 40);
+        assert_eq!(reserve(b"{}", 1000).unwrap(), 1 + 7);
+        assert_eq!(reserve(b"not json", 1000).unwrap(), 2 + 7);
     }
 
     #[test]
     fn a_reservation_above_max_request_tokens_is_refused() {
-        let body = br#"{"max_tokens":5000}"#;
-        let err = reservation(body, &spec(1000), 7).unwrap_err();
+        let err = reserve(br#"{"max_tokens":5000}"#, 1000).unwrap_err();
         assert_eq!((err.status.as_u16(), err.code), (400, "request_too_large"));
     }
 }

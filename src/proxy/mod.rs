@@ -137,7 +137,8 @@ async fn prepare_and_run(
     models::check_allowed(method, headers, &bytes, &pool.config.models, inference)?;
     let tokens = match pool.spec.budget.token_budgets {
         true => key_budget::reservation(
-            &bytes,
+            bytes.len(),
+            inspected.max_completion,
             &pool.spec,
             pool.config.limits.default_completion_tokens,
         )?,

@@ -121,6 +121,9 @@ pub struct Inspected {
     pub user: Option<String>,
     /// The parsed body, kept only when a fallback may rewrite its `model`.
     pub json: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The completion the request asks for: `max_completion_tokens`, else `max_tokens` (each
+    /// only when a whole number), for its budget reservation (src/proxy/key_budget.rs).
+    pub max_completion: Option<u64>,
 }
 
 fn media_type(headers: &HeaderMap) -> Option<String> {
@@ -143,6 +146,19 @@ struct Head {
     stream: Option<serde_json::Value>,
     #[serde(default, deserialize_with = "present")]
     user: Option<serde_json::Value>,
+    #[serde(default)]
+    max_tokens: Option<serde_json::Value>,
+    #[serde(default)]
+    max_completion_tokens: Option<serde_json::Value>,
+}
+
+/// `max_completion_tokens`, else `max_tokens`, where each is a whole number.
+fn max_completion(
+    max_completion_tokens: Option<&serde_json::Value>,
+    max_tokens: Option<&serde_json::Value>,
+) -> Option<u64> {
+    (max_completion_tokens.and_then(serde_json::Value::as_u64))
+        .or_else(|| max_tokens.and_then(serde_json::Value::as_u64))
 }
 
 /// The body's `user` (OpenAI's end-user identifier) when it is a non-empty string: the canary
@@ -158,7 +174,8 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::
     <serde_json::Value as serde::Deserialize>::deserialize(d).map(Some)
 }
 
-/// Checks the body's media type and, for JSON, its syntax; pulls out `model` and `stream`.
+/// Checks the body's media type and, for JSON, its syntax; pulls out `model`, `stream`, `user`
+/// and the completion asked for, in one parse.
 pub fn inspect(
     method: &Method,
     headers: &HeaderMap,
@@ -209,6 +226,10 @@ pub fn inspect(
                 stream,
                 user: end_user(head.user.as_ref()),
                 json,
+                max_completion: max_completion(
+                    head.max_completion_tokens.as_ref(),
+                    head.max_tokens.as_ref(),
+                ),
             });
         }
     }
@@ -239,12 +260,14 @@ pub fn inspect(
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);
     let user = end_user(map.get("user"));
+    let asked = max_completion(map.get("max_completion_tokens"), map.get("max_tokens"));
     let json = model.as_deref().filter(|m| keep_json(m)).map(|_| map);
     Ok(Inspected {
         model,
         stream,
         user,
         json,
+        max_completion: asked,
     })
 }
 
