@@ -8,7 +8,10 @@
 //! streams an upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` does not admit. Long SSE streams
 //! would wait there for others to end, so once the upstream has answered over HTTP/2 requests
 //! are spread over several clients (one connection each), each carrying at most
-//! [`H2_STREAMS_PER_CONNECTION`] at once.
+//! [`H2_STREAMS_PER_CONNECTION`] at once. hyper_util may open one HTTP/2 connection more than
+//! a burst needs: a request that found none pooled can start connecting just after the first
+//! connection went in, and the pool closes that spare one as soon as it is up
+//! (tests/it/proxy/upstream_conns.rs counts connections open while streams run for this reason).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};

@@ -194,17 +194,21 @@ async fn twelve_selects_from_64_keys_read_their_class_once_and_pick_as_one_by_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_select_is_sent_when_the_call_before_it_is_cancelled() {
-    let (_server, store) = redis_pool().await;
+    let (server, store) = redis_pool().await;
     let r = request(3);
     let q = select_req(&r, T0);
     let mut first = Box::pin(store.select("p", &q));
     let mut second = Box::pin(store.select("p", &q));
     let mut third = Box::pin(store.select("p", &q));
-    // The first two are in flight, one per lane; the third waits behind them.
+    // The first two are in flight, one per lane; the third waits behind them. Redis is stopped
+    // meanwhile, so no answer can come back before the third is queued (on a busy host the
+    // test's thread may otherwise sleep long enough between a call's send and its first poll).
+    server.pause();
     assert!(poll_once(first.as_mut()).await.is_pending());
     assert!(poll_once(second.as_mut()).await.is_pending());
     assert!(poll_once(third.as_mut()).await.is_pending());
     drop(first);
+    server.resume();
     // The store timeout is 500 ms: a stranded waiter would time out.
     assert!(matches!(third.await, Ok(Selection::Key(_))));
     assert!(matches!(second.await, Ok(Selection::Key(_))));
