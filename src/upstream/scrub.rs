@@ -92,9 +92,17 @@ impl Scrubber {
         self.masked(&body, scan.ready, &scan.found)
     }
 
-    /// Masks secrets in header values; drops a header whose name holds one.
+    /// Masks secrets in header values; drops a header whose name holds one. Headers without
+    /// a secret (nearly every answer's) are left as they are, not copied into a new map.
     pub fn scrub_headers(&self, headers: &mut HeaderMap) {
         if self.automaton.is_none() {
+            return;
+        }
+        let holds_secret = |bytes: &[u8]| !self.scan(bytes, true).found.is_empty();
+        let clean = (headers.iter()).all(|(name, value)| {
+            !holds_secret(name.as_str().as_bytes()) && !holds_secret(value.as_bytes())
+        });
+        if clean {
             return;
         }
         let mut out = HeaderMap::with_capacity(headers.len());

@@ -113,6 +113,21 @@ fn headers_holding_a_key_are_masked_or_dropped() {
 }
 
 #[test]
+fn headers_without_a_key_stay_as_they_were_repeated_values_in_order() {
+    let s = scrubber(&[KEY]);
+    let mut h = HeaderMap::new();
+    h.append("set-cookie", "a=1".parse().unwrap());
+    h.insert("content-type", "application/json".parse().unwrap());
+    h.append("set-cookie", "b=2".parse().unwrap());
+    h.insert("x-near-miss", KEY[..KEY.len() - 1].parse().unwrap());
+    let before = h.clone();
+    s.scrub_headers(&mut h);
+    assert_eq!(h, before);
+    let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+}
+
+#[test]
 fn a_pool_without_keys_changes_nothing() {
     let s = scrubber(&[]);
     let body = Bytes::from_static(b"anything \\u0041");
