@@ -2,6 +2,8 @@
 //! shared [`AppState`] every handler reads. The HTTP surface over it is `crate::routes`.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -33,11 +35,11 @@ pub struct PoolRuntime {
     /// Per key id, its configured budget limits (empty when the pool has no budgets): what the
     /// provider's `x-ratelimit-*` hints are measured against before they ride the success batch
     /// (`ProviderHints::that_bind`).
-    pub limits: HashMap<KeyId, KeyLimits>,
+    pub limits: FxHashMap<KeyId, KeyLimits>,
     /// The configured base URL, parsed; requests only ever go to its scheme, host and port.
     pub base_url: url::Url,
     /// Per key id: what an attempt sends.
-    pub auth: HashMap<KeyId, KeyAuth>,
+    pub auth: FxHashMap<KeyId, KeyAuth>,
     /// Every secret of the pool, found and masked in whatever an upstream answers.
     pub scrubber: Arc<Scrubber>,
     /// The upstream HTTP client (connection pool), with this pool's timeouts and HTTP/2 mode.
@@ -94,7 +96,7 @@ pub struct ClientAuth {
 /// Everything derived from one config version; immutable, replaced whole on reload.
 pub struct Gateway {
     pub config: Arc<Config>,
-    pub pools: HashMap<String, Arc<PoolRuntime>>,
+    pub pools: FxHashMap<String, Arc<PoolRuntime>>,
     pub clients: Vec<ClientAuth>,
 }
 
@@ -119,11 +121,11 @@ pub fn ignored_proxy_env(env: impl Fn(&str) -> Option<String>) -> Vec<&'static s
 
 impl Gateway {
     pub fn from_config(config: Config) -> Result<Gateway, String> {
-        let mut pools = HashMap::new();
+        let mut pools = FxHashMap::default();
         for p in &config.pools {
             let base_url = url::Url::parse(&p.base_url)
                 .map_err(|e| format!("pools.{}.base_url: {e}", p.name))?;
-            let mut auth = HashMap::new();
+            let mut auth = FxHashMap::default();
             let account = |key: &Option<String>, pool: &Option<String>| {
                 (key.as_ref().or(pool.as_ref())).and_then(|v| HeaderValue::from_str(v).ok())
             };

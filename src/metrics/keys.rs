@@ -8,11 +8,12 @@
 //! hundred bytes of counters) and `/metrics` is rendered in chunks as the response is written,
 //! so a scrape holds one chunk at a time.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+
+use rustc_hash::FxHashMap;
 
 use crate::pool::{KeyState, Outcome};
 
@@ -143,12 +144,12 @@ impl KeySeries {
 /// By key id. A hash map: every proxied attempt looks its key up here, and a 10,000-key
 /// B-tree cost about 14 string comparisons per lookup (BENCHMARKS.md, "Per-key metrics
 /// lookups"); a scrape sorts.
-type PoolKeys = HashMap<Arc<str>, Arc<KeySeries>>;
+type PoolKeys = FxHashMap<Arc<str>, Arc<KeySeries>>;
 
 /// Every key's series, by pool and key id.
 #[derive(Default)]
 pub struct KeyTable {
-    pools: RwLock<HashMap<Arc<str>, PoolKeys>>,
+    pools: RwLock<FxHashMap<Arc<str>, PoolKeys>>,
 }
 
 impl KeyTable {
@@ -191,7 +192,7 @@ impl KeyTable {
         let pools = self.pools.read().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<&Arc<str>> = pools.keys().collect();
         names.sort();
-        let mut out = Vec::with_capacity(pools.values().map(HashMap::len).sum());
+        let mut out = Vec::with_capacity(pools.values().map(PoolKeys::len).sum());
         for name in names {
             let mut keys: Vec<_> = pools[name].iter().collect();
             keys.sort_unstable_by(|a, b| a.0.cmp(b.0));

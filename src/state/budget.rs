@@ -8,12 +8,12 @@
 //! declared, each growth of the buffer otherwise) and released by dropping the guard; so the
 //! counters never run below what is really held, and an early return cannot leak a reservation.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::StatusCode;
 use prometheus::{IntCounterVec, IntGauge};
+use rustc_hash::FxHashMap;
 
 use crate::error::ApiError;
 use crate::state::ClientAuth;
@@ -23,7 +23,7 @@ use crate::state::ClientAuth;
 pub struct Budgets {
     process_bytes: Arc<AtomicUsize>,
     /// By client name; as many entries as clients ever configured.
-    clients: Mutex<HashMap<String, Arc<ClientUse>>>,
+    clients: Mutex<FxHashMap<String, Arc<ClientUse>>>,
 }
 
 #[derive(Default)]

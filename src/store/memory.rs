@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use rustc_hash::FxHashMap;
 
 use super::budget::{KeyBudget, KeyLimits, Learned};
 use super::tree::WeightClasses;
@@ -149,7 +150,7 @@ pub(crate) struct BudgetMeta {
 /// The embedded store.
 #[derive(Default)]
 pub struct MemoryStore {
-    pools: Mutex<HashMap<String, PoolState>>,
+    pools: Mutex<FxHashMap<String, PoolState>>,
 }
 
 impl RotationAccess for PoolState {
