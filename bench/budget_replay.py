@@ -102,7 +102,8 @@ def main():
         args = ['0']
         for _ in range(12):
             args += [rng.randrange(2 ** 53), 'bucket', rng.randrange(100), 1051, 0]
-        for reply in r.call(how, select, 1, base, *args):
+        for line in r.call(how, select, 1, base, *args).split(b'\n'):
+            reply = line.split(b' ')
             if reply[0] == b'key':
                 picked += 1
                 key, lease = reply[1].decode(), reply[6]

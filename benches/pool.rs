@@ -76,7 +76,7 @@ impl Connection {
         }
     }
 
-    async fn eval(&self, script: &Script, args: &[&str]) -> Result<Vec<Value>, BoxError> {
+    async fn eval(&self, script: &Script, args: &[&str]) -> Result<Value, BoxError> {
         let base = format!("{PREFIX}:{{{POOL}}}");
         let mut invocation = script.key(base);
         for a in args {
@@ -92,7 +92,7 @@ impl Connection {
 async fn run(
     invocation: &redis::ScriptInvocation<'_>,
     conn: &mut impl ConnectionLike,
-) -> redis::RedisResult<Vec<Value>> {
+) -> redis::RedisResult<Value> {
     invocation.invoke_async(conn).await
 }
 
@@ -124,11 +124,14 @@ async fn one_pair(conn: &Connection, scripts: &Scripts) -> Result<(), BoxError> 
     let reply = conn
         .eval(&scripts.select, &["0", &rand, "stable", "0", "0", "0"])
         .await?;
-    let key = match reply.first() {
-        Some(Value::Array(r)) => match r.get(1) {
-            Some(Value::BulkString(id)) => String::from_utf8_lossy(id).into_owned(),
-            _ => return Err(format!("select chose no key: {r:?}").into()),
-        },
+    // One line of words: "key <id> ..." (lua/select.lua).
+    let key = match &reply {
+        Value::BulkString(line) => {
+            match String::from_utf8_lossy(line).split(' ').collect::<Vec<_>>()[..] {
+                ["key", id, ..] => id.to_string(),
+                _ => return Err(format!("select chose no key: {reply:?}").into()),
+            }
+        }
         other => return Err(format!("unexpected select reply {other:?}").into()),
     };
     conn.eval(&scripts.report, &["0", &key, "success", "-1", "200", "0"])

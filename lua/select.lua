@@ -11,15 +11,20 @@
 --          reservation (used when the pool has budgets), n = how many key ids follow, then n
 --          key ids the request already tried (excluded)
 --
--- Reply: {"nopool"} (the pool is not in Redis (lost): the caller syncs it from config and
--- retries), or one reply per request, in order, each one of:
---   {"key", id, group, fallback 0|1, probe 0|1, wait_ms, lease, crowded 0|1}  (wait_ms: send
---    not before this many ms from now, a reserved future slot; lease: the in-flight lease to
---    release, 0: none; crowded 1: the lease left at least half the key's slots taken; all 0 in
---    a pool without budgets)
---   {"none", earliest_recovery_ms or -1, now_ms, n_active, n_cooling, n_open, n_half_open,
---    n_disabled, n_draining, budget 0|1}  (budget 1: the first key to recover is benched by
+-- Reply: "nopool" (the pool is not in Redis (lost): the caller syncs it from config and
+-- retries), or one line per request, in order, joined by "\n" into one string, each line
+-- words separated by one space (key ids and group names hold neither), one of:
+--   key <id> <group> <fallback 0|1> <probe 0|1> <wait_ms> <lease> <crowded 0|1>  (wait_ms:
+--    send not before this many ms from now, a reserved future slot; lease: the in-flight lease
+--    to release, 0: none; crowded 1: the lease left at least half the key's slots taken; all 0
+--    in a pool without budgets)
+--   none <earliest_recovery_ms or -1> <now_ms> <n_active> <n_cooling> <n_open> <n_half_open>
+--    <n_disabled> <n_draining> <budget 0|1>  (budget 1: the first key to recover is benched by
 --    its own budget, reason 'budget' or 'busy': the pool is exhausted, not rate limited)
+-- One string rather than an array of words per request: the replica's Redis client parses each
+-- value of a reply at a cost of its own, and a call's eight values a request were about 8,000
+-- of a request's instructions in keygate (BENCHMARKS.md, "One string for a select call's
+-- reply"); Redis too writes one value instead of nine a request.
 --
 -- Cost: O(1) expected Redis calls per request whatever the pool size. Once per batch: the meta
 -- HMGET, TIME, the due-key recovery (at most 8 keys per request, 64 per call), one HGETALL of
@@ -47,6 +52,8 @@ local now, BUDGET, max_wait, lease_ms, mrt
 local half_open, canary_group, percent, fallback_ok, lease
 -- The key ids the current request already tried.
 local excluded
+-- string.format, set per call (a library's top level may not read globals).
+local fmt
 
 local function try_probe(g)
   local n = 1
@@ -351,12 +358,13 @@ local function select_one(rand, route, bucket, tokens)
     id, probe, lease = try_budgeted('stable', rand, tokens)
     group, fb = 'stable', 1
   end
-  if id then return {'key', id, group, fb, probe, 0, lease, spent_crowded} end
+  if id then return fmt('key %s %s %d %d 0 %d %d', id, group, fb, probe, lease, spent_crowded) end
   local groups = {[primary] = true}
   if may_fall_back then groups.stable = true end
   local k, wait_ms, wlease = try_wait(groups, tokens)
   if k then
-    return {'key', k.id, k.group, k.group ~= primary and 1 or 0, 0, wait_ms, wlease, spent_crowded}
+    return fmt('key %s %s %d 0 %d %d %d', k.id, k.group, k.group ~= primary and 1 or 0, wait_ms,
+      wlease, spent_crowded)
   end
 
   local earliest, budget_first = -1, 0
@@ -374,18 +382,19 @@ local function select_one(rand, route, bucket, tokens)
       earliest, budget_first = tonumber(p[2]), 0
     end
   end
-  local reply = {'none', earliest, now}
-  for _, c in ipairs(state_counts()) do reply[#reply + 1] = c end
+  local reply = {fmt('none %d %d', earliest, now)}
+  for _, c in ipairs(state_counts()) do reply[#reply + 1] = fmt('%d', c) end
   reply[#reply + 1] = budget_first
-  return reply
+  return table.concat(reply, ' ')
 end
 
 -- One call: the replies to every request of the batch, in order.
 local function select_call(KEYS, ARGV)
   local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'canary_fallback',
     'config_hash', 'probe_lease_ms', 'cnt:half_open', 'budgets', 'max_wait_ms', 'lease_ms', 'mrt')
-  if not meta[4] then return {'nopool'} end
+  if not meta[4] then return 'nopool' end
   DEFER = true
+  fmt = string.format
   now = clock(ARGV[1])
 
   BUDGET = meta[7] == '1'
@@ -422,5 +431,5 @@ local function select_call(KEYS, ARGV)
     replies[n] = select_one(r[1], r[2], r[3], r[5])
   end
   flush()
-  return replies
+  return table.concat(replies, '\n')
 end

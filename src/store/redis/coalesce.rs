@@ -21,7 +21,6 @@ use redis::Value;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::reply::words;
 use super::shared::Core;
 use crate::store::StoreError;
 
@@ -33,7 +32,8 @@ const MAX_BATCH: usize = 128;
 /// overlap, while under heavy load batches still form (BENCHMARKS.md, "Coalesced selects").
 const LANES: usize = 2;
 
-type Reply = Result<Vec<String>, StoreError>;
+/// One request's line of the call's reply (`lua/select.lua`), or `nopool`.
+type Reply = Result<String, StoreError>;
 
 /// The select queues of all pools.
 pub(super) struct Coalescer {
@@ -94,8 +94,8 @@ impl Coalescer {
         q
     }
 
-    /// One request's select reply as words (`{"nopool"}` when Redis lost the pool); `now` is
-    /// ARGV[1], `args` the request's part of ARGV.
+    /// One request's select reply, its line of the call's reply (`nopool` when Redis lost the
+    /// pool); `now` is ARGV[1], `args` the request's part of ARGV.
     pub async fn select(&self, pool: &str, now: &str, args: &[String], deadline: Instant) -> Reply {
         let queue = self.queue(pool);
         let waiting = {
@@ -218,21 +218,84 @@ async fn send(turn: Turn, batch: Vec<Waiter>) {
     }
 }
 
-/// A batch reply as one list of words per request; `{"nopool"}` becomes that for each.
-fn split(v: Value, n: usize) -> Result<Vec<Vec<String>>, StoreError> {
-    let Value::Array(items) = v else {
-        return Err(StoreError::Script(format!("unexpected select reply {v:?}")));
-    };
-    if let Some(Value::BulkString(b)) = items.first() {
-        if b.as_slice() == b"nopool" {
-            return Ok(vec![vec!["nopool".to_string()]; n]);
+/// A call's reply as one line per request: `lua/select.lua` answers one string of lines, or
+/// `nopool` (then that for each). A call of one request hands its line on without a copy.
+fn split(v: Value, n: usize) -> Result<Vec<String>, StoreError> {
+    let text = match v {
+        Value::BulkString(b) => String::from_utf8(b)
+            .map_err(|e| StoreError::Script(format!("select reply not UTF-8: {e}")))?,
+        other => {
+            return Err(StoreError::Script(format!(
+                "unexpected select reply {other:?}"
+            )))
         }
+    };
+    if text == "nopool" {
+        return Ok(vec![text; n]);
     }
-    if items.len() != n {
+    if n == 1 && !text.contains('\n') {
+        return Ok(vec![text]);
+    }
+    let lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+    if lines.len() != n {
         return Err(StoreError::Script(format!(
             "select answered {} requests of {n}",
-            items.len()
+            lines.len()
         )));
     }
-    items.into_iter().map(words).collect()
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_call_reply_is_split_into_one_line_per_request_in_order() {
+        let lines = split(
+            bulk("key a stable 0 0 0 0 0\nnone -1 5 0 0 0 0 0 0 0\nkey b stable 0 0 0 0 0"),
+            3,
+        );
+        assert_eq!(
+            lines.unwrap(),
+            [
+                "key a stable 0 0 0 0 0",
+                "none -1 5 0 0 0 0 0 0 0",
+                "key b stable 0 0 0 0 0"
+            ]
+        );
+        assert_eq!(
+            split(bulk("key a stable 0 0 0 0 0"), 1).unwrap(),
+            ["key a stable 0 0 0 0 0"]
+        );
+    }
+
+    #[test]
+    fn a_lost_pool_is_told_to_every_request_of_the_call() {
+        assert_eq!(split(bulk("nopool"), 3).unwrap(), ["nopool"; 3]);
+    }
+
+    #[test]
+    fn a_reply_for_another_number_of_requests_or_of_another_shape_is_an_error() {
+        assert!(matches!(
+            split(bulk("key a stable 0 0 0 0 0"), 2),
+            Err(StoreError::Script(_))
+        ));
+        assert!(matches!(
+            split(bulk("key a stable 0 0 0 0 0\nkey b stable 0 0 0 0 0"), 1),
+            Err(StoreError::Script(_))
+        ));
+        assert!(matches!(
+            split(Value::Array(vec![bulk("nopool")]), 1),
+            Err(StoreError::Script(_))
+        ));
+        assert!(matches!(
+            split(Value::BulkString(vec![0xff, 0xfe]), 1),
+            Err(StoreError::Script(_))
+        ));
+    }
 }

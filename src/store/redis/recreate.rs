@@ -15,6 +15,25 @@ use crate::store::{PoolSpec, StoreError, SyncReceipt};
 /// on the calling task, before the re-created pool is used; it must not block.
 pub type RecreatedListener = Box<dyn Fn(&str) + Send + Sync>;
 
+/// A script's reply, as far as [`RedisStore::on_pool`] reads it: whether it says `nopool`.
+pub(super) trait PoolReply {
+    fn pool_lost(&self) -> bool;
+}
+
+/// A reply's words (`{"nopool"}`).
+impl PoolReply for Vec<String> {
+    fn pool_lost(&self) -> bool {
+        self.first().map(String::as_str) == Some("nopool")
+    }
+}
+
+/// `select`'s line for one request.
+impl PoolReply for String {
+    fn pool_lost(&self) -> bool {
+        self == "nopool"
+    }
+}
+
 impl RedisStore {
     /// Sets the one listener told of every pool this store (re-)creates. A store has at most
     /// one: a second is refused.
@@ -47,20 +66,21 @@ impl RedisStore {
         .await
     }
 
-    /// Makes `call` (a script call on `pool`, as words) and, if its reply says Redis lost the
-    /// pool, re-creates the pool from the last spec synced (one sync for all the callers that
-    /// find it lost at once) and makes the call again, all before `deadline`.
-    pub(super) async fn on_pool<F, Fut>(
+    /// Makes `call` (a script call on `pool`: its words, or `select`'s line) and, if its reply
+    /// says Redis lost the pool, re-creates the pool from the last spec synced (one sync for all
+    /// the callers that find it lost at once) and makes the call again, all before `deadline`.
+    pub(super) async fn on_pool<F, Fut, R>(
         &self,
         pool: &str,
         deadline: Instant,
         call: F,
-    ) -> Result<Vec<String>, StoreError>
+    ) -> Result<R, StoreError>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<String>, StoreError>>,
+        Fut: std::future::Future<Output = Result<R, StoreError>>,
+        R: PoolReply,
     {
-        let lost = |w: &[String]| w.first().map(String::as_str) == Some("nopool");
+        let lost = |r: &R| r.pool_lost();
         let w = call().await?;
         if !lost(&w) {
             return Ok(w);

@@ -1,5 +1,6 @@
-//! Script replies, decoded: every script but `rotation_read` answers a flat array of words (see
-//! the reply line at the top of each `lua/*.lua`), read here and nowhere else into typed
+//! Script replies, decoded: every script but `rotation_read` and `select` answers a flat array
+//! of words (see the reply line at the top of each `lua/*.lua`; `select` answers one line of
+//! words per request, all in one string), read here and nowhere else into typed
 //! answers: a [`Receipt`] per [`Op`], a [`Selection`], a [`SyncReceipt`], a snapshot page.
 
 use std::collections::BTreeMap;
@@ -217,36 +218,44 @@ pub(super) fn parse_sync(w: &[String]) -> Result<SyncReceipt, StoreError> {
     }
 }
 
-/// `select.lua`, one request's part: {"key", id, group, fallback 0|1, probe 0|1} or
-/// {"none", earliest_ms or -1, now_ms, six state counts, budget 0|1}.
-pub(super) fn parse_selection(w: &[String]) -> Result<Selection, StoreError> {
-    match w.first().map(String::as_str) {
-        Some("key") => Ok(Selection::Key(Chosen {
-            key: w
-                .get(1)
-                .and_then(|s| KeyId::new(s))
-                .ok_or_else(|| StoreError::Script(format!("bad key in {w:?}")))?,
-            group: w.get(2).cloned().unwrap_or_default(),
-            fallback: w.get(3).map(String::as_str) == Some("1"),
-            probe: w.get(4).map(String::as_str) == Some("1"),
-            wait_ms: w.get(5).and_then(|s| s.parse().ok()).unwrap_or(0),
-            lease: w.get(6).and_then(|s| s.parse().ok()).unwrap_or(0),
-            crowded: w.get(7).map(String::as_str) == Some("1"),
-        })),
-        Some("none") => {
-            let earliest: i64 = num(w, 1)?;
+/// `select.lua`, one request's line: `key <id> <group> <fallback 0|1> <probe 0|1> <wait_ms>
+/// <lease> <crowded 0|1>` or `none <earliest_ms or -1> <now_ms> <six state counts> <budget
+/// 0|1>`. Read in place: no word is copied but the key id and the group.
+pub(super) fn parse_selection(line: &str) -> Result<Selection, StoreError> {
+    let bad = || StoreError::Script(format!("unexpected select reply {line:?}"));
+    let mut w = [""; 10];
+    let mut n = 0;
+    for word in line.split(' ') {
+        *w.get_mut(n).ok_or_else(bad)? = word;
+        n += 1;
+    }
+    let int = |i: usize| w[i].parse::<i64>().map_err(|_| bad());
+    match &w[..n] {
+        ["key", id, group, fallback, probe, wait_ms, lease, crowded] => {
+            Ok(Selection::Key(Chosen {
+                key: KeyId::new(id).ok_or_else(bad)?,
+                group: group.to_string(),
+                fallback: *fallback == "1",
+                probe: *probe == "1",
+                wait_ms: wait_ms.parse().map_err(|_| bad())?,
+                lease: lease.parse().map_err(|_| bad())?,
+                crowded: *crowded == "1",
+            }))
+        }
+        ["none", _, _, _, _, _, _, _, _, budget] => {
+            let earliest = int(1)?;
             let mut counts = [0u64; 6];
             for (i, c) in counts.iter_mut().enumerate() {
-                *c = num::<i64>(w, 3 + i)?.max(0) as u64;
+                *c = int(3 + i)?.max(0) as u64;
             }
             Ok(Selection::None(Unavailable {
                 retry_at_ms: (earliest >= 0).then_some(earliest as u64),
-                now_ms: num(w, 2)?,
+                now_ms: int(2)?.max(0) as u64,
                 counts: StateCounts::from_array(counts),
-                budget_bound: w.get(9).map(String::as_str) == Some("1"),
+                budget_bound: *budget == "1",
             }))
         }
-        _ => Err(StoreError::Script(format!("unexpected select reply {w:?}"))),
+        _ => Err(bad()),
     }
 }
 
@@ -276,4 +285,64 @@ pub(super) fn parse_snapshot_page(w: &[String]) -> Result<SnapshotPage, StoreErr
         cursor: cursor.clone(),
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_line_reads_every_field() {
+        let Selection::Key(c) = parse_selection("key k-1.a canary 1 0 250 77 1").unwrap() else {
+            panic!("expected a key");
+        };
+        assert_eq!(c.key.as_str(), "k-1.a");
+        assert_eq!(c.group, "canary");
+        assert!(c.fallback && !c.probe && c.crowded);
+        assert_eq!((c.wait_ms, c.lease), (250, 77));
+        let Selection::Key(c) = parse_selection("key k2 stable 0 1 0 0 0").unwrap() else {
+            panic!("expected a key");
+        };
+        assert!(!c.fallback && c.probe && !c.crowded);
+        assert_eq!((c.wait_ms, c.lease), (0, 0));
+    }
+
+    #[test]
+    fn a_none_line_reads_the_counts_and_the_earliest_recovery() {
+        let Selection::None(u) =
+            parse_selection("none 1700000000123 1700000000000 1 2 3 4 5 6 1").unwrap()
+        else {
+            panic!("expected none");
+        };
+        assert_eq!(u.retry_at_ms, Some(1_700_000_000_123));
+        assert_eq!(u.now_ms, 1_700_000_000_000);
+        assert_eq!(u.counts, StateCounts::from_array([1, 2, 3, 4, 5, 6]));
+        assert!(u.budget_bound);
+        let Selection::None(u) = parse_selection("none -1 5 0 0 0 0 0 0 0").unwrap() else {
+            panic!("expected none");
+        };
+        assert_eq!(u.retry_at_ms, None);
+        assert!(!u.budget_bound);
+    }
+
+    #[test]
+    fn a_malformed_line_is_a_script_error_not_a_guess() {
+        for line in [
+            "",
+            "key",
+            "key k1 stable 0 0 0 0",
+            "key k1 stable 0 0 0 0 0 extra",
+            "key bad/id stable 0 0 0 0 0",
+            "key k1 stable 0 0 x 0 0",
+            "none 1 2 3",
+            "none 1 2 a 0 0 0 0 0 0",
+            "none 1 2 0 0 0 0 0 0 0 0 0",
+            "maybe k1",
+        ] {
+            assert!(
+                matches!(parse_selection(line), Err(StoreError::Script(_))),
+                "{line:?}"
+            );
+        }
+    }
 }
