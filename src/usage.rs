@@ -9,8 +9,8 @@
 //! The Responses API spelling (`input_tokens`/`output_tokens`, and `response.usage` inside its
 //! stream events) is understood too.
 
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::Value;
 
 /// The largest single SSE event the scanner buffers; larger events are skipped, not parsed.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
@@ -28,63 +28,258 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Reads a `usage` object; `None` unless it is an object with at least one token count.
-    /// A missing `total_tokens` is the sum of the other two.
-    fn from_value(value: &Value) -> Option<Usage> {
-        let count = |names: &[&str]| names.iter().find_map(|name| value.get(*name)?.as_u64());
-        let prompt = count(&["prompt_tokens", "input_tokens"]);
-        let completion = count(&["completion_tokens", "output_tokens"]);
-        let total = count(&["total_tokens"]);
-        if prompt.is_none() && completion.is_none() && total.is_none() {
+    /// A `usage` object's counts; `None` unless it had at least one token count. A missing
+    /// `total_tokens` is the sum of the other two.
+    fn from_counts(c: &Counts) -> Option<Usage> {
+        let prompt = c.prompt_tokens.or(c.input_tokens);
+        let completion = c.completion_tokens.or(c.output_tokens);
+        if prompt.is_none() && completion.is_none() && c.total_tokens.is_none() {
             return None;
         }
         let (prompt, completion) = (prompt.unwrap_or(0), completion.unwrap_or(0));
         Some(Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
-            total_tokens: total.unwrap_or(prompt.saturating_add(completion)),
+            total_tokens: c.total_tokens.unwrap_or(prompt.saturating_add(completion)),
         })
     }
 }
 
 /// The fields of an answer (or of one stream chunk) that we read; everything else is skipped
-/// by serde without being built.
+/// by serde without being built, and so is every part of `usage` but its counts: nothing is
+/// allocated but a `model` string with escapes in it (BENCHMARKS.md, "Where a request's CPU
+/// goes"). A duplicate top-level field makes the whole envelope unreadable.
 #[derive(Deserialize)]
-struct Envelope {
+struct Envelope<'a> {
     #[serde(default)]
-    usage: Option<Value>,
-    #[serde(default)]
-    model: Option<Value>,
+    usage: Option<Counts>,
+    #[serde(default, borrow)]
+    model: Text<'a>,
     /// Responses API stream events wrap the answer: `{"type":"response.completed","response":{…}}`.
-    #[serde(default)]
-    response: Option<Inner>,
+    #[serde(default, borrow)]
+    response: Option<Inner<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Inner {
+struct Inner<'a> {
     #[serde(default)]
-    usage: Option<Value>,
-    #[serde(default)]
-    model: Option<Value>,
+    usage: Option<Counts>,
+    #[serde(default, borrow)]
+    model: Text<'a>,
 }
 
-impl Envelope {
-    fn parse(json: &[u8]) -> Option<Envelope> {
+impl<'a> Envelope<'a> {
+    fn parse(json: &'a [u8]) -> Option<Envelope<'a>> {
         serde_json::from_slice(json).ok()
     }
 
     fn usage(&self) -> Option<Usage> {
         let nested = self.response.as_ref().and_then(|r| r.usage.as_ref());
-        self.usage.as_ref().or(nested).and_then(Usage::from_value)
+        self.usage.as_ref().or(nested).and_then(Usage::from_counts)
     }
 
     fn model(&self) -> Option<&str> {
-        let nested = self.response.as_ref().and_then(|r| r.model.as_ref());
-        let model = self.model.as_ref().and_then(Value::as_str);
-        model
-            .or_else(|| nested.and_then(Value::as_str))
+        let nested = self.response.as_ref().and_then(|r| r.model.0.as_deref());
+        (self.model.0.as_deref())
+            .or(nested)
             .filter(|m| !m.is_empty())
     }
+}
+
+/// A value read only if it is a string (borrowed from the body unless it holds escapes);
+/// anything else reads as none, skipped without being built.
+#[derive(Default)]
+struct Text<'a>(Option<std::borrow::Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Some(v.into())))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Some(v.to_owned().into())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'a>, E> {
+                Ok(Text(Some(v.into())))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Text<'a>, A::Error> {
+                skip_map(map).map(|()| Text(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Text<'a>, A::Error> {
+                skip_seq(seq).map(|()| Text(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A `usage` object's token counts: each a whole number of tokens, or none when absent or of
+/// another type (a later duplicate key wins, as it would in a JSON object read whole). A
+/// `usage` that is not an object has no counts.
+#[derive(Default)]
+struct Counts {
+    prompt_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for Counts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Counts;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Counts, A::Error> {
+                let mut c = Counts::default();
+                while let Some(name) = map.next_key::<CountName>()? {
+                    let slot = match name {
+                        CountName::Prompt => &mut c.prompt_tokens,
+                        CountName::Input => &mut c.input_tokens,
+                        CountName::Completion => &mut c.completion_tokens,
+                        CountName::Output => &mut c.output_tokens,
+                        CountName::Total => &mut c.total_tokens,
+                        CountName::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = map.next_value::<Count>()?.0;
+                }
+                Ok(c)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Counts, A::Error> {
+                skip_seq(seq).map(|()| Counts::default())
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Counts, E> {
+                Ok(Counts::default())
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Counts, E> {
+                Ok(Counts::default())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Counts, E> {
+                Ok(Counts::default())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Counts, E> {
+                Ok(Counts::default())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Counts, E> {
+                Ok(Counts::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Counts, E> {
+                Ok(Counts::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A key of a `usage` object.
+enum CountName {
+    Prompt,
+    Input,
+    Completion,
+    Output,
+    Total,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for CountName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = CountName;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CountName, E> {
+                Ok(match v {
+                    "prompt_tokens" => CountName::Prompt,
+                    "input_tokens" => CountName::Input,
+                    "completion_tokens" => CountName::Completion,
+                    "output_tokens" => CountName::Output,
+                    "total_tokens" => CountName::Total,
+                    _ => CountName::Other,
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// One count: a whole number that fits in u64, else none (a negative or fractional number, a
+/// string, anything else).
+struct Count(Option<u64>);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(Some(v)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Count, A::Error> {
+                skip_map(map).map(|()| Count(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Count, A::Error> {
+                skip_seq(seq).map(|()| Count(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
 }
 
 /// The `usage` of a non-streaming JSON answer.

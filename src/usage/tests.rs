@@ -274,3 +274,168 @@ proptest! {
         prop_assert_eq!(scanner.usage(), Some(CHAT_USAGE));
     }
 }
+
+/// The reader as it was before the typed one: `usage` and `model` built as `serde_json::Value`s
+/// and read from there. The typed reader must answer the same for every body.
+mod whole_values {
+    use super::Usage;
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    #[derive(Deserialize)]
+    pub struct Envelope {
+        #[serde(default)]
+        usage: Option<Value>,
+        #[serde(default)]
+        model: Option<Value>,
+        #[serde(default)]
+        response: Option<Inner>,
+    }
+
+    #[derive(Deserialize)]
+    struct Inner {
+        #[serde(default)]
+        usage: Option<Value>,
+        #[serde(default)]
+        model: Option<Value>,
+    }
+
+    fn from_value(value: &Value) -> Option<Usage> {
+        let count = |names: &[&str]| names.iter().find_map(|name| value.get(*name)?.as_u64());
+        let prompt = count(&["prompt_tokens", "input_tokens"]);
+        let completion = count(&["completion_tokens", "output_tokens"]);
+        let total = count(&["total_tokens"]);
+        if prompt.is_none() && completion.is_none() && total.is_none() {
+            return None;
+        }
+        let (prompt, completion) = (prompt.unwrap_or(0), completion.unwrap_or(0));
+        Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: total.unwrap_or(prompt.saturating_add(completion)),
+        })
+    }
+
+    /// (parsed at all, usage, model)
+    pub fn read(json: &[u8]) -> (bool, Option<Usage>, Option<String>) {
+        let Ok(e) = serde_json::from_slice::<Envelope>(json) else {
+            return (false, None, None);
+        };
+        let nested = e.response.as_ref().and_then(|r| r.usage.as_ref());
+        let usage = e.usage.as_ref().or(nested).and_then(from_value);
+        let nested = e.response.as_ref().and_then(|r| r.model.as_ref());
+        let model = (e.model.as_ref().and_then(Value::as_str))
+            .or_else(|| nested.and_then(Value::as_str))
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned);
+        (true, usage, model)
+    }
+}
+
+/// A JSON value of any kind, small, as text: what a provider might put where a count, a model
+/// or a usage object is expected.
+fn any_json() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("null".to_string()),
+        Just("true".to_string()),
+        Just("\"\"".to_string()),
+        Just("\"gpt-4o\"".to_string()),
+        Just("\"a\\\"b\\u00e9\"".to_string()),
+        Just("-0".to_string()),
+        Just("-3".to_string()),
+        Just("2.5".to_string()),
+        Just("1e2".to_string()),
+        Just("18446744073709551615".to_string()),
+        Just("18446744073709551616".to_string()),
+        (0u64..100_000).prop_map(|n| n.to_string()),
+    ];
+    leaf.prop_recursive(2, 8, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..3)
+                .prop_map(|v| format!("[{}]", v.join(","))),
+            proptest::collection::vec(("[a-z_]{1,6}", inner), 0..3).prop_map(|kv| {
+                let fields: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", fields.join(","))
+            }),
+        ]
+    })
+}
+
+/// A count's value: mostly a whole number, else any value.
+fn count_json() -> impl Strategy<Value = String> {
+    prop_oneof![
+        2 => (0u64..1_000).prop_map(|n| n.to_string()),
+        1 => any_json(),
+    ]
+}
+
+/// A `usage` value: mostly an object of count fields (repeats and escaped names included),
+/// sometimes any value at all.
+fn usage_json() -> impl Strategy<Value = String> {
+    let name = prop_oneof![
+        Just("prompt_tokens"),
+        Just("input_tokens"),
+        Just("completion_tokens"),
+        Just("output_tokens"),
+        Just("total_tokens"),
+        Just("prompt\\u005ftokens"),
+        Just("prompt_tokens_details"),
+        Just("other"),
+    ];
+    prop_oneof![
+        3 => proptest::collection::vec((name, count_json()), 0..7).prop_map(|kv| {
+            let fields: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", fields.join(","))
+        }),
+        1 => any_json(),
+    ]
+}
+
+/// An answer's body: its fields in any order, `usage`, `model` and `response` among them
+/// (sometimes twice), and the rest any JSON.
+fn body_json() -> impl Strategy<Value = String> {
+    let inner = proptest::collection::vec(
+        prop_oneof![
+            usage_json().prop_map(|u| format!("\"usage\":{u}")),
+            any_json().prop_map(|m| format!("\"model\":{m}")),
+            any_json().prop_map(|v| format!("\"id\":{v}")),
+        ],
+        0..3,
+    )
+    .prop_map(|f| format!("{{{}}}", f.join(",")));
+    let field = prop_oneof![
+        3 => usage_json().prop_map(|u| format!("\"usage\":{u}")),
+        3 => any_json().prop_map(|m| format!("\"model\":{m}")),
+        2 => inner.prop_map(|r| format!("\"response\":{r}")),
+        1 => any_json().prop_map(|r| format!("\"response\":{r}")),
+        2 => any_json().prop_map(|v| format!("\"choices\":{v}")),
+    ];
+    proptest::collection::vec(field, 0..5).prop_map(|f| format!("{{{}}}", f.join(",")))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn the_typed_reader_answers_as_reading_whole_values_did(body in body_json()) {
+        let (parsed, usage, model) = whole_values::read(body.as_bytes());
+        let typed = Envelope::parse(body.as_bytes());
+        prop_assert_eq!(typed.is_some(), parsed, "{}", body);
+        if let Some(e) = typed {
+            prop_assert_eq!(e.usage(), usage, "{}", body);
+            prop_assert_eq!(e.model().map(str::to_owned), model, "{}", body);
+        }
+        prop_assert_eq!(usage_from_json_body(body.as_bytes()), usage);
+    }
+}
+
+#[test]
+fn a_model_without_escapes_is_read_in_place_and_one_with_them_is_unescaped() {
+    let e = Envelope::parse(br#"{"model":"gpt-4o"}"#).unwrap();
+    assert!(matches!(
+        e.model.0,
+        Some(std::borrow::Cow::Borrowed("gpt-4o"))
+    ));
+    let e = Envelope::parse(br#"{"model":"gpt\u002d4o"}"#).unwrap();
+    assert_eq!(e.model(), Some("gpt-4o"));
+}
