@@ -3,14 +3,16 @@
 # callgrind, so the figure does not move with the machine's load (BENCHMARKS.md, "Where a
 # request's CPU goes").
 #
-#   bench/instructions.sh TARGET=BINARY ...   TARGET: kg-embedded, kg-redis or nginx-bare
+#   bench/instructions.sh TARGET=BINARY ...   TARGET: kg-embedded, kg-redis, nginx-bare or hyper-bare
 #
 # For each target: the fast mock provider (`keygate mock-upstream`, BINARY's), the proxy under
 # callgrind with instrumentation off, 3 s of warm-up with wrk (c=8, one small chat completion),
 # then instrumentation on for BENCH_SECS (default 10) of the same load, off, and a dump. wrk's
 # request count of that window divides the instructions. nginx runs bare `proxy_pass`
 # (bench/nginx.bare.conf.template) with one worker and no master process, so one process holds
-# all of its work. Results: BENCH_OUT (default bench/results/instr-<UTC time>/): per target a
+# all of its work. hyper-bare's BINARY is benches/bare_proxy.rs's (keygate's HTTP stack alone,
+# threads as keygate's; `cargo bench --bench bare_proxy --no-run` prints its path); its mock is
+# KEYGATE_MOCK's (default target/release/keygate). Results: BENCH_OUT (default bench/results/instr-<UTC time>/): per target a
 # callgrind dump and `requests.txt`, and summary.tsv (target, requests, instructions per request).
 # INSTR_LIMITS='rpm = 60600\nmax_concurrent = 1000' gives keygate's pool those budgets (README
 # "Budgets"; bench/lib.sh NOT_BINDING_LIMITS are the budgets phase's).
@@ -28,7 +30,7 @@ KG_LOG=${BENCH_LOG:-warn}
 source "$BENCH_DIR/lib.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-(($# >= 1)) || die "usage: bench/instructions.sh TARGET=BINARY ... (kg-embedded, kg-redis, nginx-bare)"
+(($# >= 1)) || die "usage: bench/instructions.sh TARGET=BINARY ... (kg-embedded, kg-redis, nginx-bare, hyper-bare)"
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
 printf 'target\trequests\tinstructions_per_request\n' >"$OUT/summary.tsv"
@@ -64,7 +66,9 @@ for arg in "$@"; do
     KEYGATE=$bin
     alloc_port
     mock=$PORT
-    start_bg "mock-$name" "$bin" mock-upstream --listen "127.0.0.1:$mock" --delay-ms 0
+    mock_bin=$bin
+    [[ $name != hyper-bare ]] || mock_bin=${KEYGATE_MOCK:-$ROOT/target/release/keygate}
+    start_bg "mock-$name" "$mock_bin" mock-upstream --listen "127.0.0.1:$mock" --delay-ms 0
     mock_pid=$LAST_PID
     wait_http "http://127.0.0.1:$mock/_mock/stats"
     alloc_port
@@ -94,7 +98,13 @@ for arg in "$@"; do
         pid=$LAST_PID
         for _ in $(seq 100); do port_free "$port" || break; sleep 0.1; done
         ;;
-    *) die "$name: expected kg-embedded, kg-redis or nginx-bare" ;;
+    hyper-bare)
+        start_bg "$name" "${vg[@]}" "$bin" --listen "127.0.0.1:$port" \
+            --upstream "http://127.0.0.1:$mock"
+        pid=$LAST_PID
+        for _ in $(seq 100); do port_free "$port" || break; sleep 0.1; done
+        ;;
+    *) die "$name: expected kg-embedded, kg-redis, nginx-bare or hyper-bare" ;;
     esac
     measure "$name" "$port" "$pid"
     stop_pid "$pid"

@@ -8,7 +8,8 @@
 #           (d) nginx -> 3 keygate replicas vs nginx -> mock; at c=1, c=64, 500 and 2,000 req/s
 #           (fixed rate, latency-corrected), in both mock modes
 #   floor   interleaved rounds: c=1 for direct, bare nginx proxy_pass (the physical limit,
-#           bench/nginx.bare.conf.template), embedded, Redis; c=64 for nginx, embedded and Redis;
+#           bench/nginx.bare.conf.template), bare hyper (benches/bare_proxy.rs: keygate's HTTP
+#           stack doing only what bare nginx does), embedded, Redis; c=64 for all but direct;
 #           redis-benchmark PING and replays of the select/report scripts (the inputs of the
 #           added-latency and throughput targets, side by side)
 #   sweep   keygate + Redis at c=64 and c=1 with 4, 64, 1,024 and 10,000 keys in the pool
@@ -33,6 +34,7 @@
 #   BENCH_STREAM_COUNTS="1000 4000 8000"  BENCH_STREAM_SECS=20  BENCH_STREAM_EVENT_MS=100  BENCH_STREAMS_AFTER=60
 #   BENCH_STREAM_POOLS="streams streams-h2" (HTTP/1.1 and HTTP/2 upstream)  BENCH_STREAMS_BIN=path (skip its build)
 #   BENCH_STREAM_CLIENT_HTTP2=1 (the load generator speaks HTTP/2 to the mock and to keygate)
+#   BENCH_BARE_PROXY_BIN=path  benches/bare_proxy.rs's binary for the floor phase (skip its build)
 #   BENCH_SUSTAIN_SECS=75   seconds of the sustained point
 #   BENCH_SIZES=4,64,1024,10000                         BENCH_MODES=fast,delay
 #   BENCH_SKIP_BUILD=1      use the existing binary   KEYGATE=path (default target/release/keygate)
@@ -165,6 +167,18 @@ if [[ $PHASES != streams ]]; then
     NGX_BARE_PORT=$PORT
     NGINX_TEMPLATE="$ROOT/bench/nginx.bare.conf.template" start_nginx bare "$NGX_BARE_PORT" "$MOCK_FAST_PORT"
     NGX_BARE_PID=$LAST_PID
+    # The floor of keygate's own stack: hyper and tokio doing what bare nginx does.
+    if has_phase floor; then
+        bare_bin=${BENCH_BARE_PROXY_BIN:-$(cd "$ROOT" && cargo build --release --bench bare_proxy --message-format=json 2>>"$OUT/logs/build.log" |
+            jq -r 'select(.executable != null and .target.name == "bare_proxy") | .executable' | tail -1)}
+        [[ -x $bare_bin ]] || die "benches/bare_proxy.rs did not build: see $OUT/logs/build.log"
+        alloc_port
+        HYPER_BARE_PORT=$PORT
+        start_bg hyper-bare "$bare_bin" --listen "127.0.0.1:$HYPER_BARE_PORT" --upstream "http://127.0.0.1:$MOCK_FAST_PORT"
+        HYPER_BARE_PID=$LAST_PID
+        for _ in $(seq 50); do port_free "$HYPER_BARE_PORT" || break; sleep 0.1; done
+        port_free "$HYPER_BARE_PORT" && die "bare_proxy did not listen on $HYPER_BARE_PORT (see $OUT/logs/hyper-bare.log)"
+    fi
     log "redis :$REDIS_PORT  mocks :$MOCK_FAST_PORT :$MOCK_SLOW_PORT  keygate :${KG_PORTS[*]} embedded :$KG_E_PORT  nginx :$NGX_KG_PORT :$NGX_FAST_PORT :$NGX_SLOW_PORT"
 fi
 
@@ -224,6 +238,8 @@ use_target() {
     nginx-kg3) URL="http://127.0.0.1:$NGX_KG_PORT$path" SUT_KG=("${KG_PIDS[@]}") SUT_PORTS=("${KG_PORTS[@]}") SUT_NGX=("$NGX_KG_PID") ;;
     nginx-mock) URL="http://127.0.0.1:$NGX_MOCK_PORT$path" SUT_NGX=("$NGX_MOCK_PID") ;;
     nginx-bare) URL="http://127.0.0.1:$NGX_BARE_PORT$path" SUT_NGX=("$NGX_BARE_PID") ;;
+    # The keygate columns (CPU, peak RSS) hold the bare hyper proxy's.
+    hyper-bare) URL="http://127.0.0.1:$HYPER_BARE_PORT$path" SUT_KG=("$HYPER_BARE_PID") ;;
     esac
 }
 
@@ -299,15 +315,15 @@ if has_phase floor; then
     capture_scripts
     printf 'round\tping_p50_ms\tselect_p50_ms\treport_p50_ms\tping_same_cpu_ms\tping_other_cpu_ms\n' >"$OUT/rtt.tsv"
     for round in 1 2 3; do
-        for target in direct nginx-bare kg-embedded kg-redis; do
+        for target in direct nginx-bare hyper-bare kg-embedded kg-redis; do
             use_target "$target"
             run_point floor fast "$target" w1 "$URL"
             SECS=3 run_point floor fast "$target" c1 "$URL"
         done
         # The throughput targets, side by side too: c=64 throughput moves by ±30% between
         # phases on this VM, more than the difference it is meant to show. nginx-bare is the
-        # physical limit keygate is compared with.
-        for target in nginx-bare kg-embedded kg-redis; do
+        # physical limit keygate is compared with; hyper-bare what keygate's stack alone reaches.
+        for target in nginx-bare hyper-bare kg-embedded kg-redis; do
             use_target "$target"
             SECS=3 run_point floor fast "$target" c64 "$URL"
         done

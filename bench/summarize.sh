@@ -154,9 +154,13 @@ fe=$(value floor fast kg-embedded c64 rps)
 fn=$(value floor fast nginx-bare c64 rps)
 if [[ $fn != nan ]]; then
     echo "- Throughput at c=64 as share of bare nginx proxy_pass, interleaved rounds (medians): Redis store $fr / $fn = **$(ratio "$fr" "$fn")** (target ≥ 0.80); embedded $fe / $fn = **$(ratio "$fe" "$fn")** (target ≥ 0.90)"
+    fh=$(value floor fast hyper-bare c64 rps)
+    [[ $fh == nan ]] || echo "- The stack's floor, same rounds: bare hyper (benches/bare_proxy.rs) $fh / nginx $fn = **$(ratio "$fh" "$fn")**; keygate over its stack: Redis store $fr / $fh = $(ratio "$fr" "$fh"), embedded $fe / $fh = $(ratio "$fe" "$fh")"
     nb=$(value floor fast nginx-bare c1 p50_ms)
-    awk -v d="$direct" -v n="$nb" -v e="$emb" -v r="$red" -v p="$ping" 'BEGIN {
+    hb=$(value floor fast hyper-bare c1 p50_ms)
+    awk -v d="$direct" -v n="$nb" -v h="$hb" -v e="$emb" -v r="$red" -v p="$ping" 'BEGIN {
         if (d == "nan" || n == "nan" || r == "nan" || p == "nan") exit
+        if (h != "nan") printf "- Added p50 at c=1 over direct, bare hyper: %.3f ms\n", h - d
         printf "- Added p50 at c=1 over direct: nginx %.3f ms, keygate embedded %.3f ms, keygate+Redis %.3f ms; target for keygate+Redis: PING %.3f + 0.030 = %.3f ms (**%s**)\n", n - d, e - d, r - d, p, p + 0.030, (r - d <= p + 0.030) ? "met" : "not met"
     }'
 fi
