@@ -12,7 +12,8 @@
 # (bench/nginx.bare.conf.template) with one worker and no master process, so one process holds
 # all of its work. hyper-bare's BINARY is benches/bare_proxy.rs's (keygate's HTTP stack alone,
 # threads as keygate's; `cargo bench --bench bare_proxy --no-run` prints its path); its mock is
-# KEYGATE_MOCK's (default target/release/keygate). Results: BENCH_OUT (default bench/results/instr-<UTC time>/): per target a
+# KEYGATE_MOCK's (default target/release/keygate), its flags BARE_PROXY_FLAGS (`--own-pool`).
+# Results: BENCH_OUT (default bench/results/instr-<UTC time>/): per target a
 # callgrind dump and `requests.txt`, and summary.tsv (target, requests, instructions per request).
 # INSTR_LIMITS='rpm = 60600\nmax_concurrent = 1000' gives keygate's pool those budgets (README
 # "Budgets"; bench/lib.sh NOT_BINDING_LIMITS are the budgets phase's).
@@ -99,8 +100,9 @@ for arg in "$@"; do
         for _ in $(seq 100); do port_free "$port" || break; sleep 0.1; done
         ;;
     hyper-bare)
+        read -ra bare_flags <<<"${BARE_PROXY_FLAGS:-}"
         start_bg "$name" "${vg[@]}" "$bin" --listen "127.0.0.1:$port" \
-            --upstream "http://127.0.0.1:$mock"
+            --upstream "http://127.0.0.1:$mock" ${bare_flags[@]+"${bare_flags[@]}"}
         pid=$LAST_PID
         for _ in $(seq 100); do port_free "$port" || break; sleep 0.1; done
         ;;

@@ -7,22 +7,33 @@
 //! (BENCHMARKS.md, "The floor of keygate's stack: bare hyper").
 //!
 //! ```text
-//! cargo bench --bench bare_proxy -- --listen 127.0.0.1:8090 --upstream http://127.0.0.1:8081
+//! cargo bench --bench bare_proxy -- --listen 127.0.0.1:8090 --upstream http://127.0.0.1:8081 [--own-pool]
 //! ```
 //!
 //! As keygate serves: one tokio worker per vCPU, hyper's HTTP/1.1 server with keep-alive (no
 //! HTTP/2 detection), TCP_NODELAY, and hyper_util's pooled client with its HTTP connector
 //! (keygate's adds rustls for `https://` upstreams, unused on `http://`). Nothing else: no
 //! authentication, no body read, no store, no metrics, no logging.
+//!
+//! `--own-pool` forwards through the least pool that works instead of hyper_util's: idle
+//! HTTP/1.1 connections (hyper's `client::conn::http1`) in a vector behind a mutex, taken
+//! last in, first out and put back when the answer's body is dropped. Plaintext HTTP/1.1 only,
+//! no idle timeout, no cap, no retry of a request that meets a connection the upstream closed:
+//! a measurement of what hyper_util's pool costs a request, not a pool to ship.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION};
 use http::uri::{PathAndQuery, Uri};
-use hyper::body::Incoming;
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -35,15 +46,45 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// The key header nginx's bare config sets (`bench/nginx.bare.conf.template`).
 const KEY: &str = "Bearer sk-bench-bare-0000000000000000";
 
-struct Proxy {
-    client: Client<HttpConnector, Incoming>,
-    /// The upstream's scheme and authority (`http://127.0.0.1:8081`).
+struct Args {
+    listen: SocketAddr,
     upstream: Uri,
+    own_pool: bool,
+}
+
+/// How requests reach the upstream.
+enum Upstream {
+    /// hyper_util's pooled client, as keygate's `state/upstream_client.rs` uses it.
+    Legacy(Box<Client<HttpConnector, Incoming>>),
+    /// `--own-pool`.
+    Own(Arc<OwnPool>),
+}
+
+struct Proxy {
+    upstream: Upstream,
+    /// The upstream's scheme and authority (`http://127.0.0.1:8081`).
+    base: Uri,
     key: HeaderValue,
 }
 
-fn parse_args() -> Result<(SocketAddr, Uri), String> {
-    let (mut listen, mut upstream) = (None, None);
+/// Idle upstream connections, the most recently used last.
+struct OwnPool {
+    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    /// `host:port` to connect to.
+    addr: String,
+}
+
+/// An answer's body that puts its connection back into the pool when dropped.
+struct Returning {
+    body: Incoming,
+    conn: Option<SendRequest<Incoming>>,
+    pool: Arc<OwnPool>,
+}
+
+type Answer = http::Response<Either<Either<Incoming, Returning>, Empty<Bytes>>>;
+
+fn parse_args() -> Result<Args, String> {
+    let (mut listen, mut upstream, mut own_pool) = (None, None, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -56,32 +97,108 @@ fn parse_args() -> Result<(SocketAddr, Uri), String> {
                 }
                 upstream = Some(uri);
             }
+            "--own-pool" => own_pool = true,
             "--bench" => {} // added by `cargo bench`
             other => return Err(format!("unknown argument {other}")),
         }
     }
     match (listen, upstream) {
-        (Some(l), Some(u)) => Ok((l, u)),
-        _ => Err("usage: bare_proxy --listen ADDR --upstream http://HOST:PORT".into()),
+        (Some(listen), Some(upstream)) => Ok(Args {
+            listen,
+            upstream,
+            own_pool,
+        }),
+        _ => Err("usage: bare_proxy --listen ADDR --upstream http://HOST:PORT [--own-pool]".into()),
+    }
+}
+
+impl Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        // A connection whose answer was not read to its end is closed by hyper: it shows as
+        // closed here, or fails `ready` at its next checkout.
+        if let Some(conn) = self.conn.take().filter(|c| !c.is_closed()) {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+    }
+}
+
+impl OwnPool {
+    /// An idle connection ready for a request, else a new one.
+    async fn checkout(&self) -> Result<SendRequest<Incoming>, String> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(mut conn) = idle else { break };
+            if !conn.is_closed() && conn.ready().await.is_ok() {
+                return Ok(conn);
+            }
+        }
+        let tcp = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let (conn, task) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(task);
+        Ok(conn)
     }
 }
 
 impl Proxy {
-    async fn forward(
-        &self,
-        mut req: http::Request<Incoming>,
-    ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
+    async fn forward(&self, mut req: http::Request<Incoming>) -> Result<Answer, String> {
         let path = req
             .uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = self.upstream.clone().into_parts();
-        parts.path_and_query = Some(path);
-        *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
-        req.headers_mut().remove(http::header::HOST);
         req.headers_mut().insert(AUTHORIZATION, self.key.clone());
-        self.client.request(req).await
+        match &self.upstream {
+            Upstream::Legacy(client) => {
+                let mut parts = self.base.clone().into_parts();
+                parts.path_and_query = Some(path);
+                *req.uri_mut() = Uri::from_parts(parts).map_err(|e| e.to_string())?;
+                req.headers_mut().remove(http::header::HOST);
+                let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                Ok(resp.map(|b| Either::Left(Either::Left(b))))
+            }
+            Upstream::Own(pool) => {
+                // HTTP/1.1 on a connection of its own: the request target is the path alone.
+                *req.uri_mut() = Uri::from(path);
+                let mut conn = pool.checkout().await?;
+                let resp = conn.send_request(req).await.map_err(|e| e.to_string())?;
+                Ok(resp.map(|body| {
+                    Either::Left(Either::Right(Returning {
+                        body,
+                        conn: Some(conn),
+                        pool: pool.clone(),
+                    }))
+                }))
+            }
+        }
     }
 }
 
@@ -97,11 +214,12 @@ async fn serve(proxy: Arc<Proxy>, addr: SocketAddr) -> std::io::Result<()> {
                 let proxy = proxy.clone();
                 async move {
                     Ok::<_, Infallible>(match proxy.forward(req).await {
-                        Ok(resp) => resp.map(http_body_util::Either::Left),
-                        Err(_) => http::Response::builder()
-                            .status(502)
-                            .body(http_body_util::Either::Right(http_body_util::Empty::new()))
-                            .expect("a 502 with no headers is a response"),
+                        Ok(resp) => resp,
+                        Err(_) => {
+                            let mut resp = http::Response::new(Either::Right(Empty::new()));
+                            *resp.status_mut() = http::StatusCode::BAD_GATEWAY;
+                            resp
+                        }
                     })
                 }
             });
@@ -115,30 +233,39 @@ async fn serve(proxy: Arc<Proxy>, addr: SocketAddr) -> std::io::Result<()> {
 }
 
 fn main() {
-    let (listen, upstream) = match parse_args() {
+    let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("bare_proxy: {e}");
             std::process::exit(2);
         }
     };
-    let mut tcp = HttpConnector::new();
-    tcp.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(tcp);
+    let upstream = if args.own_pool {
+        let authority = args.upstream.authority().map(|a| a.to_string());
+        Upstream::Own(Arc::new(OwnPool {
+            idle: Mutex::new(Vec::new()),
+            addr: authority.unwrap_or_default(),
+        }))
+    } else {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(tcp);
+        Upstream::Legacy(Box::new(client))
+    };
     let proxy = Arc::new(Proxy {
-        client,
         upstream,
+        base: args.upstream,
         key: HeaderValue::from_static(KEY),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    if let Err(e) = runtime.block_on(serve(proxy, listen)) {
+    if let Err(e) = runtime.block_on(serve(proxy, args.listen)) {
         eprintln!("bare_proxy: {e}");
         std::process::exit(1);
     }

@@ -118,10 +118,9 @@ impl Attempt<'_> {
         *upstream.uri_mut() = call.uri.clone();
         *upstream.headers_mut() =
             forward::upstream_headers(&call.headers, &pool.config.headers, key_auth);
-        let (send, lease) = call.pool.http.request(upstream);
         let started = Instant::now();
-        let answer = tokio::time::timeout(first_byte, send).await;
-        if let Ok(Ok(resp)) = &answer {
+        let answer = tokio::time::timeout(first_byte, call.pool.http.send(upstream)).await;
+        if let Ok(Ok((resp, _))) = &answer {
             call.pool.http.answered_over(resp.version());
         }
         match answer {
@@ -137,12 +136,14 @@ impl Attempt<'_> {
                 tracing::debug!(request_id = %call.request_id, error = %e, "upstream transport error");
                 failed(call, chosen, outcome, 0, None, started).await
             }
-            Ok(Ok(resp)) if forward::is_encoded(resp.headers()) => encoded(call, chosen, &resp),
-            Ok(Ok(resp)) if resp.status().is_success() => {
+            Ok(Ok((resp, _lease))) if forward::is_encoded(resp.headers()) => {
+                encoded(call, chosen, &resp)
+            }
+            Ok(Ok((resp, lease))) if resp.status().is_success() => {
                 let held = (ticket.take(), lease);
                 succeeded(call, chosen, resp, started, self.model, held)
             }
-            Ok(Ok(resp)) => answered_error(call, chosen, resp, started).await,
+            Ok(Ok((resp, _lease))) => answered_error(call, chosen, resp, started).await,
         }
     }
 }

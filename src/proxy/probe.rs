@@ -113,8 +113,7 @@ async fn probe(pool: &PoolRuntime, key: &KeyId) -> Finding {
     let limit = Duration::from_millis(pool.config.timeouts.first_byte_ms)
         .min(Duration::from_secs(policy.auth_bench_s));
     let answer = async {
-        let (send, _lease) = pool.http.request(request);
-        let resp = send.await.ok()?;
+        let (resp, _lease) = pool.http.send(request).await.ok()?;
         let status = resp.status();
         let body = http_body_util::Limited::new(resp.into_body(), MAX_PROBE_BODY)
             .collect()

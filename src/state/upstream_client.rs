@@ -1,6 +1,8 @@
-//! One pool's upstream HTTP client: hyper_util's pooled client over hyper-rustls (BENCHMARKS.md,
-//! "The upstream client"), built from the pool's `upstream_http2` and `[pools.timeouts]`
-//! (README, "Upstream connections").
+//! One pool's upstream HTTP client over hyper-rustls (BENCHMARKS.md, "The upstream client"),
+//! built from the pool's `upstream_http2` and `[pools.timeouts]` (README, "Upstream
+//! connections"): keygate's own pool of HTTP/1.1 connections (`h1.rs`) where the upstream
+//! speaks only HTTP/1.1 (a plaintext `base_url` without `prior_knowledge`, or `never`), else
+//! hyper_util's pooled client, which negotiates HTTP/2 by ALPN.
 //!
 //! HTTP/1.1 carries one request per connection at a time; idle connections are kept up to
 //! `idle_connections` per host, each for at most `idle_timeout_ms`. HTTP/2 carries many streams
@@ -13,17 +15,21 @@
 //! connection went in, and the pool closes that spare one as soon as it is up
 //! (tests/it/proxy/upstream_conns.rs counts connections open while streams run for this reason).
 
+mod h1;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{PoolConfig, UpstreamHttp2};
+use h1::{H1Pool, Held};
 
 /// Streams one HTTP/2 connection carries at once before the next request goes to another: the
 /// limit HTTP/2 peers assume before a server's SETTINGS arrive (servers commonly allow 100-256).
@@ -33,7 +39,40 @@ pub const H2_STREAMS_PER_CONNECTION: usize = 100;
 /// largest response head keygate accepts.
 const H1_MAX_BUF: usize = 64 * 1024;
 
-type Inner = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Inner = Client<Connector, Full<Bytes>>;
+
+/// Why an upstream request got no answer.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// hyper_util's client (HTTP/2-capable pools): connecting or the exchange.
+    Pooled(hyper_util::client::legacy::Error),
+    /// Connecting: TCP (including the pool's `connect_ms`) or TLS.
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// The HTTP/1.1 exchange on a connection.
+    Http(hyper::Error),
+}
+
+impl UpstreamError {
+    /// The upstream could not be reached (no request was sent).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            UpstreamError::Pooled(e) => e.is_connect(),
+            UpstreamError::Connect(_) => true,
+            UpstreamError::Http(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Pooled(e) => write!(f, "{e}"),
+            UpstreamError::Connect(e) => write!(f, "connect: {e}"),
+            UpstreamError::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
 
 /// One client (HTTP/2: one connection) and the requests it carries now.
 struct Slot {
@@ -43,7 +82,9 @@ struct Slot {
 
 /// A pool's upstream client; follows no redirect and adds nothing but `Host`.
 pub struct UpstreamClient {
-    connector: hyper_rustls::HttpsConnector<HttpConnector>,
+    /// The pool's upstream speaks only HTTP/1.1: keygate's own connection pool.
+    h1: Option<Arc<H1Pool>>,
+    connector: Connector,
     mode: UpstreamHttp2,
     idle_connections: usize,
     idle_timeout: Duration,
@@ -53,12 +94,21 @@ pub struct UpstreamClient {
 }
 
 /// One request's place in a client, given back when dropped (when its response body has ended
-/// or been dropped).
-pub struct Lease(Arc<Slot>);
+/// or been dropped): its HTTP/1.1 connection, or its share of a hyper_util client.
+pub struct Lease(LeaseOf);
+
+enum LeaseOf {
+    Slot(Arc<Slot>),
+    // Held only to be dropped: that puts the connection back.
+    #[allow(dead_code)]
+    Conn(Held),
+}
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let LeaseOf::Slot(slot) = &self.0 {
+            slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -77,7 +127,18 @@ impl UpstreamClient {
                 builder.enable_http1().enable_http2().wrap_connector(tcp)
             }
         };
+        // Plaintext without prior knowledge, or `never`: HTTP/1.1 whatever the upstream.
+        let only_h1 = pool.upstream_http2 == UpstreamHttp2::Never
+            || (pool.upstream_http2 == UpstreamHttp2::Alpn && pool.base_url.starts_with("http://"));
         let client = UpstreamClient {
+            h1: only_h1.then(|| {
+                Arc::new(H1Pool::new(
+                    connector.clone(),
+                    &pool.base_url,
+                    pool.timeouts.idle_connections,
+                    Duration::from_millis(pool.timeouts.idle_timeout_ms),
+                ))
+            }),
             connector,
             mode: pool.upstream_http2,
             idle_connections: pool.timeouts.idle_connections,
@@ -109,11 +170,25 @@ impl UpstreamClient {
         self.slots.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends `request`; the lease holds its place until the response (body included) is done.
-    pub fn request(&self, request: http::Request<Full<Bytes>>) -> (ResponseFuture, Lease) {
+    /// Sends `request` (its URI absolute); the lease holds its place until the response (body
+    /// included) is done.
+    pub async fn send(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
+        if let Some(h1) = &self.h1 {
+            let (resp, held) = h1.send(request).await?;
+            return Ok((resp, Lease(LeaseOf::Conn(held))));
+        }
         let slot = self.pick();
         slot.in_flight.fetch_add(1, Ordering::AcqRel);
-        (slot.client.request(request), Lease(slot))
+        let lease = Lease(LeaseOf::Slot(slot.clone()));
+        let resp = slot
+            .client
+            .request(request)
+            .await
+            .map_err(UpstreamError::Pooled)?;
+        Ok((resp, lease))
     }
 
     /// Notes the protocol an answer came in: HTTP/2 turns on spreading over connections.

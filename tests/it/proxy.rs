@@ -336,11 +336,10 @@ async fn bad_client_input_gets_the_documented_4xx_and_changes_no_key() {
     assert_eq!(before, after);
 }
 
-/// An `https` base URL is spoken to in TLS: the first bytes on the wire are a ClientHello that
-/// offers HTTP/2 and HTTP/1.1 by ALPN, and nothing of the request (path, key) leaves in clear.
-/// The listener closes after reading, so the handshake fails and the attempt is a connect error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_https_upstream_gets_a_tls_client_hello_offering_h2_and_no_plaintext() {
+/// The first bytes the gateway sends to an `https` base URL (a listener that reads them and
+/// closes: the handshake fails, and the attempt is an upstream failure, 502), with `pool_extra`
+/// in the pool's config: a TLS ClientHello, and nothing of the request (path, key) in clear.
+async fn first_bytes_to_an_https_upstream(pool_extra: &str) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -354,7 +353,7 @@ async fn an_https_upstream_gets_a_tls_client_hello_offering_h2_and_no_plaintext(
     });
     let keys = [key("k1", "sk-test-tls-secret-9999")];
     let upstream = format!("https://127.0.0.1:{port}/v1");
-    let gw = TestGateway::start(&config_toml(None, &upstream, &keys, "")).await;
+    let gw = TestGateway::start(&config_toml(None, &upstream, &keys, pool_extra)).await;
     let r = post_chat(&http(), &gw, &chat("m", false), &[]).await;
     assert_eq!(
         r.status(),
@@ -369,8 +368,27 @@ async fn an_https_upstream_gets_a_tls_client_hello_offering_h2_and_no_plaintext(
     assert!(hello.len() > 43, "a whole ClientHello record: {hello:?}");
     assert_eq!(hello[0], 0x16, "a TLS handshake record, not plaintext HTTP");
     assert_eq!(hello[5], 0x01, "a ClientHello");
-    let has = |needle: &[u8]| hello.windows(needle.len()).any(|w| w == needle);
-    assert!(has(b"\x02h2"), "ALPN offers h2");
-    assert!(has(b"\x08http/1.1"), "ALPN offers http/1.1");
-    assert!(!has(b"sk-test-tls-secret-9999") && !has(b"/v1/chat"));
+    assert!(!holds(&hello, b"sk-test-tls-secret-9999") && !holds(&hello, b"/v1/chat"));
+    hello
+}
+
+fn holds(hello: &[u8], needle: &[u8]) -> bool {
+    hello.windows(needle.len()).any(|w| w == needle)
+}
+
+/// An `https` base URL is spoken to in TLS: the ClientHello offers HTTP/2 and HTTP/1.1 by ALPN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_gets_a_tls_client_hello_offering_h2_and_no_plaintext() {
+    let hello = first_bytes_to_an_https_upstream("").await;
+    assert!(holds(&hello, b"\x02h2"), "ALPN offers h2");
+    assert!(holds(&hello, b"\x08http/1.1"), "ALPN offers http/1.1");
+}
+
+/// A pool kept on HTTP/1.1 (`upstream_http2 = "never"`: keygate's own connection pool,
+/// `state/upstream_client/h1.rs`) speaks TLS to an `https` base URL too, and offers no HTTP/2
+/// (no ALPN at all: a server then speaks HTTP/1.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_of_a_pool_kept_on_http1_gets_tls_offering_no_http2() {
+    let hello = first_bytes_to_an_https_upstream("upstream_http2 = \"never\"").await;
+    assert!(!holds(&hello, b"\x02h2"), "no h2 offered");
 }
