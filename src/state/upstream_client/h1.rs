@@ -105,9 +105,7 @@ impl H1Pool {
                     h.clone()
                 }
                 _ => host_header(&target).ok_or_else(|| {
-                    UpstreamError::Connect(
-                        format!("no host in {}", target.scheme_str().unwrap_or("?")).into(),
-                    )
+                    UpstreamError::Connect("the upstream URL names no host".into())
                 })?,
             };
             req.headers_mut().insert(http::header::HOST, host);
