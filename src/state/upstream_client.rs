@@ -88,6 +88,7 @@ pub struct UpstreamClient {
     mode: UpstreamHttp2,
     idle_connections: usize,
     idle_timeout: Duration,
+    /// hyper_util's clients (empty with `h1`: never used then).
     slots: RwLock<Vec<Arc<Slot>>>,
     /// The upstream answered over HTTP/2 (by ALPN or prior knowledge): spread the streams.
     h2_seen: AtomicBool,
@@ -99,9 +100,10 @@ pub struct Lease(LeaseOf);
 
 enum LeaseOf {
     Slot(Arc<Slot>),
-    // Held only to be dropped: that puts the connection back.
-    #[allow(dead_code)]
-    Conn(Held),
+    /// Held only to be dropped: that puts the connection back.
+    Conn {
+        _held: Held,
+    },
 }
 
 impl Drop for Lease {
@@ -146,8 +148,11 @@ impl UpstreamClient {
             slots: RwLock::new(Vec::new()),
             h2_seen: AtomicBool::new(pool.upstream_http2 == UpstreamHttp2::PriorKnowledge),
         };
-        let first = client.slot();
-        client.write_slots().push(first);
+        // hyper_util's clients serve only pools that may speak HTTP/2.
+        if client.h1.is_none() {
+            let first = client.slot();
+            client.write_slots().push(first);
+        }
         client
     }
 
@@ -178,7 +183,7 @@ impl UpstreamClient {
     ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
         if let Some(h1) = &self.h1 {
             let (resp, held) = h1.send(request).await?;
-            return Ok((resp, Lease(LeaseOf::Conn(held))));
+            return Ok((resp, Lease(LeaseOf::Conn { _held: held })));
         }
         let slot = self.pick();
         slot.in_flight.fetch_add(1, Ordering::AcqRel);
