@@ -234,7 +234,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
     drop(gateway);
     serve(
         listener,
-        crate::routes::router(state.clone()),
+        crate::routes::public(state.clone()),
         limits,
         cap,
         shutdown,

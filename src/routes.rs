@@ -9,7 +9,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 
+use crate::server::{Direct, Routes};
 use crate::state::AppState;
+
+/// The main listener's routes: [`router`], with every request it would send to
+/// `/v1/{*path}` going to the proxy without it (`server::Routes`; BENCHMARKS.md, "The proxy's
+/// requests skip the router").
+pub fn public(state: Arc<AppState>) -> Routes {
+    let proxy = state.clone();
+    Routes {
+        router: router(state),
+        direct: Some(Direct::new("/v1/", move |remote, req| {
+            Box::pin(crate::proxy::serve(proxy.clone(), remote, req))
+        })),
+    }
+}
 
 /// The whole public HTTP surface: `/v1/*` proxy, health, and `/metrics` and `/admin` unless
 /// `server.metrics_listen` / `admin.listen` give them listeners of their own.

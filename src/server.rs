@@ -8,6 +8,7 @@ mod conn;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +23,64 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use conn::Guarded;
+
+/// A request's answer, as a listener's handlers give it.
+pub type Served = Pin<Box<dyn Future<Output = axum::response::Response> + Send>>;
+
+/// What one listener serves: axum's router and, on the main listener, a handler that takes the
+/// requests under one path prefix without it (`routes::public`: the proxy). Routing a proxied
+/// request through axum cost about 3,000 instructions: the route table's match, decoding the
+/// path parameter, the method router, the request's extensions and a boxed route future
+/// (BENCHMARKS.md, "The proxy's requests skip the router").
+#[derive(Clone)]
+pub struct Routes {
+    pub router: Router,
+    pub direct: Option<Direct>,
+}
+
+impl From<Router> for Routes {
+    fn from(router: Router) -> Routes {
+        Routes {
+            router,
+            direct: None,
+        }
+    }
+}
+
+impl Routes {
+    /// The handler that takes this request: `direct` for a path of at least one character
+    /// after its prefix (what a route `<prefix>{*path}` matches), for every method but HEAD and
+    /// CONNECT, whose answers the router changes (it empties the body of an answer to HEAD and
+    /// checks the answer to CONNECT); `None`: the router.
+    fn direct_for(&self, method: &http::Method, path: &str) -> Option<&Direct> {
+        let direct = self.direct.as_ref()?;
+        let under = path.len() > direct.prefix.len() && path.starts_with(direct.prefix);
+        (under && method != http::Method::HEAD && method != http::Method::CONNECT).then_some(direct)
+    }
+}
+
+/// A handler for the requests under `prefix`, given the peer's address.
+#[derive(Clone)]
+pub struct Direct {
+    prefix: &'static str,
+    handler: Arc<dyn Fn(SocketAddr, axum::extract::Request) -> Served + Send + Sync>,
+}
+
+impl Direct {
+    pub fn new(
+        prefix: &'static str,
+        handler: impl Fn(SocketAddr, axum::extract::Request) -> Served + Send + Sync + 'static,
+    ) -> Direct {
+        Direct {
+            prefix,
+            handler: Arc::new(handler),
+        }
+    }
+
+    fn call(&self, remote: SocketAddr, req: axum::extract::Request) -> Served {
+        (self.handler)(remote, req)
+    }
+}
 
 /// Limits applied to every connection.
 #[derive(Clone, Copy, Debug)]
@@ -153,14 +212,15 @@ fn http_builders(limits: &ConnLimits) -> conn::Builders {
     conn::Builders::new(builder, limits.http2)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains for at most `grace`.
+/// Serves `routes` on `listener` until `shutdown` resolves, then drains for at most `grace`.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    routes: impl Into<Routes>,
     limits: ConnLimits,
     cap: ConnCap,
     shutdown: impl Future<Output = ()>,
 ) {
+    let routes = routes.into();
     let builder = Arc::new(http_builders(&limits));
     let (draining, hard_stop) = (CancellationToken::new(), CancellationToken::new());
     let connections = TaskTracker::new();
@@ -190,10 +250,10 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (router, builder) = (router.clone(), builder.clone());
+        let (routes, builder) = (routes.clone(), builder.clone());
         let (draining, hard_stop) = (draining.clone(), hard_stop.clone());
         connections.spawn(async move {
-            conn::serve_connection(stream, remote, router, builder, limits, draining, hard_stop)
+            conn::serve_connection(stream, remote, routes, builder, limits, draining, hard_stop)
                 .await;
             drop(slot);
         });

@@ -77,6 +77,18 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     proxy(state, path, remote, req).await
 }
 
+/// A request `routes::Routes` sends here without the router: what [`handle`] does, with the
+/// peer address from the connection.
+pub async fn serve(state: Arc<AppState>, remote: SocketAddr, req: Request) -> Response {
+    let path = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/")
+        .unwrap_or_default()
+        .to_string();
+    proxy(state, path, Some(remote), req).await
+}
+
 /// `/v1` itself: nothing to proxy.
 pub async fn handle_root() -> Response {
     ApiError::unknown_path().into_response()

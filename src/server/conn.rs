@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::Router;
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -32,7 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::ConnLimits;
+use super::{ConnLimits, Routes};
 
 /// How long an idle connection told to close (HTTP/2 GOAWAY) may take before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -203,7 +202,7 @@ enum Closing {
 pub(super) async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
-    router: Router,
+    routes: Routes,
     builders: Arc<Builders>,
     limits: ConnLimits,
     shutdown: CancellationToken,
@@ -231,7 +230,7 @@ pub(super) async fn serve_connection(
             }
         }
     };
-    let svc = TowerToHyperService::new(tracked_service(router, remote, activity.clone()));
+    let svc = TowerToHyperService::new(tracked_service(routes, remote, activity.clone()));
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let mut closing = Closing::No;
@@ -296,10 +295,12 @@ fn next_wake(activity: &Activity, limits: &ConnLimits, closing: Closing, now: In
     }
 }
 
-/// `router` as hyper's service, each request carrying the peer address and counted in flight
-/// until its response body has ended.
+/// `routes` as hyper's service, each request carrying the peer address and counted in flight
+/// until its response body has ended. A request `routes.direct` takes goes to it without the
+/// router, its future boxed as the router boxes a route's: hyper keeps the space of a service
+/// future for the connection's life, and an open stream should not hold the proxy's.
 fn tracked_service(
-    router: Router,
+    routes: Routes,
     remote: SocketAddr,
     activity: Arc<Activity>,
 ) -> impl tower::Service<
@@ -309,12 +310,23 @@ fn tracked_service(
     Future = impl Future<Output = Result<http::Response<Body>, std::convert::Infallible>> + Send,
 > + Clone {
     tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        req.extensions_mut()
-            .insert(ConnectInfo::<SocketAddr>(remote));
         let in_flight = activity.begin();
-        let router = router.clone();
+        let served: super::Served = match routes.direct_for(req.method(), req.uri().path()) {
+            Some(direct) => direct.call(remote, req.map(Body::new)),
+            None => {
+                req.extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(remote));
+                let router = routes.router.clone();
+                Box::pin(async move {
+                    match router.oneshot(req).await {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    }
+                })
+            }
+        };
         async move {
-            let resp = router.oneshot(req).await?;
+            let resp = served.await;
             Ok(resp.map(|body| Guarded::wrap(body, in_flight)))
         }
     })

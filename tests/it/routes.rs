@@ -4,11 +4,14 @@
 //! network changes. Each refusal is checked to leave every key as it was.
 
 use http::StatusCode;
+use keygate::mock::MockUpstream;
 use keygate::store::PoolSnapshot;
 use serde_json::{json, Value};
 
 use crate::admin::{admin_config, ADMIN_TOKEN, K3};
-use crate::harness::gateway::{config_toml, parse_config, InProcess, CLIENT_TOKEN};
+use crate::harness::gateway::{
+    config_toml, http, parse_config, InProcess, TestGateway, CLIENT_TOKEN,
+};
 
 /// Never contacted: every request here is refused before any upstream attempt.
 const UNREACHED_UPSTREAM: &str = "http://127.0.0.1:9/v1";
@@ -150,4 +153,79 @@ async fn health_endpoints_answer_without_a_token() {
     assert_eq!((status, body), (StatusCode::OK, Value::from("ok")));
     let (status, body) = gw.send("GET", "/readyz", &[], "").await;
     assert_eq!((status, body), (StatusCode::OK, Value::from("ready\n")));
+}
+
+/// Status and body (JSON when it parses, else a JSON string; a chat completion's `id`, fresh
+/// for each answer, left out) of one request to a listening gateway.
+async fn over_the_wire(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, Value) {
+    let method = http::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut request = http().request(method, gw.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.body(body.to_string()).send().await.expect("send");
+    let status = response.status();
+    let bytes = response.bytes().await.expect("body");
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned().into());
+    (status, without_id(body))
+}
+
+fn without_id(mut body: Value) -> Value {
+    if let Some(o) = body.as_object_mut() {
+        o.remove("id");
+    }
+    body
+}
+
+/// A listener hands the requests `/v1/{*path}` matches to the proxy without the router
+/// (`server::Routes`): each answer must be the router's. The same config in process and on a
+/// port, the same requests to both, among them the paths next to the route's edge (`/v1/`,
+/// `/v1`, an empty segment, an encoded slash) and the methods the router treats apart (HEAD,
+/// whose answer it sends without a body, and OPTIONS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_answers_every_path_as_the_router_does() {
+    let mock = MockUpstream::start().await;
+    let toml = config_toml(None, &mock.base_url(), &K3, "");
+    let routed = InProcess::start(admin_config(&toml)).await;
+    let listening = TestGateway::start_config(admin_config(&toml)).await;
+    let auth = format!("Bearer {CLIENT_TOKEN}");
+    let with: &[(&str, &str)] = &[
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+        ("GET", "/v1/", with, ""),
+        ("GET", "/v1", with, ""),
+        ("POST", "/v1/chat/completions", &[], CHAT),
+        ("POST", "/v1/chat/completions", with, CHAT),
+        ("POST", "/v1/chat/completions", with, "{not json"),
+        ("GET", "/v1/models", with, ""),
+        ("HEAD", "/v1/models", with, ""),
+        ("OPTIONS", "/v1/chat/completions", with, ""),
+        ("POST", "/v1//chat/completions", with, CHAT),
+        ("POST", "/v1/..%2fadmin/pools", with, CHAT),
+        ("GET", "/v1x/models", with, ""),
+    ];
+    let mut statuses = Vec::new();
+    for (method, path, headers, body) in cases {
+        let (status, answer) = routed.send(method, path, headers, body).await;
+        let expected = (status, without_id(answer));
+        let got = over_the_wire(&listening, method, path, headers, body).await;
+        assert_eq!(got, expected, "{method} {path}");
+        if *method == "HEAD" {
+            assert_eq!(got.1, Value::from(""), "an answer to HEAD has no body");
+        }
+        statuses.push(status.as_u16());
+    }
+    // The cases reach the proxy's answers and the router's own, not one refusal for all.
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(statuses.contains(&401), "{statuses:?}");
+    assert!(statuses.contains(&404), "{statuses:?}");
 }
