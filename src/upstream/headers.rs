@@ -10,7 +10,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderValue};
 
 /// The longest duration a hint can express (one year). Longer values saturate to it.
 pub const MAX_HINT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -74,29 +74,58 @@ impl RateLimitHints {
     }
 }
 
-// The hint headers' names, built at compile time: `HeaderMap::get` with a string parses and
-// checks the name on every call, and every answer is read for these.
-const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
-const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
-const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
-const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
-const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
-const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
-const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+/// Where [`read_hints`] keeps each hint header's first value, by the header's name.
+const RETRY_AFTER_MS: usize = 0;
+const RETRY_AFTER: usize = 1;
+const REMAINING_REQUESTS: usize = 2;
+const RESET_REQUESTS: usize = 3;
+const REMAINING_TOKENS: usize = 4;
+const RESET_TOKENS: usize = 5;
+const LIMIT_REQUESTS: usize = 6;
+const LIMIT_TOKENS: usize = 7;
+
+/// The slot of a hint header's name (names in a `HeaderMap` are lowercase).
+fn hint_slot(name: &str) -> Option<usize> {
+    if let Some(rest) = name.strip_prefix("x-ratelimit-") {
+        return match rest {
+            "remaining-requests" => Some(REMAINING_REQUESTS),
+            "reset-requests" => Some(RESET_REQUESTS),
+            "remaining-tokens" => Some(REMAINING_TOKENS),
+            "reset-tokens" => Some(RESET_TOKENS),
+            "limit-requests" => Some(LIMIT_REQUESTS),
+            "limit-tokens" => Some(LIMIT_TOKENS),
+            _ => None,
+        };
+    }
+    match name {
+        "retry-after-ms" => Some(RETRY_AFTER_MS),
+        "retry-after" => Some(RETRY_AFTER),
+        _ => None,
+    }
+}
 
 /// Reads every rate-limit hint of `headers`; `now` turns a `retry-after` HTTP date into a delay.
+/// Each hint comes from its header's first value, as `HeaderMap::get` answers it. One pass over
+/// the headers rather than a `get` per hint: each `get` hashes the name, and eight of them cost
+/// about 1,400 instructions on every answer (BENCHMARKS.md, "Where a request's CPU goes").
 pub fn read_hints(headers: &HeaderMap, now: SystemTime) -> RateLimitHints {
-    let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let retry_after_ms = text(&RETRY_AFTER_MS).and_then(parse_retry_after_ms);
+    let mut first: [Option<&HeaderValue>; 8] = [None; 8];
+    for (name, value) in headers {
+        if let Some(slot) = hint_slot(name.as_str()) {
+            first[slot].get_or_insert(value);
+        }
+    }
+    let text = |slot: usize| first[slot].and_then(|v| v.to_str().ok());
+    let retry_after_ms = text(RETRY_AFTER_MS).and_then(parse_retry_after_ms);
     RateLimitHints {
         retry_after: retry_after_ms
-            .or_else(|| text(&http::header::RETRY_AFTER).and_then(|v| parse_retry_after(v, now))),
-        remaining_requests: text(&REMAINING_REQUESTS).and_then(parse_count),
-        reset_requests: text(&RESET_REQUESTS).and_then(parse_reset_duration),
-        remaining_tokens: text(&REMAINING_TOKENS).and_then(parse_count),
-        reset_tokens: text(&RESET_TOKENS).and_then(parse_reset_duration),
-        limit_requests: text(&LIMIT_REQUESTS).and_then(parse_count),
-        limit_tokens: text(&LIMIT_TOKENS).and_then(parse_count),
+            .or_else(|| text(RETRY_AFTER).and_then(|v| parse_retry_after(v, now))),
+        remaining_requests: text(REMAINING_REQUESTS).and_then(parse_count),
+        reset_requests: text(RESET_REQUESTS).and_then(parse_reset_duration),
+        remaining_tokens: text(REMAINING_TOKENS).and_then(parse_count),
+        reset_tokens: text(RESET_TOKENS).and_then(parse_reset_duration),
+        limit_requests: text(LIMIT_REQUESTS).and_then(parse_count),
+        limit_tokens: text(LIMIT_TOKENS).and_then(parse_count),
     }
 }
 
@@ -231,7 +260,6 @@ mod tests {
     }
 
     use super::*;
-    use http::HeaderValue;
     use proptest::prelude::*;
 
     fn secs(s: u64) -> Option<Duration> {
@@ -436,6 +464,45 @@ mod tests {
         fn parsers_never_panic_on_duration_like_text(value in "[0-9.hmsunµ ]{0,24}") {
             let _ = parse_reset_duration(&value);
             let _ = parse_retry_after(&value, SystemTime::UNIX_EPOCH);
+        }
+
+        /// One pass over the headers reads what a `get` of each hint header reads: the first
+        /// value of its name, whatever the order, the duplicates and the other headers.
+        #[test]
+        fn read_hints_reads_each_hints_first_value_as_get_does(
+            entries in proptest::collection::vec(
+                (0..10usize, prop_oneof![
+                    Just("7".to_string()), Just("0".to_string()), Just("1.5".to_string()),
+                    Just("6m0s".to_string()), Just("20ms".to_string()), Just("x".to_string()),
+                    "[0-9]{1,4}",
+                ]),
+                0..24,
+            ),
+            at in 0u64..4_000_000_000,
+        ) {
+            let names = [
+                "retry-after", "retry-after-ms", "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests", "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens", "x-ratelimit-limit-requests",
+                "x-ratelimit-limit-tokens", "x-ratelimit-other", "content-type",
+            ];
+            let mut map = HeaderMap::new();
+            for (name, value) in &entries {
+                map.append(names[*name], HeaderValue::from_str(value).unwrap());
+            }
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(at);
+            let text = |name: &str| map.get(name).and_then(|v| v.to_str().ok());
+            let by_get = RateLimitHints {
+                retry_after: text("retry-after-ms").and_then(parse_retry_after_ms)
+                    .or_else(|| text("retry-after").and_then(|v| parse_retry_after(v, now))),
+                remaining_requests: text("x-ratelimit-remaining-requests").and_then(parse_count),
+                reset_requests: text("x-ratelimit-reset-requests").and_then(parse_reset_duration),
+                remaining_tokens: text("x-ratelimit-remaining-tokens").and_then(parse_count),
+                reset_tokens: text("x-ratelimit-reset-tokens").and_then(parse_reset_duration),
+                limit_requests: text("x-ratelimit-limit-requests").and_then(parse_count),
+                limit_tokens: text("x-ratelimit-limit-tokens").and_then(parse_count),
+            };
+            prop_assert_eq!(read_hints(&map, now), by_get);
         }
 
         #[test]
