@@ -184,6 +184,9 @@ fn without_id(mut body: Value) -> Value {
     body
 }
 
+/// A request: method, path, headers, body.
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
 /// A listener hands the requests `/v1/{*path}` matches to the proxy without the router
 /// (`server::Routes`): each answer must be the router's. The same config in process and on a
 /// port, the same requests to both, among them the paths next to the route's edge (`/v1/`,
@@ -200,7 +203,7 @@ async fn a_listener_answers_every_path_as_the_router_does() {
         ("authorization", auth.as_str()),
         ("content-type", "application/json"),
     ];
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         ("GET", "/v1/", with, ""),
         ("GET", "/v1", with, ""),
         ("POST", "/v1/chat/completions", &[], CHAT),
