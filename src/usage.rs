@@ -12,6 +12,8 @@
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use fields::Fields;
+
 /// The largest single SSE event the scanner buffers; larger events are skipped, not parsed.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
 
@@ -69,7 +71,41 @@ struct Inner<'a> {
 }
 
 impl<'a> Envelope<'a> {
+    /// The envelope serde_json reads from `json` (`None` where it fails), found by
+    /// `fields::top_level` where that is sure of it: only the `usage` and `model` values are
+    /// then read with serde_json.
     fn parse(json: &'a [u8]) -> Option<Envelope<'a>> {
+        let Fields::Object {
+            usage,
+            model,
+            plain_model,
+        } = fields::top_level(json)
+        else {
+            return Envelope::parse_whole(json);
+        };
+        let usage = match usage {
+            Some(r) => serde_json::from_slice::<Option<Counts>>(&json[r]).ok()?,
+            None => None,
+        };
+        let model = match model {
+            // The text is UTF-8 (checked) and the range a string's, quotes included.
+            Some(r) if plain_model => Text(
+                std::str::from_utf8(&json[r.start + 1..r.end - 1])
+                    .ok()
+                    .map(Into::into),
+            ),
+            Some(r) => serde_json::from_slice::<Text>(&json[r]).ok()?,
+            None => Text(None),
+        };
+        Some(Envelope {
+            usage,
+            model,
+            response: None,
+        })
+    }
+
+    /// The envelope as serde_json reads it from the whole text.
+    fn parse_whole(json: &'a [u8]) -> Option<Envelope<'a>> {
         serde_json::from_slice(json).ok()
     }
 
@@ -491,5 +527,6 @@ impl SseUsageScanner {
     }
 }
 
+mod fields;
 #[cfg(test)]
 mod tests;

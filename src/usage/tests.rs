@@ -429,6 +429,98 @@ proptest! {
     }
 }
 
+/// A body of `body_json`'s, then changed at one place: a byte replaced by one that matters to
+/// JSON's grammar, a byte taken out, or the text cut short.
+fn damaged_body_json() -> impl Strategy<Value = Vec<u8>> {
+    let byte = prop_oneof![
+        Just(b'"'),
+        Just(b'\\'),
+        Just(b'{'),
+        Just(b'}'),
+        Just(b'['),
+        Just(b']'),
+        Just(b','),
+        Just(b':'),
+        Just(b' '),
+        Just(b'0'),
+        Just(b'-'),
+        Just(b'.'),
+        Just(b'e'),
+        Just(b'u'),
+        Just(0x01),
+        Just(0xff),
+        Just(0xc3),
+        any::<u8>(),
+    ];
+    (body_json(), any::<prop::sample::Index>(), 0..3u8, byte).prop_map(|(body, at, how, b)| {
+        let mut bytes = body.into_bytes();
+        let i = at.index(bytes.len().max(1)).min(bytes.len());
+        match how {
+            0 if i < bytes.len() => bytes[i] = b,
+            1 if i < bytes.len() => {
+                bytes.remove(i);
+            }
+            _ => bytes.truncate(i),
+        }
+        bytes
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// The one pass over the text (`usage/fields.rs`) answers what serde_json reading the
+    /// whole text answers: for sound bodies and for each kind of damage.
+    #[test]
+    fn the_one_pass_reader_answers_as_serde_json_does(
+        body in prop_oneof![body_json().prop_map(String::into_bytes), damaged_body_json()],
+    ) {
+        let fast = Envelope::parse(&body);
+        let whole = Envelope::parse_whole(&body);
+        let text = String::from_utf8_lossy(&body);
+        prop_assert_eq!(fast.is_some(), whole.is_some(), "{}", text);
+        if let (Some(f), Some(w)) = (fast, whole) {
+            prop_assert_eq!(f.usage(), w.usage(), "{}", text);
+            prop_assert_eq!(f.model(), w.model(), "{}", text);
+        }
+    }
+}
+
+#[test]
+fn the_one_pass_reader_finds_an_answers_fields_and_leaves_odd_ones_to_serde_json() {
+    use super::fields::{top_level, Fields};
+    let body = br#" {"id":"c-1","object":"chat.completion","created":1,"model":"gpt-4o",
+        "choices":[{"index":0,"message":{"role":"assistant","content":"hi \"there\""},
+        "logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":3,
+        "completion_tokens":2,"total_tokens":5},"n":-1.5e+3} "#;
+    let Fields::Object {
+        usage: Some(u),
+        model: Some(m),
+        plain_model: true,
+    } = top_level(body)
+    else {
+        panic!("{:?}", top_level(body));
+    };
+    assert_eq!(&body[m], br#""gpt-4o""#);
+    assert!(body[u].starts_with(b"{\"prompt_tokens\":3"));
+    for odd in [
+        &br#"{"response":{"usage":{"total_tokens":1}}}"#[..],
+        br#"{"model":"a","model":"b"}"#,
+        br#"{"us\u0061ge":{"total_tokens":1}}"#,
+        br#"{"usage":{"total_tokens":1}} x"#,
+        br#"{"usage":01}"#,
+        b"{\"a\":\"\x01\"}",
+        br#"["usage"]"#,
+    ] {
+        assert_eq!(
+            top_level(odd),
+            Fields::Unsure,
+            "{}",
+            String::from_utf8_lossy(odd)
+        );
+    }
+}
+
 #[test]
 fn a_model_without_escapes_is_read_in_place_and_one_with_them_is_unescaped() {
     let e = Envelope::parse(br#"{"model":"gpt-4o"}"#).unwrap();
