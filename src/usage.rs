@@ -12,7 +12,7 @@
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use fields::Fields;
+use fields::{Fields, UsageValue};
 
 /// The largest single SSE event the scanner buffers; larger events are skipped, not parsed.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
@@ -72,8 +72,8 @@ struct Inner<'a> {
 
 impl<'a> Envelope<'a> {
     /// The envelope serde_json reads from `json` (`None` where it fails), found by
-    /// `fields::top_level` where that is sure of it: only the `usage` and `model` values are
-    /// then read with serde_json.
+    /// `fields::top_level` where that is sure of it, with `usage` read by `fields::usage_counts`
+    /// and an escaped `model` by serde_json.
     fn parse(json: &'a [u8]) -> Option<Envelope<'a>> {
         let Fields::Object {
             usage,
@@ -83,12 +83,21 @@ impl<'a> Envelope<'a> {
         else {
             return Envelope::parse_whole(json);
         };
-        let usage = match usage {
-            Some(r) => serde_json::from_slice::<Option<Counts>>(&json[r]).ok()?,
-            None => None,
+        let usage = match usage.map(|r| (fields::usage_counts(&json[r.clone()]), r)) {
+            None | Some((UsageValue::Null, _)) => None,
+            Some((UsageValue::Counts(c), _)) => Some(Counts {
+                prompt_tokens: c[0],
+                input_tokens: c[1],
+                completion_tokens: c[2],
+                output_tokens: c[3],
+                total_tokens: c[4],
+            }),
+            Some((UsageValue::Unsure, r)) => {
+                serde_json::from_slice::<Option<Counts>>(&json[r]).ok()?
+            }
         };
         let model = match model {
-            // The text is UTF-8 (checked) and the range a string's, quotes included.
+            // The range is a string's, quotes included, checked to be UTF-8.
             Some(r) if plain_model => Text(
                 std::str::from_utf8(&json[r.start + 1..r.end - 1])
                     .ok()

@@ -4,8 +4,8 @@
 //! through a visitor), about 6,000 instructions for a small chat completion (BENCHMARKS.md,
 //! "Where a request's CPU goes").
 //!
-//! The pass answers only when it is sure serde_json would read the same: the whole text is
-//! UTF-8, its grammar is JSON's (strings with their escapes and without control characters,
+//! The pass answers only when it is sure serde_json would read the same: its strings are
+//! UTF-8 (and nothing else is above ASCII), its grammar is JSON's (strings with their escapes and without control characters,
 //! numbers, literals, nesting, nothing after the value), the value is an object, and no
 //! top-level key is escaped, repeated among `usage`, `model` and `response`, or `response`
 //! (the Responses API's wrapper). Anything else is [`Fields::Unsure`]: the caller reads the
@@ -29,26 +29,59 @@ pub(super) enum Fields {
 /// How deep the pass follows nested arrays and objects (serde_json stops at 128).
 const MAX_DEPTH: u32 = 100;
 
-/// Bytes that end a run of plain string bytes: the closing quote, an escape, a control
-/// character.
-static STRING_STOP: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = true;
-        i += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t
-};
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each zero byte of `v` (exact for the lowest one).
+fn zero_byte(v: u64) -> u64 {
+    v.wrapping_sub(ONES) & !v & HIGH
+}
 
 pub(super) fn top_level(json: &[u8]) -> Fields {
-    if std::str::from_utf8(json).is_err() {
-        return Fields::Unsure;
-    }
     let mut c = Cursor { b: json, i: 0 };
     c.object().unwrap_or(Fields::Unsure)
+}
+
+/// What a `usage` value holds, read by [`usage_counts`].
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum UsageValue {
+    Null,
+    /// The counts named [`COUNT_NAMES`], in that order: each a whole number that fits in u64,
+    /// else none (absent, negative, fractional, too large, not a number); a later repeat of a
+    /// name wins. Any value but an object or null holds no counts.
+    Counts([Option<u64>; 5]),
+    /// An escaped name in it: serde_json decodes names before comparing them.
+    Unsure,
+}
+
+pub(super) const COUNT_NAMES: [&[u8]; 5] = [
+    b"prompt_tokens",
+    b"input_tokens",
+    b"completion_tokens",
+    b"output_tokens",
+    b"total_tokens",
+];
+
+/// The counts of a `usage` value, `json` its text as [`top_level`] found it (so its grammar
+/// is already checked).
+pub(super) fn usage_counts(json: &[u8]) -> UsageValue {
+    let mut c = Cursor { b: json, i: 0 };
+    match json.first() {
+        Some(b'n') => UsageValue::Null,
+        Some(b'{') => c.counts().map_or(UsageValue::Unsure, UsageValue::Counts),
+        Some(_) => UsageValue::Counts([None; 5]),
+        None => UsageValue::Unsure,
+    }
+}
+
+/// A whole number's value, when `text` is only digits and it fits in u64.
+fn whole_number(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    text.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 struct Cursor<'a> {
@@ -123,17 +156,35 @@ impl Cursor<'_> {
         })
     }
 
-    /// A string at the cursor, its closing quote included; whether it holds an escape.
+    /// A string at the cursor, its closing quote included; whether it holds an escape. Runs of
+    /// plain bytes are skipped eight at a time; a string with a byte above ASCII is checked
+    /// to be UTF-8 (nothing outside strings may be above ASCII).
     fn string(&mut self) -> Option<bool> {
         self.eat(b'"')?;
-        let mut escaped = false;
+        let start = self.i;
+        let (mut escaped, mut wide) = (false, false);
         loop {
-            while !STRING_STOP[usize::from(*self.b.get(self.i)?)] {
-                self.i += 1;
+            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+                let v = u64::from_le_bytes(chunk.try_into().ok()?);
+                wide |= v & HIGH != 0;
+                let stops = zero_byte(v ^ (ONES * u64::from(b'"')))
+                    | zero_byte(v ^ (ONES * u64::from(b'\\')))
+                    | (v.wrapping_sub(ONES * 0x20) & !v & HIGH);
+                if stops != 0 {
+                    // The lowest flag is exact: a borrow only flags bytes above a true one.
+                    self.i += (stops.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                self.i += 8;
             }
-            match self.b[self.i] {
+            let byte = *self.b.get(self.i)?;
+            match byte {
                 b'"' => {
+                    let end = self.i;
                     self.i += 1;
+                    if wide && std::str::from_utf8(&self.b[start..end]).is_err() {
+                        return None;
+                    }
                     return Some(escaped);
                 }
                 b'\\' => {
@@ -151,7 +202,11 @@ impl Cursor<'_> {
                         _ => return None,
                     }
                 }
-                _ => return None, // a control character
+                0..=0x1f => return None, // a control character
+                _ => {
+                    wide |= byte >= 0x80;
+                    self.i += 1;
+                }
             }
         }
     }
@@ -251,6 +306,40 @@ impl Cursor<'_> {
                 self.i += 1;
                 depth -= 1;
                 open >>= 1;
+            }
+        }
+    }
+
+    /// A `usage` object's counts (`None`: unsure, or not an object).
+    fn counts(&mut self) -> Option<[Option<u64>; 5]> {
+        let mut out = [None; 5];
+        self.eat(b'{')?;
+        self.ws();
+        if self.eat(b'}').is_some() {
+            return Some(out);
+        }
+        loop {
+            let key_start = self.i + 1;
+            if self.string()? {
+                return None;
+            }
+            let key = &self.b[key_start..self.i - 1];
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            let start = self.i;
+            self.value()?;
+            if let Some(slot) = COUNT_NAMES.iter().position(|n| *n == key) {
+                out[slot] = whole_number(&self.b[start..self.i]);
+            }
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b'}' => return Some(out),
+                _ => return None,
             }
         }
     }

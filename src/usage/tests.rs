@@ -503,6 +503,15 @@ fn the_one_pass_reader_finds_an_answers_fields_and_leaves_odd_ones_to_serde_json
     };
     assert_eq!(&body[m], br#""gpt-4o""#);
     assert!(body[u].starts_with(b"{\"prompt_tokens\":3"));
+    let accented = "{\"id\":\"réponse à la question\",\"model\":\"modèle-é\"}";
+    assert!(matches!(
+        top_level(accented.as_bytes()),
+        Fields::Object {
+            usage: None,
+            model: Some(_),
+            plain_model: true
+        }
+    ));
     for odd in [
         &br#"{"response":{"usage":{"total_tokens":1}}}"#[..],
         br#"{"model":"a","model":"b"}"#,
@@ -510,6 +519,8 @@ fn the_one_pass_reader_finds_an_answers_fields_and_leaves_odd_ones_to_serde_json
         br#"{"usage":{"total_tokens":1}} x"#,
         br#"{"usage":01}"#,
         b"{\"a\":\"\x01\"}",
+        b"{\"a\":\"long enough to take eight at a time \xc3( here\"}",
+        b"{\"a\":1,\xc3\xa9}",
         br#"["usage"]"#,
     ] {
         assert_eq!(
