@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -38,7 +38,8 @@ pub fn choose_pool(
     client: &ClientAuth,
     headers: &HeaderMap,
 ) -> Result<Arc<PoolRuntime>, ApiError> {
-    let name = match headers.get("x-keygate-pool") {
+    const X_KEYGATE_POOL: HeaderName = HeaderName::from_static("x-keygate-pool");
+    let name = match headers.get(X_KEYGATE_POOL) {
         Some(v) => v
             .to_str()
             .map_err(|_| {

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 
 use crate::config::StickyBy;
 use crate::store::Route;
@@ -20,7 +20,12 @@ pub fn bucket(identity: &str) -> u8 {
     (h % 100) as u8
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+// The request headers read on every request, named at compile time: `HeaderMap::get` with a
+// string parses the name first.
+const X_GRAY_GROUP: HeaderName = HeaderName::from_static("x-gray-group");
+const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+
+fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -43,7 +48,7 @@ pub struct Identity<'a> {
 /// application with one token splits by percent); `client`: `X-User-Id`, else the client's name,
 /// else the remote address; `random`: a draw per request.
 pub fn route_for(who: &Identity<'_>, sticky: StickyBy) -> Route {
-    match header(who.headers, "x-gray-group")
+    match header(who.headers, &X_GRAY_GROUP)
         .map(str::to_ascii_lowercase)
         .as_deref()
     {
@@ -51,7 +56,7 @@ pub fn route_for(who: &Identity<'_>, sticky: StickyBy) -> Route {
         Some("control") => return Route::Stable,
         _ => {}
     }
-    let user_id = header(who.headers, "x-user-id");
+    let user_id = header(who.headers, &X_USER_ID);
     let body_user = who.body_user.filter(|u| !u.is_empty());
     let remote = || who.remote.map(|r| r.ip().to_string()).unwrap_or_default();
     let identity: Option<String> = match sticky {
@@ -71,7 +76,7 @@ pub fn route_for(who: &Identity<'_>, sticky: StickyBy) -> Route {
 
 /// The caller's `X-Request-Id` when it is short and plain, else a fresh UUID.
 pub fn request_id(headers: &HeaderMap) -> String {
-    header(headers, "x-request-id")
+    header(headers, &super::forward::X_REQUEST_ID)
         .filter(|v| {
             v.len() <= 128
                 && v.bytes()
