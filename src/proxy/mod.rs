@@ -68,25 +68,13 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let path = req
-        .uri()
-        .path()
-        .strip_prefix("/v1/")
-        .unwrap_or_default()
-        .to_string();
-    proxy(state, path, remote, req).await
+    proxy(state, remote, req).await
 }
 
-/// A request `routes::Routes` sends here without the router: what [`handle`] does, with the
+/// A request `routes::public` sends here without the router: what [`handle`] does, with the
 /// peer address from the connection.
 pub async fn serve(state: Arc<AppState>, remote: SocketAddr, req: Request) -> Response {
-    let path = req
-        .uri()
-        .path()
-        .strip_prefix("/v1/")
-        .unwrap_or_default()
-        .to_string();
-    proxy(state, path, Some(remote), req).await
+    proxy(state, Some(remote), req).await
 }
 
 /// `/v1` itself: nothing to proxy.
@@ -94,12 +82,13 @@ pub async fn handle_root() -> Response {
     ApiError::unknown_path().into_response()
 }
 
-async fn proxy(
-    state: Arc<AppState>,
-    path: String,
-    remote: Option<SocketAddr>,
-    req: Request,
-) -> Response {
+async fn proxy(state: Arc<AppState>, remote: Option<SocketAddr>, req: Request) -> Response {
+    let path = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/")
+        .unwrap_or_default()
+        .to_string();
     let request_id = route::request_id(req.headers());
     let mut resp = match prepare_and_run(state, path, remote, req, &request_id).await {
         Ok(r) => r,
