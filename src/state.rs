@@ -37,13 +37,34 @@ pub struct PoolRuntime {
     /// (`ProviderHints::that_bind`).
     pub limits: FxHashMap<KeyId, KeyLimits>,
     /// The configured base URL, parsed; requests only ever go to its scheme, host and port.
-    pub base_url: url::Url,
+    pub base_url: UpstreamBase,
     /// Per key id: what an attempt sends.
     pub auth: FxHashMap<KeyId, KeyAuth>,
     /// Every secret of the pool, found and masked in whatever an upstream answers.
     pub scrubber: Arc<Scrubber>,
     /// The upstream HTTP client (connection pool), with this pool's timeouts and HTTP/2 mode.
     pub http: UpstreamClient,
+}
+
+/// A pool's base URL, parsed once: the URL, and the scheme and authority of every upstream URI
+/// built on it (`proxy::forward::upstream_uri` puts a request's path and query after them
+/// rather than parsing the whole URI again).
+pub struct UpstreamBase {
+    pub url: url::Url,
+    /// `None` where the URL's origin is not a URI `http` reads (the full parse then decides).
+    pub origin: Option<(http::uri::Scheme, http::uri::Authority)>,
+}
+
+impl UpstreamBase {
+    pub fn new(url: url::Url) -> UpstreamBase {
+        let origin = http::Uri::try_from(&url[..url::Position::BeforePath])
+            .ok()
+            .and_then(|uri| {
+                let parts = uri.into_parts();
+                Some((parts.scheme?, parts.authority?))
+            });
+        UpstreamBase { url, origin }
+    }
 }
 
 /// One key's credentials as the proxy uses them, found by id in O(1) (a pool may hold 10,000).
@@ -160,7 +181,7 @@ impl Gateway {
                 has_budgets,
                 limits,
                 spec,
-                base_url,
+                base_url: UpstreamBase::new(base_url),
                 auth,
                 scrubber: Arc::new(Scrubber::new(p.keys.iter().map(|k| &k.secret))),
                 http: UpstreamClient::new(p),

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use crate::config::{name_matches, path_matches, HeaderLists};
 use crate::config::{DEFAULT_EXPOSED, DEFAULT_FORWARDED, NEVER_EXPOSED, NEVER_FORWARDED};
 use crate::error::ApiError;
-use crate::state::KeyAuth;
+use crate::state::{KeyAuth, UpstreamBase};
 
 /// Headers named in `Connection:` are hop-by-hop too.
 fn connection_listed(headers: &HeaderMap) -> Vec<String> {
@@ -96,31 +96,60 @@ fn invalid_path() -> ApiError {
     ApiError::bad_request("invalid_path", "The request path is not allowed.")
 }
 
-/// [`upstream_url`] as the URI the upstream client sends to, converted once per request.
+/// [`upstream_url`] as the URI the upstream client sends to, converted once per request. In
+/// the common case (see [`plain_path_and_query`]) the base's scheme and authority, parsed once
+/// per pool, are put before the request's path and query, which alone are parsed.
 pub fn upstream_uri(
-    base: &url::Url,
+    base: &UpstreamBase,
     path: &str,
     query: Option<&str>,
 ) -> Result<http::Uri, ApiError> {
     let query = query.filter(|q| !q.is_empty());
-    if let Some(plain) = plain_upstream_uri(base, path, query) {
-        return http::Uri::try_from(plain).map_err(|_| invalid_path());
+    if let Some((scheme, authority)) = &base.origin {
+        if let Some(plain) = plain_path_and_query(&base.url, path, query) {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(scheme.clone());
+            parts.authority = Some(authority.clone());
+            parts.path_and_query =
+                Some(http::uri::PathAndQuery::try_from(plain).map_err(|_| invalid_path())?);
+            return http::Uri::from_parts(parts).map_err(|_| invalid_path());
+        }
     }
-    let url = upstream_url(base, path, query)?;
+    let url = upstream_url(&base.url, path, query)?;
     http::Uri::try_from(url.as_str()).map_err(|_| invalid_path())
 }
 
 /// Bytes `url` copies unchanged into a path (no percent-encoding, no `\` or dot-segment
 /// handling applies to them): unreserved, sub-delimiters, `:`, `@`, `/` and `%`.
 fn plain_path_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&()*+,;=:@/%".contains(&b)
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'%'
+        )
 }
 
-/// The common case of [`upstream_url`] without re-parsing the URL: a path (already past the
-/// same checks) and a query made only of bytes `url` would copy unchanged give exactly the
-/// string `upstream_url` builds, under the base's own scheme, host, port and path. `None` for
-/// anything else (and for a path the checks refuse), which takes the full parse.
-fn plain_upstream_uri(base: &url::Url, path: &str, query: Option<&str>) -> Option<String> {
+/// The path and query [`upstream_url`] builds, in the common case, without re-parsing the URL:
+/// a path (already past the same checks) and a query made only of bytes `url` would copy
+/// unchanged give exactly the base's path, `/`, the path and the query. `None` for anything
+/// else (and for a path the checks refuse), which takes the full parse.
+fn plain_path_and_query(base: &url::Url, path: &str, query: Option<&str>) -> Option<String> {
     // `'` is not a plain byte: `url` encodes it in the query of http(s) URLs.
     let plain_query = |q: &str| q.bytes().all(|b| plain_path_byte(b) || b == b'?');
     if !path.bytes().all(plain_path_byte)
@@ -131,12 +160,9 @@ fn plain_upstream_uri(base: &url::Url, path: &str, query: Option<&str>) -> Optio
     {
         return None;
     }
-    let origin = &base[..url::Position::BeforePath];
     let base_path = base.path().trim_end_matches('/');
-    let mut out = String::with_capacity(
-        origin.len() + base_path.len() + 2 + path.len() + query.map_or(0, str::len),
-    );
-    out.push_str(origin);
+    let mut out =
+        String::with_capacity(base_path.len() + 2 + path.len() + query.map_or(0, str::len));
     out.push_str(base_path);
     out.push('/');
     out.push_str(path);
@@ -258,23 +284,29 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The string-built URI of the common case is exactly what the full URL parse builds,
-        /// and a path the parse refuses never takes the short cut.
+        /// The URI of the common case, built from the base's parsed origin and the path and
+        /// query, is exactly the one the full URL parse gives, and a path the parse refuses
+        /// never takes the short cut.
         #[test]
         fn the_plain_uri_is_the_parsed_one(
             path in "[a-zA-Z0-9/._%~:@!$&'()*+,;= #?<>\\\\{}\"-]{0,24}",
             query in proptest::option::of("[a-zA-Z0-9/._%~:@!$&'()*+,;= #?<>\"=-]{0,16}"),
             base in proptest::sample::select(vec![
                 "https://api.example.com/v1", "http://127.0.0.1:8080/v1/", "https://h.example/",
-                "https://h.example", "https://h.example:8443/a/b",
+                "https://h.example", "https://h.example:8443/a/b", "https://API.Example.com:443/v1",
+                "http://[::1]:9000/v1",
             ]),
         ) {
-            let base = url::Url::parse(base).unwrap();
+            let base = UpstreamBase::new(url::Url::parse(base).unwrap());
+            proptest::prop_assert!(base.origin.is_some());
             let query = query.as_deref().filter(|q| !q.is_empty());
-            let parsed = upstream_url(&base, &path, query);
-            if let Some(plain) = plain_upstream_uri(&base, &path, query) {
+            let parsed = upstream_url(&base.url, &path, query)
+                .map(|u| http::Uri::try_from(u.as_str()).unwrap());
+            if plain_path_and_query(&base.url, &path, query).is_some() {
                 let parsed = parsed.expect("the parse accepts what the short cut builds");
-                proptest::prop_assert_eq!(plain.as_str(), parsed.as_str());
+                let built = upstream_uri(&base, &path, query).expect("built");
+                proptest::prop_assert_eq!(built.to_string(), parsed.to_string());
+                proptest::prop_assert_eq!(built, parsed);
             }
         }
     }
@@ -304,14 +336,20 @@ mod tests {
     #[test]
     fn common_paths_take_the_plain_uri() {
         let base = base();
-        let plain = plain_upstream_uri(&base, "chat/completions", Some("a=1&b=%20"));
-        assert_eq!(
-            plain.as_deref(),
-            Some("https://api.example.com/v1/chat/completions?a=1&b=%20")
+        let plain = plain_path_and_query(&base, "chat/completions", Some("a=1&b=%20"));
+        assert_eq!(plain.as_deref(), Some("/v1/chat/completions?a=1&b=%20"));
+        let uri = upstream_uri(
+            &UpstreamBase::new(base.clone()),
+            "chat/completions",
+            Some("a=1"),
         );
-        assert_eq!(plain_upstream_uri(&base, "a b", None), None);
-        assert_eq!(plain_upstream_uri(&base, "../x", None), None);
-        assert_eq!(plain_upstream_uri(&base, "x", Some("q='1'")), None);
+        assert_eq!(
+            uri.unwrap().to_string(),
+            "https://api.example.com/v1/chat/completions?a=1"
+        );
+        assert_eq!(plain_path_and_query(&base, "a b", None), None);
+        assert_eq!(plain_path_and_query(&base, "../x", None), None);
+        assert_eq!(plain_path_and_query(&base, "x", Some("q='1'")), None);
     }
 
     fn key(org: Option<&'static str>) -> KeyAuth {
