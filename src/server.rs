@@ -29,8 +29,8 @@ pub type Served = Pin<Box<dyn Future<Output = axum::response::Response> + Send>>
 
 /// What one listener serves: axum's router and, on the main listener, a handler that takes the
 /// requests under one path prefix without it (`routes::public`: the proxy). Routing a proxied
-/// request through axum cost about 3,000 instructions: the route table's match, decoding the
-/// path parameter, the method router, the request's extensions and a boxed route future
+/// request through axum cost about 4,900 instructions: the route table's match, decoding the
+/// path parameter, the method router, the request's extensions and a second boxed future
 /// (BENCHMARKS.md, "The proxy's requests skip the router").
 #[derive(Clone)]
 pub struct Routes {
