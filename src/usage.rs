@@ -83,18 +83,19 @@ impl<'a> Envelope<'a> {
         else {
             return Envelope::parse_whole(json);
         };
-        let usage = match usage.map(|r| (fields::usage_counts(&json[r.clone()]), r)) {
-            None | Some((UsageValue::Null, _)) => None,
-            Some((UsageValue::Counts(c), _)) => Some(Counts {
-                prompt_tokens: c[0],
-                input_tokens: c[1],
-                completion_tokens: c[2],
-                output_tokens: c[3],
-                total_tokens: c[4],
-            }),
-            Some((UsageValue::Unsure, r)) => {
-                serde_json::from_slice::<Option<Counts>>(&json[r]).ok()?
-            }
+        let usage = match usage {
+            None => None,
+            Some(r) => match fields::usage_counts(&json[r.clone()]) {
+                UsageValue::Null => None,
+                UsageValue::Counts(c) => Some(Counts {
+                    prompt_tokens: c[0],
+                    input_tokens: c[1],
+                    completion_tokens: c[2],
+                    output_tokens: c[3],
+                    total_tokens: c[4],
+                }),
+                UsageValue::Unsure => serde_json::from_slice::<Option<Counts>>(&json[r]).ok()?,
+            },
         };
         let model = match model {
             // The range is a string's, quotes included, checked to be UTF-8.

@@ -4,11 +4,11 @@
 //! through a visitor), about 6,000 instructions for a small chat completion (BENCHMARKS.md,
 //! "Where a request's CPU goes").
 //!
-//! The pass answers only when it is sure serde_json would read the same: its strings are
-//! UTF-8 (and nothing else is above ASCII), its grammar is JSON's (strings with their escapes and without control characters,
-//! numbers, literals, nesting, nothing after the value), the value is an object, and no
-//! top-level key is escaped, repeated among `usage`, `model` and `response`, or `response`
-//! (the Responses API's wrapper). Anything else is [`Fields::Unsure`]: the caller reads the
+//! The pass answers only when it is sure serde_json would read the same: its strings are UTF-8
+//! (and nothing else is above ASCII), its grammar is JSON's (strings with their escapes and
+//! without control characters, numbers, literals, nesting, nothing after the value), the value
+//! is an object, and no top-level key is escaped, repeated among `usage`, `model` and
+//! `response`, or `response` (the Responses API's wrapper). Anything else is [`Fields::Unsure`]: the caller reads the
 //! text with serde_json, which then decides.
 
 use std::ops::Range;
@@ -54,7 +54,7 @@ pub(super) enum UsageValue {
     Unsure,
 }
 
-pub(super) const COUNT_NAMES: [&[u8]; 5] = [
+const COUNT_NAMES: [&[u8]; 5] = [
     b"prompt_tokens",
     b"input_tokens",
     b"completion_tokens",
@@ -108,52 +108,63 @@ impl Cursor<'_> {
     fn object(&mut self) -> Option<Fields> {
         let (mut usage, mut model, mut plain_model) = (None, None, false);
         self.ws();
-        self.eat(b'{')?;
-        self.ws();
-        if self.eat(b'}').is_none() {
-            loop {
-                let key_start = self.i + 1;
-                if self.string()? {
-                    return None; // an escaped key: serde_json compares it decoded
-                }
-                let key = &self.b[key_start..self.i - 1];
-                self.ws();
-                self.eat(b':')?;
-                self.ws();
-                let start = self.i;
-                let plain_string = if self.peek()? == b'"' {
-                    !self.string()?
-                } else {
-                    self.value()?;
-                    false
-                };
-                let range = Some(start..self.i);
-                match key {
-                    b"usage" if usage.is_none() => usage = range,
-                    b"model" if model.is_none() => (model, plain_model) = (range, plain_string),
-                    b"usage" | b"model" | b"response" => return None,
-                    _ => {}
-                }
-                self.ws();
-                match self.peek()? {
-                    b',' => {
-                        self.i += 1;
-                        self.ws();
-                    }
-                    b'}' => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
+        self.members(|c, key| {
+            let start = c.i;
+            let plain_string = if c.peek()? == b'"' {
+                !c.string()?
+            } else {
+                c.value()?;
+                false
+            };
+            let range = Some(start..c.i);
+            match key {
+                b"usage" if usage.is_none() => usage = range,
+                b"model" if model.is_none() => (model, plain_model) = (range, plain_string),
+                b"usage" | b"model" | b"response" => return None,
+                _ => {}
             }
-        }
+            Some(())
+        })?;
         self.ws();
         (self.i == self.b.len()).then_some(Fields::Object {
             usage,
             model,
             plain_model,
         })
+    }
+
+    /// The object at the cursor, each member's key handed to `member`, which reads its value
+    /// (`None`: unsure); an escaped key is unsure, as serde_json compares keys decoded.
+    fn members(&mut self, mut member: impl FnMut(&mut Self, &[u8]) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        self.ws();
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        let b = self.b;
+        loop {
+            let key_start = self.i + 1;
+            if self.string()? {
+                return None;
+            }
+            let key = &b[key_start..self.i - 1];
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            member(self, key)?;
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// A string at the cursor, its closing quote included; whether it holds an escape. Runs of
@@ -313,35 +324,15 @@ impl Cursor<'_> {
     /// A `usage` object's counts (`None`: unsure, or not an object).
     fn counts(&mut self) -> Option<[Option<u64>; 5]> {
         let mut out = [None; 5];
-        self.eat(b'{')?;
-        self.ws();
-        if self.eat(b'}').is_some() {
-            return Some(out);
-        }
-        loop {
-            let key_start = self.i + 1;
-            if self.string()? {
-                return None;
-            }
-            let key = &self.b[key_start..self.i - 1];
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
-            let start = self.i;
-            self.value()?;
+        self.members(|c, key| {
+            let start = c.i;
+            c.value()?;
             if let Some(slot) = COUNT_NAMES.iter().position(|n| *n == key) {
-                out[slot] = whole_number(&self.b[start..self.i]);
+                out[slot] = whole_number(&c.b[start..c.i]);
             }
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b'}' => return Some(out),
-                _ => return None,
-            }
-        }
+            Some(())
+        })?;
+        Some(out)
     }
 
     /// A member's key and its colon, in a nested object.
