@@ -33,6 +33,9 @@ pub struct Scrubber {
     /// The bytes some secret starts with.
     first_bytes: [bool; 256],
     longest: usize,
+    /// The shortest secret's length: bytes fewer than this hold no secret, in any form (an
+    /// escape only lengthens one), so they are not scanned.
+    shortest: usize,
 }
 
 /// Where secrets were found in some bytes, and how much of them may be sent now.
@@ -74,6 +77,7 @@ impl Scrubber {
         Scrubber {
             automaton,
             longest: secret_bytes.iter().map(|s| s.len()).max().unwrap_or(0),
+            shortest: secret_bytes.iter().map(|s| s.len()).min().unwrap_or(0),
             secrets: secret_bytes,
             fingerprints,
             sorted,
@@ -132,6 +136,15 @@ impl Scrubber {
                 ready: bytes.len(),
             };
         };
+        // Nearly every header value and name is shorter than any secret (BENCHMARKS.md, "Where
+        // a request's CPU goes"); a chunk that is not the end may still start one, so it is
+        // scanned for its tail.
+        if at_end && bytes.len() < self.shortest {
+            return Scan {
+                found: Vec::new(),
+                ready: bytes.len(),
+            };
+        }
         let normalized = memchr::memchr(b'\\', bytes).map(|_| Normalized::of(bytes, at_end));
         let text = normalized.as_ref().map_or(bytes, |n| &n.text[..]);
         let origin = |i: usize| normalized.as_ref().map_or(i, |n| n.starts[i]);

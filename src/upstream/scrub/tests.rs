@@ -113,6 +113,39 @@ fn headers_holding_a_key_are_masked_or_dropped() {
 }
 
 #[test]
+fn values_and_names_shorter_than_every_secret_are_skipped_and_one_exactly_as_long_is_masked() {
+    let s = scrubber(&[OTHER, KEY]);
+    let mut h = HeaderMap::new();
+    h.insert("x-short", KEY.parse().unwrap());
+    h.insert("x-long", OTHER.parse().unwrap());
+    h.insert("x-shorter", KEY[..KEY.len() - 1].parse().unwrap());
+    h.insert(
+        http::HeaderName::from_bytes(KEY.to_ascii_lowercase().as_bytes()).unwrap(),
+        "1".parse().unwrap(),
+    );
+    s.scrub_headers(&mut h);
+    assert_eq!(h.len(), 3, "the header named by a key is dropped: {h:?}");
+    assert_eq!(h["x-short"], "sk-…9f3a********");
+    assert!(h["x-long"].as_bytes().starts_with("sk-…".as_bytes()));
+    assert_eq!(h["x-long"].len(), OTHER.len());
+    assert_eq!(h["x-shorter"], &KEY[..KEY.len() - 1]);
+    // A whole body as short as the shortest secret is scanned too; a chunk shorter than it that
+    // may start one is still held back until the stream ends.
+    assert_eq!(
+        s.scrub_whole(Bytes::from_static(KEY.as_bytes())).len(),
+        KEY.len()
+    );
+    assert_ne!(
+        &s.scrub_whole(Bytes::from_static(KEY.as_bytes()))[..],
+        KEY.as_bytes()
+    );
+    assert_eq!(
+        streamed(&s, &[b"sk-abc", b"defghijk9f3a"]),
+        s.scrub_whole(Bytes::from_static(KEY.as_bytes())).to_vec()
+    );
+}
+
+#[test]
 fn headers_without_a_key_stay_as_they_were_repeated_values_in_order() {
     let s = scrubber(&[KEY]);
     let mut h = HeaderMap::new();
