@@ -108,8 +108,13 @@ pub(crate) fn keygate_headers(
     if let Some(k) = key {
         forward::set_header(h, forward::X_KEYGATE_KEY, k.as_str());
     }
-    if let Some(g) = group {
-        forward::set_header(h, forward::X_KEYGATE_GROUP, g);
+    match group {
+        // The usual group, without copying it for each answer.
+        Some("stable") => {
+            h.insert(forward::X_KEYGATE_GROUP, HeaderValue::from_static("stable"));
+        }
+        Some(g) => forward::set_header(h, forward::X_KEYGATE_GROUP, g),
+        None => {}
     }
     h.insert(forward::X_KEYGATE_ATTEMPTS, HeaderValue::from(attempts));
 }
