@@ -35,12 +35,12 @@ use tokio::time::Instant;
 use super::connection::{Conn, Endpoint, Timeouts};
 use super::scripts::Scripts;
 use super::{
-    KeyStore, Op, PoolSnapshot, PoolSpec, Receipt, Route, SelectRequest, Selection, StoreError,
+    KeyStore, Op, PoolSnapshot, PoolSpec, Receipt, SelectRequest, Selection, StoreError,
     SyncReceipt,
 };
-use coalesce::Coalescer;
+use coalesce::{Coalescer, SelectArgs};
 pub use recreate::RecreatedListener;
-use reply::{now_arg, parse_selection};
+use reply::parse_selection;
 use shared::{map_err, Core};
 
 /// How to reach Redis and how long to wait for it.
@@ -152,25 +152,12 @@ impl RedisStore {
 #[async_trait]
 impl KeyStore for RedisStore {
     async fn select(&self, pool: &str, req: &SelectRequest<'_>) -> Result<Selection, StoreError> {
-        let (route, bucket) = match req.route {
-            Route::Bucket(b) => ("bucket", b),
-            Route::Canary => ("canary", 0),
-            Route::Stable => ("stable", 0),
-        };
-        let now = now_arg(req.now_ms);
-        let mut args = Vec::with_capacity(5 + req.exclude.len());
-        args.extend([
-            req.rand.to_string(),
-            route.to_string(),
-            bucket.to_string(),
-            req.tokens.to_string(),
-            req.exclude.len().to_string(),
-        ]);
-        args.extend(req.exclude.iter().map(|k| k.as_str().to_string()));
+        let args = SelectArgs::new(req);
+        let now = req.now_ms.unwrap_or(0);
         let deadline = Instant::now() + self.core.timeout;
         let w = self
             .on_pool(pool, deadline, || {
-                self.selects.select(pool, &now, &args, deadline)
+                self.selects.select(pool, now, &args, deadline)
             })
             .await?;
         parse_selection(&w)

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::shared::Core;
-use crate::store::StoreError;
+use crate::store::{Route, SelectRequest, StoreError};
 
 /// The most requests one call selects for; the rest wait for the next call.
 const MAX_BATCH: usize = 128;
@@ -43,7 +43,8 @@ pub(super) struct Coalescer {
 
 /// One pool's queue, and what a task needs to send its calls.
 struct Queue {
-    pool: String,
+    /// The pool's KEYS[1] (`kg:{P}`), made once.
+    base: String,
     core: Arc<Core>,
     state: Mutex<State>,
 }
@@ -56,12 +57,53 @@ struct State {
     waiting: Vec<Waiter>,
 }
 
+/// One request's part of a select call's ARGV (`lua/select.lua`): rand, route, bucket, tokens,
+/// n, then the n key ids the request already tried, in one string, each argument ended by a NUL
+/// (none holds one: key ids are validated, the rest are numbers and route words). One
+/// allocation a request instead of one per argument, and one to copy when the request waits
+/// for a batch (BENCHMARKS.md, "Where a request's CPU goes").
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct SelectArgs(String);
+
+impl SelectArgs {
+    pub fn new(req: &SelectRequest<'_>) -> SelectArgs {
+        let (route, bucket) = match req.route {
+            Route::Bucket(b) => ("bucket", b),
+            Route::Canary => ("canary", 0),
+            Route::Stable => ("stable", 0),
+        };
+        let ids: usize = req.exclude.iter().map(|k| k.as_str().len() + 1).sum();
+        let mut s = String::with_capacity(48 + ids);
+        let mut num = itoa::Buffer::new();
+        s.push_str(num.format(req.rand));
+        s.push('\0');
+        s.push_str(route);
+        s.push('\0');
+        s.push_str(num.format(bucket));
+        s.push('\0');
+        s.push_str(num.format(req.tokens));
+        s.push('\0');
+        s.push_str(num.format(req.exclude.len()));
+        s.push('\0');
+        for k in req.exclude {
+            s.push_str(k.as_str());
+            s.push('\0');
+        }
+        SelectArgs(s)
+    }
+
+    /// The arguments, in order.
+    pub fn parts(&self) -> impl Iterator<Item = &str> {
+        self.0.split_terminator('\0')
+    }
+}
+
 /// A select waiting for the next call.
 struct Waiter {
-    /// ARGV[1] of the call (a virtual clock, or "0"): only waiters with equal clocks share one.
-    now: String,
-    /// This request's part of the call's ARGV (see `lua/select.lua`).
-    args: Vec<String>,
+    /// ARGV[1] of the call (a virtual clock, or 0): only waiters with equal clocks share one.
+    now: u64,
+    /// This request's part of the call's ARGV.
+    args: SelectArgs,
     deadline: Instant,
     reply: oneshot::Sender<Reply>,
 }
@@ -86,7 +128,7 @@ impl Coalescer {
             return q.clone();
         }
         let q = Arc::new(Queue {
-            pool: pool.to_string(),
+            base: self.core.pool_base(pool),
             core: self.core.clone(),
             state: Mutex::new(State::default()),
         });
@@ -96,15 +138,21 @@ impl Coalescer {
 
     /// One request's select reply, its line of the call's reply (`nopool` when Redis lost the
     /// pool); `now` is ARGV[1], `args` the request's part of ARGV.
-    pub async fn select(&self, pool: &str, now: &str, args: &[String], deadline: Instant) -> Reply {
+    pub async fn select(
+        &self,
+        pool: &str,
+        now: u64,
+        args: &SelectArgs,
+        deadline: Instant,
+    ) -> Reply {
         let queue = self.queue(pool);
         let waiting = {
             let mut st = queue.lock();
             if st.busy >= LANES {
                 let (tx, rx) = oneshot::channel();
                 st.waiting.push(Waiter {
-                    now: now.to_string(),
-                    args: args.to_vec(),
+                    now,
+                    args: args.clone(),
                     deadline,
                     reply: tx,
                 });
@@ -122,12 +170,13 @@ impl Coalescer {
             };
         }
         let turn = Turn(queue);
-        let mut argv = Vec::with_capacity(1 + args.len());
-        argv.push(now);
-        argv.extend(args.iter().map(String::as_str));
+        let mut num = itoa::Buffer::new();
+        let mut argv = Vec::with_capacity(6);
+        argv.push(num.format(now));
+        argv.extend(args.parts());
         let core = &turn.0.core;
         let v = core
-            .eval(&core.scripts.select, pool, &argv, deadline)
+            .eval(&core.scripts.select, &turn.0.base, &argv, deadline)
             .await?;
         let mut replies = split(v, 1)?;
         Ok(replies.pop().unwrap_or_default())
@@ -172,7 +221,7 @@ impl Drop for Turn {
 
 /// The first waiter and every later one with the same clock, up to [`MAX_BATCH`], in order.
 fn take_batch(waiting: &mut Vec<Waiter>) -> Vec<Waiter> {
-    let first = waiting[0].now.clone();
+    let first = waiting[0].now;
     if waiting.len() <= MAX_BATCH && waiting.iter().all(|w| w.now == first) {
         return std::mem::take(waiting);
     }
@@ -194,13 +243,14 @@ async fn send(turn: Turn, batch: Vec<Waiter>) {
     let Some(deadline) = batch.iter().map(|w| w.deadline).max() else {
         return;
     };
-    let mut argv: Vec<&str> = Vec::with_capacity(1 + batch.len() * 4);
-    argv.push(&batch[0].now);
+    let mut num = itoa::Buffer::new();
+    let mut argv: Vec<&str> = Vec::with_capacity(1 + batch.len() * 5);
+    argv.push(num.format(batch[0].now));
     for w in &batch {
-        argv.extend(w.args.iter().map(String::as_str));
+        argv.extend(w.args.parts());
     }
-    let Queue { pool, core, .. } = &*turn.0;
-    let replies = match core.eval(&core.scripts.select, pool, &argv, deadline).await {
+    let Queue { base, core, .. } = &*turn.0;
+    let replies = match core.eval(&core.scripts.select, base, &argv, deadline).await {
         Ok(v) => split(v, batch.len()),
         Err(e) => Err(e),
     };
@@ -249,6 +299,48 @@ fn split(v: Value, n: usize) -> Result<Vec<String>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::KeyId;
+    use proptest::prelude::*;
+
+    /// The arguments as they were built before [`SelectArgs`]: one string each.
+    fn one_string_each(req: &SelectRequest<'_>) -> Vec<String> {
+        let (route, bucket) = match req.route {
+            Route::Bucket(b) => ("bucket", b),
+            Route::Canary => ("canary", 0),
+            Route::Stable => ("stable", 0),
+        };
+        let mut args = vec![
+            req.rand.to_string(),
+            route.to_string(),
+            bucket.to_string(),
+            req.tokens.to_string(),
+            req.exclude.len().to_string(),
+        ];
+        args.extend(req.exclude.iter().map(|k| k.as_str().to_string()));
+        args
+    }
+
+    proptest! {
+        #[test]
+        fn a_requests_arguments_are_those_of_one_string_each(
+            rand in any::<u64>(),
+            route in 0u8..3,
+            bucket in any::<u8>(),
+            tokens in any::<u64>(),
+            ids in proptest::collection::vec("[A-Za-z0-9._-]{1,24}", 0..6),
+        ) {
+            let exclude: Vec<KeyId> = ids.iter().filter_map(|i| KeyId::new(i)).collect();
+            let route = match route {
+                0 => Route::Bucket(bucket),
+                1 => Route::Canary,
+                _ => Route::Stable,
+            };
+            let req = SelectRequest { route, exclude: &exclude, rand, now_ms: None, tokens };
+            let args = SelectArgs::new(&req);
+            let parts: Vec<&str> = args.parts().collect();
+            prop_assert_eq!(parts, one_string_each(&req));
+        }
+    }
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())

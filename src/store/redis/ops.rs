@@ -22,7 +22,10 @@ impl RedisStore {
         let script = self.core.scripts.for_op(op);
         if op.is_rotation() {
             let deadline = Instant::now() + self.core.timeout;
-            let reply = self.core.eval(script, pool, &args, deadline).await?;
+            let reply = self
+                .core
+                .eval(script, &self.core.pool_base(pool), &args, deadline)
+                .await?;
             return rotation_receipt(op, pool, reply);
         }
         let w = self.eval_pool(script, pool, &args).await?;

@@ -61,7 +61,11 @@ impl RedisStore {
     ) -> Result<Vec<String>, StoreError> {
         let deadline = Instant::now() + self.core.timeout;
         self.on_pool(pool, deadline, || async {
-            words(self.core.eval(script, pool, args, deadline).await?)
+            words(
+                self.core
+                    .eval(script, &self.core.pool_base(pool), args, deadline)
+                    .await?,
+            )
         })
         .await
     }
@@ -124,7 +128,12 @@ impl RedisStore {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let w = words(
             self.core
-                .eval(&self.core.scripts.sync, &spec.name, &refs, deadline)
+                .eval(
+                    &self.core.scripts.sync,
+                    &self.core.pool_base(&spec.name),
+                    &refs,
+                    deadline,
+                )
                 .await?,
         )?;
         parse_sync(&w)

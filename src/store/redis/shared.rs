@@ -71,18 +71,24 @@ impl Core {
     /// Runs one script before `deadline`: `FCALL` of its function, loading the library first
     /// when Redis does not hold it; `EVALSHA` (which loads the script on `NOSCRIPT`) on a
     /// Redis without Functions. A failure tells the connection (Sentinel then asks for the
-    /// master again).
+    /// master again). `base` is the pool's [`Core::pool_base`] (a coalesced select's queue
+    /// keeps its own, made once).
     pub async fn eval<A: AsRef<str>>(
         &self,
         lua: &Lua,
-        pool: &str,
+        base: &str,
         args: &[A],
         deadline: Instant,
     ) -> Result<Value, StoreError> {
-        let key = self.pool_base(pool);
         if self.functions.load(Ordering::Relaxed) {
-            let mut cmd = redis::cmd("FCALL");
-            cmd.arg(&lua.function).arg(1).arg(&key);
+            // Sized once: growing the command's buffers argument by argument cost about 2,000
+            // instructions a request (BENCHMARKS.md, "Where a request's CPU goes").
+            let bytes: usize = args.iter().map(|a| a.as_ref().len()).sum();
+            let mut cmd = redis::Cmd::with_capacity(
+                4 + args.len(),
+                8 + lua.function.len() + base.len() + bytes,
+            );
+            cmd.arg("FCALL").arg(&lua.function).arg(1).arg(base);
             for a in args {
                 cmd.arg(a.as_ref());
             }
@@ -112,7 +118,7 @@ impl Core {
                 }
             }
         }
-        let mut inv = lua.script.key(key);
+        let mut inv = lua.script.key(base);
         for a in args {
             inv.arg(a.as_ref());
         }
