@@ -347,9 +347,13 @@ end
 -- One request's reply (see the top).
 local function select_one(rand, route, bucket, tokens)
   seed(rand)
-  skipped, skips = {}, 0
+  if BUDGET then skipped, skips = {}, 0 end
   local primary = 'stable'
-  if route == 'canary' or (route == 'bucket' and bucket < percent) then primary = canary_group end
+  -- The bucket (a string) is read as a number only when a canary takes a share of the pool.
+  if route == 'canary' or (route == 'bucket' and percent > 0 and (tonumber(bucket) or 0) < percent)
+  then
+    primary = canary_group
+  end
   spent_crowded = 0
   local id, probe, lease = try_budgeted(primary, rand, tokens)
   local group, fb = primary, 0
@@ -358,7 +362,17 @@ local function select_one(rand, route, bucket, tokens)
     id, probe, lease = try_budgeted('stable', rand, tokens)
     group, fb = 'stable', 1
   end
-  if id then return fmt('key %s %s %d %d 0 %d %d', id, group, fb, probe, lease, spent_crowded) end
+  if id then
+    -- Concatenated from literals, not string.format'd: each number formatted costs a
+    -- sprintf, about 2,000 Redis instructions (BENCHMARKS.md, "Redis Functions, not
+    -- EVALSHA"). A lease id is formatted (Lua writes a number below 1e14 as its digits).
+    -- One concatenation each (an intermediate string would be interned too).
+    local f, p = fb == 1 and ' 1' or ' 0', probe == 1 and ' 1 0 ' or ' 0 0 '
+    local crowded = spent_crowded == 1 and ' 1' or ' 0'
+    if lease == 0 then return 'key ' .. id .. ' ' .. group .. f .. p .. '0' .. crowded end
+    if lease < 1e14 then return 'key ' .. id .. ' ' .. group .. f .. p .. lease .. crowded end
+    return fmt('key %s %s %d %d 0 %d %d', id, group, fb, probe, lease, spent_crowded)
+  end
   local groups = {[primary] = true}
   if may_fall_back then groups.stable = true end
   local k, wait_ms, wlease = try_wait(groups, tokens)
@@ -401,16 +415,20 @@ local function select_call(KEYS, ARGV)
   max_wait, lease_ms, mrt = num(meta[8]), num(meta[9]), num(meta[10])
 
   -- The requests of the batch: {rand, route, bucket, excluded set, tokens}. Requests that
-  -- exclude nothing share one empty set (nothing writes to a set once parsed).
+  -- exclude nothing share one empty set (nothing writes to a set once parsed). The bucket stays
+  -- a string until a canary needs it, and the tokens are read only in a pool with budgets: a
+  -- tonumber costs about 1,600 Redis instructions (BENCHMARKS.md, "Redis Functions, not
+  -- EVALSHA").
   local reqs = {}
   local none = {}
   local i = 2
   while i + 4 <= #ARGV do
-    local ex, n = none, tonumber(ARGV[i + 4]) or 0
+    local ex, n = none, 0
+    if ARGV[i + 4] ~= '0' then n = tonumber(ARGV[i + 4]) or 0 end
     if n > 0 then ex = {} end
     for j = i + 5, i + 4 + n do ex[ARGV[j]] = true end
-    reqs[#reqs + 1] = {tonumber(ARGV[i]) or 0, ARGV[i + 1], tonumber(ARGV[i + 2]) or 0, ex,
-      min(tonumber(ARGV[i + 3]) or 0, mrt)}
+    reqs[#reqs + 1] = {tonumber(ARGV[i]) or 0, ARGV[i + 1], ARGV[i + 2], ex,
+      BUDGET and min(tonumber(ARGV[i + 3]) or 0, mrt) or 0}
     i = i + 5 + n
   end
 
