@@ -363,9 +363,9 @@ local function select_one(rand, route, bucket, tokens)
     group, fb = 'stable', 1
   end
   if id then
-    -- Concatenated from literals, not string.format'd: each number formatted costs a
-    -- sprintf, about 2,000 Redis instructions (BENCHMARKS.md, "Redis Functions, not
-    -- EVALSHA"). A lease id is formatted (Lua writes a number below 1e14 as its digits).
+    -- Concatenated from literals, not string.format'd: each number formatted is a sprintf
+    -- (BENCHMARKS.md, "A pick's line without string.format"). A lease id is formatted (Lua
+    -- writes a number below 1e14 as its digits).
     -- One concatenation each (an intermediate string would be interned too).
     local f, p = fb == 1 and ' 1' or ' 0', probe == 1 and ' 1 0 ' or ' 0 0 '
     local crowded = spent_crowded == 1 and ' 1' or ' 0'
@@ -417,8 +417,8 @@ local function select_call(KEYS, ARGV)
   -- The requests of the batch: {rand, route, bucket, excluded set, tokens}. Requests that
   -- exclude nothing share one empty set (nothing writes to a set once parsed). The bucket stays
   -- a string until a canary needs it, and the tokens are read only in a pool with budgets: a
-  -- tonumber costs about 1,600 Redis instructions (BENCHMARKS.md, "Redis Functions, not
-  -- EVALSHA").
+  -- tonumber costs about 1,600 Redis instructions (BENCHMARKS.md, "A pick's line without
+  -- string.format").
   local reqs = {}
   local none = {}
   local i = 2
