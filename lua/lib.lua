@@ -470,6 +470,9 @@ end
 -- Whether the last budget_spend left the key's in-flight slots at least half taken (1, else 0):
 -- the end of such a request is written at once rather than with the next success batch.
 local spent_crowded
+-- The last budget_spend's lease id as written (select.lua's reply line takes it from here: a
+-- number formatted is a sprintf, BENCHMARKS.md "A pick's line without string.format").
+local spent_lease_str
 
 -- Spends one request of `tokens` starting at `start`, at `now`; answers its lease id (0: none).
 -- "Crowded" counts the leases unexpired at `now`.
@@ -508,7 +511,8 @@ local function budget_spend(id, b, start, tokens, mrt, lease_ms, now)
   if conc <= 0 then return 0 end
   local lease = next_lease()
   local c = leases_held(id, b, now, conc, 1)
-  c = c + redis.call('ZADD', inflight_key(id), expiry_of(start + lease_ms), int(lease))
+  spent_lease_str = int(lease)
+  c = c + redis.call('ZADD', inflight_key(id), expiry_of(start + lease_ms), spent_lease_str)
   set_lease_count(id, b, c)
   if 2 * c >= conc then spent_crowded = 1 end
   return lease

@@ -363,15 +363,13 @@ local function select_one(rand, route, bucket, tokens)
     group, fb = 'stable', 1
   end
   if id then
-    -- Concatenated from literals, not string.format'd: each number formatted is a sprintf
-    -- (BENCHMARKS.md, "A pick's line without string.format"). A lease id is formatted (Lua
-    -- writes a number below 1e14 as its digits).
-    -- One concatenation each (an intermediate string would be interned too).
+    -- Concatenated from literals in one step (an intermediate string would be interned too),
+    -- not string.format'd: each number formatted is a sprintf (BENCHMARKS.md, "A pick's line
+    -- without string.format"). A lease is the one budget_spend just took and wrote.
     local f, p = fb == 1 and ' 1' or ' 0', probe == 1 and ' 1 0 ' or ' 0 0 '
     local crowded = spent_crowded == 1 and ' 1' or ' 0'
     if lease == 0 then return 'key ' .. id .. ' ' .. group .. f .. p .. '0' .. crowded end
-    if lease < 1e14 then return 'key ' .. id .. ' ' .. group .. f .. p .. lease .. crowded end
-    return fmt('key %s %s %d %d 0 %d %d', id, group, fb, probe, lease, spent_crowded)
+    return 'key ' .. id .. ' ' .. group .. f .. p .. spent_lease_str .. crowded
   end
   local groups = {[primary] = true}
   if may_fall_back then groups.stable = true end
