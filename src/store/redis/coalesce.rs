@@ -62,7 +62,7 @@ struct State {
 /// (none holds one: key ids are validated, the rest are numbers and route words). One
 /// allocation a request instead of one per argument, and one to copy when the request waits
 /// for a batch (BENCHMARKS.md, "Where a request's CPU goes").
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone)]
 pub(super) struct SelectArgs(String);
 
 impl SelectArgs {

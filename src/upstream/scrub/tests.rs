@@ -113,7 +113,7 @@ fn headers_holding_a_key_are_masked_or_dropped() {
 }
 
 #[test]
-fn values_and_names_shorter_than_every_secret_are_skipped_and_one_exactly_as_long_is_masked() {
+fn a_value_or_name_as_long_as_the_shortest_secret_is_masked_and_a_shorter_one_kept() {
     let s = scrubber(&[OTHER, KEY]);
     let mut h = HeaderMap::new();
     h.insert("x-short", KEY.parse().unwrap());
