@@ -6,7 +6,7 @@ Usage: budget_replay.py PORT PREFIX POOL ITERATIONS [off] [evalsha] [selects] [h
 Sends ITERATIONS calls of lua/select.lua (12 requests each, as the replica's coalesced selects
 carry at c=64) and, every 10 calls, one lua/report_batch.lua carrying those requests' successes
 and ends (lease freed, 1,000 tokens less than reserved), like the replica's success batch.
-With "off" the pool's meta field `budgets` is taken as 0 and no ends are sent: the same calls
+With "off" the pool's budgets flag is taken as 0 (meta's `budgets` and the one packed in `sel`) and no ends are sent: the same calls
 without budgets; with "selects", no success batch is sent; with "hints", each batch carries
 the hint the bench's mock sends on every answer (10,000 requests a minute, 9,999 left) for every
 key it names. The scripts run as the replica runs them: functions of the keygate library the
@@ -19,6 +19,7 @@ Standard library only: a minimal RESP2 client.
 import os
 import random
 import socket
+import struct
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
@@ -88,7 +89,14 @@ def main():
     r = Redis(port)
     base = '%s:{%s}' % (prefix, pool)
     if off:
+        # The select call reads the pool's budgets flag from meta's sel (lua/lib.lua SEL_FMT:
+        # six doubles, then the canary group's name): rewritten with the flag at 0.
         r.call('HSET', base + ':meta', 'budgets', '0')
+        sel = r.call('HGET', base + ':meta', 'sel')
+        if sel:
+            head = list(struct.unpack('<6d', sel[:48]))
+            head[2] = 0.0
+            r.call('HSET', base + ':meta', 'sel', struct.pack('<6d', *head) + sel[48:])
     names = None if 'evalsha' in sys.argv[5:] else functions(r)
     if names:
         select, report, how = names['select'], names['report_batch'], 'FCALL'

@@ -3,13 +3,15 @@
 -- loaded once, in which each script is a registered function, or, on a Redis without Functions,
 -- prefixed to each script sent with EVALSHA. Its top level only defines: what depends on the
 -- call (the pool's key names, the call's deferred writes and caches) is set by begin() at the
--- bottom, which every script calls first, so no call sees what an earlier one left.
+-- bottom, which every script calls first, so no call sees what an earlier one left (but for
+-- `bases`, names that depend on the pool's name alone).
 --
 -- Key schema for pool P with prefix kg (KEYS[1] of every script is the pool base "kg:{P}";
 -- every key below is derived from it, so all of them hash to the same Cluster slot):
 --   kg:{P}:meta            hash   policy (*_ms), canary_group, canary_percent, canary_percent_cfg,
 --                                 canary_fallback, config_hash, layout, cnt:<state>, ver
---                                 (ver: change counter, see bump below)
+--                                 (ver: change counter, see bump below), and sel: what a select
+--                                 call reads of the config, packed (SEL_FMT below)
 --   kg:{P}:key:<id>        hash   status reason weight group errors strikes cooldown_until_ms
 --                                 last_status last_used_ms successes failures
 --                                 window_start_ms open_ms cfg_weight cfg_group
@@ -27,23 +29,31 @@ local B, META, DUE
 -- math.floor, math.max and math.min, set by begin(): a library may not read `math` while Redis
 -- loads it, and a global read per use costs more than an upvalue.
 local floor, max, min
-local LAYOUT = 'cls2'
+-- cls3: meta holds sel (a pool of layout cls2 has none: select reads the fields one by one
+-- until a sync of this layout writes it, the first one after an upgrade even when the config is
+-- unchanged).
+local LAYOUT = 'cls3'
+-- meta's sel: the settings of the pool's config that every select call reads, written by
+-- sync.lua only (the canary percent, which rotation and set_canary change, and the half-open
+-- count stay fields of their own): canary_fallback (0|1), probe_lease_ms, budgets (0|1),
+-- max_wait_ms, lease_ms, mrt, then the canary group's name. One packed field instead of eight:
+-- each field of an HMGET costs a select call about 2,500 Redis instructions (BENCHMARKS.md,
+-- "The select call's settings in one field").
+local SEL_FMT = '<dddddds'
 
--- A function that answers prefix .. id, built once per id and call (a select or a batch names
--- each key several times).
-local function names(prefix)
-  local built = {}
-  return function(id)
-    local k = built[id]
-    if not k then
-      k = prefix .. id
-      built[id] = k
-    end
-    return k
+-- prefix .. id, built once per id and call in `built` (a select or a batch names each key
+-- several times).
+local function named(built, prefix, id)
+  local k = built[id]
+  if not k then
+    k = prefix .. id
+    built[id] = k
   end
+  return k
 end
--- A key hash's name (set by begin()).
-local kkey
+-- A key hash's name (kpre and kbuilt are set by begin()).
+local kpre, kbuilt
+local function kkey(id) return named(kbuilt, kpre, id) end
 local function cls_key(g, c) return B .. ':cls:' .. g .. ':' .. c end
 local function clsn_key(g) return B .. ':clsn:' .. g end
 local function probe_key(g) return B .. ':probe:' .. g end
@@ -287,8 +297,9 @@ local MINUTE, DAY = 60600, 87264000
 local BUDGETS
 local BUDGET_FMT = '<dddddddddddd'
 
--- A lease set's name (set by begin()).
-local inflight_key
+-- A lease set's name (ipre and ibuilt set by begin()).
+local ipre, ibuilt
+local function inflight_key(id) return named(ibuilt, ipre, id) end
 local function ceil_div(a, b)
   if b <= 0 then return 0 end
   return floor((a + b - 1) / b)
@@ -671,11 +682,22 @@ end
 -- memo of the call empty. Every script calls it before anything else (src/store/scripts.rs
 -- puts the call in front of each script's body); with Functions the library's top level ran
 -- once, when it was loaded, and this is all that runs again per call.
+-- Per pool base, the names derived from it: {meta, due, budget, key prefix, lease set prefix},
+-- made at a pool's first call and kept while the library is loaded (as Functions; an EVALSHA
+-- script starts empty every call). About 3,000 Redis instructions a call less than making the
+-- five strings and two closures each time (BENCHMARKS.md, "The select call's settings in one
+-- field"). One entry per pool a replica names: bounded by the config.
+local bases = {}
 local function begin(keys)
   B = keys[1]
   floor, max, min = math.floor, math.max, math.min
-  META, DUE, BUDGETS = B .. ':meta', B .. ':due', B .. ':budget'
-  kkey, inflight_key = names(B .. ':key:'), names(B .. ':inflight:')
+  local n = bases[B]
+  if not n then
+    n = {B .. ':meta', B .. ':due', B .. ':budget', B .. ':key:', B .. ':inflight:'}
+    bases[B] = n
+  end
+  META, DUE, BUDGETS, kpre, ipre = n[1], n[2], n[3], n[4], n[5]
+  kbuilt, ibuilt = {}, {}
   DEFER = false
   counters, counter_order, kdirty, kdirty_order = {}, {}, {}, {}
   bcache, bdirty, bdirty_order, kb_memo, lease_count = {}, {}, {}, nil, {}

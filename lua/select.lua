@@ -402,15 +402,26 @@ end
 
 -- One call: the replies to every request of the batch, in order.
 local function select_call(KEYS, ARGV)
-  local meta = redis.call('HMGET', META, 'canary_group', 'canary_percent', 'canary_fallback',
-    'config_hash', 'probe_lease_ms', 'cnt:half_open', 'budgets', 'max_wait_ms', 'lease_ms', 'mrt')
-  if not meta[4] then return 'nopool' end
+  -- The config's settings packed in sel (lib.lua SEL_FMT) and the two fields that change at
+  -- run time. sel is in force only under this layout: an older keygate's sync (a replica of
+  -- the previous version during a rolling upgrade) writes the fields one by one and its own
+  -- layout, and leaves sel as it was; the fields are then read one by one, as it wrote them.
+  local meta = redis.call('HMGET', META, 'sel', 'layout', 'canary_percent', 'cnt:half_open')
+  local fb, probe_ms, budgets, group
+  if meta[1] and meta[2] == LAYOUT then
+    fb, probe_ms, budgets, max_wait, lease_ms, mrt, group = struct.unpack(SEL_FMT, meta[1])
+  else
+    local f = redis.call('HMGET', META, 'config_hash', 'canary_fallback', 'probe_lease_ms',
+      'budgets', 'max_wait_ms', 'lease_ms', 'mrt', 'canary_group')
+    if not f[1] then return 'nopool' end
+    fb, probe_ms, budgets = f[2] == '0' and 0 or 1, num(f[3]), num(f[4])
+    max_wait, lease_ms, mrt, group = num(f[5]), num(f[6]), num(f[7]), f[8] or 'canary'
+  end
   DEFER = true
   fmt = string.format
   now = clock(ARGV[1])
 
-  BUDGET = meta[7] == '1'
-  max_wait, lease_ms, mrt = num(meta[8]), num(meta[9]), num(meta[10])
+  BUDGET = budgets == 1
 
   -- The requests of the batch: {rand, route, bucket, excluded set, tokens}. Requests that
   -- exclude nothing share one empty set (nothing writes to a set once parsed). The bucket stays
@@ -432,9 +443,9 @@ local function select_call(KEYS, ARGV)
 
   -- The half-open count as of now: recovery may have just turned an open key half-open.
   recover_due(now, min(8 * #reqs, 64))
-  half_open = num(meta[6]) + pending(META, 'cnt:half_open')
-  canary_group, percent = meta[1] or 'canary', num(meta[2])
-  fallback_ok, lease = meta[3] ~= '0', num(meta[5])
+  half_open = num(meta[4]) + pending(META, 'cnt:half_open')
+  canary_group, percent = group, num(meta[3])
+  fallback_ok, lease = fb ~= 0, probe_ms
   excluded = none
   classes, set_names, copies = {}, {}, {}
   WHOLE = #reqs > 1 and max(16, 2 * #reqs) or 0

@@ -23,7 +23,8 @@
 -- layout missing (Fenwick trees kg:{P}:tree:<g>, kg:{P}:slots): the class sets are built from
 -- the key hashes and the old keys are deleted; layout missing or 'cls1' (a key's budget in
 -- twelve fields b_rpm ... n_in): each key's budget moves into its entry of kg:{P}:budget
--- (lib.lua, "Budgets"), schedules and learned limits kept.
+-- (lib.lua, "Budgets"), schedules and learned limits kept; layout before cls3: meta's sel (the
+-- select call's settings, packed) is written, as every sync writes it.
 
 local hm = redis.call('HMGET', META, 'config_hash', 'layout')
 if hm[1] == ARGV[1] and hm[2] == LAYOUT then return {'unchanged'} end
@@ -43,7 +44,7 @@ if not fresh and not hm[2] then
     end
   end
 end
-if not fresh and hm[2] ~= LAYOUT then
+if not fresh and (not hm[2] or hm[2] == 'cls1') then
   local old = {'b_rpm', 'b_tpm', 'b_conc', 'b_rpd', 'b_tpd', 'l_rpm', 'l_tpm', 'tat_r', 'tat_rd',
     'tat_t', 'tat_td', 'n_in'}
   for _, id in ipairs(redis.call('SMEMBERS', B .. ':keys')) do
@@ -67,7 +68,9 @@ redis.call('HSET', META, 'cooldown_default_ms', ARGV[2], 'cooldown_max_ms', ARGV
   'breaker_errors', ARGV[4], 'breaker_window_ms', ARGV[5], 'breaker_open_ms', ARGV[6],
   'quota_cooldown_ms', ARGV[7], 'probe_lease_ms', ARGV[8], 'canary_group', ARGV[9],
   'canary_fallback', ARGV[11], 'budgets', ARGV[12], 'max_wait_ms', ARGV[13],
-  'lease_ms', ARGV[14], 'mrt', ARGV[15], 'learn', ARGV[16])
+  'lease_ms', ARGV[14], 'mrt', ARGV[15], 'learn', ARGV[16],
+  'sel', struct.pack(SEL_FMT, num(ARGV[11]), num(ARGV[8]), num(ARGV[12]), num(ARGV[13]),
+    num(ARGV[14]), num(ARGV[15]), ARGV[9]))
 if redis.call('HGET', META, 'canary_percent_cfg') ~= ARGV[10] then
   redis.call('HSET', META, 'canary_percent', ARGV[10], 'canary_percent_cfg', ARGV[10])
 end

@@ -423,3 +423,76 @@ async fn budgets_an_older_keygate_kept_in_key_hash_fields_survive_the_upgrade() 
         Selection::Key(c) => panic!("{} chosen before its slot", c.key),
     }
 }
+
+/// A canary-routed select of pool `p` that excludes the canary key `c1`: the stable key when the
+/// pool lets canary requests fall back, else none.
+async fn canary_without_c1(store: &dyn KeyStore) -> Option<String> {
+    let exclude = [kid("c1")];
+    let req = SelectRequest {
+        route: Route::Canary,
+        exclude: &exclude,
+        rand: 7,
+        now_ms: None,
+        tokens: 0,
+    };
+    match store.select("p", &req).await.unwrap() {
+        Selection::Key(c) => Some(c.key.to_string()),
+        Selection::None(_) => None,
+    }
+}
+
+/// A pool synced by the previous layout (`cls2`: meta without `sel`, the select call's settings
+/// packed in one field) is selected from by its fields one by one, and the first sync of this
+/// version writes `sel` although the config is unchanged.
+#[tokio::test]
+async fn a_pool_synced_before_the_packed_select_settings_gets_them_at_the_next_sync() {
+    let server = RedisServer::start();
+    let sp = spec("p", &[("k1", 1, "stable"), ("c1", 1, "canary")]);
+    redis_store(&server, "kg").sync(&sp).await.unwrap();
+    let mut c = server.conn();
+    let sel: Vec<u8> = c.hget("kg:{p}:meta", "sel").unwrap();
+    assert!(!sel.is_empty(), "this version's sync writes sel");
+    // As the previous layout left the pool.
+    let _: () = c.hdel("kg:{p}:meta", "sel").unwrap();
+    let _: () = c.hset("kg:{p}:meta", "layout", "cls2").unwrap();
+
+    let upgraded = redis_store(&server, "kg");
+    assert_eq!(canary_without_c1(&upgraded).await.as_deref(), Some("k1"));
+    let none: Option<Vec<u8>> = c.hget("kg:{p}:meta", "sel").unwrap();
+    assert_eq!(none, None, "a select writes no settings");
+    upgraded.sync(&sp).await.unwrap();
+    let again: Vec<u8> = c.hget("kg:{p}:meta", "sel").unwrap();
+    assert_eq!(again, sel, "the same config packs the same settings");
+    let layout: String = c.hget("kg:{p}:meta", "layout").unwrap();
+    assert_eq!(layout, "cls3");
+    assert_eq!(canary_without_c1(&upgraded).await.as_deref(), Some("k1"));
+}
+
+/// During a rolling upgrade a replica of the previous version may sync a changed config: it
+/// writes the settings field by field and its own layout, and leaves `sel` as it was. A select
+/// then follows the fields, not the stale `sel`: here canary requests may no longer fall back.
+#[tokio::test]
+async fn settings_an_older_sync_wrote_field_by_field_win_over_a_stale_packed_copy() {
+    let server = RedisServer::start();
+    let sp = spec("p", &[("k1", 1, "stable"), ("c1", 1, "canary")]);
+    let store = redis_store(&server, "kg");
+    store.sync(&sp).await.unwrap();
+    assert_eq!(
+        canary_without_c1(&store).await.as_deref(),
+        Some("k1"),
+        "the config lets canary requests fall back"
+    );
+    // The older replica's sync of a config with `fallback = false`.
+    let mut c = server.conn();
+    let _: () = c
+        .hset_multiple(
+            "kg:{p}:meta",
+            &[
+                ("canary_fallback", "0"),
+                ("layout", "cls2"),
+                ("config_hash", "older"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(canary_without_c1(&store).await, None);
+}
