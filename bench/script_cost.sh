@@ -42,10 +42,17 @@ one=(0 12345 bucket 5 1051 0)
 twelve=(0)
 for i in $(seq 12); do twelve+=($((i * 750000000000003)) bucket $((i * 7)) 1051 0); done
 
-# cost LABEL COMMAND...: instructions per call of COMMAND.
+# cost LABEL COMMAND...: instructions per call of COMMAND. A select call must answer its
+# requests' lines ("key ..."): the EVALSHA form is built from the checkout's lua/, and a
+# checkout whose scripts do not match KEYGATE's pool (its meta, its layout) would otherwise
+# measure a short answer ("nopool", an error) instead of the call.
 cost() {
-    local label=$1 dump ir
+    local label=$1 dump ir reply
     shift
+    if [[ $label == select* ]]; then
+        reply=$(redis-cli -p $RP "$@" 2>&1 | head -1)
+        [[ $reply == key* ]] || die "$label answered \"$reply\", not a key: do lua/ and KEYGATE match?"
+    fi
     redis-benchmark -p $RP -c 1 -n 20 -q "$@" >/dev/null 2>&1 # warm-up
     callgrind_control -z "$rpid" >/dev/null 2>&1
     redis-benchmark -p $RP -c 1 -n "$N" -q "$@" >/dev/null 2>&1
