@@ -134,7 +134,16 @@ pub(super) fn redis_contents(redis: &RedisServer) -> String {
         let kind: String = redis::cmd("TYPE").arg(&k).query(&mut c).unwrap();
         let value = match kind.as_str() {
             "string" => format!("{:?}", c.get::<_, Vec<u8>>(&k).unwrap()),
-            "hash" => format!("{:?}", c.hgetall::<_, Vec<(String, String)>>(&k).unwrap()),
+            // Values read as bytes: some are binary (meta's `sel`, budget entries), and their
+            // text shows as itself.
+            "hash" => {
+                let fields: Vec<(String, Vec<u8>)> = c.hgetall(&k).unwrap();
+                let fields: Vec<(String, String)> = fields
+                    .into_iter()
+                    .map(|(f, v)| (f, String::from_utf8_lossy(&v).into_owned()))
+                    .collect();
+                format!("{fields:?}")
+            }
             "zset" => format!(
                 "{:?}",
                 c.zrange_withscores::<_, Vec<(String, f64)>>(&k, 0, -1)

@@ -249,7 +249,12 @@ async fn wait_rebuilt(redis: &RedisServer, what: &str) -> Duration {
     };
     // On a timeout, say what Redis holds: which half of the condition never came true.
     let held = || {
-        let meta: HashMap<String, String> = redis.conn().hgetall("kg:{p}:meta").unwrap_or_default();
+        // Bytes: meta's `sel` is binary.
+        let meta: Vec<(String, Vec<u8>)> = redis.conn().hgetall("kg:{p}:meta").unwrap_or_default();
+        let meta: HashMap<String, String> = meta
+            .into_iter()
+            .map(|(f, v)| (f, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
         format!(
             "k4 = {:?}; k2 = {:?}; meta = {meta:?}",
             key_hash(redis, "k4"),
