@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Replays what one replica at c=64 asks of Redis for a budgeted pool, without the replica.
 
-Usage: budget_replay.py PORT PREFIX POOL ITERATIONS [off] [evalsha] [selects] [hints]
+Usage: budget_replay.py PORT PREFIX POOL ITERATIONS [off] [evalsha] [selects] [hints] [perms=N]
 
 Sends ITERATIONS calls of lua/select.lua (12 requests each, as the replica's coalesced selects
 carry at c=64) and, every 10 calls, one lua/report_batch.lua carrying those requests' successes
@@ -104,10 +104,23 @@ def main():
         select = r.call('SCRIPT', 'LOAD', script('select.lua')).decode()
         report = r.call('SCRIPT', 'LOAD', script('report_batch.lua')).decode()
         how = 'EVALSHA'
+    # "perms=N": a virtual clock passed to every call (ARGV[1]) that moves 1 ms every N select
+    # calls from the server's time at the start, so how many keys a draw finds a few ms from
+    # their slot is set by N (at c=64 about 2 calls a millisecond) rather than by how slowly
+    # Redis runs under callgrind; 0 (default): each call reads the server's clock.
+    per_ms = 0
+    for a in sys.argv[5:]:
+        if a.startswith('perms='):
+            per_ms = int(a.split('=', 1)[1])
+    t0 = 0
+    if per_ms > 0:
+        sec, usec = r.call('TIME')
+        t0 = int(sec) * 1000 + int(usec) // 1000
     rng = random.Random(1)
     ends, successes, picked, hinted = [], {}, 0, 0
     for it in range(iters):
-        args = ['0']
+        clock = str(t0 + it // per_ms) if per_ms > 0 else '0'
+        args = [clock]
         for _ in range(12):
             args += [rng.randrange(2 ** 53), 'bucket', rng.randrange(100), 1051, 0]
         for line in r.call(how, select, 1, base, *args).split(b'\n'):
@@ -118,7 +131,7 @@ def main():
                 ends.append((key, lease))
                 successes[key] = successes.get(key, 0) + 1
         if it % 10 == 9:
-            a = ['0', len(successes)]
+            a = [clock, len(successes)]
             for key, n in successes.items():
                 a += [key, n, 200, 1]
             if hints and not off:

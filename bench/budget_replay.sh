@@ -10,7 +10,10 @@
 # REPLAY_LIMITS='rpm = 60600' (\n between lines) replaces the pool's limits, and
 # REPLAY_SELECTS_ONLY=1 sends no success batch (the select calls' share alone), and
 # REPLAY_HINTS=1 has every batch carry one provider hint per key, what the bench's mock announces
-# (the replica drops such hints: BENCHMARKS.md, "Hints that change nothing").
+# (the replica drops such hints: BENCHMARKS.md, "Hints that change nothing"), and
+# REPLAY_CALLS_PER_MS=N passes the calls a virtual clock that moves 1 ms every N select calls
+# (about 2 at c=64), so the share of draws that land on a key spent less than its interval ago
+# is the load's, not set by how slowly Redis runs under callgrind.
 # Needs valgrind, redis-server and python3; about 2 minutes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,6 +38,7 @@ for mode in on off; do
     [[ ${REPLAY_EVALSHA:-0} == 1 ]] && arg="$arg evalsha"
     [[ ${REPLAY_SELECTS_ONLY:-0} == 1 ]] && arg="$arg selects"
     [[ ${REPLAY_HINTS:-0} == 1 ]] && arg="$arg hints"
+    [[ -n ${REPLAY_CALLS_PER_MS:-} ]] && arg="$arg perms=$REPLAY_CALLS_PER_MS"
     # shellcheck disable=SC2086 # $arg: zero, one or two words
     python3 "$ROOT/bench/budget_replay.py" $RP kgreplay b64 20 $arg >/dev/null # warm-up
     callgrind_control -z "$rpid" >/dev/null

@@ -289,9 +289,14 @@ local function try_budgeted(g, rand, tokens)
       end
       return id, probe, lease
     end
+    -- Without headroom now. budget_place benches it when every slot is taken or its headroom
+    -- is further out than LAZY_MS, and leaves it active otherwise: that case, the usual one
+    -- (a key started a request less than its interval ago), is decided here from the headroom
+    -- just read, without placing the key (BENCHMARKS.md, "Budgets: the select call's Redis
+    -- work").
     local k = active_key(id, w, g)
-    local benched
-    benched, at = budget_place(k, b, now)
+    local benched = false
+    if busy or at > now + LAZY_MS then benched, at = budget_place(k, b, now) end
     if benched then
       attempts = attempts + 1
       classes_changed()
