@@ -678,16 +678,17 @@ local function place_ended(now)
   to_place, to_place_order = {}, {}
 end
 
+-- Per pool base, the names derived from it: {meta, due, budget, key prefix, lease set prefix},
+-- made at a pool's first call and kept while the library is loaded (as Functions; an EVALSHA
+-- script starts empty every call). About 5,000 Redis instructions a call less than making the
+-- five strings and two closures each time (BENCHMARKS.md, "The select call's settings in one
+-- field"). One entry per pool a replica names: bounded by the config.
+local bases = {}
+
 -- Starts a call on pool base keys[1]: the pool's key names, and every deferred write, cache and
 -- memo of the call empty. Every script calls it before anything else (src/store/scripts.rs
 -- puts the call in front of each script's body); with Functions the library's top level ran
 -- once, when it was loaded, and this is all that runs again per call.
--- Per pool base, the names derived from it: {meta, due, budget, key prefix, lease set prefix},
--- made at a pool's first call and kept while the library is loaded (as Functions; an EVALSHA
--- script starts empty every call). About 3,000 Redis instructions a call less than making the
--- five strings and two closures each time (BENCHMARKS.md, "The select call's settings in one
--- field"). One entry per pool a replica names: bounded by the config.
-local bases = {}
 local function begin(keys)
   B = keys[1]
   floor, max, min = math.floor, math.max, math.min

@@ -270,7 +270,7 @@ async fn spawn_side_listener(
     limits: ConnLimits,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    match TcpListener::bind(addr).await {
+    match crate::server::bind(addr) {
         Ok(l) => {
             tracing::info!(%addr, "{what} listener");
             let cap = ConnCap::new(SIDE_LISTENER_CONNECTIONS);

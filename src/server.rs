@@ -24,6 +24,27 @@ use tokio_util::task::TaskTracker;
 
 pub use conn::Guarded;
 
+/// The listen backlog of every listener keygate binds: connections the kernel completes before
+/// keygate accepts them. tokio's `TcpListener::bind` asks for 128 (mio's, as the standard
+/// library's), and a burst of new connections past that is dropped at the SYN, so each of
+/// those clients waits for its retransmission (1 s) before it is even accepted: 1,000 streams
+/// whose connections opened in bursts showed +0.9 s at the 99th percentile of their time to
+/// first byte (BENCHMARKS.md, "The listen backlog"). nginx's default is 511; the kernel lowers this to `net.core.somaxconn`
+/// (4,096 by default since Linux 5.4; README.md, "Deploy").
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` for serving as `TcpListener::bind` does (address reuse, so a restart does not
+/// wait for the old socket's TIME_WAIT), with [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A request's answer, as a listener's handlers give it.
 pub type Served = Pin<Box<dyn Future<Output = axum::response::Response> + Send>>;
 

@@ -94,7 +94,7 @@ fn read_token_from_stdin() -> Result<String, String> {
 /// `keygate mock-upstream`: serves until SIGTERM/ctrl-c.
 #[cfg(feature = "mock")]
 pub async fn run_mock(listen: std::net::SocketAddr, opts: crate::mock::MockOptions) -> ExitCode {
-    let listener = match tokio::net::TcpListener::bind(listen).await {
+    let listener = match crate::server::bind(listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("mock-upstream: cannot listen on {listen}: {e}");
@@ -133,7 +133,7 @@ pub async fn run_serve(
     }
     #[cfg(feature = "mock")]
     if let Some(addr) = mock_upstream {
-        match tokio::net::TcpListener::bind(addr).await {
+        match crate::server::bind(addr) {
             Ok(l) => {
                 tracing::info!(%addr, "bundled mock provider serving /v1");
                 let opts = crate::mock::MockOptions::default();
@@ -166,7 +166,7 @@ pub async fn run_serve(
             return ExitCode::FAILURE;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(listen).await {
+    let listener = match crate::server::bind(listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("keygate: cannot listen on {listen}: {e}");

@@ -5,5 +5,6 @@
 mod budget_accuracy;
 mod deploy;
 mod faults;
+mod listen;
 mod reload;
 mod rotation;
