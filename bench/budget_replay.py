@@ -6,8 +6,9 @@ Usage: budget_replay.py PORT PREFIX POOL ITERATIONS [off] [evalsha] [selects] [h
 Sends ITERATIONS calls of lua/select.lua (12 requests each, as the replica's coalesced selects
 carry at c=64) and, every 10 calls, one lua/report_batch.lua carrying those requests' successes
 and ends (lease freed, 1,000 tokens less than reserved), like the replica's success batch.
-With "off" the pool's budgets flag is taken as 0 (meta's `budgets` and the one packed in `sel`) and no ends are sent: the same calls
-without budgets; with "selects", no success batch is sent; with "hints", each batch carries
+With "off" the pool's budgets flag is taken as 0 (meta's `budgets` and the one packed in `sel`)
+and no ends are sent: the same calls without budgets; with "selects", no success batch is sent;
+with "perms=N", the calls carry a virtual clock (below); with "hints", each batch carries
 the hint the bench's mock sends on every answer (10,000 requests a minute, 9,999 left) for every
 key it names. The scripts run as the replica runs them: functions of the keygate library the
 replica loaded (`FCALL`), or with "evalsha" as lua/lib.lua plus the script by `EVALSHA` (what
