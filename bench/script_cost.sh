@@ -51,7 +51,8 @@ cost() {
     shift
     if [[ $label == select* ]]; then
         reply=$(redis-cli -p $RP "$@" 2>&1 | head -1)
-        [[ $reply == key* ]] || die "$label answered \"$reply\", not a key: do lua/ and KEYGATE match?"
+        [[ $reply == key* ]] ||
+            die "$label answered \"$reply\", not a key: do lua/ and KEYGATE match?"
     fi
     redis-benchmark -p $RP -c 1 -n 20 -q "$@" >/dev/null 2>&1 # warm-up
     callgrind_control -z "$rpid" >/dev/null 2>&1

@@ -29,8 +29,8 @@ pub use conn::Guarded;
 /// library's), and a burst of new connections past that is dropped at the SYN, so each of
 /// those clients waits for its retransmission (1 s) before it is even accepted: 1,000 streams
 /// whose connections opened in bursts showed +0.9 s at the 99th percentile of their time to
-/// first byte (BENCHMARKS.md, "The listen backlog"). nginx's default is 511; the kernel lowers this to `net.core.somaxconn`
-/// (4,096 by default since Linux 5.4; README.md, "Deploy").
+/// first byte (BENCHMARKS.md, "The listen backlog"). nginx's default is 511; the kernel lowers
+/// this to `net.core.somaxconn` (4,096 by default since Linux 5.4; README.md, "Deploy").
 pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds `addr` for serving as `TcpListener::bind` does (address reuse, so a restart does not
