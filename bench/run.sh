@@ -564,8 +564,12 @@ if has_phase streams; then
         NGINX_TEMPLATE="$OUT/nginx.streams.conf.template" start_nginx streams "$ngx_streams_port" "$MOCK_STREAMS_PORT"
         ngx_streams_pid=$LAST_PID
     fi
-    # upstream_conns: ESTABLISHED connections from the replica to the streams mock.
-    upstream_conns() { ss -Htn state established "( dport = :$MOCK_STREAMS_PORT )" 2>/dev/null | wc -l; }
+    # upstream_conns: ESTABLISHED connections from the replica to the streams mock, counted by
+    # the replica's pid: bare nginx keeps up to 256 idle connections a worker to the same mock
+    # for keepalive_timeout (60 s) after its own run, and those are not the replica's.
+    upstream_conns() {
+        ss -Htnp state established "( dport = :$MOCK_STREAMS_PORT )" 2>/dev/null | grep -c "pid=$st_pid," || true
+    }
     rss_mb() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
     printf 'streams\ttarget\tstreams_per_s\tttfb_p50_ms\tttfb_p99_ms\tduration_p50_ms\tduration_p99_ms\terrors\tevents\tidle_rss_mb\tpeak_rss_mb\tkb_per_stream\tcpu_us_per_event\tupstream_conns_load\trss_after_mb\tupstream_conns_after\n' >"$OUT/streams.tsv"
     for n in ${BENCH_STREAM_COUNTS:-1000 4000 8000}; do

@@ -14,6 +14,10 @@
 //!   `--secs S`    each mode's measured time per round (default 3)
 //!   `--rounds R`  rounds, each running both modes in alternating order (default 4)
 //!   `--keys N`    the pool's keys (default 4)
+//!   `--lone N`    instead: one task's round trips alone (c=1), N `PING`s a mode and round,
+//!                 through the `ConnectionManager` (its connection task carries each command
+//!                 and reply) and through a socket the task writes and reads itself: what the
+//!                 hand-off to redis-rs's connection task costs a lone request
 //!
 //! The redis-server is started on a free port in a temp dir and killed at the end.
 
@@ -41,6 +45,7 @@ struct Options {
     secs: f64,
     rounds: usize,
     keys: usize,
+    lone: usize,
 }
 
 fn options() -> Options {
@@ -48,6 +53,7 @@ fn options() -> Options {
         secs: 3.0,
         rounds: 4,
         keys: 4,
+        lone: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.windows(2) {
@@ -55,6 +61,7 @@ fn options() -> Options {
             "--secs" => o.secs = pair[1].parse().unwrap_or(o.secs),
             "--rounds" => o.rounds = pair[1].parse().unwrap_or(o.rounds),
             "--keys" => o.keys = pair[1].parse().unwrap_or(o.keys),
+            "--lone" => o.lone = pair[1].parse().unwrap_or(o.lone),
             _ => {}
         }
     }
@@ -229,8 +236,95 @@ fn spec(keys: usize) -> PoolSpec {
     }
 }
 
+/// The p50, p90 and p99 of `v` (nanoseconds), in microseconds.
+fn percentiles(mut v: Vec<u64>) -> [f64; 3] {
+    v.sort_unstable();
+    [50, 90, 99].map(|p| v[(v.len() - 1) * p / 100] as f64 / 1000.0)
+}
+
+/// `--lone`: one task's `PING` round trips, through the `ConnectionManager` and through a
+/// socket of the task's own, rounds alternating the two.
+async fn lone(server: &RedisServer, opts: &Options) -> Result<(), BoxError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let n = opts.lone;
+    let mut manager = ConnectionManager::new(redis::Client::open(server.url())?).await?;
+    let url = server.url();
+    let addr = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    socket.set_nodelay(true)?;
+    println!("c=1, {n} PINGs per mode and round");
+    println!(
+        "{:<6} {:<28} {:>9} {:>9} {:>9}",
+        "round", "connection", "p50 us", "p90 us", "p99 us"
+    );
+    for round in 0..opts.rounds {
+        for own in [round % 2 == 1, round % 2 == 0] {
+            // In a spawned task, as a request's select is: the workers park between commands.
+            let times = if own {
+                let mut s = socket;
+                let (times, s) = tokio::spawn(async move {
+                    let mut times = Vec::with_capacity(n);
+                    let mut buf = [0u8; 16];
+                    for _ in 0..n {
+                        let t = Instant::now();
+                        s.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
+                        let mut got = 0;
+                        while got < b"+PONG\r\n".len() {
+                            match s.read(&mut buf[got..]).await? {
+                                0 => return Err::<_, BoxError>("redis closed the socket".into()),
+                                k => got += k,
+                            }
+                        }
+                        times.push(t.elapsed().as_nanos() as u64);
+                    }
+                    Ok((times, s))
+                })
+                .await??;
+                socket = s;
+                times
+            } else {
+                let mut m = manager.clone();
+                tokio::spawn(async move {
+                    let mut times = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let t = Instant::now();
+                        let _: String = redis::cmd("PING").query_async(&mut m).await?;
+                        times.push(t.elapsed().as_nanos() as u64);
+                    }
+                    Ok::<_, BoxError>(times)
+                })
+                .await??
+            };
+            let [p50, p90, p99] = percentiles(times);
+            let name = if own {
+                "the task's own socket"
+            } else {
+                "ConnectionManager"
+            };
+            println!(
+                "{:<6} {:<28} {:>9.1} {:>9.1} {:>9.1}",
+                round + 1,
+                name,
+                p50,
+                p90,
+                p99
+            );
+        }
+    }
+    let _: String = redis::cmd("PING").query_async(&mut manager).await?;
+    Ok(())
+}
+
 async fn bench(opts: &Options) -> Result<(), BoxError> {
     let server = RedisServer::start()?;
+    if opts.lone > 0 {
+        return lone(&server, opts).await;
+    }
     let store = RedisStore::connect(&RedisOptions {
         url: server.url(),
         prefix: PREFIX.into(),
