@@ -7,7 +7,8 @@
 //! (BENCHMARKS.md, "The floor of keygate's stack: bare hyper").
 //!
 //! ```text
-//! cargo bench --bench bare_proxy -- --listen 127.0.0.1:8090 --upstream http://127.0.0.1:8081 [--own-pool]
+//! cargo bench --bench bare_proxy -- --listen 127.0.0.1:8090 --upstream http://127.0.0.1:8081 \
+//!     [--own-pool] [--per-thread]
 //! ```
 //!
 //! As keygate serves: one tokio worker per vCPU, hyper's HTTP/1.1 server with keep-alive (no
@@ -20,6 +21,10 @@
 //! last in, first out and put back when the answer's body is dropped. Plaintext HTTP/1.1 only,
 //! no idle timeout, no cap, no retry of a request that meets a connection the upstream closed:
 //! a measurement of what hyper_util's pool costs a request, not a pool to ship.
+//!
+//! `--per-thread` serves as nginx's workers do instead: one current-thread runtime per vCPU,
+//! each with its own listener (`SO_REUSEPORT`) and its own upstream pool or client, so no task
+//! moves between threads (BENCHMARKS.md, "The floor of keygate's stack: bare hyper").
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -50,6 +55,7 @@ struct Args {
     listen: SocketAddr,
     upstream: Uri,
     own_pool: bool,
+    per_thread: bool,
 }
 
 /// How requests reach the upstream.
@@ -84,7 +90,7 @@ struct Returning {
 type Answer = http::Response<Either<Either<Incoming, Returning>, Empty<Bytes>>>;
 
 fn parse_args() -> Result<Args, String> {
-    let (mut listen, mut upstream, mut own_pool) = (None, None, false);
+    let (mut listen, mut upstream, mut own_pool, mut per_thread) = (None, None, false, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -98,6 +104,7 @@ fn parse_args() -> Result<Args, String> {
                 upstream = Some(uri);
             }
             "--own-pool" => own_pool = true,
+            "--per-thread" => per_thread = true,
             "--bench" => {} // added by `cargo bench`
             other => return Err(format!("unknown argument {other}")),
         }
@@ -107,6 +114,7 @@ fn parse_args() -> Result<Args, String> {
             listen,
             upstream,
             own_pool,
+            per_thread,
         }),
         _ => Err("usage: bare_proxy --listen ADDR --upstream http://HOST:PORT [--own-pool]".into()),
     }
@@ -202,8 +210,12 @@ impl Proxy {
     }
 }
 
-async fn serve(proxy: Arc<Proxy>, addr: SocketAddr) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+async fn serve(proxy: Arc<Proxy>, addr: SocketAddr, reuse_port: bool) -> std::io::Result<()> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(reuse_port)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(4096)?;
     eprintln!("bare_proxy: listening on {addr}");
     loop {
         let (stream, _) = listener.accept().await?;
@@ -232,14 +244,7 @@ async fn serve(proxy: Arc<Proxy>, addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
-fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("bare_proxy: {e}");
-            std::process::exit(2);
-        }
-    };
+fn proxy_for(args: &Args) -> Arc<Proxy> {
     let upstream = if args.own_pool {
         let authority = args.upstream.authority().map(|a| a.to_string());
         Upstream::Own(Arc::new(OwnPool {
@@ -256,16 +261,53 @@ fn main() {
             .build(tcp);
         Upstream::Legacy(Box::new(client))
     };
-    let proxy = Arc::new(Proxy {
+    Arc::new(Proxy {
         upstream,
-        base: args.upstream,
+        base: args.upstream.clone(),
         key: HeaderValue::from_static(KEY),
-    });
+    })
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bare_proxy: {e}");
+            std::process::exit(2);
+        }
+    };
+    if args.per_thread {
+        // `--per-thread`: one current-thread runtime per vCPU, each with its own listener
+        // (SO_REUSEPORT: the kernel spreads connections over them) and its own upstream pool,
+        // as nginx's workers are: no task ever moves between threads.
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let proxy = proxy_for(&args);
+                let listen = args.listen;
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a tokio runtime");
+                    runtime.block_on(serve(proxy, listen, true))
+                })
+            })
+            .collect();
+        for t in threads {
+            if let Ok(Err(e)) = t.join() {
+                eprintln!("bare_proxy: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    let proxy = proxy_for(&args);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    if let Err(e) = runtime.block_on(serve(proxy, args.listen)) {
+    if let Err(e) = runtime.block_on(serve(proxy, args.listen, false)) {
         eprintln!("bare_proxy: {e}");
         std::process::exit(1);
     }
