@@ -11,7 +11,9 @@
 # "NAME-embedded" / "NAME-redis").
 # Environment: AB_ROUNDS=3, AB_KEYS=4 (keys in the pool; a list such as 4,10000 alternates
 # the sizes within each round, target NAME-STORE-kN), AB_STORES=embedded,redis,
-# AB_POINTS=c64,c1 (bench/lib.sh run_point names: cN, rN fixed rate), BENCH_SECS=3,
+# AB_POINTS=c64,c1 (bench/lib.sh run_point names: cN, rN fixed rate), AB_LIMITS (the pool's
+# `[pools.limits]`, README "Budgets"; `not-binding` for bench/lib.sh NOT_BINDING_LIMITS, the
+# budgets phase's; default none), BENCH_SECS=3,
 # BENCH_LOG (keygate's RUST_LOG), OHA, BENCH_OUT, BENCH_PORT_BASE.
 set -euo pipefail
 
@@ -22,11 +24,13 @@ ROUNDS=${AB_ROUNDS:-3}
 NKEYS=${AB_KEYS:-4}
 STORES=${AB_STORES:-embedded,redis}
 POINTS=${AB_POINTS:-c64,c1}
+LIMITS=${AB_LIMITS:-}
 KG_LOG=${BENCH_LOG:-warn}
 OUT=${BENCH_OUT:-$BENCH_DIR/results/ab-$(date -u +%Y%m%dT%H%M%SZ)}
 
 # shellcheck source=bench/lib.sh
 source "$BENCH_DIR/lib.sh"
+[[ $LIMITS != not-binding ]] || LIMITS=$NOT_BINDING_LIMITS
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -48,6 +52,8 @@ KEYGATE=${BINS[0]}
     echo "nproc: $(nproc); kernel: $(uname -r); $(redis-server --version | cut -d' ' -f1-3)"
     for i in "${!NAMES[@]}"; do echo "${NAMES[$i]}: ${BINS[$i]} ($(sha256sum "${BINS[$i]}" | cut -c1-12))"; done
     echo "rounds: $ROUNDS; keys: $NKEYS; secs: $SECS; stores: $STORES; points: $POINTS"
+    echo "limits: ${LIMITS:-none}" | tr '\n' ' '
+    echo
 } >"$OUT/machine.txt"
 log "results in $OUT"
 
@@ -76,6 +82,7 @@ for round in $(seq "$ROUNDS"); do
                 config="$OUT/${NAMES[$i]}-$store.toml"
                 gen_config "$config" "127.0.0.1:$PORT" "$redis" kgab '"fast"'
                 gen_pool fast "http://127.0.0.1:$MOCK_PORT/v1" "$nkeys" >>"$config"
+                [[ -z $LIMITS ]] || printf '\n[pools.limits]\n%s\n' "$LIMITS" >>"$config"
                 start_keygate "keygate-${NAMES[$i]}-$store$suffix-r$round" "$config" "$PORT"
                 SUT_KG=("$LAST_PID")
                 SUT_PORTS=("$PORT")

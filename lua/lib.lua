@@ -31,8 +31,9 @@ local B, META, DUE
 local floor, max, min
 -- cls3: meta holds sel (a pool of layout cls2 has none: select reads the fields one by one
 -- until a sync of this layout writes it, the first one after an upgrade even when the config is
--- unchanged).
-local LAYOUT = 'cls3'
+-- unchanged). cls4: the class counts and the per-state counts were recounted from the key
+-- hashes (sync.lua; a coalesced select call of an earlier version could leave them short).
+local LAYOUT = 'cls4'
 -- meta's sel: the settings of the pool's config that every select call reads, written by
 -- sync.lua only (the canary percent, which rotation and set_canary change, and the half-open
 -- count stay fields of their own): canary_fallback (0|1), probe_lease_ms, budgets (0|1),

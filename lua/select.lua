@@ -310,6 +310,18 @@ local function try_budgeted(g, rand, tokens)
   return nil
 end
 
+-- Places a key a request will wait for after its slot was spent (budget_place). A key that
+-- leaves its class set (benched: its schedule now runs past LAZY_MS) or joins it makes the
+-- call read its classes again, as every other bench does: the rest of a coalesced call would
+-- otherwise draw the benched key from the class read whole, take it for active and bench it
+-- once more, and each such bench took one from its class count while the set was already
+-- without it (tests/it/store/coalesce.rs).
+local function place_waited(k, b)
+  local was = k.status
+  budget_place(k, b, now)
+  if k.status ~= was then classes_changed() end
+end
+
 -- No key has headroom now: reserve the skipped key whose headroom comes first (the first
 -- drawn of equals), else the earliest budget-benched key of `groups` whose rate headroom comes
 -- within max_wait_ms (one not busy). Skipped keys that cannot be waited for are benched, so
@@ -323,7 +335,7 @@ local function try_wait(groups, tokens)
   if best and best[3] <= now + max_wait then
     local k, b, at = best[1], best[2], best[3]
     local lease = budget_spend(k.id, b, at, tokens, mrt, lease_ms, now)
-    budget_place(k, b, now)
+    place_waited(k, b)
     return k, at - now, lease
   end
   if #skipped > 0 then
@@ -341,7 +353,7 @@ local function try_wait(groups, tokens)
       if not busy and at <= now + max_wait then
         local start = max(at, now)
         local lease = budget_spend(id, b, start, tokens, mrt, lease_ms, now)
-        budget_place(k, b, now)
+        place_waited(k, b)
         return k, start - now, lease
       end
     end

@@ -240,3 +240,88 @@ async fn selects_behind_a_stalled_call_time_out_at_their_deadline_and_the_pool_r
 async fn poll_once<F: Future + ?Sized>(mut f: Pin<&mut F>) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
 }
+
+/// A coalesced call that reserves each key's slots further ahead than `LAZY_MS` benches those
+/// keys as it goes (`lua/select.lua` try_wait). The rest of the call must then stop drawing
+/// them from the class set it read whole: a benched key drawn again was benched a second time,
+/// and its class count fell by one for each (the set itself was already without it). A pool
+/// then drew from fewer keys than it held, for good: one key of four went unused at c=64.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_benches_keys_by_reserving_their_slots_keeps_its_class_counts_exact() {
+    use keygate::store::budget::KeyLimits;
+    use keygate::store::spec::BudgetSpec;
+    use redis::Commands;
+    use std::sync::Arc;
+
+    let ids = ["a", "b", "c", "d"];
+    let triples: Vec<(&str, u32, &str)> = ids.iter().map(|k| (*k, 1, "stable")).collect();
+    let mut sp = spec("p", &triples);
+    for k in Arc::make_mut(&mut sp.keys) {
+        // One request a millisecond per key (60 per second, stretched 1%).
+        k.limits = KeyLimits {
+            rpm: 60_600,
+            ..KeyLimits::default()
+        };
+    }
+    sp.budget = BudgetSpec {
+        max_wait_ms: 1_000,
+        lease_ms: 10_000,
+        max_request_tokens: 1_000,
+        token_budgets: true,
+        learn: false,
+    };
+    let server = RedisServer::start();
+    let redis = redis_store(&server, "kg");
+    let memory = MemoryStore::new();
+    for s in [&redis as &dyn KeyStore, &memory] {
+        s.sync(&sp).await.unwrap();
+    }
+    redis.load_scripts().await.unwrap();
+    // 2 sent alone, then 60 in one call at the same instant: 15 a key, so each key's schedule
+    // runs 15 ms ahead by the end and the call benches every key along the way.
+    let reqs: Vec<_> = (0..62u64)
+        .map(|i| {
+            (
+                Route::Stable,
+                Vec::new(),
+                i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11,
+            )
+        })
+        .collect();
+    let sels: Vec<SelectRequest> = reqs.iter().map(|r| select_req(r, T0)).collect();
+    let calls = script_calls(&server);
+    server.pause();
+    let mut all = Box::pin(futures::future::join_all(
+        sels.iter().map(|q| redis.select("p", q)),
+    ));
+    assert!(futures::poll!(&mut all).is_pending());
+    server.resume();
+    let together: Vec<Selection> = all.await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(script_calls(&server) - calls, 3);
+
+    let mut conn = server.conn();
+    let members: usize = conn.zcard("kg:{p}:cls:stable:0").unwrap();
+    let counts: std::collections::HashMap<String, i64> =
+        conn.hgetall("kg:{p}:clsn:stable").unwrap();
+    assert_eq!(
+        counts.get("0").copied().unwrap_or(0),
+        members as i64,
+        "class 0's count against its set, after the call: {counts:?}"
+    );
+    assert_eq!(
+        counts.get("total").copied().unwrap_or(0),
+        members as i64,
+        "the summed weight of weight-1 members"
+    );
+
+    let mut one_by_one = Vec::new();
+    for r in &reqs {
+        one_by_one.push(memory.select("p", &select_req(r, T0)).await.unwrap());
+    }
+    assert_eq!(together, one_by_one);
+    let waited = together
+        .iter()
+        .filter(|s| matches!(s, Selection::Key(c) if c.wait_ms > 0))
+        .count();
+    assert!(waited >= 50, "most of the call waits for a reserved slot: {waited}");
+}

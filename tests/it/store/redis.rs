@@ -464,7 +464,7 @@ async fn a_pool_synced_before_the_packed_select_settings_gets_them_at_the_next_s
     let again: Vec<u8> = c.hget("kg:{p}:meta", "sel").unwrap();
     assert_eq!(again, sel, "the same config packs the same settings");
     let layout: String = c.hget("kg:{p}:meta", "layout").unwrap();
-    assert_eq!(layout, "cls3");
+    assert_eq!(layout, "cls4");
     assert_eq!(canary_without_c1(&upgraded).await.as_deref(), Some("k1"));
 }
 
@@ -495,4 +495,79 @@ async fn settings_an_older_sync_wrote_field_by_field_win_over_a_stale_packed_cop
         )
         .unwrap();
     assert_eq!(canary_without_c1(&store).await, None);
+}
+
+/// A pool whose counts an earlier version's select calls left short (a coalesced call benched a
+/// key twice: `tests/it/store/coalesce.rs`) gets them back at the first sync of this layout
+/// (`cls4`), with its config unchanged: the class sets, their counts and the per-state counts
+/// are rebuilt from the key hashes, and every selectable key is drawn again.
+#[tokio::test]
+async fn a_pool_with_class_counts_left_short_is_recounted_at_the_next_sync() {
+    let server = RedisServer::start();
+    let sp = spec(
+        "p",
+        &[
+            ("a", 1, "stable"),
+            ("b", 1, "stable"),
+            ("c", 3, "stable"),
+            ("d", 1, "stable"),
+            ("x", 2, "canary"),
+        ],
+    );
+    let store = redis_store(&server, "kg");
+    store.sync(&sp).await.unwrap();
+    store
+        .set_state("p", &kid("d"), keygate::store::AdminState::Disable)
+        .await
+        .unwrap();
+    let mut c = server.conn();
+    let exact: HashMap<String, i64> = c.hgetall("kg:{p}:clsn:stable").unwrap();
+    let meta_counts = |c: &mut redis::Connection| -> Vec<i64> {
+        ["cnt:active", "cnt:cooling", "cnt:disabled"]
+            .iter()
+            .map(|f| c.hget("kg:{p}:meta", *f).unwrap_or(0))
+            .collect()
+    };
+    assert_eq!(meta_counts(&mut c), [4, 0, 1]);
+    // As the double benches left it: counts short, a key out of its set, the previous layout.
+    let _: () = c
+        .hset_multiple("kg:{p}:clsn:stable", &[("0", -1), ("total", 0)])
+        .unwrap();
+    let _: () = c.zrem("kg:{p}:cls:stable:0", "b").unwrap();
+    let _: () = c
+        .hset_multiple("kg:{p}:meta", &[("cnt:active", "2"), ("cnt:cooling", "2")])
+        .unwrap();
+    let _: () = c.hset("kg:{p}:meta", "layout", "cls3").unwrap();
+
+    redis_store(&server, "kg").sync(&sp).await.unwrap();
+    let counts: HashMap<String, i64> = c.hgetall("kg:{p}:clsn:stable").unwrap();
+    assert_eq!(counts, exact);
+    assert_eq!(
+        counts,
+        HashMap::from([("0".into(), 2), ("1".into(), 1), ("total".into(), 5)])
+    );
+    let members: Vec<String> = c.zrange("kg:{p}:cls:stable:0", 0, -1).unwrap();
+    assert_eq!(members, ["a", "b"]);
+    assert_eq!(meta_counts(&mut c), [4, 0, 1]);
+    let layout: String = c.hget("kg:{p}:meta", "layout").unwrap();
+    assert_eq!(layout, "cls4");
+
+    // Every active stable key is drawn again.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..200u64 {
+        let req = SelectRequest {
+            route: Route::Stable,
+            exclude: &[],
+            rand: i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11,
+            now_ms: None,
+            tokens: 0,
+        };
+        if let Selection::Key(ch) = store.select("p", &req).await.unwrap() {
+            seen.insert(ch.key.as_str().to_string());
+        }
+    }
+    assert_eq!(
+        seen,
+        ["a", "b", "c"].iter().map(|s| s.to_string()).collect()
+    );
 }
