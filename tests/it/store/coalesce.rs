@@ -323,5 +323,8 @@ async fn a_call_that_benches_keys_by_reserving_their_slots_keeps_its_class_count
         .iter()
         .filter(|s| matches!(s, Selection::Key(c) if c.wait_ms > 0))
         .count();
-    assert!(waited >= 50, "most of the call waits for a reserved slot: {waited}");
+    assert!(
+        waited >= 50,
+        "most of the call waits for a reserved slot: {waited}"
+    );
 }
