@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use keygate::pool::{KeyId, Outcome};
 use keygate::store::memory::MemoryStore;
 use keygate::store::redis::RedisStore;
+use keygate::store::spec::PoolSpec;
 use keygate::store::{KeyStore, KeyStoreExt, Report, Route, SelectRequest, Selection, StoreError};
 
 use super::batch::script_calls;
@@ -78,6 +79,49 @@ fn select_req(r: &(Route, Vec<KeyId>, u64), now: u64) -> SelectRequest<'_> {
     }
 }
 
+/// `n` stable requests that exclude nothing, with draws spread over the range.
+fn stable_requests(n: u64) -> Vec<(Route, Vec<KeyId>, u64)> {
+    (0..n)
+        .map(|i| {
+            (
+                Route::Stable,
+                Vec::new(),
+                i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11,
+            )
+        })
+        .collect()
+}
+
+/// Sends `sels` to pool `p` in one pass while Redis is stopped: the first two find a free lane
+/// each and are sent alone, the rest queue behind them. Only then may Redis answer (on a
+/// runtime worker, a lane's answer could otherwise come back while the pass is still queuing,
+/// and take only part of the queue), and the queued ones go together in a third call.
+async fn select_together(
+    server: &RedisServer,
+    redis: &RedisStore,
+    sels: &[SelectRequest<'_>],
+) -> Vec<Selection> {
+    server.pause();
+    let mut all = Box::pin(futures::future::join_all(
+        sels.iter().map(|q| redis.select("p", q)),
+    ));
+    assert!(futures::poll!(&mut all).is_pending());
+    server.resume();
+    all.await.into_iter().map(Result::unwrap).collect()
+}
+
+/// A Redis store on its own server and a memory store, both holding pool `sp`.
+async fn both_synced(sp: &PoolSpec) -> (RedisServer, RedisStore, MemoryStore) {
+    let server = RedisServer::start();
+    let redis = redis_store(&server, "kg");
+    let memory = MemoryStore::new();
+    for s in [&redis as &dyn KeyStore, &memory] {
+        s.sync(sp).await.unwrap();
+    }
+    redis.load_scripts().await.unwrap();
+    (server, redis, memory)
+}
+
 /// A Redis store (store timeout 500 ms) on its own server, holding the pool of [`setup`].
 async fn redis_pool() -> (RedisServer, RedisStore) {
     let server = RedisServer::start();
@@ -102,24 +146,14 @@ async fn concurrent_selects_share_three_script_calls_and_match_one_by_one_select
     let sels: Vec<SelectRequest> = reqs.iter().map(|r| select_req(r, t)).collect();
 
     let before = script_calls(&server);
-    // One pass over all 30 while Redis is stopped: the first two find a free lane each and are
-    // sent alone; the other 28 queue behind them. Only then may Redis answer (on a runtime
-    // worker, a lane's answer could otherwise come back while the pass is still queuing, and
-    // take only part of the queue). The 28 then go together in the third call.
-    server.pause();
-    let mut all = Box::pin(futures::future::join_all(
-        sels.iter().map(|q| redis.select("p", q)),
-    ));
-    assert!(futures::poll!(&mut all).is_pending());
-    server.resume();
-    let together = all.await;
+    // Two sent alone, the other 28 together in the third call.
+    let together = select_together(&server, &redis, &sels).await;
     assert_eq!(script_calls(&server) - before, 3);
 
     let mut one_by_one = Vec::new();
     for r in &reqs {
         one_by_one.push(memory.select("p", &select_req(r, t)).await.unwrap());
     }
-    let together: Vec<Selection> = together.into_iter().map(Result::unwrap).collect();
     assert_eq!(together, one_by_one);
 
     let probes: Vec<usize> = together
@@ -153,32 +187,12 @@ async fn concurrent_selects_share_three_script_calls_and_match_one_by_one_select
 async fn twelve_selects_from_64_keys_read_their_class_once_and_pick_as_one_by_one() {
     let ids: Vec<String> = (0..64).map(|i| format!("k{i:02}")).collect();
     let keys: Vec<(&str, u32, &str)> = ids.iter().map(|id| (id.as_str(), 1, "stable")).collect();
-    let server = RedisServer::start();
-    let redis = redis_store(&server, "kg");
-    let memory = MemoryStore::new();
-    for s in [&redis as &dyn KeyStore, &memory] {
-        s.sync(&spec("p", &keys)).await.unwrap();
-    }
-    redis.load_scripts().await.unwrap();
-    let reqs: Vec<_> = (0..14u64)
-        .map(|i| {
-            (
-                Route::Stable,
-                Vec::new(),
-                i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11,
-            )
-        })
-        .collect();
+    let (server, redis, memory) = both_synced(&spec("p", &keys)).await;
+    let reqs = stable_requests(14);
     let sels: Vec<SelectRequest> = reqs.iter().map(|r| select_req(r, T0)).collect();
     let (calls, ranges) = (script_calls(&server), command_calls(&server, "zrange"));
     // As above: the first two go alone, one per lane; the other 12 go together.
-    server.pause();
-    let mut all = Box::pin(futures::future::join_all(
-        sels.iter().map(|q| redis.select("p", q)),
-    ));
-    assert!(futures::poll!(&mut all).is_pending());
-    server.resume();
-    let together: Vec<Selection> = all.await.into_iter().map(Result::unwrap).collect();
+    let together = select_together(&server, &redis, &sels).await;
     assert_eq!(script_calls(&server) - calls, 3);
     assert_eq!(
         command_calls(&server, "zrange") - ranges,
@@ -270,33 +284,13 @@ async fn a_call_that_benches_keys_by_reserving_their_slots_keeps_its_class_count
         token_budgets: true,
         learn: false,
     };
-    let server = RedisServer::start();
-    let redis = redis_store(&server, "kg");
-    let memory = MemoryStore::new();
-    for s in [&redis as &dyn KeyStore, &memory] {
-        s.sync(&sp).await.unwrap();
-    }
-    redis.load_scripts().await.unwrap();
+    let (server, redis, memory) = both_synced(&sp).await;
     // 2 sent alone, then 60 in one call at the same instant: 15 a key, so each key's schedule
     // runs 15 ms ahead by the end and the call benches every key along the way.
-    let reqs: Vec<_> = (0..62u64)
-        .map(|i| {
-            (
-                Route::Stable,
-                Vec::new(),
-                i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11,
-            )
-        })
-        .collect();
+    let reqs = stable_requests(62);
     let sels: Vec<SelectRequest> = reqs.iter().map(|r| select_req(r, T0)).collect();
     let calls = script_calls(&server);
-    server.pause();
-    let mut all = Box::pin(futures::future::join_all(
-        sels.iter().map(|q| redis.select("p", q)),
-    ));
-    assert!(futures::poll!(&mut all).is_pending());
-    server.resume();
-    let together: Vec<Selection> = all.await.into_iter().map(Result::unwrap).collect();
+    let together = select_together(&server, &redis, &sels).await;
     assert_eq!(script_calls(&server) - calls, 3);
 
     let mut conn = server.conn();
