@@ -26,9 +26,10 @@
 -- (lib.lua, "Budgets"), schedules and learned limits kept; layout before cls3: meta's sel (the
 -- select call's settings, packed) is written, as every sync writes it; layout before cls4: the
 -- class sets, their counts (kg:{P}:clsn:<g>) and the per-state counts (meta cnt:<state>) are
--- rebuilt from the key hashes. A coalesced select call before cls4 that reserved a key's slot
--- and benched it went on drawing it from its copy of the class set and benched it again, each
--- time taking one from the counts: a pool then drew from fewer keys than it held.
+-- rebuilt from the key hashes, as every sync that changes something rebuilds them (at the
+-- end). A coalesced select call before cls4 that reserved a key's slot and benched it went on
+-- drawing it from its copy of the class set and benched it again, each time taking one from
+-- the counts: a pool then drew from fewer keys than it held.
 
 local hm = redis.call('HMGET', META, 'config_hash', 'layout')
 if hm[1] == ARGV[1] and hm[2] == LAYOUT then return {'unchanged'} end
@@ -65,52 +66,6 @@ if not fresh and (not hm[2] or hm[2] == 'cls1') then
       bsave(id, b)
       redis.call('HDEL', kkey(id), unpack(old))
     end
-  end
-end
-if not fresh and hm[2] ~= LAYOUT then
-  -- Every key in the class set of its group and weight iff selectable (lib.lua's invariant),
-  -- and the counts made from the keys themselves.
-  local per_group, states, named = {}, {}, {stable = true, [ARGV[9]] = true}
-  for _, id in ipairs(redis.call('SMEMBERS', B .. ':keys')) do
-    local k = load_key(id)
-    if k then
-      states[k.status] = (states[k.status] or 0) + 1
-      named[k.group] = true
-      if selectable(k.status, k.weight) then
-        local c = wclass(k.weight)
-        local n = per_group[k.group] or {total = 0}
-        per_group[k.group] = n
-        n[c] = (n[c] or 0) + 1
-        n.total = n.total + k.weight
-        if not redis.call('ZSCORE', cls_key(k.group, c), id) then
-          redis.call('ZADD', cls_key(k.group, c), k.weight, id)
-        end
-      end
-    end
-  end
-  for g in pairs(named) do
-    local n = per_group[g] or {total = 0}
-    for c = 0, 9 do
-      for _, id in ipairs(redis.call('ZRANGE', cls_key(g, c), 0, -1)) do
-        local k = load_key(id)
-        if not (k and k.group == g and selectable(k.status, k.weight) and wclass(k.weight) == c)
-        then
-          redis.call('ZREM', cls_key(g, c), id)
-        end
-      end
-    end
-    local fields = {'total', n.total}
-    for c = 0, 9 do
-      if n[c] then
-        fields[#fields + 1] = tostring(c)
-        fields[#fields + 1] = n[c]
-      end
-    end
-    redis.call('DEL', clsn_key(g))
-    redis.call('HSET', clsn_key(g), unpack(fields))
-  end
-  for _, st in ipairs(STATES) do
-    redis.call('HSET', META, 'cnt:' .. st, states[st] or 0)
   end
 end
 redis.call('HSET', META, 'layout', LAYOUT)
@@ -176,6 +131,48 @@ for _, id in ipairs(redis.call('SMEMBERS', B .. ':keys')) do
       set_status(k, 'draining', 'removed', nil)
       removed = removed + 1
     end
+  end
+end
+
+-- The class sets, their counts and the per-state counts, made again from the key hashes
+-- (lib.lua's invariant: a key is in the class set of its group and weight iff selectable). A
+-- coalesced select call before layout cls4 could leave the counts short (above); this runs at
+-- every sync that changes something, so any config change repairs a pool as well.
+if not fresh then
+  local per_group, states, named = {}, {}, {stable = true, [ARGV[9]] = true}
+  for _, id in ipairs(redis.call('SMEMBERS', B .. ':keys')) do
+    local k = load_key(id)
+    if k then
+      states[k.status] = (states[k.status] or 0) + 1
+      named[k.group] = true
+      if selectable(k.status, k.weight) then
+        local c = wclass(k.weight)
+        local n = per_group[k.group] or {total = 0, ids = {}}
+        per_group[k.group] = n
+        n[c] = (n[c] or 0) + 1
+        n.total = n.total + k.weight
+        n.ids[id] = c
+        redis.call('ZADD', cls_key(k.group, c), k.weight, id)
+      end
+    end
+  end
+  for g in pairs(named) do
+    local n = per_group[g] or {total = 0, ids = {}}
+    local fields = {'total', n.total}
+    for c = 0, 9 do
+      for _, id in ipairs(redis.call('ZRANGE', cls_key(g, c), 0, -1)) do
+        if n.ids[id] ~= c then redis.call('ZREM', cls_key(g, c), id) end
+      end
+      if n[c] then
+        fields[#fields + 1] = tostring(c)
+        fields[#fields + 1] = n[c]
+      end
+    end
+    redis.call('DEL', clsn_key(g))
+    redis.call('HSET', clsn_key(g), unpack(fields))
+  end
+  for _, st in ipairs(STATES) do
+    redis.call('HSET', META, 'cnt:' .. st, states[st] or 0)
   end
 end
 redis.call('HSET', META, 'config_hash', ARGV[1])
