@@ -505,16 +505,14 @@ async fn settings_an_older_sync_wrote_field_by_field_win_over_a_stale_packed_cop
 #[tokio::test]
 async fn a_pool_with_class_counts_left_short_is_recounted_at_the_next_sync() {
     let server = RedisServer::start();
-    let sp = spec(
-        "p",
-        &[
-            ("a", 1, "stable"),
-            ("b", 1, "stable"),
-            ("c", 3, "stable"),
-            ("d", 1, "stable"),
-            ("x", 2, "canary"),
-        ],
-    );
+    let mut keys = vec![
+        ("a", 1, "stable"),
+        ("b", 1, "stable"),
+        ("c", 3, "stable"),
+        ("d", 1, "stable"),
+        ("x", 2, "canary"),
+    ];
+    let sp = spec("p", &keys);
     let store = redis_store(&server, "kg");
     store.sync(&sp).await.unwrap();
     store
@@ -555,18 +553,11 @@ async fn a_pool_with_class_counts_left_short_is_recounted_at_the_next_sync() {
 
     // Short again, at this layout: a sync of a changed config (one key more) recounts too.
     let _: () = c.hset("kg:{p}:clsn:stable", "0", -3).unwrap();
-    let more = spec(
-        "p",
-        &[
-            ("a", 1, "stable"),
-            ("b", 1, "stable"),
-            ("c", 3, "stable"),
-            ("d", 1, "stable"),
-            ("x", 2, "canary"),
-            ("e", 1, "stable"),
-        ],
-    );
-    redis_store(&server, "kg").sync(&more).await.unwrap();
+    keys.push(("e", 1, "stable"));
+    redis_store(&server, "kg")
+        .sync(&spec("p", &keys))
+        .await
+        .unwrap();
     let counts: HashMap<String, i64> = c.hgetall("kg:{p}:clsn:stable").unwrap();
     assert_eq!(
         counts,
