@@ -26,10 +26,9 @@
 -- (lib.lua, "Budgets"), schedules and learned limits kept; layout before cls3: meta's sel (the
 -- select call's settings, packed) is written, as every sync writes it; layout before cls4: the
 -- class sets, their counts (kg:{P}:clsn:<g>) and the per-state counts (meta cnt:<state>) are
--- rebuilt from the key hashes, as every sync that changes something rebuilds them (at the
--- end). A coalesced select call before cls4 that reserved a key's slot and benched it went on
--- drawing it from its copy of the class set and benched it again, each time taking one from
--- the counts: a pool then drew from fewer keys than it held.
+-- rebuilt from the key hashes (at the end). A coalesced select call before cls4 that reserved a
+-- key's slot and benched it went on drawing it from its copy of the class set and benched it
+-- again, each time taking one from the counts: a pool then drew from fewer keys than it held.
 
 local hm = redis.call('HMGET', META, 'config_hash', 'layout')
 if hm[1] == ARGV[1] and hm[2] == LAYOUT then return {'unchanged'} end
@@ -135,10 +134,11 @@ for _, id in ipairs(redis.call('SMEMBERS', B .. ':keys')) do
 end
 
 -- The class sets, their counts and the per-state counts, made again from the key hashes
--- (lib.lua's invariant: a key is in the class set of its group and weight iff selectable). A
--- coalesced select call before layout cls4 could leave the counts short (above); this runs at
--- every sync that changes something, so any config change repairs a pool as well.
-if not fresh then
+-- (lib.lua's invariant: a key is in the class set of its group and weight iff selectable), once:
+-- a coalesced select call before layout cls4 could leave the counts short (above). Not at every
+-- sync: at 10,000 keys it adds 70-90 ms to a sync's 150-200 ms (BENCHMARKS.md, "Selection at
+-- 10,000 keys, with budgets, and a pool that drew from fewer keys than it held").
+if not fresh and hm[2] ~= LAYOUT then
   local per_group, states, named = {}, {}, {stable = true, [ARGV[9]] = true}
   for _, id in ipairs(redis.call('SMEMBERS', B .. ':keys')) do
     local k = load_key(id)

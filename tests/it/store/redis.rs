@@ -499,20 +499,21 @@ async fn settings_an_older_sync_wrote_field_by_field_win_over_a_stale_packed_cop
 
 /// A pool whose counts an earlier version's select calls left short (a coalesced call benched a
 /// key twice: `tests/it/store/coalesce.rs`) gets them back at the first sync of this layout
-/// (`cls4`), with its config unchanged, and at any sync of a changed config: the class sets, their
-/// counts and the per-state counts are rebuilt from the key hashes, and every selectable key is
-/// drawn again.
+/// (`cls4`), with its config unchanged: the class sets, their counts and the per-state counts
+/// are rebuilt from the key hashes, and every selectable key is drawn again.
 #[tokio::test]
 async fn a_pool_with_class_counts_left_short_is_recounted_at_the_next_sync() {
     let server = RedisServer::start();
-    let mut keys = vec![
-        ("a", 1, "stable"),
-        ("b", 1, "stable"),
-        ("c", 3, "stable"),
-        ("d", 1, "stable"),
-        ("x", 2, "canary"),
-    ];
-    let sp = spec("p", &keys);
+    let sp = spec(
+        "p",
+        &[
+            ("a", 1, "stable"),
+            ("b", 1, "stable"),
+            ("c", 3, "stable"),
+            ("d", 1, "stable"),
+            ("x", 2, "canary"),
+        ],
+    );
     let store = redis_store(&server, "kg");
     store.sync(&sp).await.unwrap();
     store
@@ -551,20 +552,6 @@ async fn a_pool_with_class_counts_left_short_is_recounted_at_the_next_sync() {
     let layout: String = c.hget("kg:{p}:meta", "layout").unwrap();
     assert_eq!(layout, "cls4");
 
-    // Short again, at this layout: a sync of a changed config (one key more) recounts too.
-    let _: () = c.hset("kg:{p}:clsn:stable", "0", -3).unwrap();
-    keys.push(("e", 1, "stable"));
-    redis_store(&server, "kg")
-        .sync(&spec("p", &keys))
-        .await
-        .unwrap();
-    let counts: HashMap<String, i64> = c.hgetall("kg:{p}:clsn:stable").unwrap();
-    assert_eq!(
-        counts,
-        HashMap::from([("0".into(), 3), ("1".into(), 1), ("total".into(), 6)])
-    );
-    assert_eq!(meta_counts(&mut c), [5, 0, 1]);
-
     // Every active stable key is drawn again.
     let mut seen = std::collections::BTreeSet::new();
     for i in 0..200u64 {
@@ -581,6 +568,6 @@ async fn a_pool_with_class_counts_left_short_is_recounted_at_the_next_sync() {
     }
     assert_eq!(
         seen,
-        ["a", "b", "c", "e"].iter().map(|s| s.to_string()).collect()
+        ["a", "b", "c"].iter().map(|s| s.to_string()).collect()
     );
 }
