@@ -15,6 +15,7 @@
 # KEYGATE_MOCK's (default target/release/keygate), its flags BARE_PROXY_FLAGS (`--own-pool`).
 # Results: BENCH_OUT (default bench/results/instr-<UTC time>/): per target a
 # callgrind dump and `requests.txt`, and summary.tsv (target, requests, instructions per request).
+# INSTR_KEYS=N gives keygate's pool N keys (default 4).
 # INSTR_LIMITS='rpm = 60600\nmax_concurrent = 1000' gives keygate's pool those budgets (README
 # "Budgets"; bench/lib.sh NOT_BINDING_LIMITS are the budgets phase's).
 # Needs valgrind (callgrind_control), wrk, redis-server, nginx.
@@ -83,7 +84,7 @@ for arg in "$@"; do
             redis="redis://127.0.0.1:$REDIS_PORT"
         fi
         gen_config "$OUT/$name/keygate.toml" "127.0.0.1:$port" "$redis" kginstr '"fast"'
-        gen_pool fast "http://127.0.0.1:$mock/v1" 4 >>"$OUT/$name/keygate.toml"
+        gen_pool fast "http://127.0.0.1:$mock/v1" "${INSTR_KEYS:-4}" >>"$OUT/$name/keygate.toml"
         [[ -z ${INSTR_LIMITS:-} ]] || printf '\n[pools.limits]\n%b\n' "$INSTR_LIMITS" >>"$OUT/$name/keygate.toml"
         start_bg "$name" env RUST_LOG="$KG_LOG" "${vg[@]}" "$bin" serve --config "$OUT/$name/keygate.toml"
         pid=$LAST_PID
