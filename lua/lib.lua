@@ -166,9 +166,14 @@ local function wclass(w)
   return c
 end
 
+-- Class set changes since the library was loaded: select.lua reads a class's count and small
+-- members once per call and reads them again whenever this has moved since.
+local class_moves = 0
+
 -- Adds (sign 1) or removes (sign -1) a selectable key of weight w > 0 to / from group g's sets.
 local function cls_move(g, id, w, sign)
   if w <= 0 then return end
+  class_moves = class_moves + 1
   local c = wclass(w)
   if sign > 0 then redis.call('ZADD', cls_key(g, c), w, id)
   else redis.call('ZREM', cls_key(g, c), id) end

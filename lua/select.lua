@@ -96,11 +96,16 @@ local function draw()
   return u
 end
 
--- Each group's class counts, read once per batch (selection changes no class set, except a
--- budget benching a key, which clears this and the copies below):
--- {total weight, member count per class, summed upper-bound mass}.
+-- Each group's class counts, read once per batch, and again after a class set changed (a budget
+-- benching a key, below): {total weight, member count per class, summed upper-bound mass}.
 local classes
+-- class_moves (lib.lua) as of the counts and copies in hand; the counts and copies are read
+-- again when it moved (fresh_classes, below).
+local classes_seen, fresh_classes
 local function class_counts(g)
+  -- Compared here, not in fresh_classes: a function call per draw cost a call of 12 selects
+  -- about 5,500 Redis instructions.
+  if classes_seen ~= class_moves then fresh_classes() end
   local c = classes[g]
   if c then return c[1], c[2], c[3] end
   -- Fields: total, and c -> member count of each class that ever had a member (at most 11).
@@ -130,9 +135,10 @@ end
 -- redis.call with its conversions. With a batch of 10 selects from a 4-key pool this makes the
 -- call cheaper, and a batch of 12 from 64 keys of weight 1 (BENCHMARKS.md, "Small classes read
 -- whole"); a batch of one reads by rank, as a whole class costs it more. The copy cannot go
--- stale within the call: only a budget benching a key changes a class set, and that clears it
--- (classes_changed). A larger class is read one member per draw (O(log n) each, whatever the
--- pool size).
+-- stale within the call: a class set changes only through lib.lua's cls_move (within a select
+-- call, a budget benching a key), which counts its moves, and a move since the copy was made
+-- drops it (fresh_classes). A larger class is read one member per draw (O(log n) each, whatever
+-- the pool size).
 -- The largest class read whole in this call (none in a call of one): WHOLE0 for class 0, read
 -- without scores (a member costs about a tenth of a read by rank), WHOLE for the others.
 local WHOLE, WHOLE0
@@ -140,10 +146,14 @@ local WHOLE, WHOLE0
 local set_names, copies
 -- A key benched in this call left its class set: the counts and copies are read again, and
 -- class 0 from then on only as small as the others (a call that benches many keys would
--- otherwise read a large class whole once per bench).
-local function classes_changed()
+-- otherwise read a large class whole once per bench). Derived from cls_move's count, not called
+-- by each path that benches: a path that forgot (a key reserved for a waiting request) left a
+-- benched key in the copy, the rest of the call benched it again, and each second bench took
+-- one from the class count while the set no longer held the key (tests/it/store/coalesce.rs).
+fresh_classes = function()
   classes, copies = {}, {}
   WHOLE0 = WHOLE
+  classes_seen = class_moves
 end
 -- The member of rank r (0-based) of class i of group g and its weight (nil when there is none).
 local function member(g, i, r, n_i)
@@ -240,7 +250,6 @@ local function bench_skipped(k, b, at)
     s[1].cooldown_until_ms = s[3]
   end
   skipped = {}
-  classes_changed()
 end
 local function skip(k, b, at)
   if skips == 0 then
@@ -284,9 +293,7 @@ local function try_budgeted(g, rand, tokens)
       -- The common case, without the key's table: it has headroom now, so budget_place would
       -- leave it active; after the spend it benches the key only when its headroom is gone.
       local lease = budget_spend(id, b, now, tokens, mrt, lease_ms, now)
-      if budget_may_bench(id, b, now) and budget_place(active_key(id, w, g), b, now) then
-        classes_changed()
-      end
+      if budget_may_bench(id, b, now) then budget_place(active_key(id, w, g), b, now) end
       return id, probe, lease
     end
     -- Without headroom now. budget_place benches it when every slot is taken or its headroom
@@ -299,7 +306,6 @@ local function try_budgeted(g, rand, tokens)
     if busy or at > now + LAZY_MS then benched, at = budget_place(k, b, now) end
     if benched then
       attempts = attempts + 1
-      classes_changed()
     elseif skips < SKIPS then
       -- Not benched: its headroom returns within LAZY_MS.
       skip(k, b, at)
@@ -308,18 +314,6 @@ local function try_budgeted(g, rand, tokens)
     end
   end
   return nil
-end
-
--- Places a key a request will wait for after its slot was spent (budget_place). A key that
--- leaves its class set (benched: its schedule now runs past LAZY_MS) or joins it makes the
--- call read its classes again, as every other bench does: the rest of a coalesced call would
--- otherwise draw the benched key from the class read whole, take it for active and bench it
--- once more, and each such bench took one from its class count while the set was already
--- without it (tests/it/store/coalesce.rs).
-local function place_waited(k, b)
-  local was = k.status
-  budget_place(k, b, now)
-  if k.status ~= was then classes_changed() end
 end
 
 -- No key has headroom now: reserve the skipped key whose headroom comes first (the first
@@ -335,7 +329,7 @@ local function try_wait(groups, tokens)
   if best and best[3] <= now + max_wait then
     local k, b, at = best[1], best[2], best[3]
     local lease = budget_spend(k.id, b, at, tokens, mrt, lease_ms, now)
-    place_waited(k, b)
+    budget_place(k, b, now)
     return k, at - now, lease
   end
   if #skipped > 0 then
@@ -353,7 +347,7 @@ local function try_wait(groups, tokens)
       if not busy and at <= now + max_wait then
         local start = max(at, now)
         local lease = budget_spend(id, b, start, tokens, mrt, lease_ms, now)
-        place_waited(k, b)
+        budget_place(k, b, now)
         return k, start - now, lease
       end
     end
@@ -464,7 +458,7 @@ local function select_call(KEYS, ARGV)
   canary_group, percent = group, num(meta[3])
   fallback_ok, lease = fb ~= 0, probe_ms
   excluded = none
-  classes, set_names, copies = {}, {}, {}
+  classes, set_names, copies, classes_seen = {}, {}, {}, class_moves
   WHOLE = #reqs > 1 and max(16, 2 * #reqs) or 0
   WHOLE0 = #reqs > 1 and max(16, 8 * #reqs) or 0
   skipped, skips = {}, 0
