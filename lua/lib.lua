@@ -127,10 +127,29 @@ local function kget(id, fields)
   return v
 end
 
--- An integer as the decimal string Redis would store (a Lua number passed to redis.call is
--- printed as a double, which costs more).
+-- An integer as the decimal string Redis would store. A Lua number passed to redis.call is
+-- printed with snprintf("%.17g"), about 3,300 Redis instructions each; string.format('%d')
+-- about 1,900; a whole number in -1024..1024 (ranks, weights, LIMIT counts, counter deltas)
+-- is formatted once and kept in SMALL, which lives as long as the Functions library (an
+-- EVALSHA script starts it empty every call; BENCHMARKS.md, "Numbers passed to
+-- redis.call"). The arguments select.lua, report_batch.lua and the budget functions give
+-- redis.call are strings.
 -- (A Functions library may not read the string table while it loads: looked up per call.)
 local function int(x) return string.format('%d', x) end
+local SMALL = {}
+local function str(x)
+  local s = SMALL[x]
+  if s then return s end
+  s = int(x)
+  if x >= -1024 and x <= 1024 then SMALL[x] = s end
+  return s
+end
+-- now as a string, formatted once per value (a call passes its now to several commands).
+local now_v, now_s
+local function nowstr(now)
+  if now ~= now_v then now_v, now_s = now, int(now) end
+  return now_s
+end
 
 -- Removes the leases of ended requests the call deferred (set in the budget part below).
 local flush_lease_ends
@@ -146,14 +165,14 @@ local function flush()
     local a = {}
     for f, x in pairs(kdirty[id]) do
       a[#a + 1] = f
-      if type(x) == 'number' then x = int(x) end
+      if type(x) == 'number' then x = str(x) end
       a[#a + 1] = x
     end
     redis.call('HSET', kkey(id), unpack(a))
   end
   for _, h in ipairs(counter_order) do
     for f, d in pairs(counters[h]) do
-      if d ~= 0 then redis.call('HINCRBY', h, f, int(d)) end
+      if d ~= 0 then redis.call('HINCRBY', h, f, str(d)) end
     end
   end
   counters, counter_order, kdirty, kdirty_order = {}, {}, {}, {}
@@ -175,7 +194,7 @@ local function cls_move(g, id, w, sign)
   if w <= 0 then return end
   class_moves = class_moves + 1
   local c = wclass(w)
-  if sign > 0 then redis.call('ZADD', cls_key(g, c), w, id)
+  if sign > 0 then redis.call('ZADD', cls_key(g, c), str(w), id)
   else redis.call('ZREM', cls_key(g, c), id) end
   hincr(clsn_key(g), tostring(c), sign)
   hincr(clsn_key(g), 'total', sign * w)
@@ -212,7 +231,7 @@ local function set_status(k, status, reason, deadline)
     hincr(META, 'cnt:' .. old, -1)
     hincr(META, 'cnt:' .. status, 1)
     if old == 'half_open' then redis.call('ZREM', probe_key(k.group), k.id) end
-    if status == 'half_open' then redis.call('ZADD', probe_key(k.group), 0, k.id) end
+    if status == 'half_open' then redis.call('ZADD', probe_key(k.group), '0', k.id) end
   end
   if deadline then
     redis.call('ZADD', DUE, int(deadline), k.id)
@@ -240,7 +259,7 @@ end
 
 -- Recovers keys whose deadline has passed, at most `limit` per call (one ZREM for all of them).
 local function recover_due(now, limit)
-  local ids = redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, limit)
+  local ids = redis.call('ZRANGEBYSCORE', DUE, '-inf', nowstr(now), 'LIMIT', '0', str(limit))
   if #ids > 0 then redis.call('ZREM', DUE, unpack(ids)) end
   for _, id in ipairs(ids) do recover_key(id) end
   return #ids
@@ -265,7 +284,7 @@ local function set_group(k, g)
   end
   if k.status == 'half_open' then
     redis.call('ZREM', probe_key(k.group), k.id)
-    redis.call('ZADD', probe_key(g), 0, k.id)
+    redis.call('ZADD', probe_key(g), '0', k.id)
   end
   k.group = g
   kset(k.id, 'group', g)
@@ -444,7 +463,7 @@ local function leases_held(id, b, now, conc, need)
   if c >= conc or 2 * (c + need) >= conc then
     local ik = inflight_key(id)
     remove_ended(id)
-    redis.call('ZREMRANGEBYSCORE', ik, '-inf', now)
+    redis.call('ZREMRANGEBYSCORE', ik, '-inf', nowstr(now))
     c = redis.call('ZCARD', ik)
     set_lease_count(id, b, c)
   end
@@ -460,7 +479,7 @@ local function budget_headroom(id, b, now)
   if b[TPM] > 0 and b[TAT_T] > at then at = b[TAT_T] end
   if b[TPD] > 0 and b[TAT_TD] > at then at = b[TAT_TD] end
   if b[CONC] > 0 and leases_held(id, b, now, b[CONC], 1) >= b[CONC] then
-    local first = redis.call('ZRANGE', inflight_key(id), 0, 0, 'WITHSCORES')
+    local first = redis.call('ZRANGE', inflight_key(id), '0', '0', 'WITHSCORES')
     return at, tonumber(first[2])
   end
   return at, nil

@@ -58,10 +58,10 @@ local fmt
 local function try_probe(g)
   local n = 1
   for _ in pairs(excluded) do n = n + 1 end
-  local ids = redis.call('ZRANGEBYSCORE', probe_key(g), '-inf', now, 'LIMIT', 0, n)
+  local ids = redis.call('ZRANGEBYSCORE', probe_key(g), '-inf', nowstr(now), 'LIMIT', '0', str(n))
   for _, id in ipairs(ids) do
     if not excluded[id] then
-      redis.call('ZADD', probe_key(g), now + lease, id)
+      redis.call('ZADD', probe_key(g), int(now + lease), id)
       return id
     end
   end
@@ -173,18 +173,20 @@ local function member(g, i, r, n_i)
     -- their scores, which Redis would print as doubles for the script to parse back
     -- (BENCHMARKS.md, "Redis Functions, not EVALSHA": 4,500 instructions a read).
     if not c and n_i <= WHOLE0 then
-      c = redis.call('ZRANGE', key, 0, -1)
+      c = redis.call('ZRANGE', key, '0', '-1')
       copies[key] = c
     end
     if c then return c[r + 1], 1 end
-    return redis.call('ZRANGE', key, r, r)[1], 1
+    local rs = str(r)
+    return redis.call('ZRANGE', key, rs, rs)[1], 1
   end
   if not c and n_i <= WHOLE then
-    c = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    c = redis.call('ZRANGE', key, '0', '-1', 'WITHSCORES')
     copies[key] = c
   end
   if c then return c[2 * r + 1], c[2 * r + 2] end
-  local m = redis.call('ZRANGE', key, r, r, 'WITHSCORES')
+  local rs = str(r)
+  local m = redis.call('ZRANGE', key, rs, rs, 'WITHSCORES')
   return m[1], m[2]
 end
 
@@ -215,7 +217,7 @@ local function try_weighted(g)
   end
   for i = 10, 1, -1 do
     if n[i] > 0 then
-      local m = redis.call('ZRANGE', cls_key(g, CLS[i]), 0, nex, 'WITHSCORES')
+      local m = redis.call('ZRANGE', cls_key(g, CLS[i]), '0', str(nex), 'WITHSCORES')
       for j = 1, #m, 2 do
         if not excluded[m[j]] then return m[j], tonumber(m[j + 1]) end
       end
@@ -337,7 +339,8 @@ local function try_wait(groups, tokens)
     bench_skipped(last[1], last[2], last[3])
   end
   if max_wait <= 0 then return nil end
-  local due = redis.call('ZRANGEBYSCORE', DUE, '-inf', now + max_wait, 'WITHSCORES', 'LIMIT', 0, 8)
+  local due = redis.call('ZRANGEBYSCORE', DUE, '-inf', int(now + max_wait), 'WITHSCORES', 'LIMIT',
+    '0', '8')
   for j = 1, #due, 2 do
     local id = due[j]
     local k, b = load_key_budget(id)
@@ -391,7 +394,7 @@ local function select_one(rand, route, bucket, tokens)
   end
 
   local earliest, budget_first = -1, 0
-  local first = redis.call('ZRANGE', DUE, 0, 0, 'WITHSCORES')
+  local first = redis.call('ZRANGE', DUE, '0', '0', 'WITHSCORES')
   if first[2] then
     earliest = tonumber(first[2])
     if BUDGET then
@@ -400,7 +403,7 @@ local function select_one(rand, route, bucket, tokens)
     end
   end
   for _, g in ipairs({primary, 'stable'}) do
-    local p = redis.call('ZRANGE', probe_key(g), 0, 0, 'WITHSCORES')
+    local p = redis.call('ZRANGE', probe_key(g), '0', '0', 'WITHSCORES')
     if p[2] and (earliest < 0 or tonumber(p[2]) < earliest) then
       earliest, budget_first = tonumber(p[2]), 0
     end

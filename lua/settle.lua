@@ -27,7 +27,7 @@ end
 while i + 1 <= #ARGV do
   local ik, lease = inflight_key(ARGV[i]), ARGV[i + 1]
   local expiry = tonumber(redis.call('ZSCORE', ik, lease))
-  if expiry and expiry > now then redis.call('ZADD', ik, 'XX', now + lease_ms, lease) end
+  if expiry and expiry > now then redis.call('ZADD', ik, 'XX', int(now + lease_ms), lease) end
   i = i + 2
 end
 return {'ok', now}
