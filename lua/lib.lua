@@ -175,7 +175,8 @@ local function flush()
       if d ~= 0 then redis.call('HINCRBY', h, f, str(d)) end
     end
   end
-  counters, counter_order, kdirty, kdirty_order = {}, {}, {}, {}
+  if #counter_order > 0 then counters, counter_order = {}, {} end
+  if #kdirty_order > 0 then kdirty, kdirty_order = {}, {} end
 end
 
 -- The weight class of a weight in 1..=1000: floor(log2(w)), by exact integer comparison.
@@ -379,7 +380,7 @@ flush_budgets = function()
       a = {}
     end
   end
-  bdirty, bdirty_order = {}, {}
+  if #bdirty_order > 0 then bdirty, bdirty_order = {}, {} end
 end
 
 -- Key id's budget alone (a key drawn from a class set: its status is known).
@@ -447,7 +448,7 @@ local function remove_ended(id)
 end
 flush_lease_ends = function()
   for _, id in ipairs(ended_order) do remove_ended(id) end
-  ended_order = {}
+  if #ended_order > 0 then ended_order = {} end
 end
 
 local function leases_held(id, b, now, conc, need)
@@ -700,7 +701,7 @@ local function budget_end(id, lease, delta, mrt, now)
 end
 local function place_ended(now)
   for _, id in ipairs(to_place_order) do budget_place(to_place[id], bcache[id], now) end
-  to_place, to_place_order = {}, {}
+  if #to_place_order > 0 then to_place, to_place_order = {}, {} end
 end
 
 -- Per pool base, the names derived from it: {meta, due, budget, key prefix, lease set prefix},
@@ -723,10 +724,21 @@ local function begin(keys)
     bases[B] = n
   end
   META, DUE, BUDGETS, kpre, ipre = n[1], n[2], n[3], n[4], n[5]
-  kbuilt, ibuilt = {}, {}
   DEFER = false
-  counters, counter_order, kdirty, kdirty_order = {}, {}, {}, {}
-  bcache, bdirty, bdirty_order, kb_memo, lease_count = {}, {}, {}, nil, {}
-  ended, ended_order, to_place, to_place_order = {}, {}, {}, {}
+  -- A table the previous call left empty is kept (with Functions; an EVALSHA script starts
+  -- with none): most calls write into few of these, and a table made, freed and swept costs
+  -- Redis about 1,000 instructions against a few for the check (BENCHMARKS.md, "Tables a call
+  -- does not make"). A map and its order list are written together, so the list's length
+  -- tells whether either holds anything.
+  if not kbuilt or next(kbuilt) then kbuilt = {} end
+  if not ibuilt or next(ibuilt) then ibuilt = {} end
+  if not counter_order or #counter_order > 0 then counters, counter_order = {}, {} end
+  if not kdirty_order or #kdirty_order > 0 then kdirty, kdirty_order = {}, {} end
+  if not bcache or next(bcache) then bcache = {} end
+  if not bdirty_order or #bdirty_order > 0 then bdirty, bdirty_order = {}, {} end
+  if not lease_count or next(lease_count) then lease_count = {} end
+  if not ended_order or #ended_order > 0 then ended, ended_order = {}, {} end
+  if not to_place_order or #to_place_order > 0 then to_place, to_place_order = {}, {} end
+  kb_memo = nil
   lease_seq, expiry_ms, expiry_str, spent_crowded = nil, nil, nil, 0
 end

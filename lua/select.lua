@@ -142,8 +142,13 @@ end
 -- The largest class read whole in this call (none in a call of one): WHOLE0 for class 0, read
 -- without scores (a member costs about a tenth of a read by rank), WHOLE for the others.
 local WHOLE, WHOLE0
--- Per group: the names of its class sets (built once per call), and the copies read whole.
-local set_names, copies
+-- Per group: the names of its class sets (kept per pool base in names_of while the library is
+-- loaded: one entry per pool and group, bounded by the config), and the copies read whole
+-- (per call; the table is kept when a call made none).
+local set_names, copies = nil, {}
+local names_of = {}
+-- The excluded set of every request that excludes nothing.
+local NONE = {}
 -- A key benched in this call left its class set: the counts and copies are read again, and
 -- class 0 from then on only as small as the others (a call that benches many keys would
 -- otherwise read a large class whole once per bench). Derived from cls_move's count, not called
@@ -244,7 +249,7 @@ end
 -- a key that has no headroom from this request's choice, as benching every spent key at once
 -- would have, so the attempts go to keys benched for other reasons (busy, further out).
 local SKIPS = 16
-local skipped, skips
+local skipped, skips = {}, 0
 local function bench_skipped(k, b, at)
   skipped[#skipped + 1] = {k, b, at}
   for _, s in ipairs(skipped) do
@@ -361,7 +366,10 @@ end
 -- One request's reply (see the top).
 local function select_one(rand, route, bucket, tokens)
   seed(rand)
-  if BUDGET then skipped, skips = {}, 0 end
+  if BUDGET then
+    if #skipped > 0 then skipped = {} end
+    skips = 0
+  end
   local primary = 'stable'
   -- The bucket (a string) is read as a number only when a canary takes a share of the pool.
   if route == 'canary' or (route == 'bucket' and percent > 0 and (tonumber(bucket) or 0) < percent)
@@ -437,39 +445,47 @@ local function select_call(KEYS, ARGV)
 
   BUDGET = budgets == 1
 
-  -- The requests of the batch: {rand, route, bucket, excluded set, tokens}. Requests that
-  -- exclude nothing share one empty set (nothing writes to a set once parsed). The bucket stays
-  -- a string until a canary needs it, and the tokens are read only in a pool with budgets: a
-  -- tonumber costs about 1,600 Redis instructions (BENCHMARKS.md, "A pick's line without
-  -- string.format").
-  local reqs = {}
-  local none = {}
-  local i = 2
-  while i + 4 <= #ARGV do
-    local ex, n = none, 0
-    if ARGV[i + 4] ~= '0' then n = tonumber(ARGV[i + 4]) or 0 end
-    if n > 0 then ex = {} end
-    for j = i + 5, i + 4 + n do ex[ARGV[j]] = true end
-    reqs[#reqs + 1] = {tonumber(ARGV[i]) or 0, ARGV[i + 1], ARGV[i + 2], ex,
-      BUDGET and min(tonumber(ARGV[i + 3]) or 0, mrt) or 0}
-    i = i + 5 + n
+  -- How many requests the batch holds (each: rand, route, bucket, tokens, n, then n key ids).
+  local nreq, last, i = 0, #ARGV, 2
+  while i + 4 <= last do
+    nreq = nreq + 1
+    local x = ARGV[i + 4]
+    i = i + 5
+    if x ~= '0' then i = i + (tonumber(x) or 0) end
   end
 
   -- The half-open count as of now: recovery may have just turned an open key half-open.
-  recover_due(now, min(8 * #reqs, 64))
+  recover_due(now, min(8 * nreq, 64))
   half_open = num(meta[4]) + pending(META, 'cnt:half_open')
   canary_group, percent = group, num(meta[3])
   fallback_ok, lease = fb ~= 0, probe_ms
-  excluded = none
-  classes, set_names, copies, classes_seen = {}, {}, {}, class_moves
-  WHOLE = #reqs > 1 and max(16, 2 * #reqs) or 0
-  WHOLE0 = #reqs > 1 and max(16, 8 * #reqs) or 0
-  skipped, skips = {}, 0
+  classes, classes_seen = {}, class_moves
+  if next(copies) then copies = {} end
+  set_names = names_of[B]
+  if not set_names then
+    set_names = {}
+    names_of[B] = set_names
+  end
+  WHOLE = nreq > 1 and max(16, 2 * nreq) or 0
+  WHOLE0 = nreq > 1 and max(16, 8 * nreq) or 0
+  if #skipped > 0 then skipped = {} end
+  skips = 0
 
+  -- Each request as it is read. Requests that exclude nothing share one empty set (nothing
+  -- writes to a set once parsed). The bucket stays a string until a canary needs it, and the
+  -- tokens are read only in a pool with budgets: a tonumber costs about 1,600 Redis
+  -- instructions (BENCHMARKS.md, "A pick's line without string.format").
   local replies = {}
-  for n, r in ipairs(reqs) do
-    excluded = r[4]
-    replies[n] = select_one(r[1], r[2], r[3], r[5])
+  i = 2
+  for r = 1, nreq do
+    local ex, n = NONE, 0
+    if ARGV[i + 4] ~= '0' then n = tonumber(ARGV[i + 4]) or 0 end
+    if n > 0 then ex = {} end
+    for j = i + 5, i + 4 + n do ex[ARGV[j]] = true end
+    excluded = ex
+    replies[r] = select_one(tonumber(ARGV[i]) or 0, ARGV[i + 1], ARGV[i + 2],
+      BUDGET and min(tonumber(ARGV[i + 3]) or 0, mrt) or 0)
+    i = i + 5 + n
   end
   flush()
   return table.concat(replies, '\n')
