@@ -83,6 +83,9 @@ local ROUNDS = 64
 -- Index c + 1 for class c: its bound 2^(c+1) - 1 (the largest weight it can hold) and its name.
 local BOUND = {1, 3, 7, 15, 31, 63, 127, 255, 511, 1023}
 local CLS = {'0', '1', '2', '3', '4', '5', '6', '7', '8', '9'}
+-- A class's name -> its index (c + 1).
+local CLS_INDEX = {['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6, ['6'] = 7,
+  ['7'] = 8, ['8'] = 9, ['9'] = 10}
 local pm_x = 1
 local function seed(rand)
   pm_x = rand % (PM_M - 1)
@@ -96,6 +99,11 @@ local function draw()
   return u
 end
 
+-- Per group: the names of its class sets (kept per pool base in names_of while the library is
+-- loaded: one entry per pool and group, bounded by the config), and the copies read whole
+-- (per call; the table is kept when a call made none).
+local set_names, copies = nil, {}
+local names_of = {}
 -- Each group's class counts, read once per batch, and again after a class set changed (a budget
 -- benching a key, below): {total weight, member count per class, summed upper-bound mass}.
 local classes
@@ -110,18 +118,32 @@ local function class_counts(g)
   if c then return c[1], c[2], c[3] end
   -- Fields: total, and c -> member count of each class that ever had a member (at most 11).
   -- The call's pending class-count changes (lib.lua hincr) are added in.
-  local h = clsn_key(g)
+  -- The counts' name is kept with the group's class-set names (member, below).
+  local names = set_names[g]
+  if not names then
+    names = {}
+    set_names[g] = names
+  end
+  local h = names.clsn
+  if not h then
+    h = clsn_key(g)
+    names.clsn = h
+  end
   local v = redis.call('HGETALL', h)
-  local f = {}
-  for j = 1, #v, 2 do f[v[j]] = tonumber(v[j + 1]) end
-  for name, d in pairs(counters[h] or {}) do f[name] = (f[name] or 0) + d end
   local total, n, summ = 0, {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 0
-  for name, x in pairs(f) do
-    if name == 'total' then
-      total = x
-    else
-      local i = tonumber(name) + 1
-      n[i] = x
+  for j = 1, #v, 2 do
+    local name, x = v[j], tonumber(v[j + 1]) or 0
+    if name == 'total' then total = x else n[CLS_INDEX[name]] = x end
+  end
+  local pend = counters[h]
+  if pend then
+    for name, d in pairs(pend) do
+      if name == 'total' then
+        total = total + d
+      else
+        local i = CLS_INDEX[name]
+        n[i] = n[i] + d
+      end
     end
   end
   for i = 1, 10 do summ = summ + n[i] * BOUND[i] end
@@ -142,11 +164,6 @@ end
 -- The largest class read whole in this call (none in a call of one): WHOLE0 for class 0, read
 -- without scores (a member costs about a tenth of a read by rank), WHOLE for the others.
 local WHOLE, WHOLE0
--- Per group: the names of its class sets (kept per pool base in names_of while the library is
--- loaded: one entry per pool and group, bounded by the config), and the copies read whole
--- (per call; the table is kept when a call made none).
-local set_names, copies = nil, {}
-local names_of = {}
 -- The excluded set of every request that excludes nothing.
 local NONE = {}
 -- A key benched in this call left its class set: the counts and copies are read again, and
@@ -475,7 +492,7 @@ local function select_call(KEYS, ARGV)
   -- writes to a set once parsed). The bucket stays a string until a canary needs it, and the
   -- tokens are read only in a pool with budgets: a tonumber costs about 1,600 Redis
   -- instructions (BENCHMARKS.md, "A pick's line without string.format").
-  local replies = {}
+  local replies = nreq > 1 and {} or nil
   i = 2
   for r = 1, nreq do
     local ex, n = NONE, 0
@@ -483,10 +500,16 @@ local function select_call(KEYS, ARGV)
     if n > 0 then ex = {} end
     for j = i + 5, i + 4 + n do ex[ARGV[j]] = true end
     excluded = ex
-    replies[r] = select_one(tonumber(ARGV[i]) or 0, ARGV[i + 1], ARGV[i + 2],
+    local reply = select_one(tonumber(ARGV[i]) or 0, ARGV[i + 1], ARGV[i + 2],
       BUDGET and min(tonumber(ARGV[i + 3]) or 0, mrt) or 0)
+    -- A call of one request (c=1) answers its line as it is.
+    if not replies then
+      flush()
+      return reply
+    end
+    replies[r] = reply
     i = i + 5 + n
   end
   flush()
-  return table.concat(replies, '\n')
+  return table.concat(replies or {}, '\n')
 end
