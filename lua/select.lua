@@ -133,7 +133,12 @@ local function class_counts(g)
   local total, n, summ = 0, {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 0
   for j = 1, #v, 2 do
     local name, x = v[j], tonumber(v[j + 1]) or 0
-    if name == 'total' then total = x else n[CLS_INDEX[name]] = x end
+    if name == 'total' then
+      total = x
+    else
+      local ix = CLS_INDEX[name]
+      if ix then n[ix] = x end
+    end
   end
   local pend = counters[h]
   if pend then
@@ -141,8 +146,8 @@ local function class_counts(g)
       if name == 'total' then
         total = total + d
       else
-        local i = CLS_INDEX[name]
-        n[i] = n[i] + d
+        local ix = CLS_INDEX[name]
+        if ix then n[ix] = n[ix] + d end
       end
     end
   end
