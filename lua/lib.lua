@@ -144,12 +144,17 @@ local function str(x)
   if x >= -1024 and x <= 1024 then SMALL[x] = s end
   return s
 end
--- now as a string, formatted once per value (a call passes its now to several commands).
-local now_v, now_s
-local function nowstr(now)
-  if now ~= now_v then now_v, now_s = now, int(now) end
-  return now_s
+-- int with a memo of the last number: a call formats the same one (its now, its leases'
+-- expiry) for several commands.
+local function int_memo()
+  local v, s
+  return function(x)
+    if x ~= v then v, s = x, int(x) end
+    return s
+  end
 end
+-- now as a string.
+local nowstr = int_memo()
 
 -- Removes the leases of ended requests the call deferred (set in the budget part below).
 local flush_lease_ends
@@ -498,11 +503,7 @@ end
 
 -- A lease expiry as the string ZADD takes: most leases of a call expire at its now + lease_ms,
 -- formatted once.
-local expiry_ms, expiry_str
-local function expiry_of(ms)
-  if ms ~= expiry_ms then expiry_ms, expiry_str = ms, int(ms) end
-  return expiry_str
-end
+local expiry_of = int_memo()
 
 -- Whether the last budget_spend left the key's in-flight slots at least half taken (1, else 0):
 -- the end of such a request is written at once rather than with the next success batch.
@@ -740,5 +741,5 @@ local function begin(keys)
   if not ended_order or #ended_order > 0 then ended, ended_order = {}, {} end
   if not to_place_order or #to_place_order > 0 then to_place, to_place_order = {}, {} end
   kb_memo = nil
-  lease_seq, expiry_ms, expiry_str, spent_crowded = nil, nil, nil, 0
+  lease_seq, spent_crowded = nil, 0
 end
