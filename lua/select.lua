@@ -93,11 +93,8 @@ local function seed(rand)
   if pm_x >= PM_M - 1 then pm_x = pm_x - (PM_M - 1) end
   pm_x = pm_x + 1
 end
-local function draw()
-  local u = pm_x / PM_M
-  pm_x = (16807 * pm_x) % PM_M
-  return u
-end
+-- A draw is u = pm_x / PM_M, then pm_x = 16807 * pm_x % PM_M: written out where it is used
+-- (try_weighted), as a Lua function call costs Redis more than the arithmetic.
 
 -- Per group: the names of its class sets (kept per pool base in names_of while the library is
 -- loaded: one entry per pool and group, bounded by the config), and the copies read whole
@@ -220,25 +217,35 @@ end
 local function try_weighted(g)
   local total, n, summ = class_counts(g)
   local nex = 0
-  for id, v in pairs(excluded) do
-    local k = type(v) == 'table' and v or load_key(id)
-    if k and k.group == g and selectable(k.status, k.weight) then
-      total = total - k.weight
-      nex = nex + 1
+  -- (NONE, the set of a request that excludes nothing, is empty.)
+  if excluded ~= NONE then
+    for id, v in pairs(excluded) do
+      local k = type(v) == 'table' and v or load_key(id)
+      if k and k.group == g and selectable(k.status, k.weight) then
+        total = total - k.weight
+        nex = nex + 1
+      end
     end
   end
   if total <= 0 or summ <= 0 then return nil end
   for _ = 1, ROUNDS do
-    local t = floor(draw() * summ)
+    local u = pm_x / PM_M
+    pm_x = (16807 * pm_x) % PM_M
+    local t = floor(u * summ)
     local i, cum = 1, n[1] * BOUND[1]
     while cum <= t and i < 10 do
       i = i + 1
       cum = cum + n[i] * BOUND[i]
     end
-    local id, w = member(g, i, floor(draw() * n[i]), n[i])
-    local acc = floor(draw() * BOUND[i])
+    u = pm_x / PM_M
+    pm_x = (16807 * pm_x) % PM_M
+    local id, w = member(g, i, floor(u * n[i]), n[i])
+    u = pm_x / PM_M
+    pm_x = (16807 * pm_x) % PM_M
+    local acc = floor(u * BOUND[i])
     if id then
-      w = tonumber(w)
+      -- Class 0's member comes with the number 1 (member), the others' with a score string.
+      if i > 1 then w = tonumber(w) end
       if not excluded[id] and acc < w then return id, w end
     end
   end
