@@ -107,12 +107,8 @@ local classes
 -- class_moves (lib.lua) as of the counts and copies in hand; the counts and copies are read
 -- again when it moved (fresh_classes, below).
 local classes_seen, fresh_classes
-local function class_counts(g)
-  -- Compared here, not in fresh_classes: a function call per draw cost a call of 12 selects
-  -- about 5,500 Redis instructions.
-  if classes_seen ~= class_moves then fresh_classes() end
-  local c = classes[g]
-  if c then return c[1], c[2], c[3] end
+-- Reads group g's counts into classes[g] (try_weighted looks there first).
+local function read_class_counts(g)
   -- Fields: total, and c -> member count of each class that ever had a member (at most 11).
   -- The call's pending class-count changes (lib.lua hincr) are added in.
   -- The counts' name is kept with the group's class-set names (member, below).
@@ -215,7 +211,12 @@ local function member(g, i, r, n_i)
 end
 
 local function try_weighted(g)
-  local total, n, summ = class_counts(g)
+  -- The counts in hand, read again after a class move (fresh_classes). Compared here, not in a
+  -- function: a function call per draw cost a call of 12 selects about 5,500 Redis instructions.
+  if classes_seen ~= class_moves then fresh_classes() end
+  local total, n, summ
+  local c = classes[g]
+  if c then total, n, summ = c[1], c[2], c[3] else total, n, summ = read_class_counts(g) end
   local nex = 0
   -- (NONE, the set of a request that excludes nothing, is empty.)
   if excluded ~= NONE then
@@ -309,8 +310,14 @@ end
 -- id, probe, lease.
 local function try_budgeted(g, rand, tokens)
   if not BUDGET then
-    local id, probe = try_group(g)
-    return id, probe, 0
+    -- try_group, written out: this is every pick of a pool without budgets.
+    if half_open > 0 then
+      local id = try_probe(g)
+      if id then return id, 1, 0 end
+    end
+    local id = try_weighted(g)
+    if id then return id, 0, 0 end
+    return nil
   end
   local attempts = 0
   while attempts < 8 do
