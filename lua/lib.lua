@@ -494,7 +494,7 @@ end
 -- The next lease id (the meta field lease_seq, counted up; deferred: read once per call).
 local lease_seq
 local function next_lease()
-  if not DEFER then return redis.call('HINCRBY', META, 'lease_seq', 1) end
+  if not DEFER then return redis.call('HINCRBY', META, 'lease_seq', '1') end
   if not lease_seq then lease_seq = num(redis.call('HGET', META, 'lease_seq')) end
   lease_seq = lease_seq + 1
   hincr(META, 'lease_seq', 1)
