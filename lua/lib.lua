@@ -331,6 +331,19 @@ local BUDGET_FMT = '<dddddddddddd'
 -- A lease set's name (ipre and ibuilt set by begin()).
 local ipre, ibuilt
 local function inflight_key(id) return named(ibuilt, ipre, id) end
+-- A member longer than zset-max-listpack-value (64 bytes by default), scored +inf and counted
+-- by no count, added to a lease set when it holds many leases (a renewal, or a lease taken on a
+-- key with SORTED_FROM or more in flight): Redis then keeps the set as a skiplist whatever its
+-- size, a reload from disk included. As a listpack (up to 128 members) each insertion, update and removal scans
+-- the set and parses the score of every member it passes: renewing 8,000 leases held on 64 keys
+-- cost about 48,000 instructions a lease, against 8,400 with skiplists (BENCHMARKS.md, "Lease
+-- renewals"). A few leases are cheaper in a listpack, so a set starts as one.
+local KEEP_SORTED = '~keygate-keeps-this-set-a-skiplist-longer-than-zset-max-listpack-value~'
+local SORTED_FROM = 16
+-- The leases in set ik (KEEP_SORTED is not one).
+local function count_leases(ik)
+  return redis.call('ZCOUNT', ik, '-inf', '(+inf')
+end
 local function ceil_div(a, b)
   if b <= 0 then return 0 end
   return floor((a + b - 1) / b)
@@ -462,7 +475,7 @@ local function leases_held(id, b, now, conc, need)
     c = b[N_IN]
     if c < 0 then
       remove_ended(id)
-      c = redis.call('ZCARD', inflight_key(id))
+      c = count_leases(inflight_key(id))
       set_lease_count(id, b, c)
     end
   end
@@ -470,7 +483,7 @@ local function leases_held(id, b, now, conc, need)
     local ik = inflight_key(id)
     remove_ended(id)
     redis.call('ZREMRANGEBYSCORE', ik, '-inf', nowstr(now))
-    c = redis.call('ZCARD', ik)
+    c = count_leases(ik)
     set_lease_count(id, b, c)
   end
   return c
@@ -550,7 +563,14 @@ local function budget_spend(id, b, start, tokens, mrt, lease_ms, now)
   local lease = next_lease()
   local c = leases_held(id, b, now, conc, 1)
   spent_lease_str = int(lease)
-  c = c + redis.call('ZADD', inflight_key(id), expiry_of(start + lease_ms), spent_lease_str)
+  -- The lease id is new (lease_seq only counts up): the set holds one more.
+  if c < SORTED_FROM then
+    redis.call('ZADD', inflight_key(id), expiry_of(start + lease_ms), spent_lease_str)
+  else
+    redis.call('ZADD', inflight_key(id), expiry_of(start + lease_ms), spent_lease_str,
+      '+inf', KEEP_SORTED)
+  end
+  c = c + 1
   set_lease_count(id, b, c)
   if 2 * c >= conc then spent_crowded = 1 end
   return lease

@@ -55,7 +55,8 @@ local function budget_record(id)
     return m
   end
   local inflight = 0
-  if conc > 0 then inflight = redis.call('ZCOUNT', inflight_key(id), '(' .. now, '+inf') end
+  -- Up to +inf excluded: the set's member scored +inf is no lease (lib.lua KEEP_SORTED).
+  if conc > 0 then inflight = redis.call('ZCOUNT', inflight_key(id), '(' .. now, '(+inf') end
   return {limits = {rpm = rpm, tpm = tpm, max_concurrent = conc, rpd = rpd, tpd = tpd},
     learned = learned,
     next_request_ms = pick(rpm, b[TAT_R], rpd, b[TAT_RD]),

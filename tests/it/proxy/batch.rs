@@ -227,7 +227,11 @@ async fn a_budgeted_request_settles_its_real_usage_and_frees_its_slot_in_the_suc
     )
     .await;
     wait_until(Duration::from_secs(5), "every slot freed", || async {
-        let held: u64 = redis.conn().zcard("kg:{p}:inflight:k1").unwrap();
+        // A member scored +inf, when the set has one, is no lease (lua/lib.lua KEEP_SORTED).
+        let held: u64 = redis
+            .conn()
+            .zcount("kg:{p}:inflight:k1", "-inf", "(+inf")
+            .unwrap();
         held == 0
     })
     .await;

@@ -233,8 +233,8 @@ pub async fn an_unrenewed_lease_expires_and_a_renewed_one_lives_on(s: &Subject) 
 }
 
 /// A renewal that comes when the lease has already expired does not bring it back: its slot
-/// may already be free (the memory store drops an expired lease at once; Redis purges its lease
-/// set only when it counts it near a threshold, and `settle.lua` checks the expiry).
+/// may already be free (the memory store drops an expired lease at once; Redis purges a key's
+/// lease set when it counts it near a threshold and when `settle.lua` renews its leases).
 pub async fn a_lease_renewed_after_it_expired_stays_expired(s: &Subject) {
     let conc = KeyLimits {
         conc: 1,
@@ -246,6 +246,57 @@ pub async fn a_lease_renewed_after_it_expired_stays_expired(s: &Subject) {
     settle(st, &[], &[(x.key.clone(), x.lease)], T0 + 1_000).await;
     let next = select(st, T0 + 1_001, 0).await;
     assert!(next.is_ok(), "the slot is free: {next:?}");
+}
+
+/// Forty requests in flight on one key (Redis keeps such a lease set as a skiplist, lua/lib.lua
+/// KEEP_SORTED): every slot counted, a renewal of thirty of them in one call keeps exactly those
+/// alive, the other ten expire, and ends in a success batch free their slots one for one.
+pub async fn many_leases_on_one_key_are_counted_renewed_and_freed_one_for_one(s: &Subject) {
+    let conc = KeyLimits {
+        conc: 40,
+        ..KeyLimits::default()
+    };
+    setup(s, &["a"], conc, budget(0, 1_000, 1000)).await;
+    let st = &*s.store;
+    let mut held = Vec::new();
+    for i in 0..40 {
+        held.push(select(st, T0 + i, 0).await.unwrap());
+    }
+    let none = select(st, T0 + 40, 0).await.unwrap_err();
+    assert_eq!(
+        none.retry_at_ms,
+        Some(T0 + 1_000),
+        "the first lease expires first"
+    );
+    let in_flight = |r: KeyRecord| r.budget.expect("a budget").in_flight;
+    assert_eq!(in_flight(record(st, "a", T0 + 41).await), 40);
+
+    // The replica renews the first thirty; the last ten (taken at T0 + 30..39) expire.
+    let renew: Vec<(KeyId, u64)> = (held[..30].iter())
+        .map(|c| (c.key.clone(), c.lease))
+        .collect();
+    settle(st, &[], &renew, T0 + 900).await;
+    assert_eq!(in_flight(record(st, "a", T0 + 1_039).await), 30);
+    let mut fresh = Vec::new();
+    for i in 0..10 {
+        fresh.push(select(st, T0 + 1_040 + i, 0).await.unwrap());
+    }
+    let none = select(st, T0 + 1_050, 0).await.unwrap_err();
+    assert_eq!(
+        none.retry_at_ms,
+        Some(T0 + 1_900),
+        "the renewed leases' expiry"
+    );
+
+    // Five renewed requests end in one batch: five slots, no more.
+    for c in &held[..5] {
+        success_batch(st, "a", c.lease, 0, T0 + 1_060).await;
+    }
+    for i in 0..5 {
+        select(st, T0 + 1_061 + i, 0).await.unwrap();
+    }
+    assert!(select(st, T0 + 1_070, 0).await.is_err());
+    assert_eq!(in_flight(record(st, "a", T0 + 1_071).await), 40);
 }
 
 pub async fn tokens_space_requests_by_their_reservation_and_settle_to_real_usage(s: &Subject) {
@@ -358,6 +409,7 @@ conformance!(
     a_batch_that_settles_more_tokens_than_reserved_benches_the_key,
     an_unrenewed_lease_expires_and_a_renewed_one_lives_on,
     a_lease_renewed_after_it_expired_stays_expired,
+    many_leases_on_one_key_are_counted_renewed_and_freed_one_for_one,
     tokens_space_requests_by_their_reservation_and_settle_to_real_usage,
     a_request_waits_for_the_earliest_slot_within_max_wait,
     a_pool_without_budgets_is_never_benched,
