@@ -26,9 +26,9 @@
 
 -- Set by begin(): the pool base, its meta hash and its due index.
 local B, META, DUE
--- math.floor, math.max and math.min, set by begin(): a library may not read `math` while Redis
--- loads it, and a global read per use costs more than an upvalue.
-local floor, max, min
+-- math.floor, math.max, math.min and string.byte, set by begin(): a library may not read `math`
+-- while Redis loads it, and a global read per use costs more than an upvalue.
+local floor, max, min, byte
 -- cls3: meta holds sel (a pool of layout cls2 has none: select reads the fields one by one
 -- until a sync of this layout writes it, the first one after an upgrade even when the config is
 -- unchanged). cls4: the class counts and the per-state counts were recounted from the key
@@ -333,7 +333,7 @@ local ipre, ibuilt
 local function inflight_key(id) return named(ibuilt, ipre, id) end
 -- A member longer than zset-max-listpack-value (64 bytes by default), scored +inf and counted
 -- by no count, added to a lease set when it holds many leases (a renewal, or a lease taken on a
--- key with SORTED_FROM or more in flight): Redis then keeps the set as a skiplist whatever its
+-- key with SORTED_FROM in flight): Redis then keeps the set as a skiplist whatever its
 -- size, a reload from disk included. As a listpack (up to 128 members) each insertion, update and removal scans
 -- the set and parses the score of every member it passes: renewing 8,000 leases held on 64 keys
 -- cost about 48,000 instructions a lease, against 8,400 with skiplists (BENCHMARKS.md, "Lease
@@ -524,8 +524,14 @@ local spent_crowded
 -- The last budget_spend's lease id as written (select.lua's reply line takes it from here: a
 -- number formatted is a sprintf, BENCHMARKS.md "A pick's line without string.format").
 local spent_lease_str
+-- The rand of the request select.lua is answering, as the call received it (a string): the
+-- lease id budget_spend tries first. A rand is 53 random bits, so two requests in flight on one
+-- key almost never share one, and its string costs nothing to make, where the next lease_seq
+-- costs a meta counter and a string.format per lease (BENCHMARKS.md, "Lease ids").
+local lease_rand
 
--- Spends one request of `tokens` starting at `start`, at `now`; answers its lease id (0: none).
+-- Spends one request of `tokens` starting at `start`, at `now`; answers its lease id (a
+-- string; 0: none).
 -- "Crowded" counts the leases unexpired at `now`.
 local function budget_spend(id, b, start, tokens, mrt, lease_ms, now)
   spent_crowded = 0
@@ -560,16 +566,19 @@ local function budget_spend(id, b, start, tokens, mrt, lease_ms, now)
   bsave(id, b)
   local conc = b[CONC]
   if conc <= 0 then return 0 end
-  local lease = next_lease()
   local c = leases_held(id, b, now, conc, 1)
-  spent_lease_str = int(lease)
-  -- The lease id is new (lease_seq only counts up): the set holds one more.
-  if c < SORTED_FROM then
-    redis.call('ZADD', inflight_key(id), expiry_of(start + lease_ms), spent_lease_str)
-  else
-    redis.call('ZADD', inflight_key(id), expiry_of(start + lease_ms), spent_lease_str,
-      '+inf', KEEP_SORTED)
+  local ik, exp = inflight_key(id), expiry_of(start + lease_ms)
+  -- The lease id is the request's rand as the replica sent it, unless that is no id (0, or
+  -- not as the replica formats a number) or already a lease of the key: then the next
+  -- lease_seq not in the set. ZADD NX adds only a new id, so the set holds one more.
+  local lease = lease_rand
+  if not lease or byte(lease, 1) == 48 or redis.call('ZADD', ik, 'NX', exp, lease) == 0 then
+    repeat
+      lease = int(next_lease())
+    until redis.call('ZADD', ik, 'NX', exp, lease) == 1
   end
+  spent_lease_str = lease
+  if c == SORTED_FROM then redis.call('ZADD', ik, '+inf', KEEP_SORTED) end
   c = c + 1
   set_lease_count(id, b, c)
   if 2 * c >= conc then spent_crowded = 1 end
@@ -738,7 +747,7 @@ local bases = {}
 -- once, when it was loaded, and this is all that runs again per call.
 local function begin(keys)
   B = keys[1]
-  floor, max, min = math.floor, math.max, math.min
+  floor, max, min, byte = math.floor, math.max, math.min, string.byte
   local n = bases[B]
   if not n then
     n = {B .. ':meta', B .. ':due', B .. ':budget', B .. ':key:', B .. ':inflight:'}
@@ -761,5 +770,5 @@ local function begin(keys)
   if not ended_order or #ended_order > 0 then ended, ended_order = {}, {} end
   if not to_place_order or #to_place_order > 0 then to_place, to_place_order = {}, {} end
   kb_memo = nil
-  lease_seq, spent_crowded = nil, 0
+  lease_seq, spent_crowded, lease_rand = nil, 0, nil
 end

@@ -16,7 +16,7 @@
 -- words separated by one space (key ids and group names hold neither), one of:
 --   key <id> <group> <fallback 0|1> <probe 0|1> <wait_ms> <lease> <crowded 0|1>  (wait_ms:
 --    send not before this many ms from now, a reserved future slot; lease: the in-flight lease
---    to release, 0: none; crowded 1: the lease left at least half the key's slots taken; all 0
+--    to release, usually the request's rand (lib.lua budget_spend), 0: none; crowded 1: the lease left at least half the key's slots taken; all 0
 --    in a pool without budgets)
 --   none <earliest_recovery_ms or -1> <now_ms> <n_active> <n_cooling> <n_open> <n_half_open>
 --    <n_disabled> <n_draining> <budget 0|1>  (budget 1: the first key to recover is benched by
@@ -433,7 +433,7 @@ local function select_one(rand, route, bucket, tokens)
   if may_fall_back then groups.stable = true end
   local k, wait_ms, wlease = try_wait(groups, tokens)
   if k then
-    return fmt('key %s %s %d 0 %d %d %d', k.id, k.group, k.group ~= primary and 1 or 0, wait_ms,
+    return fmt('key %s %s %d 0 %d %s %d', k.id, k.group, k.group ~= primary and 1 or 0, wait_ms,
       wlease, spent_crowded)
   end
 
@@ -519,6 +519,7 @@ local function select_call(KEYS, ARGV)
     if n > 0 then ex = {} end
     for j = i + 5, i + 4 + n do ex[ARGV[j]] = true end
     excluded = ex
+    lease_rand = ARGV[i]
     local reply = select_one(tonumber(ARGV[i]) or 0, ARGV[i + 1], ARGV[i + 2],
       BUDGET and min(tonumber(ARGV[i + 3]) or 0, mrt) or 0)
     -- A call of one request (c=1) answers its line as it is.

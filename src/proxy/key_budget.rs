@@ -91,7 +91,7 @@ impl Drop for BudgetTicket {
     fn drop(&mut self) {
         let delta = tokens_delta(self.reserved, self.used);
         if self.lease != 0 {
-            self.state.leases.release(&self.pool, self.lease);
+            self.state.leases.release(&self.pool, self.lease, &self.key);
         } else if delta == 0 {
             return;
         }

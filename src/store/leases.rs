@@ -3,7 +3,7 @@
 //! replica that dies stops holding slots one lease later. The proxy holds and releases them
 //! (`crate::proxy::key_budget`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,16 +13,17 @@ use tokio_util::task::TaskTracker;
 use super::{KeyStore, KeyStoreExt, Settlement};
 use crate::pool::KeyId;
 
-/// This replica's live leases, per pool: lease id -> key.
+/// This replica's live leases, per pool: (key, lease id). A lease id is unique per key, not per
+/// pool: it is usually the request's random draw (`lua/lib.lua` budget_spend).
 #[derive(Default)]
 pub struct Leases {
-    live: Mutex<HashMap<String, HashMap<u64, KeyId>>>,
+    live: Mutex<HashMap<String, HashSet<(KeyId, u64)>>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Leases {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, KeyId>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<(KeyId, u64)>>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -30,12 +31,12 @@ impl Leases {
         let mut live = self.lock();
         live.entry(pool.to_string())
             .or_default()
-            .insert(lease, key.clone());
+            .insert((key.clone(), lease));
     }
 
-    pub(crate) fn release(&self, pool: &str, lease: u64) {
+    pub(crate) fn release(&self, pool: &str, lease: u64, key: &KeyId) {
         if let Some(p) = self.lock().get_mut(pool) {
-            p.remove(&lease);
+            p.remove(&(key.clone(), lease));
         }
     }
 
@@ -43,12 +44,7 @@ impl Leases {
     async fn renew_all(&self, store: &dyn KeyStore) {
         let pools: Vec<(String, Vec<(KeyId, u64)>)> = (self.lock().iter())
             .filter(|(_, l)| !l.is_empty())
-            .map(|(p, l)| {
-                (
-                    p.clone(),
-                    l.iter().map(|(id, k)| (k.clone(), *id)).collect(),
-                )
-            })
+            .map(|(p, l)| (p.clone(), l.iter().cloned().collect()))
             .collect();
         for (pool, renew) in pools {
             let s = Settlement {

@@ -84,14 +84,26 @@ impl PoolState {
         }
     }
 
-    /// `budget_spend` of lib.lua on row `k` at `now`; answers the lease id (0: none). Leases
-    /// expired by `now` do not count towards "crowded".
-    fn budget_spend(&mut self, k: &mut KeyRow, start: u64, tokens: u64, now: u64) -> u64 {
+    /// `budget_spend` of lib.lua on row `k` at `now` for a request drawn with `rand`; answers
+    /// the lease id (0: none): `rand`, unless it is 0 or already a lease of the key, then the
+    /// next `lease_seq` that is not. Leases expired by `now` do not count towards "crowded".
+    fn budget_spend(
+        &mut self,
+        k: &mut KeyRow,
+        start: u64,
+        tokens: u64,
+        rand: u64,
+        now: u64,
+    ) -> u64 {
         self.budgets.spent_crowded = false;
         k.budget.expire(now);
         let lease = if k.budget.limits.conc > 0 {
-            self.budgets.lease_seq += 1;
-            Some((self.budgets.lease_seq, start + self.budgets.lease_ms))
+            let mut id = rand;
+            while id == 0 || k.budget.inflight.contains_key(&id) {
+                self.budgets.lease_seq += 1;
+                id = self.budgets.lease_seq;
+            }
+            Some((id, start + self.budgets.lease_ms))
         } else {
             None
         };
@@ -126,14 +138,14 @@ impl PoolState {
                 };
                 let Ok(mut k) = self.row(&id) else { break };
                 if probe {
-                    let lease = self.budget_spend(&mut k, now, tokens, now);
+                    let lease = self.budget_spend(&mut k, now, tokens, req.rand, now);
                     self.put(&id, k);
                     found = Some((id, probe, lease));
                     break;
                 }
                 let (benched, at) = self.budget_place(&id, &mut k, now);
                 if !benched && at <= now {
-                    let lease = self.budget_spend(&mut k, now, tokens, now);
+                    let lease = self.budget_spend(&mut k, now, tokens, req.rand, now);
                     self.budget_place(&id, &mut k, now);
                     self.put(&id, k);
                     found = Some((id, probe, lease));
@@ -195,7 +207,7 @@ impl PoolState {
         if let Some((id, at)) = best.filter(|(_, at)| *at <= now + max_wait) {
             let (id, at) = (id.clone(), *at);
             let mut k = self.row(&id).ok()?;
-            let lease = self.budget_spend(&mut k, at, tokens, now);
+            let lease = self.budget_spend(&mut k, at, tokens, req.rand, now);
             self.budget_place(&id, &mut k, now);
             let group = k.group.clone();
             self.put(&id, k);
@@ -231,7 +243,7 @@ impl PoolState {
                 continue;
             }
             let start = h.at.max(now);
-            let lease = self.budget_spend(&mut k, start, tokens, now);
+            let lease = self.budget_spend(&mut k, start, tokens, req.rand, now);
             self.budget_place(&id, &mut k, now);
             let group = k.group.clone();
             self.put(&id, k);

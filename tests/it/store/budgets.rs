@@ -299,6 +299,66 @@ pub async fn many_leases_on_one_key_are_counted_renewed_and_freed_one_for_one(s:
     assert_eq!(in_flight(record(st, "a", T0 + 1_071).await), 40);
 }
 
+/// A lease id is the request's random draw (`lua/lib.lua` budget_spend), unless the draw is 0
+/// or already a lease of the key: then another id, so each request in flight holds a slot of
+/// its own and its end frees that one.
+pub async fn requests_with_the_same_draw_or_a_zero_draw_hold_a_slot_each(s: &Subject) {
+    let conc = KeyLimits {
+        conc: 3,
+        ..KeyLimits::default()
+    };
+    setup(s, &["a"], conc, budget(0, 10_000, 1000)).await;
+    let st = &*s.store;
+    let pick = |rand: u64, now: u64| async move {
+        let req = SelectRequest {
+            route: Route::Stable,
+            exclude: &[],
+            rand,
+            now_ms: Some(now),
+            tokens: 0,
+        };
+        match st.select("p", &req).await.unwrap() {
+            Selection::Key(c) => Ok(c),
+            Selection::None(u) => Err(u),
+        }
+    };
+    let x = pick(42, T0).await.unwrap();
+    let y = pick(42, T0).await.unwrap();
+    let z = pick(0, T0).await.unwrap();
+    assert_eq!(x.lease, 42, "the draw is the lease id");
+    let ids = [x.lease, y.lease, z.lease];
+    assert!(
+        ids.iter().all(|l| *l != 0),
+        "every request holds a lease: {ids:?}"
+    );
+    assert!(
+        x.lease != y.lease && y.lease != z.lease && x.lease != z.lease,
+        "three leases, three ids: {ids:?}"
+    );
+    assert!(pick(7, T0 + 1).await.is_err(), "three slots, three taken");
+    // y's end frees one slot, and x (whose id y's draw was) still holds its own.
+    success_batch(st, "a", y.lease, 0, T0 + 2).await;
+    let w = pick(42, T0 + 3).await.unwrap();
+    assert!(w.lease != x.lease && w.lease != z.lease && w.lease != 0);
+    assert!(pick(8, T0 + 4).await.is_err());
+    settle(
+        st,
+        &[LeaseEnd {
+            key: kid("a"),
+            lease: x.lease,
+            tokens_delta: 0,
+        }],
+        &[],
+        T0 + 5,
+    )
+    .await;
+    assert_eq!(
+        pick(42, T0 + 6).await.unwrap().lease,
+        42,
+        "x's id is free again"
+    );
+}
+
 pub async fn tokens_space_requests_by_their_reservation_and_settle_to_real_usage(s: &Subject) {
     let tpm = KeyLimits {
         tpm: 10_000,
@@ -410,6 +470,7 @@ conformance!(
     an_unrenewed_lease_expires_and_a_renewed_one_lives_on,
     a_lease_renewed_after_it_expired_stays_expired,
     many_leases_on_one_key_are_counted_renewed_and_freed_one_for_one,
+    requests_with_the_same_draw_or_a_zero_draw_hold_a_slot_each,
     tokens_space_requests_by_their_reservation_and_settle_to_real_usage,
     a_request_waits_for_the_earliest_slot_within_max_wait,
     a_pool_without_budgets_is_never_benched,
