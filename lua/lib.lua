@@ -333,11 +333,12 @@ local ipre, ibuilt
 local function inflight_key(id) return named(ibuilt, ipre, id) end
 -- A member longer than zset-max-listpack-value (64 bytes by default), scored +inf and counted
 -- by no count, added to a lease set when it holds many leases (a renewal, or a lease taken on a
--- key with SORTED_FROM in flight): Redis then keeps the set as a skiplist whatever its
--- size, a reload from disk included. As a listpack (up to 128 members) each insertion, update and removal scans
--- the set and parses the score of every member it passes: renewing 8,000 leases held on 64 keys
--- cost about 48,000 instructions a lease, against 8,400 with skiplists (BENCHMARKS.md, "Lease
--- renewals"). A few leases are cheaper in a listpack, so a set starts as one.
+-- key with SORTED_FROM in flight): Redis then keeps the set as a skiplist whatever its size, a
+-- reload from disk included. As a listpack (up to 128 members) each insertion, update and
+-- removal scans the set and parses the score of every member it passes: renewing 8,000 leases
+-- held on 64 keys cost about 48,000 instructions a lease, against 8,400 with skiplists
+-- (BENCHMARKS.md, "Lease renewals"). A few leases are cheaper in a listpack, so a set starts as
+-- one.
 local KEEP_SORTED = '~keygate-keeps-this-set-a-skiplist-longer-than-zset-max-listpack-value~'
 local SORTED_FROM = 16
 -- The leases in set ik (KEEP_SORTED is not one).

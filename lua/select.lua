@@ -16,8 +16,8 @@
 -- words separated by one space (key ids and group names hold neither), one of:
 --   key <id> <group> <fallback 0|1> <probe 0|1> <wait_ms> <lease> <crowded 0|1>  (wait_ms:
 --    send not before this many ms from now, a reserved future slot; lease: the in-flight lease
---    to release, usually the request's rand (lib.lua budget_spend), 0: none; crowded 1: the lease left at least half the key's slots taken; all 0
---    in a pool without budgets)
+--    to release, usually the request's rand (lib.lua budget_spend), 0: none; crowded 1: the
+--    lease left at least half the key's slots taken; all 0 in a pool without budgets)
 --   none <earliest_recovery_ms or -1> <now_ms> <n_active> <n_cooling> <n_open> <n_half_open>
 --    <n_disabled> <n_draining> <budget 0|1>  (budget 1: the first key to recover is benched by
 --    its own budget, reason 'budget' or 'busy': the pool is exhausted, not rate limited)
