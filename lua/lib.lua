@@ -570,10 +570,13 @@ local function budget_spend(id, b, start, tokens, mrt, lease_ms, now)
   local c = leases_held(id, b, now, conc, 1)
   local ik, exp = inflight_key(id), expiry_of(start + lease_ms)
   -- The lease id is the request's rand as the replica sent it, unless that is no id (0, or
-  -- not as the replica formats a number) or already a lease of the key: then the next
-  -- lease_seq not in the set. ZADD NX adds only a new id, so the set holds one more.
+  -- not a number as the replica formats one: its first character must be 1-9) or already a
+  -- lease of the key: then the next lease_seq not in the set. ZADD NX adds only a new id, so
+  -- the set holds one more.
   local lease = lease_rand
-  if not lease or byte(lease, 1) == 48 or redis.call('ZADD', ik, 'NX', exp, lease) == 0 then
+  local first = lease and byte(lease, 1)
+  if not first or first < 49 or first > 57
+    or redis.call('ZADD', ik, 'NX', exp, lease) == 0 then
     repeat
       lease = int(next_lease())
     until redis.call('ZADD', ik, 'NX', exp, lease) == 1
