@@ -23,12 +23,10 @@ OUT=$(mktemp -d /tmp/budget-replay.XXXXXX)
 RP=19741 MP=19742 KP=19743 # MP: the pool's base_url, never called
 BENCH_DIR=$ROOT/bench
 # shellcheck source=bench/lib.sh
-source "$BENCH_DIR/lib.sh" # gen_config, gen_pool, callgrind_redis, callgrind_total, cleanup
+source "$BENCH_DIR/lib.sh" # gen_b64_config, callgrind_redis, callgrind_total, cleanup
 trap cleanup EXIT
 
-gen_config "$OUT/keygate.toml" "127.0.0.1:$KP" "redis://127.0.0.1:$RP/0" kgreplay '"b64"'
-gen_pool b64 "http://127.0.0.1:$MP/v1" 64 >>"$OUT/keygate.toml"
-printf '\n[pools.limits]\n%b\n' "${REPLAY_LIMITS:-$NOT_BINDING_LIMITS}" >>"$OUT/keygate.toml"
+gen_b64_config "$OUT/keygate.toml" $KP $RP $MP kgreplay "${REPLAY_LIMITS:-$NOT_BINDING_LIMITS}"
 
 for mode in on off; do
     callgrind_redis "$OUT" "$mode" $RP "$OUT/keygate.toml" "$KEYGATE" 'kgreplay:{b64}:meta'

@@ -96,6 +96,19 @@ tpm = 10000000000
 max_concurrent = 1000
 max_wait_ms = 1000'
 
+# gen_b64_config FILE KP RP MP PREFIX [LIMITS]: the config of the scripts that count Redis's
+# instructions (budget_replay.sh, script_cost.sh, renew_cost.sh): a replica on port KP, Redis on
+# RP, key prefix PREFIX, and the pool b64 of 64 keys, whose base_url (port MP) is never called,
+# with LIMITS as its `[pools.limits]` when given ('\n' between lines allowed).
+gen_b64_config() {
+    local file=$1 kp=$2 rp=$3 mp=$4 prefix=$5 limits=${6:-}
+    gen_config "$file" "127.0.0.1:$kp" "redis://127.0.0.1:$rp/0" "$prefix" '"b64"'
+    gen_pool b64 "http://127.0.0.1:$mp/v1" 64 >>"$file"
+    if [[ -n $limits ]]; then
+        printf '\n[pools.limits]\n%b\n' "$limits" >>"$file"
+    fi
+}
+
 # gen_pool NAME BASE_URL NKEYS: one [[pools]] with NKEYS inline fake secrets sk-bench-NAME-NNNNN.
 gen_pool() {
     local name=$1 base=$2 n=$3

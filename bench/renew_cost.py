@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Redis's work for one lease renewal of many requests in flight, without the replica.
 
-Usage: renew_cost.py PORT PREFIX POOL LEASES phase
+Usage: renew_cost.py PORT PREFIX POOL LEASES STATE take|renew
 
-Takes LEASES in-flight slots of pool POOL with lua/select.lua calls of 12 requests (a virtual
-clock moving 1 ms per call, so a key's rpm never holds a request back), then, with "phase" =
-"renew", sends the one lua/settle.lua call that src/store/leases.rs sends every third of a lease:
-every lease renewed. bench/renew_cost.sh runs the renewal alone under callgrind (the count does
+"take" takes LEASES in-flight slots of pool POOL with lua/select.lua calls of 12 requests (a
+virtual clock moving 1 ms per call, so a key's rpm never holds a request back) and writes them to
+the file STATE; "renew" sends the one lua/settle.lua call that src/store/leases.rs sends every
+third of a lease, renewing every lease in STATE. bench/renew_cost.sh runs the renewal alone under callgrind (the count does
 not move with the machine's load; BENCHMARKS.md, "Lease renewals"). Standard library only.
 """
 import os
@@ -19,11 +19,10 @@ from budget_replay import Redis, functions  # noqa: E402
 
 def main():
     port, prefix, pool, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-    phase = sys.argv[5]
+    state, phase = sys.argv[5], sys.argv[6]
     r = Redis(port)
     base = '%s:{%s}' % (prefix, pool)
     names = functions(r)
-    state = '/tmp/renew_cost.%d.leases' % port
     if phase == 'take':
         sec, usec = r.call('TIME')
         t0 = int(sec) * 1000 + int(usec) // 1000

@@ -14,18 +14,16 @@ OUT=$(mktemp -d /tmp/renew-cost.XXXXXX)
 RP=19751 MP=19752 KP=19753 # MP: the pool's base_url, never called
 BENCH_DIR=$ROOT/bench
 # shellcheck source=bench/lib.sh
-source "$BENCH_DIR/lib.sh" # gen_config, gen_pool, callgrind_redis, callgrind_total, cleanup
+source "$BENCH_DIR/lib.sh" # gen_b64_config, callgrind_redis, callgrind_total, cleanup
 trap cleanup EXIT
 
-gen_config "$OUT/keygate.toml" "127.0.0.1:$KP" "redis://127.0.0.1:$RP/0" kgrenew '"b64"'
-gen_pool b64 "http://127.0.0.1:$MP/v1" 64 >>"$OUT/keygate.toml"
-printf '\n[pools.limits]\n%b\n' "$NOT_BINDING_LIMITS" >>"$OUT/keygate.toml"
+gen_b64_config "$OUT/keygate.toml" $KP $RP $MP kgrenew "$NOT_BINDING_LIMITS"
 
 callgrind_redis "$OUT" renew $RP "$OUT/keygate.toml" "$KEYGATE" 'kgrenew:{b64}:meta'
 rpid=$CALLGRIND_REDIS_PID
-python3 "$ROOT/bench/renew_cost.py" $RP kgrenew b64 "$LEASES" take
+python3 "$ROOT/bench/renew_cost.py" $RP kgrenew b64 "$LEASES" "$OUT/leases" take
 callgrind_control -z "$rpid" >/dev/null
-python3 "$ROOT/bench/renew_cost.py" $RP kgrenew b64 "$LEASES" renew
+python3 "$ROOT/bench/renew_cost.py" $RP kgrenew b64 "$LEASES" "$OUT/leases" renew
 redis-cli -p $RP shutdown nosave >/dev/null 2>&1 || true
 wait "$rpid" || true
 ir=$(callgrind_total "$OUT/callgrind.renew")

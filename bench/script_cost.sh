@@ -17,14 +17,12 @@ OUT=$(mktemp -d /tmp/script-cost.XXXXXX)
 RP=19744 MP=19745 KP=19746 # MP: the pool's base_url, never called
 BENCH_DIR=$ROOT/bench
 # shellcheck source=bench/lib.sh
-source "$BENCH_DIR/lib.sh" # gen_config, gen_pool, callgrind_redis, callgrind_total, cleanup, die
+source "$BENCH_DIR/lib.sh" # gen_b64_config, callgrind_redis, callgrind_total, cleanup, die
 trap cleanup EXIT
 
-gen_config "$OUT/keygate.toml" "127.0.0.1:$KP" "redis://127.0.0.1:$RP/0" kgcost '"b64"'
-gen_pool b64 "http://127.0.0.1:$MP/v1" 64 >>"$OUT/keygate.toml"
-if [[ ${BUDGETS:-0} == 1 ]]; then
-    printf '\n[pools.limits]\n%s\n' "$NOT_BINDING_LIMITS" >>"$OUT/keygate.toml"
-fi
+limits=""
+[[ ${BUDGETS:-0} != 1 ]] || limits=$NOT_BINDING_LIMITS
+gen_b64_config "$OUT/keygate.toml" $KP $RP $MP kgcost "$limits"
 callgrind_redis "$OUT" calls $RP "$OUT/keygate.toml" "$KEYGATE" 'kgcost:{b64}:meta'
 rpid=$CALLGRIND_REDIS_PID
 
