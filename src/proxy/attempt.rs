@@ -113,7 +113,7 @@ impl Attempt<'_> {
             (call.deadline.min(call.first_byte_deadline)).saturating_duration_since(now);
         let first_byte =
             Duration::from_millis(call.pool.config.timeouts.first_byte_ms).min(remaining);
-        let mut upstream = http::Request::new(http_body_util::Full::new(self.body.clone()));
+        let mut upstream = http::Request::new(self.body.clone());
         *upstream.method_mut() = call.method.clone();
         *upstream.uri_mut() = call.uri.clone();
         *upstream.headers_mut() =

@@ -13,6 +13,7 @@ use futures::Stream;
 use http_body_util::{BodyDataStream, BodyExt};
 use tokio::time::{Instant, Sleep};
 
+use crate::state::upstream_client::UpstreamBody;
 use crate::upstream::scrub::StreamScrub;
 use crate::usage::{usage_and_model_from_json_body, SseUsageScanner, Usage};
 
@@ -41,10 +42,10 @@ enum Watcher {
 }
 
 /// What the upstream client answers.
-pub type UpstreamResponse = http::Response<hyper::body::Incoming>;
+pub type UpstreamResponse = http::Response<UpstreamBody>;
 
 pub struct ObservedBody {
-    inner: BodyDataStream<hyper::body::Incoming>,
+    inner: BodyDataStream<UpstreamBody>,
     watcher: Watcher,
     deadline: Pin<Box<Sleep>>,
     scrub: StreamScrub,

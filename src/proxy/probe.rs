@@ -90,7 +90,7 @@ async fn probe(pool: &PoolRuntime, key: &KeyId) -> Finding {
     let Ok(uri) = forward::upstream_uri(&pool.base_url, &policy.auth_probe_path, None) else {
         return Finding::Unsure;
     };
-    let mut request = http::Request::new(http_body_util::Full::new(bytes::Bytes::new()));
+    let mut request = http::Request::new(bytes::Bytes::new());
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
     headers.insert(http::header::AUTHORIZATION, auth.header.clone());

@@ -16,12 +16,16 @@
 //! (tests/it/proxy/upstream_conns.rs counts connections open while streams run for this reason).
 
 mod h1;
+mod wire;
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -29,15 +33,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{PoolConfig, UpstreamHttp2};
-use h1::{H1Pool, Held};
+use h1::H1Pool;
+pub use wire::{H1Body, WireError};
 
 /// Streams one HTTP/2 connection carries at once before the next request goes to another: the
 /// limit HTTP/2 peers assume before a server's SETTINGS arrive (servers commonly allow 100-256).
 pub const H2_STREAMS_PER_CONNECTION: usize = 100;
 
-/// The response head's read buffer of an HTTP/1.1 upstream connection: hyper's default, the
-/// largest response head keygate accepts.
-const H1_MAX_BUF: usize = 64 * 1024;
+/// hyper_util's HTTP/1.1 read buffer's limit (HTTP/2-capable pools that answered over
+/// HTTP/1.1): the largest answer head keygate accepts, as on its own connections.
+const H1_MAX_BUF: usize = wire::MAX_HEAD;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 type Inner = Client<Connector, Full<Bytes>>;
@@ -49,8 +54,8 @@ pub enum UpstreamError {
     Pooled(hyper_util::client::legacy::Error),
     /// Connecting: TCP (including the pool's `connect_ms`) or TLS.
     Connect(Box<dyn std::error::Error + Send + Sync>),
-    /// The HTTP/1.1 exchange on a connection.
-    Http(hyper::Error),
+    /// The HTTP/1.1 exchange on one of keygate's own connections (`wire.rs`).
+    Wire(WireError),
 }
 
 impl UpstreamError {
@@ -59,7 +64,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Pooled(e) => e.is_connect(),
             UpstreamError::Connect(_) => true,
-            UpstreamError::Http(_) => false,
+            UpstreamError::Wire(_) => false,
         }
     }
 }
@@ -69,7 +74,7 @@ impl std::fmt::Display for UpstreamError {
         match self {
             UpstreamError::Pooled(e) => write!(f, "{e}"),
             UpstreamError::Connect(e) => write!(f, "connect: {e}"),
-            UpstreamError::Http(e) => write!(f, "{e}"),
+            UpstreamError::Wire(e) => write!(f, "{e}"),
         }
     }
 }
@@ -94,22 +99,50 @@ pub struct UpstreamClient {
     h2_seen: AtomicBool,
 }
 
-/// One request's place in a client, given back when dropped (when its response body has ended
-/// or been dropped): its HTTP/1.1 connection, or its share of a hyper_util client.
-pub struct Lease(LeaseOf);
-
-enum LeaseOf {
-    Slot(Arc<Slot>),
-    /// Held only to be dropped: that puts the connection back.
-    Conn {
-        _held: Held,
-    },
-}
+/// One request's share of a hyper_util client, given back when dropped (when its response body
+/// has ended or been dropped). An HTTP/1.1 connection of keygate's own needs none: its answer's
+/// body holds it.
+pub struct Lease(Option<Arc<Slot>>);
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let LeaseOf::Slot(slot) = &self.0 {
+        if let Some(slot) = &self.0 {
             slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// An upstream answer's body: read off keygate's own HTTP/1.1 connection, or hyper_util's.
+pub enum UpstreamBody {
+    H1(H1Body),
+    Pooled(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Pooled(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::Pooled(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::Pooled(b) => b.size_hint(),
         }
     }
 }
@@ -179,21 +212,21 @@ impl UpstreamClient {
     /// included) is done.
     pub async fn send(
         &self,
-        request: http::Request<Full<Bytes>>,
-    ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
+        request: http::Request<Bytes>,
+    ) -> Result<(http::Response<UpstreamBody>, Lease), UpstreamError> {
         if let Some(h1) = &self.h1 {
-            let (resp, held) = h1.send(request).await?;
-            return Ok((resp, Lease(LeaseOf::Conn { _held: held })));
+            let resp = h1.send(request).await?;
+            return Ok((resp.map(UpstreamBody::H1), Lease(None)));
         }
         let slot = self.pick();
         slot.in_flight.fetch_add(1, Ordering::AcqRel);
-        let lease = Lease(LeaseOf::Slot(slot.clone()));
+        let lease = Lease(Some(slot.clone()));
         let resp = slot
             .client
-            .request(request)
+            .request(request.map(Full::new))
             .await
             .map_err(UpstreamError::Pooled)?;
-        Ok((resp, lease))
+        Ok((resp.map(UpstreamBody::Pooled), lease))
     }
 
     /// Notes the protocol an answer came in: HTTP/2 turns on spreading over connections.

@@ -1,37 +1,33 @@
 //! keygate's own pool of HTTP/1.1 upstream connections, for the pools whose upstream speaks
-//! only HTTP/1.1 (a plaintext `base_url`, or `upstream_http2 = "never"`): hyper's connection
-//! API (`hyper::client::conn::http1`) over the pool's connector, idle connections in a vector.
-//! hyper_util's pooled client cost a request about 10,900 instructions more for the same work:
-//! a pool key hashed with SipHash twice, a checkout future, a task spawned to wait until the
-//! connection is ready again, and the futures moved in between (BENCHMARKS.md, "The upstream
-//! connection pool").
+//! only HTTP/1.1 (a plaintext `base_url`, or `upstream_http2 = "never"`): connections from the
+//! pool's connector, spoken to by `wire.rs` (no task or buffer of their own), idle ones in a
+//! vector. hyper_util's pooled client cost a request about 10,900 instructions more for the same
+//! work: a pool key hashed with SipHash twice, a checkout future, a task spawned to wait until
+//! the connection is ready again, and the futures moved in between (BENCHMARKS.md, "The
+//! upstream connection pool").
 //!
-//! - A request takes the idle connection returned last (the one most likely still open, its
-//!   buffers still warm), else connects. The connection comes back when the request's
-//!   [`Lease`](super::Lease) is dropped, which is when its answer's body has ended or was
-//!   dropped; hyper closes a connection whose answer was not read to its end, and such a
-//!   connection fails `ready` at its next checkout and is dropped then.
+//! - A request takes the idle connection returned last (the one most likely still open), else
+//!   connects. The connection comes back when its answer's body has been read to its end
+//!   (`wire::H1Body`); one whose answer was not read to its end is closed.
 //! - At most `idle_connections` wait; one more is closed when it comes back. Each waits at
 //!   most `idle_timeout_ms`: a checkout drops what expired, and a reaper task closes the rest
 //!   (a replica closes its idle connections after a burst, not at the next request).
-//! - A request hyper could not start on a pooled connection (the upstream closed it as it was
-//!   taken) is sent again on a new connection, as hyper_util's client does: hyper hands such a
-//!   request back untouched.
+//! - An idle connection is checked before it is taken: one the upstream closed (or sent bytes
+//!   on) is closed and the next one tried. A request whose write fails on a pooled connection
+//!   (the upstream closed it as it was taken) is sent again on a new connection: it did not
+//!   reach the upstream whole.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Uri};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{Builder, SendRequest};
+use http::uri::Uri;
+use http::Method;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::{Connector, UpstreamError, H1_MAX_BUF};
-
-type Conn = SendRequest<Full<Bytes>>;
+use super::wire::{body_follows, encode_request, Conn, H1Body, WireError};
+use super::{Connector, UpstreamError};
 
 /// One pool's idle HTTP/1.1 connections.
 pub(super) struct H1Pool {
@@ -51,20 +47,6 @@ struct Idle {
     conns: Vec<(Conn, Instant)>,
     /// A reaper task runs (started with the first connection that came back).
     reaping: bool,
-}
-
-/// A request's connection, given back to its pool when dropped.
-pub(super) struct Held {
-    conn: Option<Conn>,
-    pool: Arc<H1Pool>,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            H1Pool::put(&self.pool, conn);
-        }
-    }
 }
 
 impl H1Pool {
@@ -90,38 +72,51 @@ impl H1Pool {
     }
 
     /// Sends `req` (its URI absolute: scheme and authority name the upstream) and answers the
-    /// response with the connection it holds.
+    /// response; its body holds the connection until it has been read.
     pub(super) async fn send(
         self: &Arc<Self>,
-        mut req: http::Request<Full<Bytes>>,
-    ) -> Result<(http::Response<Incoming>, Held), UpstreamError> {
-        let target = req.uri().clone();
+        req: http::Request<Bytes>,
+    ) -> Result<http::Response<H1Body>, UpstreamError> {
+        let (mut parts, body) = req.into_parts();
         // HTTP/1.1 to an origin: the request line carries the path, `Host` the authority.
-        if !req.headers().contains_key(http::header::HOST) {
+        if !parts.headers.contains_key(http::header::HOST) {
             let host = self
-                .host_for(&target)
+                .host_for(&parts.uri)
                 .ok_or_else(|| UpstreamError::Connect("the upstream URL names no host".into()))?;
-            req.headers_mut().insert(http::header::HOST, host);
+            parts.headers.insert(http::header::HOST, host);
         }
-        *req.uri_mut() = Uri::from(
-            target
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        if let Some(mut conn) = self.take_idle().await {
-            match conn.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.held(conn))),
-                Err(mut e) => match e.take_message() {
-                    // Not started: the upstream closed the connection as it was taken.
-                    Some(back) => req = back,
-                    None => return Err(UpstreamError::Http(e.into_error())),
-                },
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let head = encode_request(&parts.method, target, &parts.headers, &body);
+        let after = if body_follows(&body) {
+            body
+        } else {
+            Bytes::new()
+        };
+        if let Some(mut conn) = self.take_idle() {
+            // A failed write did not reach the upstream whole: a new connection carries it.
+            if conn.write(&head, &after).await.is_ok() {
+                return self.answer(conn, &parts.method).await;
             }
         }
-        let mut conn = self.connect(&target).await?;
-        let resp = conn.send_request(req).await.map_err(UpstreamError::Http)?;
-        Ok((resp, self.held(conn)))
+        let mut conn = self.connect(&parts.uri).await?;
+        conn.write(&head, &after)
+            .await
+            .map_err(|e| UpstreamError::Wire(WireError::Io(e)))?;
+        self.answer(conn, &parts.method).await
+    }
+
+    async fn answer(
+        self: &Arc<Self>,
+        mut conn: Conn,
+        method: &Method,
+    ) -> Result<http::Response<H1Body>, UpstreamError> {
+        let head = conn.read_head(method).await.map_err(UpstreamError::Wire)?;
+        let body = H1Body::new(conn, &head, self.clone());
+        let mut resp = http::Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
     }
 
     /// `Host` for a request to `target`: the one built once when `target` has the pool's origin
@@ -139,16 +134,9 @@ impl H1Pool {
         }
     }
 
-    fn held(self: &Arc<Self>, conn: Conn) -> Held {
-        Held {
-            conn: Some(conn),
-            pool: self.clone(),
-        }
-    }
-
-    /// The newest idle connection that is still open and ready for a request; expired ones
-    /// are closed on the way.
-    async fn take_idle(&self) -> Option<Conn> {
+    /// The newest idle connection that is still open and quiet; expired and closed ones are
+    /// closed on the way.
+    fn take_idle(&self) -> Option<Conn> {
         loop {
             let mut conn = {
                 let mut idle = self.lock();
@@ -160,7 +148,7 @@ impl H1Pool {
                 }
                 conn
             };
-            if !conn.is_closed() && conn.ready().await.is_ok() {
+            if conn.is_usable() {
                 return Some(conn);
             }
         }
@@ -173,27 +161,17 @@ impl H1Pool {
             .call(target.clone())
             .await
             .map_err(UpstreamError::Connect)?;
-        let (conn, task) = Builder::new()
-            .max_buf_size(H1_MAX_BUF)
-            .handshake(io)
-            .await
-            .map_err(UpstreamError::Http)?;
-        tokio::spawn(async move {
-            if let Err(e) = task.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(conn)
+        Ok(Conn::new(hyper_util::rt::TokioIo::new(io)))
     }
 
-    /// A connection back from a request: kept (up to the cap) unless it is closed.
-    fn put(pool: &Arc<H1Pool>, conn: Conn) {
-        if conn.is_closed() || pool.max_idle == 0 {
+    /// A connection whose answer was read to its end: kept (up to the cap).
+    pub(super) fn put(pool: &Arc<H1Pool>, conn: Conn) {
+        if pool.max_idle == 0 {
             return;
         }
         let mut idle = pool.lock();
         if idle.conns.len() >= pool.max_idle {
-            return; // dropped after the lock: hyper closes it
+            return; // dropped after the lock: closed
         }
         idle.conns.push((conn, Instant::now()));
         if !idle.reaping {
@@ -246,16 +224,18 @@ async fn reap(pool: Weak<H1Pool>, timeout: Duration) {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http_body::Body as _;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
 
-    /// An HTTP/1.1 upstream on loopback answering `200 ok` to every request; with `close`, it
+    /// An HTTP/1.1 upstream on loopback writing `answer` to every request; with `close`, it
     /// closes a connection after its first answer once `close` is notified. Answers its
     /// address and the count of connections it accepted.
-    async fn upstream(
+    async fn upstream_with(
+        answer: &'static [u8],
         close: Option<Arc<tokio::sync::Notify>>,
     ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -279,7 +259,6 @@ mod tests {
                         }
                         let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
                         seen.drain(..end);
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                         if sock.write_all(answer).await.is_err() {
                             return;
                         }
@@ -294,7 +273,15 @@ mod tests {
         (addr, accepted)
     }
 
-    fn pool(addr: std::net::SocketAddr, max_idle: usize) -> Arc<H1Pool> {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    async fn upstream(
+        close: Option<Arc<tokio::sync::Notify>>,
+    ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        upstream_with(OK, close).await
+    }
+
+    fn pool_of(addr: std::net::SocketAddr, max_idle: usize) -> Arc<H1Pool> {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
@@ -309,19 +296,21 @@ mod tests {
         ))
     }
 
-    fn get(addr: std::net::SocketAddr) -> http::Request<Full<Bytes>> {
-        let mut req = http::Request::new(Full::new(Bytes::new()));
+    fn get(addr: std::net::SocketAddr) -> http::Request<Bytes> {
+        let mut req = http::Request::new(Bytes::new());
         *req.uri_mut() = format!("http://{addr}/v1/models").parse().unwrap();
         req
     }
 
-    /// Sends one request and reads its answer to the end; answers its connection.
-    async fn exchange(pool: &Arc<H1Pool>, addr: std::net::SocketAddr) -> Held {
-        let (resp, held) = pool.send(get(addr)).await.expect("an answer");
+    /// Sends one request and answers the response, its body not read yet.
+    async fn ask(pool: &Arc<H1Pool>, addr: std::net::SocketAddr) -> http::Response<H1Body> {
+        let resp = pool.send(get(addr)).await.expect("an answer");
         assert_eq!(resp.status(), 200);
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"ok");
-        held
+        resp
+    }
+
+    async fn read(resp: http::Response<H1Body>) -> Bytes {
+        resp.into_body().collect().await.unwrap().to_bytes()
     }
 
     #[test]
@@ -367,50 +356,156 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_comes_back_with_its_lease_and_carries_the_next_request() {
+    async fn a_connection_comes_back_when_its_answer_is_read_and_carries_the_next_request() {
         let (addr, accepted) = upstream(None).await;
-        let pool = pool(addr, 4);
+        let pool = pool_of(addr, 4);
         for _ in 0..3 {
-            drop(exchange(&pool, addr).await);
+            let resp = ask(&pool, addr).await;
+            assert_eq!(pool.lock().conns.len(), 0, "held by the unread body");
+            assert_eq!(&read(resp).await[..], b"ok");
+            assert_eq!(pool.lock().conns.len(), 1, "back at the body's end");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        assert_eq!(pool.lock().conns.len(), 1);
+    }
+
+    /// hyper's server stops polling a body once it has written the length the answer
+    /// announced: the connection must be back by then, not at a poll that never comes.
+    #[tokio::test]
+    async fn a_connection_comes_back_with_its_answers_last_data_not_a_poll_later() {
+        let chunked: &[u8] =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        for answer in [OK, chunked] {
+            let (addr, accepted) = upstream_with(answer, None).await;
+            let pool = pool_of(addr, 4);
+            for _ in 0..2 {
+                let mut body = ask(&pool, addr).await.into_body();
+                let frame = body.frame().await.expect("a frame").expect("data");
+                assert_eq!(&frame.into_data().unwrap()[..], b"ok");
+                assert!(body.is_end_stream());
+                assert_eq!(pool.lock().conns.len(), 1, "back with the last data");
+                drop(body);
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        }
     }
 
     #[tokio::test]
     async fn connections_back_beyond_the_cap_are_closed() {
         let (addr, accepted) = upstream(None).await;
-        let pool = pool(addr, 2);
+        let pool = pool_of(addr, 2);
         let held = vec![
-            exchange(&pool, addr).await,
-            exchange(&pool, addr).await,
-            exchange(&pool, addr).await,
+            ask(&pool, addr).await,
+            ask(&pool, addr).await,
+            ask(&pool, addr).await,
         ];
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             3,
-            "one connection per held lease"
+            "one connection per body being read"
         );
-        drop(held);
+        for resp in held {
+            assert_eq!(&read(resp).await[..], b"ok");
+        }
         assert_eq!(pool.lock().conns.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_answer_not_read_to_its_end_closes_its_connection() {
+        let (addr, accepted) = upstream(None).await;
+        let pool = pool_of(addr, 4);
+        drop(ask(&pool, addr).await);
+        assert_eq!(pool.lock().conns.len(), 0);
+        assert_eq!(&read(ask(&pool, addr).await).await[..], b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn a_connection_the_upstream_closed_while_idle_costs_no_failed_request() {
         let close = Arc::new(tokio::sync::Notify::new());
         let (addr, accepted) = upstream(Some(close.clone())).await;
-        let pool = pool(addr, 4);
-        drop(exchange(&pool, addr).await);
+        let pool = pool_of(addr, 4);
+        assert_eq!(&read(ask(&pool, addr).await).await[..], b"ok");
         assert_eq!(pool.lock().conns.len(), 1, "back in the pool, open");
         close.notify_one();
-        // Until hyper has read the upstream's close of the idle connection (a request racing
-        // the close could already be on the wire, which no client can send again).
+        // Until the upstream's close has reached the idle connection (a request racing the
+        // close could already be on the wire, which no client can send again).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !pool.lock().conns.iter().all(|(c, _)| c.is_closed()) {
-            assert!(Instant::now() < deadline, "hyper never saw the close");
+        while pool.lock().conns.iter_mut().all(|(c, _)| c.is_usable()) {
+            assert!(Instant::now() < deadline, "the close never arrived");
             tokio::task::yield_now().await;
         }
-        drop(exchange(&pool, addr).await);
+        assert_eq!(&read(ask(&pool, addr).await).await[..], b"ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn answers_framed_by_chunks_or_by_the_close_arrive_whole() {
+        // Chunked with an extension and a trailer: the connection carries the next request.
+        let chunked: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+            5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
+        let (addr, accepted) = upstream_with(chunked, None).await;
+        let pool = pool_of(addr, 4);
+        for _ in 0..2 {
+            assert_eq!(&read(ask(&pool, addr).await).await[..], b"hello world");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // Neither Content-Length nor chunked: the body ends at the close, which ends the
+        // connection.
+        let close = Arc::new(tokio::sync::Notify::new());
+        let (addr, accepted) = upstream_with(
+            b"HTTP/1.1 200 OK\r\n\r\nuntil the close",
+            Some(close.clone()),
+        )
+        .await;
+        let pool = pool_of(addr, 4);
+        let resp = ask(&pool, addr).await;
+        close.notify_one();
+        assert_eq!(&read(resp).await[..], b"until the close");
+        assert_eq!(pool.lock().conns.len(), 0);
+        // `Connection: close`: read whole, then closed, not pooled.
+        let (addr, _) = upstream_with(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            None,
+        )
+        .await;
+        let pool = pool_of(addr, 4);
+        assert_eq!(&read(ask(&pool, addr).await).await[..], b"ok");
+        assert_eq!(pool.lock().conns.len(), 0);
+        drop(accepted);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_by_the_close_is_an_error_not_an_end() {
+        let close = Arc::new(tokio::sync::Notify::new());
+        let (addr, _) = upstream_with(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+            Some(close.clone()),
+        )
+        .await;
+        let pool = pool_of(addr, 4);
+        let resp = ask(&pool, addr).await;
+        close.notify_one();
+        let got = resp.into_body().collect().await;
+        assert!(matches!(got, Err(WireError::BodyCut)), "{:?}", got.err());
+        assert_eq!(pool.lock().conns.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_closes_without_answering_is_an_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = sock.read(&mut buf).await;
+            }
+        });
+        let pool = pool_of(addr, 4);
+        let got = pool.send(get(addr)).await;
+        assert!(
+            matches!(got, Err(UpstreamError::Wire(WireError::ClosedBeforeAnswer))),
+            "{:?}",
+            got.err()
+        );
     }
 }
