@@ -1,8 +1,9 @@
 //! One pool's upstream HTTP client over hyper-rustls (BENCHMARKS.md, "The upstream client"),
 //! built from the pool's `upstream_http2` and `[pools.timeouts]` (README, "Upstream
-//! connections"): keygate's own pool of HTTP/1.1 connections (`h1.rs`) where the upstream
-//! speaks only HTTP/1.1 (a plaintext `base_url` without `prior_knowledge`, or `never`), else
-//! hyper_util's pooled client, which negotiates HTTP/2 by ALPN.
+//! connections"): keygate's own pool of HTTP/1.1 connections (`h1.rs`), spoken to by its own
+//! HTTP/1.1 client (`wire.rs`), where the upstream speaks only HTTP/1.1 (a plaintext `base_url`
+//! without `prior_knowledge`, or `never`), else hyper_util's pooled client, which negotiates
+//! HTTP/2 by ALPN.
 //!
 //! HTTP/1.1 carries one request per connection at a time; idle connections are kept up to
 //! `idle_connections` per host, each for at most `idle_timeout_ms`. HTTP/2 carries many streams

@@ -89,6 +89,29 @@ async fn wait_open(proxy: &FaultProxy, what: &str, want: u64) {
     .await;
 }
 
+/// One request after another, JSON answers (framed by `Content-Length`) and streams (chunked)
+/// alike, all ride the first upstream connection: each answer gives it back when its last byte
+/// is read, before the client's next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_one_after_another_reuse_one_http1_upstream_connection() {
+    let mock = MockUpstream::start().await;
+    let proxy = FaultProxy::start(mock.addr).await;
+    let gw = gateway(&proxy, "").await;
+    let c = http();
+    for i in 0..10 {
+        let r = post_chat(&c, &gw, &chat("m", i % 2 == 1), &[]).await;
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("\"usage\""), "{text}");
+    }
+    assert_eq!(mock.total_requests(), 10);
+    assert_eq!(
+        proxy.stats.accepted.load(Ordering::Relaxed),
+        1,
+        "one upstream connection for ten requests in a row"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http1_upstream_connections_above_the_pools_cap_are_closed() {
     let mock = MockUpstream::start().await;
