@@ -161,7 +161,7 @@ impl H1Pool {
             .call(target.clone())
             .await
             .map_err(UpstreamError::Connect)?;
-        Ok(Conn::new(hyper_util::rt::TokioIo::new(io)))
+        Ok(Conn::new(io))
     }
 
     /// A connection whose answer was read to its end: kept (up to the cap).

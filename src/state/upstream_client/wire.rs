@@ -25,14 +25,71 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::h1::H1Pool;
 
-/// What the pool's connector answers, with tokio's IO traits.
-pub(super) type Io = hyper_util::rt::TokioIo<
-    hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>,
->;
+/// What the pool's connector answers.
+pub(super) type Connected =
+    hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+
+/// A connection's stream: plaintext TCP, or TLS boxed. hyper_rustls's stream is as large as its
+/// TLS variant (1,112 bytes), which a plaintext connection would carry for nothing, and a
+/// request moves its connection a dozen times (into the pool, the answer, its body and the
+/// body's wrappers): unboxed, those moves cost about 14,000 instructions a request in `memcpy`.
+enum Stream {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<hyper_util::rt::TokioIo<Connected>>),
+}
+
+impl Stream {
+    fn new(connected: Connected) -> Stream {
+        match connected {
+            hyper_rustls::MaybeHttpsStream::Http(tcp) => Stream::Plain(tcp.into_inner()),
+            tls => Stream::Tls(Box::new(hyper_util::rt::TokioIo::new(tls))),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// The largest answer head accepted (hyper's client default buffer limit, as before).
 pub(super) const MAX_HEAD: usize = 64 * 1024;
@@ -85,17 +142,14 @@ impl std::error::Error for WireError {
 
 /// One upstream connection and the bytes read past what was parsed.
 pub(super) struct Conn {
-    /// Boxed: with its TLS variant the stream is over a kilobyte, and a request moves its
-    /// connection a dozen times (into the pool, the answer, its body and the body's wrappers);
-    /// unboxed, those moves cost about 14,000 instructions a request in `memcpy`.
-    io: Box<Io>,
+    io: Stream,
     rest: BytesMut,
 }
 
 impl Conn {
-    pub(super) fn new(io: Io) -> Conn {
+    pub(super) fn new(connected: Connected) -> Conn {
         Conn {
-            io: Box::new(io),
+            io: Stream::new(connected),
             rest: BytesMut::new(),
         }
     }
@@ -111,7 +165,7 @@ impl Conn {
         let mut buf = ReadBuf::uninit(&mut one);
         // Pending: open and quiet. Anything else (a close, an error, bytes nobody asked for)
         // ends the connection.
-        Pin::new(&mut *self.io)
+        Pin::new(&mut self.io)
             .poll_read(&mut cx, &mut buf)
             .is_pending()
     }
@@ -128,7 +182,7 @@ impl Conn {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let mut stack = [MaybeUninit::<u8>::uninit(); READ];
         let mut buf = ReadBuf::uninit(&mut stack);
-        match Pin::new(&mut *self.io).poll_read(cx, &mut buf) {
+        match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
                 let got = buf.filled();
                 self.rest.extend_from_slice(got);
