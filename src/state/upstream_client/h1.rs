@@ -452,7 +452,7 @@ mod tests {
         // Neither Content-Length nor chunked: the body ends at the close, which ends the
         // connection.
         let close = Arc::new(tokio::sync::Notify::new());
-        let (addr, accepted) = upstream_with(
+        let (addr, _) = upstream_with(
             b"HTTP/1.1 200 OK\r\n\r\nuntil the close",
             Some(close.clone()),
         )
@@ -462,16 +462,19 @@ mod tests {
         close.notify_one();
         assert_eq!(&read(resp).await[..], b"until the close");
         assert_eq!(pool.lock().conns.len(), 0);
-        // `Connection: close`: read whole, then closed, not pooled.
-        let (addr, _) = upstream_with(
+        // `Connection: close`: read whole, then closed, not pooled, although this upstream
+        // would keep it open: the next request takes a new connection.
+        let (addr, accepted) = upstream_with(
             b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
             None,
         )
         .await;
         let pool = pool_of(addr, 4);
-        assert_eq!(&read(ask(&pool, addr).await).await[..], b"ok");
-        assert_eq!(pool.lock().conns.len(), 0);
-        drop(accepted);
+        for _ in 0..2 {
+            assert_eq!(&read(ask(&pool, addr).await).await[..], b"ok");
+            assert_eq!(pool.lock().conns.len(), 0);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
