@@ -26,7 +26,7 @@ use http::Method;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::wire::{body_follows, encode_request, Conn, H1Body, WireError};
+use super::wire::{encode_request, Conn, H1Body, WireError};
 use super::{Connector, UpstreamError};
 
 /// One pool's idle HTTP/1.1 connections.
@@ -86,12 +86,7 @@ impl H1Pool {
             parts.headers.insert(http::header::HOST, host);
         }
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let head = encode_request(&parts.method, target, &parts.headers, &body);
-        let after = if body_follows(&body) {
-            body
-        } else {
-            Bytes::new()
-        };
+        let (head, after) = encode_request(&parts.method, target, &parts.headers, body);
         if let Some(mut conn) = self.take_idle() {
             // A failed write did not reach the upstream whole: a new connection carries it.
             if conn.write(&head, &after).await.is_ok() {

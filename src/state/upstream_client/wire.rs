@@ -216,14 +216,15 @@ impl Conn {
     }
 }
 
-/// The request's head in HTTP/1.1 (its target: the path and query), with `Content-Length` for a
-/// body that is not empty (as hyper writes it), and the body behind it when it is short.
+/// The request in HTTP/1.1 (its target: the path and query), with `Content-Length` for a body
+/// that is not empty (as hyper writes it): its head, with the body behind it when the body is
+/// short, and what is left to write after the head (the body, when long; else nothing).
 pub(super) fn encode_request(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
-    body: &Bytes,
-) -> Vec<u8> {
+    body: Bytes,
+) -> (Vec<u8>, Bytes) {
     let copy_body = body.len() < COPY_BODY_UP_TO;
     let mut len = method.as_str().len() + target.len() + 40;
     for (name, value) in headers {
@@ -254,14 +255,10 @@ pub(super) fn encode_request(
     }
     out.extend_from_slice(b"\r\n");
     if copy_body {
-        out.extend_from_slice(body);
+        out.extend_from_slice(&body);
+        return (out, Bytes::new());
     }
-    out
-}
-
-/// Whether [`encode_request`] left the body to be written after the head.
-pub(super) fn body_follows(body: &Bytes) -> bool {
-    body.len() >= COPY_BODY_UP_TO
+    (out, body)
 }
 
 /// An answer's head and how its body is framed.
@@ -975,17 +972,24 @@ mod tests {
         headers.append("x-b", HeaderValue::from_static("1"));
         headers.append("x-b", HeaderValue::from_static("2"));
         let body = Bytes::from_static(b"{\"a\":1}");
-        let wire = encode_request(&Method::POST, "/v1/chat/completions?x=1", &headers, &body);
+        let (wire, after) =
+            encode_request(&Method::POST, "/v1/chat/completions?x=1", &headers, body);
+        assert!(after.is_empty());
         assert_eq!(
             String::from_utf8(wire).unwrap(),
             "POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: up.example\r\nx-b: 1\r\nx-b: 2\r\n\
              content-length: 7\r\n\r\n{\"a\":1}"
         );
-        let wire = encode_request(&Method::GET, "/v1/models", &HeaderMap::new(), &Bytes::new());
+        let (wire, after) =
+            encode_request(&Method::GET, "/v1/models", &HeaderMap::new(), Bytes::new());
         assert_eq!(wire, b"GET /v1/models HTTP/1.1\r\n\r\n");
+        assert!(after.is_empty());
         let big = Bytes::from(vec![b'x'; COPY_BODY_UP_TO]);
-        let wire = encode_request(&Method::POST, "/", &HeaderMap::new(), &big);
-        assert!(body_follows(&big));
+        let (wire, after) = encode_request(&Method::POST, "/", &HeaderMap::new(), big.clone());
+        assert_eq!(
+            after, big,
+            "a long body is written after the head, not copied"
+        );
         assert_eq!(
             wire,
             format!("POST / HTTP/1.1\r\ncontent-length: {COPY_BODY_UP_TO}\r\n\r\n").as_bytes()
